@@ -1,0 +1,52 @@
+# libdnatransport: build, install, test, bench. See README.md.
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+SWIFT      ?= swift
+PYTHON     ?= python3
+VERSION    := 1.0.0
+SOVERSION  := 1
+RELEASE    := .build/release
+STAGE      := $(CURDIR)/build/stage
+# Debian packages the build and the tests need (installed by `make deps` when missing).
+DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv
+
+.PHONY: all build install deps test bench clean
+
+all: build
+
+build:
+	$(SWIFT) build -c release --product dnatransport
+	$(SWIFT) build -c release --product dnat
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/dnatransport $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(RELEASE)/libdnatransport.so $(DESTDIR)$(PREFIX)/lib/libdnatransport.so.$(VERSION)
+	strip --strip-unneeded $(DESTDIR)$(PREFIX)/lib/libdnatransport.so.$(VERSION)
+	ln -sf libdnatransport.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libdnatransport.so.$(SOVERSION)
+	ln -sf libdnatransport.so.$(SOVERSION) $(DESTDIR)$(PREFIX)/lib/libdnatransport.so
+	install -m 0644 include/dnatransport.h $(DESTDIR)$(PREFIX)/include/dnatransport.h
+	install -m 0644 include/dnatransport/*.h $(DESTDIR)$(PREFIX)/include/dnatransport/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' pkgconfig/dnatransport.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/dnatransport.pc
+	install -m 0755 $(RELEASE)/dnat $(DESTDIR)$(PREFIX)/bin/dnat
+
+# Installs the Debian packages that are missing (as root, or through sudo).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:$$missing"; \
+	    if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	    $$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+# Everything: Swift tests, the release library installed into build/stage, C tests, Python tests.
+# Ends with "N passed, N failed".
+test: deps
+	$(PYTHON) Tests/run_all.py
+
+bench:
+	$(SWIFT) build -c release --product dna-bench
+	$(RELEASE)/dna-bench
+
+clean:
+	rm -rf .build build

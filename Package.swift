@@ -1,0 +1,50 @@
+// swift-tools-version:6.2
+//
+// libdnatransport: a peer-to-peer transport with a C ABI. See README.md and docs/PROTOCOL.md.
+// Layers (dependencies point one way): DNAWire -> ... -> DNACABI (the C shell). Only drivers do I/O.
+import PackageDescription
+
+let package = Package(
+    name: "dnatransport",
+    products: [
+        // libdnatransport.so: exports exactly the C API of include/ (see Sources/DNACABI/dnatransport.map).
+        .library(name: "dnatransport", type: .dynamic, targets: ["DNACABI"]),
+        .executable(name: "dnat", targets: ["dnat"]),
+        .executable(name: "dna-bench", targets: ["DNABench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // C libraries, as Debian ships them.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        // The public C header, imported by the C shell so that each export is checked against it.
+        .systemLibrary(name: "CDNATransport", path: "include"),
+
+        // The DNA frame format: encode, decode, message types. No I/O, no clock.
+        .target(name: "DNAWire", dependencies: ["CZlib"]),
+
+        // The C ABI: @_cdecl exports only (check arguments, convert, call Swift, map errors).
+        .target(
+            name: "DNACABI",
+            dependencies: ["DNAWire", "CDNATransport", .product(name: "Logging", package: "swift-log")],
+            exclude: ["dnatransport.map"],
+            linkerSettings: [
+                .unsafeFlags([
+                    "-static-stdlib", "-use-ld=lld",
+                    "-Xlinker", "-soname=libdnatransport.so.1",
+                    "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DNACABI/dnatransport.map",
+                ])
+            ]
+        ),
+
+        .executableTarget(
+            name: "dnat",
+            dependencies: ["DNAWire", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
+        .executableTarget(name: "DNABench", dependencies: ["DNAWire", "CZlib"], path: "bench/DNABench"),
+
+        .testTarget(name: "DNAWireTests", dependencies: ["DNAWire"]),
+    ]
+)

@@ -1,0 +1,21 @@
+import CDNATransport
+
+// Compile-time proof that every export has exactly the type of its prototype in include/: a mismatch
+// in any parameter or result fails the build. Each export must appear here.
+private func sameType<T>(_ header: T, _ export: T) {}
+
+func abiCheck() {
+    // dna_common.h
+    sameType(CDNATransport.dna_strerror, DNACABI.dna_strerror)
+    sameType(CDNATransport.dna_last_error, DNACABI.dna_last_error)
+    sameType(CDNATransport.dna_version_string, DNACABI.dna_version_string)
+    sameType(CDNATransport.dna_version_number, DNACABI.dna_version_number)
+    sameType(CDNATransport.dna_buffer_free, DNACABI.dna_buffer_free)
+    sameType(CDNATransport.dna_set_log_handler, DNACABI.dna_set_log_handler)
+    // p2p_protocol.h
+    sameType(CDNATransport.p2p_frame_header_size, DNACABI.p2p_frame_header_size)
+    sameType(CDNATransport.p2p_frame_max_payload, DNACABI.p2p_frame_max_payload)
+    sameType(CDNATransport.p2p_frame_encode, DNACABI.p2p_frame_encode)
+    sameType(CDNATransport.p2p_frame_decode, DNACABI.p2p_frame_decode)
+    sameType(CDNATransport.p2p_frame_decode_with_limit, DNACABI.p2p_frame_decode_with_limit)
+}

@@ -1,0 +1,73 @@
+import DNAWire
+
+/// The C result codes of dna_common.h; rawValue is the C constant. The only place that turns Swift
+/// errors into C codes.
+enum DNAErrorCode: Int32, CaseIterable {
+    case ok = 0
+    case invalidArgument = -1
+    case notFound = -2
+    case timeout = -3
+    case io = -4
+    case protocolError = -5
+    case checksum = -6
+    case badSignature = -7
+    case bufferTooSmall = -8
+    case closed = -9
+    case unreachable = -10
+    case peerOffline = -11
+    case tooLarge = -12
+    case noMemory = -13
+    case truncated = -14
+    case badMagic = -15
+    case badVersion = -16
+    case unknownType = -17
+    case lengthMismatch = -18
+    case `internal` = -19
+
+    init(_ error: FrameError) {
+        switch error {
+        case .truncatedHeader: self = .truncated
+        case .badMagic: self = .badMagic
+        case .unsupportedVersion: self = .badVersion
+        case .unknownType: self = .unknownType
+        case .lengthMismatch: self = .lengthMismatch
+        case .checksumMismatch: self = .checksum
+        case .payloadTooLarge: self = .tooLarge
+        case .bufferTooSmall: self = .bufferTooSmall
+        }
+    }
+
+    init(_ error: any Error) {
+        switch error {
+        case let error as FrameError: self.init(error)
+        case is InvalidArgument: self = .invalidArgument
+        default: self = .internal
+        }
+    }
+
+    /// What dna_strerror returns: static, NUL-terminated.
+    var message: StaticString {
+        switch self {
+        case .ok: "success"
+        case .invalidArgument: "invalid argument"
+        case .notFound: "not found"
+        case .timeout: "timed out"
+        case .io: "input/output error"
+        case .protocolError: "protocol error"
+        case .checksum: "checksum mismatch"
+        case .badSignature: "bad signature"
+        case .bufferTooSmall: "buffer too small"
+        case .closed: "closed"
+        case .unreachable: "peer unreachable"
+        case .peerOffline: "peer offline"
+        case .tooLarge: "too large"
+        case .noMemory: "out of memory"
+        case .truncated: "truncated frame header"
+        case .badMagic: "bad frame magic"
+        case .badVersion: "unsupported frame version"
+        case .unknownType: "unknown message type"
+        case .lengthMismatch: "frame length mismatch"
+        case .internal: "internal error"
+        }
+    }
+}

@@ -1,0 +1,19 @@
+import ArgumentParser
+import DNAWire
+
+@main
+struct Dnat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dnat",
+        abstract: "dnatransport: peer-to-peer transport with DHT discovery, NAT traversal and encrypted messages.",
+        subcommands: [Version.self]
+    )
+}
+
+struct Version: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the library version.")
+
+    func run() throws {
+        print("dnat \(DNAVersion.string)")
+    }
+}

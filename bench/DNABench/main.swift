@@ -1,0 +1,78 @@
+// make bench: the frame codec beside zlib's crc32 over the same bytes, in the same run.
+// Absolute times on shared machines are noise; the ratios are the result.
+import CZlib
+import DNAWire
+import Glibc
+
+/// Runs `body` (which does `batch` operations) repeatedly for about `seconds`; returns operations per second.
+func rate(seconds: Double = 0.6, batch: Int, _ body: () -> Void) -> Double {
+    let clock = ContinuousClock()
+    body()  // warm up
+    var operations = 0
+    let start = clock.now
+    var elapsed = Duration.zero
+    while elapsed < .milliseconds(Int(seconds * 1000)) {
+        body()
+        operations += batch
+        elapsed = clock.now - start
+    }
+    let (s, attoseconds) = elapsed.components
+    return Double(operations) / (Double(s) + Double(attoseconds) / 1e18)
+}
+
+/// Best of `rounds` measurements, so that a busy moment on the machine does not decide.
+func best(_ rounds: Int = 3, _ measure: () -> Double) -> Double {
+    (0..<rounds).map { _ in measure() }.max() ?? 0
+}
+
+var sink: UInt64 = 0
+let decoder = FrameDecoder()
+
+func pad(_ s: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - s.count)) + s }
+func fmt(_ x: Double, _ digits: Int = 2) -> String {
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let rounded = (x * scale).rounded() / scale
+    return digits == 0 ? "\(Int(rounded))" : "\(rounded)"
+}
+
+print("DNA frame codec vs zlib crc32 (release build, best of 3 runs of 0.6 s each)")
+print("crc32 alone: one pass over the payload. A frame encode computes the checksum once and copies the")
+print("payload; a decode checks it once. An encode+decode pair therefore needs two crc32 passes: its")
+print("baseline is crc32 at half rate.")
+print("")
+print("\(pad("payload", 8)) \(pad("crc32 MB/s", 11)) \(pad("encode MB/s", 12)) \(pad("ratio", 6)) \(pad("decode MB/s", 12)) \(pad("ratio", 6)) \(pad("pairs/s", 12)) \(pad("pair MB/s", 10)) \(pad("ratio", 6))")
+for size in [64, 1024, 65536] {
+    let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+    var frame = [UInt8](repeating: 0, count: FrameEncoder.frameSize(payloadLength: size))
+    let batch = max(1, 4_000_000 / (size + 64))
+    payload.withUnsafeBytes { p in
+        frame.withUnsafeMutableBytes { f in
+            let fr = UnsafeRawBufferPointer(f)
+            let base = p.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            let crcRate = best { rate(batch: batch) {
+                for _ in 0..<batch { sink &+= UInt64(crc32_z(0, base, size)) }
+            } }
+            let encodeRate = best { rate(batch: batch) {
+                for i in 0..<batch {
+                    sink &+= UInt64((try? FrameEncoder.encode(type: .data, sequence: UInt32(truncatingIfNeeded: i),
+                                                              payload: p, into: f)) ?? 0)
+                }
+            } }
+            let decodeRate = best { rate(batch: batch) {
+                for _ in 0..<batch { sink &+= UInt64((try? decoder.decode(fr))?.checksum ?? 0) }
+            } }
+            let pairRate = best { rate(batch: batch) {
+                for i in 0..<batch {
+                    _ = try? FrameEncoder.encode(type: .data, sequence: UInt32(truncatingIfNeeded: i), payload: p, into: f)
+                    sink &+= UInt64((try? decoder.decode(fr))?.sequence ?? 0)
+                }
+            } }
+            let mb = Double(size) / 1e6
+            print("\(pad("\(size)", 8)) \(pad(fmt(crcRate * mb, 0), 11)) \(pad(fmt(encodeRate * mb, 0), 12)) \(pad(fmt(encodeRate / crcRate), 6)) \(pad(fmt(decodeRate * mb, 0), 12)) \(pad(fmt(decodeRate / crcRate), 6)) \(pad(fmt(pairRate, 0), 12)) \(pad(fmt(pairRate * mb, 0), 10)) \(pad(fmt(pairRate / (crcRate / 2)), 6))")
+        }
+    }
+}
+print("")
+print("goals: at 65536 B each ratio >= 0.8; at 64 B >= 5000000 encode+decode pairs/s")
+if sink == 42 { print("") }  // keep the work observable

@@ -1,0 +1,202 @@
+"""dnatransport: Python binding for libdnatransport (peer-to-peer transport with a C ABI).
+
+Every C function is reached through a Pythonic call here; failures raise DNAError carrying the
+library's code and its dna_strerror text.
+"""
+import ctypes
+import enum
+import threading
+from dataclasses import dataclass
+
+from . import _native
+from ._native import lib
+
+__all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "version", "version_number",
+           "strerror", "last_error", "set_log_handler", "encode_frame", "decode_frame", "HEADER_SIZE",
+           "MAX_PAYLOAD", "library_path"]
+
+
+class ErrorCode(enum.IntEnum):
+    """DNA_OK and the DNA_ERR_* codes of dna_common.h."""
+    OK = 0
+    INVALID_ARGUMENT = -1
+    NOT_FOUND = -2
+    TIMEOUT = -3
+    IO = -4
+    PROTOCOL = -5
+    CHECKSUM = -6
+    BAD_SIGNATURE = -7
+    BUFFER_TOO_SMALL = -8
+    CLOSED = -9
+    UNREACHABLE = -10
+    PEER_OFFLINE = -11
+    TOO_LARGE = -12
+    NO_MEMORY = -13
+    TRUNCATED = -14
+    BAD_MAGIC = -15
+    BAD_VERSION = -16
+    UNKNOWN_TYPE = -17
+    LENGTH_MISMATCH = -18
+    INTERNAL = -19
+
+
+class MessageType(enum.IntEnum):
+    """dna_message_type_t"""
+    DATA = 0x0001
+    ACK = 0x0002
+    PING = 0x0003
+    PONG = 0x0004
+    PRESENCE = 0x0005
+
+
+class LogLevel(enum.IntEnum):
+    """DNA_LOG_*"""
+    TRACE = 0
+    DEBUG = 1
+    INFO = 2
+    NOTICE = 3
+    WARNING = 4
+    ERROR = 5
+    CRITICAL = 6
+
+
+class DNAError(Exception):
+    """A libdnatransport call failed. .code is the C code (ErrorCode when known), .message its text."""
+
+    def __init__(self, code, context=""):
+        try:
+            self.code = ErrorCode(code)
+        except ValueError:
+            self.code = code
+        self.message = strerror(code)
+        self.context = context
+        super().__init__(f"{context}: {self.message} ({int(code)})" if context else f"{self.message} ({int(code)})")
+
+
+def _check(code, context):
+    if code < 0:
+        raise DNAError(code, context)
+    return code
+
+
+def strerror(code):
+    """The library's static message for a code."""
+    return lib.dna_strerror(int(code)).decode()
+
+
+def last_error():
+    """The code of the last failed call on this thread (ErrorCode.OK if none)."""
+    code = lib.dna_last_error()
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return code
+
+
+def version():
+    """The library's version string, e.g. "1.0.0"."""
+    return lib.dna_version_string().decode()
+
+
+def version_number():
+    """major*10000 + minor*100 + patch."""
+    return lib.dna_version_number()
+
+
+library_path = _native.path
+HEADER_SIZE = lib.p2p_frame_header_size()
+MAX_PAYLOAD = lib.p2p_frame_max_payload()
+
+_log_lock = threading.Lock()
+_log_callback = None  # keeps the ctypes trampoline alive while the library may call it
+
+
+def set_log_handler(handler, min_level=LogLevel.INFO):
+    """Routes the library's log messages of level >= min_level to handler(level, message).
+    handler=None unregisters. The handler runs on the thread that logs."""
+    global _log_callback
+    with _log_lock:
+        if handler is None:
+            lib.dna_set_log_handler(_native.LOG_FN(), int(min_level), None)
+            _log_callback = None
+            return
+
+        def trampoline(level, message, _user_data):
+            try:
+                level = LogLevel(level)
+            except ValueError:
+                pass
+            handler(level, message.decode("utf-8", "replace"))
+
+        callback = _native.LOG_FN(trampoline)
+        lib.dna_set_log_handler(callback, int(min_level), None)
+        _log_callback = callback
+
+
+def take_buffer(pointer, length):
+    """Copies a buffer the library returned and frees it with dna_buffer_free, even on error."""
+    try:
+        return ctypes.string_at(pointer, length) if length else b""
+    finally:
+        lib.dna_buffer_free(pointer)
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """A decoded dna_frame_header_t."""
+    magic: int
+    version: int
+    type: int
+    sequence: int
+    payload_length: int
+    checksum: int
+    reserved: bytes
+
+
+def _bytes_arg(data):
+    """(buffer, pointer) for bytes-like input; the buffer must stay alive while the pointer is used."""
+    data = bytes(data)
+    buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else None
+    pointer = ctypes.cast(buffer, _native.u8p) if buffer is not None else None
+    return buffer, pointer
+
+
+def encode_frame(type, sequence, payload=b""):
+    """A DNA frame (header + payload) as bytes. type: MessageType or its value; sequence: 0..2^32-1."""
+    if not 0 <= int(sequence) <= 0xFFFFFFFF:
+        raise DNAError(ErrorCode.INVALID_ARGUMENT, "encode_frame: sequence out of range")
+    if not 0 <= int(type) <= 0xFFFF:
+        raise DNAError(ErrorCode.UNKNOWN_TYPE, "encode_frame: type out of range")
+    keep, pointer = _bytes_arg(payload)
+    size = HEADER_SIZE + (len(keep) if keep is not None else 0)
+    out = (ctypes.c_uint8 * size)()
+    written = ctypes.c_size_t(0)
+    _check(lib.p2p_frame_encode(int(type), int(sequence), pointer, len(keep) if keep is not None else 0,
+                                ctypes.cast(out, _native.u8p), size, ctypes.byref(written)), "encode_frame")
+    return bytes(out[:written.value])
+
+
+def decode_frame(frame, max_payload=None):
+    """(FrameHeader, payload) of one frame that fills `frame` exactly. max_payload: the decoder's limit
+    (default MAX_PAYLOAD, 16 MiB). Raises DNAError (TRUNCATED, BAD_MAGIC, BAD_VERSION, UNKNOWN_TYPE,
+    TOO_LARGE, LENGTH_MISMATCH, CHECKSUM)."""
+    data = bytes(frame)
+    buffer = (ctypes.c_uint8 * max(1, len(data))).from_buffer_copy(data.ljust(1, b"\0"))
+    header = _native.FrameHeaderC()
+    body = _native.u8p()
+    pointer = ctypes.cast(buffer, _native.u8p)
+    if max_payload is None:
+        code = lib.p2p_frame_decode(pointer, len(data), ctypes.byref(header), ctypes.byref(body))
+    else:
+        if max_payload < 0:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "decode_frame: max_payload is negative")
+        code = lib.p2p_frame_decode_with_limit(pointer, len(data), int(max_payload), ctypes.byref(header),
+                                               ctypes.byref(body))
+    _check(code, "decode_frame")
+    payload = data[HEADER_SIZE:HEADER_SIZE + header.payload_length]
+    try:
+        type_ = MessageType(header.type)
+    except ValueError:
+        type_ = header.type
+    return FrameHeader(header.magic, header.version, type_, header.sequence, header.payload_length,
+                       header.checksum, bytes(header.reserved)), payload

@@ -1,0 +1,81 @@
+"""The C API of libdnatransport: how the library is found, and one table declaring every export."""
+import ctypes
+import os
+import subprocess
+from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_size_t, c_uint8, c_uint16,
+                    c_uint32, c_void_p)
+
+SONAME = "libdnatransport.so.1"
+DEFAULT_PREFIX = "/usr/local"
+
+
+def locate(environ=None, default_prefix=DEFAULT_PREFIX):
+    """The path of the library: $DNATRANSPORT_LIBRARY, then pkg-config's libdir, then the default prefix.
+    Returns (path, tried) where tried lists every place looked at."""
+    environ = os.environ if environ is None else environ
+    tried = []
+    explicit = environ.get("DNATRANSPORT_LIBRARY")
+    if explicit:
+        return explicit, [f"DNATRANSPORT_LIBRARY={explicit}"]
+    try:
+        out = subprocess.run(["pkg-config", "--variable=libdir", "dnatransport"], capture_output=True,
+                             text=True, env=dict(environ), timeout=10)
+        libdir = out.stdout.strip()
+        if out.returncode == 0 and libdir:
+            candidate = os.path.join(libdir, SONAME)
+            tried.append(f"pkg-config: {candidate}")
+            if os.path.exists(candidate):
+                return candidate, tried
+        else:
+            tried.append("pkg-config: dnatransport not found")
+    except (OSError, subprocess.SubprocessError) as error:
+        tried.append(f"pkg-config: {error}")
+    candidate = os.path.join(default_prefix, "lib", SONAME)
+    tried.append(f"default prefix: {candidate}")
+    if os.path.exists(candidate):
+        return candidate, tried
+    return None, tried
+
+
+def load():
+    path, tried = locate()
+    if path is None:
+        raise ImportError("libdnatransport not found; tried " + "; ".join(tried) +
+                          ". Install it (make install) or set DNATRANSPORT_LIBRARY to the .so path.")
+    try:
+        return ctypes.CDLL(path), path
+    except OSError as error:
+        raise ImportError(f"cannot load libdnatransport from {path}: {error}") from error
+
+
+class FrameHeaderC(Structure):
+    """dna_frame_header_t"""
+    _fields_ = [("magic", c_uint32), ("version", c_uint16), ("type", c_uint16), ("sequence", c_uint32),
+                ("payload_length", c_uint32), ("checksum", c_uint32), ("reserved", c_uint8 * 12)]
+
+
+LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
+u8p = POINTER(c_uint8)
+
+# Every export of libdnatransport: name -> (restype, argtypes). A test checks this against the .so.
+FUNCTIONS = {
+    # dna_common.h
+    "dna_strerror": (c_char_p, [c_int]),
+    "dna_last_error": (c_int, []),
+    "dna_version_string": (c_char_p, []),
+    "dna_version_number": (c_int, []),
+    "dna_buffer_free": (None, [c_void_p]),
+    "dna_set_log_handler": (None, [LOG_FN, c_int, c_void_p]),
+    # p2p_protocol.h
+    "p2p_frame_header_size": (c_size_t, []),
+    "p2p_frame_max_payload": (c_size_t, []),
+    "p2p_frame_encode": (c_int, [c_uint16, c_uint32, u8p, c_size_t, u8p, c_size_t, POINTER(c_size_t)]),
+    "p2p_frame_decode": (c_int, [u8p, c_size_t, POINTER(FrameHeaderC), POINTER(u8p)]),
+    "p2p_frame_decode_with_limit": (c_int, [u8p, c_size_t, c_size_t, POINTER(FrameHeaderC), POINTER(u8p)]),
+}
+
+lib, path = load()
+for _name, (_restype, _argtypes) in FUNCTIONS.items():
+    _function = getattr(lib, _name)
+    _function.restype = _restype
+    _function.argtypes = _argtypes

@@ -1,0 +1,15 @@
+/*
+ * dnatransport.h: the umbrella header of libdnatransport, a peer-to-peer transport with peer
+ * discovery, NAT traversal and encrypted message transport.
+ *
+ * Threads: every function may be called from any thread; see each header for details.
+ *
+ * Build:  cc app.c $(pkg-config --cflags --libs dnatransport)
+ */
+#ifndef DNATRANSPORT_H
+#define DNATRANSPORT_H
+
+#include "dnatransport/dna_common.h"
+#include "dnatransport/p2p_protocol.h"
+
+#endif /* DNATRANSPORT_H */
