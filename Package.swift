@@ -15,24 +15,32 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
     ],
     targets: [
         // C libraries, as Debian ships them.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
         // The public C header, imported by the C shell so that each export is checked against it.
         .systemLibrary(name: "CDNATransport", path: "include"),
 
         // The DNA frame format: encode, decode, message types. No I/O, no clock.
         .target(name: "DNAWire", dependencies: ["CZlib"]),
+        // Identities (ML-DSA-65 keys and key files), signed peer entries. No sockets, no clock.
+        .target(name: "DNACrypto", dependencies: ["DNAWire", "CSodium", .product(name: "Crypto", package: "swift-crypto")]),
 
         // The C ABI: @_cdecl exports only (check arguments, convert, call Swift, map errors).
         .target(
             name: "DNACABI",
-            dependencies: ["DNAWire", "CDNATransport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["DNAWire", "DNACrypto", "CDNATransport", .product(name: "Logging", package: "swift-log")],
             exclude: ["dnatransport.map"],
             linkerSettings: [
                 .unsafeFlags([
                     "-static-stdlib", "-use-ld=lld",
+                    // FoundationEssentials (from swift-crypto) needs these static archives too; -z defs
+                    // makes any symbol left unresolved a link error instead of a load-time failure.
+                    "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
+                    "-Xlinker", "-lswiftSynchronization", "-Xlinker", "-l_FoundationICU", "-Xlinker", "-lCoreFoundation", "-Xlinker", "-z", "-Xlinker", "defs",
                     "-Xlinker", "-soname=libdnatransport.so.1",
                     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DNACABI/dnatransport.map",
                 ])
@@ -46,5 +54,6 @@ let package = Package(
         .executableTarget(name: "DNABench", dependencies: ["DNAWire", "CZlib"], path: "bench/DNABench"),
 
         .testTarget(name: "DNAWireTests", dependencies: ["DNAWire"]),
+        .testTarget(name: "DNACryptoTests", dependencies: ["DNACrypto"]),
     ]
 )

@@ -87,6 +87,9 @@ def python_tests():
     installed = run([py, "-m", "pip", "install", "--quiet", "--no-deps",
                      "--force-reinstall", "./bindings/python"]).returncode == 0
     results.append(("python", "pip install ./bindings/python", installed))
+    # An independent ML-DSA-65 implementation, to cross-check signatures (PyPI).
+    tools = run([py, "-m", "pip", "install", "--quiet", "dilithium-py==1.5.1"]).returncode == 0
+    results.append(("python", "pip install dilithium-py", tools))
     xml = BUILD / "pytest.xml"
     if xml.exists():
         xml.unlink()

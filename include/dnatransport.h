@@ -11,5 +11,7 @@
 
 #include "dnatransport/dna_common.h"
 #include "dnatransport/p2p_protocol.h"
+#include "dnatransport/dna_identity.h"
+#include "dnatransport/dht_discovery.h"
 
 #endif /* DNATRANSPORT_H */

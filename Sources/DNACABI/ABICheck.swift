@@ -18,4 +18,18 @@ func abiCheck() {
     sameType(CDNATransport.p2p_frame_encode, DNACABI.p2p_frame_encode)
     sameType(CDNATransport.p2p_frame_decode, DNACABI.p2p_frame_decode)
     sameType(CDNATransport.p2p_frame_decode_with_limit, DNACABI.p2p_frame_decode_with_limit)
+    // dna_identity.h
+    sameType(CDNATransport.dna_identity_max, DNACABI.dna_identity_max)
+    sameType(CDNATransport.dna_public_key_size, DNACABI.dna_public_key_size)
+    sameType(CDNATransport.dna_signature_size, DNACABI.dna_signature_size)
+    sameType(CDNATransport.dna_identity_load, DNACABI.dna_identity_load)
+    sameType(CDNATransport.dna_identity_public_key, DNACABI.dna_identity_public_key)
+    sameType(CDNATransport.dna_identity_fingerprint, DNACABI.dna_identity_fingerprint)
+    sameType(CDNATransport.dna_fingerprint, DNACABI.dna_fingerprint)
+    sameType(CDNATransport.dna_identity_free, DNACABI.dna_identity_free)
+    // dht_discovery.h
+    sameType(CDNATransport.dht_peer_entry_signed_max, DNACABI.dht_peer_entry_signed_max)
+    sameType(CDNATransport.dht_peer_entry_sign, DNACABI.dht_peer_entry_sign)
+    sameType(CDNATransport.dht_peer_entry_verify, DNACABI.dht_peer_entry_verify)
+    sameType(CDNATransport.dht_peer_entry_signed_bytes, DNACABI.dht_peer_entry_signed_bytes)
 }

@@ -1,3 +1,4 @@
+import DNACrypto
 import DNAWire
 
 /// The C result codes of dna_common.h; rawValue is the C constant. The only place that turns Swift
@@ -23,6 +24,9 @@ enum DNAErrorCode: Int32, CaseIterable {
     case unknownType = -17
     case lengthMismatch = -18
     case `internal` = -19
+    case keyFile = -20
+    case keyPermissions = -21
+    case badEntry = -22
 
     init(_ error: FrameError) {
         switch error {
@@ -37,10 +41,33 @@ enum DNAErrorCode: Int32, CaseIterable {
         }
     }
 
+    init(_ error: IdentityError) {
+        switch error {
+        case .invalidName: self = .invalidArgument
+        case .notFound: self = .notFound
+        case .keyFileCorrupt: self = .keyFile
+        case .keyFileInsecure: self = .keyPermissions
+        case .io: self = .io
+        case .crypto: self = .internal
+        }
+    }
+
+    init(_ error: PeerEntryError) {
+        switch error {
+        case .badSignature: self = .badSignature
+        case .invalidIdentity(let cause):
+            if case .invalidName = cause { self = .badEntry } else { self.init(cause) }
+        case .invalidNodeID, .invalidAddress, .invalidPort, .invalidLastSeen, .invalidPublicKey: self = .badEntry
+        }
+    }
+
     init(_ error: any Error) {
         switch error {
         case let error as FrameError: self.init(error)
+        case let error as IdentityError: self.init(error)
+        case let error as PeerEntryError: self.init(error)
         case is InvalidArgument: self = .invalidArgument
+        case is BufferTooSmall: self = .bufferTooSmall
         default: self = .internal
         }
     }
@@ -68,6 +95,9 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .unknownType: "unknown message type"
         case .lengthMismatch: "frame length mismatch"
         case .internal: "internal error"
+        case .keyFile: "corrupt or foreign key file"
+        case .keyPermissions: "key file or directory readable by others"
+        case .badEntry: "malformed peer entry"
         }
     }
 }

@@ -54,6 +54,9 @@ extern "C" {
 #define DNA_ERR_UNKNOWN_TYPE      (-17) /* a message type this library does not know */
 #define DNA_ERR_LENGTH_MISMATCH   (-18) /* declared payload length differs from the bytes present */
 #define DNA_ERR_INTERNAL          (-19) /* a bug in the library; please report it */
+#define DNA_ERR_KEY_FILE          (-20) /* an identity key file is corrupt, truncated or another's */
+#define DNA_ERR_KEY_PERMISSIONS   (-21) /* a key file or its directory is readable by others, or not a plain file */
+#define DNA_ERR_BAD_ENTRY         (-22) /* a peer entry with a malformed field (see dht_peer_entry_verify) */
 
 /* Log levels, from most to least verbose. */
 #define DNA_LOG_TRACE    0

@@ -5,6 +5,7 @@ library's code and its dna_strerror text.
 """
 import ctypes
 import enum
+import os
 import threading
 from dataclasses import dataclass
 
@@ -13,7 +14,8 @@ from ._native import lib
 
 __all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "version", "version_number",
            "strerror", "last_error", "set_log_handler", "encode_frame", "decode_frame", "HEADER_SIZE",
-           "MAX_PAYLOAD", "library_path"]
+           "MAX_PAYLOAD", "library_path", "Identity", "PeerEntry", "fingerprint", "IDENTITY_MAX",
+           "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -38,6 +40,9 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_TYPE = -17
     LENGTH_MISMATCH = -18
     INTERNAL = -19
+    KEY_FILE = -20
+    KEY_PERMISSIONS = -21
+    BAD_ENTRY = -22
 
 
 class MessageType(enum.IntEnum):
@@ -200,3 +205,120 @@ def decode_frame(frame, max_payload=None):
         type_ = header.type
     return FrameHeader(header.magic, header.version, type_, header.sequence, header.payload_length,
                        header.checksum, bytes(header.reserved)), payload
+
+
+IDENTITY_MAX = lib.dna_identity_max()
+PUBLIC_KEY_SIZE = lib.dna_public_key_size()
+SIGNATURE_SIZE = lib.dna_signature_size()
+_FINGERPRINT_SIZE = 40
+
+
+def _path_arg(path):
+    return None if path is None else os.fsencode(path)
+
+
+def _name_arg(name):
+    return name.encode("utf-8") if isinstance(name, str) else bytes(name)
+
+
+class Identity:
+    """An identity's ML-DSA-65 key pair, loaded from (or created in) data_dir/identities.
+    Use as a context manager or call close(); the key stays in the library."""
+
+    def __init__(self, name, data_dir=None, create=True):
+        self.name = name
+        self._handle = lib.dna_identity_load(_path_arg(data_dir), _name_arg(name), 1 if create else 0)
+        if not self._handle:
+            raise DNAError(lib.dna_last_error(), f"Identity({name!r})")
+
+    def _live(self):
+        if not self._handle:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "Identity is closed")
+        return self._handle
+
+    @property
+    def public_key(self):
+        """The 1952-byte ML-DSA-65 public key."""
+        out = (ctypes.c_uint8 * PUBLIC_KEY_SIZE)()
+        length = ctypes.c_size_t(0)
+        _check(lib.dna_identity_public_key(self._live(), ctypes.cast(out, _native.u8p), PUBLIC_KEY_SIZE,
+                                           ctypes.byref(length)), "public_key")
+        return bytes(out[:length.value])
+
+    @property
+    def fingerprint(self):
+        """The short fingerprint of the public key ("xxxx:...:xxxx")."""
+        out = ctypes.create_string_buffer(_FINGERPRINT_SIZE)
+        _check(lib.dna_identity_fingerprint(self._live(), out, _FINGERPRINT_SIZE), "fingerprint")
+        return out.value.decode()
+
+    def close(self):
+        if self._handle:
+            lib.dna_identity_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+def fingerprint(public_key):
+    """The short fingerprint of any ML-DSA-65 public key."""
+    keep, pointer = _bytes_arg(public_key)
+    out = ctypes.create_string_buffer(_FINGERPRINT_SIZE)
+    _check(lib.dna_fingerprint(pointer, len(keep) if keep is not None else 0, out, _FINGERPRINT_SIZE), "fingerprint")
+    return out.value.decode()
+
+
+@dataclass
+class PeerEntry:
+    """The seed's dht_peer_entry_t. sign() fills public_key and signature with the identity's key."""
+    identity: str
+    node_id: bytes
+    ip_address: str
+    port: int
+    last_seen: int
+    public_key: bytes = b""
+    signature: bytes = b""
+
+    def _to_c(self):
+        entry = _native.PeerEntryC()
+        name, address = _name_arg(self.identity), self.ip_address.encode()
+        if len(name) > 255 or len(address) > 45 or len(self.node_id) != 20 or len(self.public_key) > PUBLIC_KEY_SIZE \
+                or len(self.signature) > SIGNATURE_SIZE or not 0 <= self.port <= 0xFFFF or not 0 <= self.last_seen < 1 << 64:
+            raise DNAError(ErrorCode.BAD_ENTRY, "PeerEntry: a field does not fit dht_peer_entry_t")
+        entry.identity = name
+        entry.ip_address = address
+        ctypes.memmove(entry.node_id, self.node_id, 20)
+        entry.port = self.port
+        entry.last_seen = self.last_seen
+        ctypes.memmove(entry.pubkey, self.public_key, len(self.public_key))
+        ctypes.memmove(entry.signature, self.signature, len(self.signature))
+        return entry
+
+    def sign(self, data_dir=None):
+        """Signs with the identity's key from data_dir (created on first use)."""
+        entry = self._to_c()
+        _check(lib.dht_peer_entry_sign(ctypes.byref(entry), _path_arg(data_dir)), "PeerEntry.sign")
+        self.public_key = bytes(entry.pubkey)
+        self.signature = bytes(entry.signature)
+        return self
+
+    def verify(self):
+        """Raises DNAError (BAD_SIGNATURE, BAD_ENTRY) unless the entry is valid and correctly signed."""
+        _check(lib.dht_peer_entry_verify(ctypes.byref(self._to_c())), "PeerEntry.verify")
+
+    def signed_bytes(self):
+        """The canonical bytes the signature covers (docs/PROTOCOL.md)."""
+        entry = self._to_c()
+        capacity = lib.dht_peer_entry_signed_max()
+        out = (ctypes.c_uint8 * capacity)()
+        length = ctypes.c_size_t(0)
+        _check(lib.dht_peer_entry_signed_bytes(ctypes.byref(entry), ctypes.cast(out, _native.u8p), capacity,
+                                               ctypes.byref(length)), "PeerEntry.signed_bytes")
+        return bytes(out[:length.value])

@@ -54,6 +54,13 @@ class FrameHeaderC(Structure):
                 ("payload_length", c_uint32), ("checksum", c_uint32), ("reserved", c_uint8 * 12)]
 
 
+class PeerEntryC(Structure):
+    """dht_peer_entry_t"""
+    _fields_ = [("identity", ctypes.c_char * 256), ("node_id", c_uint8 * 20), ("ip_address", ctypes.c_char * 46),
+                ("port", c_uint16), ("last_seen", ctypes.c_uint64), ("pubkey", c_uint8 * 1952),
+                ("signature", c_uint8 * 3309)]
+
+
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 u8p = POINTER(c_uint8)
 
@@ -72,6 +79,20 @@ FUNCTIONS = {
     "p2p_frame_encode": (c_int, [c_uint16, c_uint32, u8p, c_size_t, u8p, c_size_t, POINTER(c_size_t)]),
     "p2p_frame_decode": (c_int, [u8p, c_size_t, POINTER(FrameHeaderC), POINTER(u8p)]),
     "p2p_frame_decode_with_limit": (c_int, [u8p, c_size_t, c_size_t, POINTER(FrameHeaderC), POINTER(u8p)]),
+    # dna_identity.h
+    "dna_identity_max": (c_size_t, []),
+    "dna_public_key_size": (c_size_t, []),
+    "dna_signature_size": (c_size_t, []),
+    "dna_identity_load": (c_void_p, [c_char_p, c_char_p, c_int]),
+    "dna_identity_public_key": (c_int, [c_void_p, u8p, c_size_t, POINTER(c_size_t)]),
+    "dna_identity_fingerprint": (c_int, [c_void_p, c_char_p, c_size_t]),
+    "dna_fingerprint": (c_int, [u8p, c_size_t, c_char_p, c_size_t]),
+    "dna_identity_free": (None, [c_void_p]),
+    # dht_discovery.h
+    "dht_peer_entry_signed_max": (c_size_t, []),
+    "dht_peer_entry_sign": (c_int, [POINTER(PeerEntryC), c_char_p]),
+    "dht_peer_entry_verify": (c_int, [POINTER(PeerEntryC)]),
+    "dht_peer_entry_signed_bytes": (c_int, [POINTER(PeerEntryC), u8p, c_size_t, POINTER(c_size_t)]),
 }
 
 lib, path = load()

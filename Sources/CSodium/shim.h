@@ -1,0 +1,4 @@
+#ifndef DNA_CSODIUM_SHIM_H
+#define DNA_CSODIUM_SHIM_H
+#include <sodium.h>
+#endif
