@@ -105,7 +105,7 @@ public struct FrameDecoder: Sendable {
 
 extension FrameHeader {
     /// Writes the 32 header bytes at `base`.
-    func write(to base: UnsafeMutableRawPointer) {
+    package func write(to base: UnsafeMutableRawPointer) {
         base.storeBytes(of: FrameHeader.magic.bigEndian, toByteOffset: 0, as: UInt32.self)
         base.storeBytes(of: FrameHeader.version.bigEndian, toByteOffset: 4, as: UInt16.self)
         base.storeBytes(of: type.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)

@@ -1,0 +1,251 @@
+internal import CSodium
+import DNAWire
+
+/// Why a sealed frame was not opened, or a frame could not be sealed.
+public enum RecordError: Error, Equatable, Sendable {
+    /// The frame itself is malformed (see FrameError).
+    case frame(FrameError)
+    /// This sequence number was already accepted in this key epoch.
+    case replayed(epoch: UInt32, sequence: UInt32)
+    /// The sequence number is behind the anti-replay window.
+    case tooOld(epoch: UInt32, sequence: UInt32)
+    /// The frame's key epoch is neither the current, the previous nor the next one.
+    case unknownEpoch(UInt32)
+    /// The AEAD tag does not verify: modified, misdirected or forged.
+    case authenticationFailed
+    /// 2^64 frames were sealed with one traffic secret; the connection must be re-established.
+    case exhausted
+    /// The traffic secret is not 32 bytes.
+    case invalidKey
+}
+
+/// The direction a traffic key protects; part of every nonce so that the two directions of a
+/// connection can never share a (key, nonce) pair.
+public enum RecordDirection: UInt8, Sendable {
+    case initiatorToResponder = 0
+    case responderToInitiator = 1
+}
+
+/// Record protection (docs/PROTOCOL.md §3): each frame's payload sealed with ChaCha20-Poly1305-IETF
+/// (libsodium). Nonce = direction (1) | 0 (3) | key epoch (4, big-endian) | sequence (4, big-endian).
+/// Associated data = the 32-byte header with its checksum field zeroed. The header's reserved word2
+/// carries the key epoch. After sequence 2^32-1 the sender moves to the next epoch, whose key is
+/// derived from the previous one (BLAKE2b KDF, then the old key is wiped), so no nonce repeats.
+enum TrafficKey {
+    static let size = Int(crypto_aead_chacha20poly1305_ietf_KEYBYTES)
+    static let tagSize = Int(crypto_aead_chacha20poly1305_ietf_ABYTES)
+    static let context: [CChar] = Array("DNAkeyup".utf8CString.dropLast())
+
+    /// The key of the next epoch.
+    static func next(_ key: [UInt8]) -> [UInt8] {
+        var next = [UInt8](repeating: 0, count: size)
+        key.withUnsafeBufferPointer { master in
+            guard let base = master.baseAddress else { return }
+            _ = crypto_kdf_derive_from_key(&next, size, 1, context, base)
+        }
+        return next
+    }
+
+    static func nonce(_ direction: RecordDirection, epoch: UInt32, sequence: UInt32) -> [UInt8] {
+        [direction.rawValue, 0, 0, 0,
+         UInt8(epoch >> 24), UInt8(truncatingIfNeeded: epoch >> 16), UInt8(truncatingIfNeeded: epoch >> 8), UInt8(truncatingIfNeeded: epoch),
+         UInt8(sequence >> 24), UInt8(truncatingIfNeeded: sequence >> 16), UInt8(truncatingIfNeeded: sequence >> 8), UInt8(truncatingIfNeeded: sequence)]
+    }
+
+    /// The associated data: the header with a zero checksum.
+    static func associatedData(_ frame: UnsafeRawBufferPointer) -> [UInt8] {
+        var header = Array(frame.prefix(FrameHeader.size))
+        header.replaceSubrange(16..<20, with: [0, 0, 0, 0])
+        return header
+    }
+}
+
+/// Seals outgoing frames for one direction. A class, so that the key and counter are never copied.
+public final class RecordSealer {
+    private var key: [UInt8]
+    private let direction: RecordDirection
+    public private(set) var epoch: UInt32 = 0
+    private var nextSequence: UInt64 = 0  // up to 2^32: then the epoch advances
+
+    public init(trafficSecret: [UInt8], direction: RecordDirection) throws(RecordError) {
+        guard trafficSecret.count == TrafficKey.size else { throw .invalidKey }
+        _ = Sodium.ready
+        key = trafficSecret
+        self.direction = direction
+    }
+
+    deinit { Sodium.wipe(&key) }
+
+    /// Bytes a sealed frame adds to the plaintext: header and tag.
+    public static let overhead = FrameHeader.size + TrafficKey.tagSize
+
+    /// A sealed frame of `type` carrying `plaintext`; reserved words 0 and 1 are the caller's.
+    public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0,
+                     plaintext: UnsafeRawBufferPointer) throws(RecordError) -> [UInt8] {
+        if nextSequence > UInt64(UInt32.max) {
+            guard epoch < UInt32.max else { throw .exhausted }
+            let next = TrafficKey.next(key)
+            Sodium.wipe(&key)
+            key = next
+            epoch += 1
+            nextSequence = 0
+        }
+        let sequence = UInt32(nextSequence)
+        let sealedLength = plaintext.count + TrafficKey.tagSize
+        guard sealedLength <= FrameEncoder.maximumPayloadLength else {
+            throw .frame(.payloadTooLarge(length: sealedLength, maximum: FrameEncoder.maximumPayloadLength))
+        }
+        var frame = [UInt8](repeating: 0, count: FrameHeader.size + sealedLength)
+        let header = FrameHeader(type: type, sequence: sequence, payloadLength: UInt32(sealedLength), checksum: 0,
+                                 reserved: FrameReserved(word0: word0, word1: word1, word2: epoch))
+        let nonce = TrafficKey.nonce(direction, epoch: epoch, sequence: sequence)
+        frame.withUnsafeMutableBytes { out in
+            guard let base = out.baseAddress else { return }  // never empty: at least a header
+            header.write(to: base)
+            let ad = Array(out.prefix(FrameHeader.size))
+            let body = base.assumingMemoryBound(to: UInt8.self) + FrameHeader.size
+            var written: UInt64 = 0
+            _ = crypto_aead_chacha20poly1305_ietf_encrypt(
+                body, &written, plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(plaintext.count),
+                ad, UInt64(ad.count), nil, nonce, key)
+            let checksum = CRC32.checksum(UnsafeRawBufferPointer(rebasing: out[FrameHeader.size...]))
+            out.storeBytes(of: checksum.bigEndian, toByteOffset: 16, as: UInt32.self)
+        }
+        nextSequence += 1
+        return frame
+    }
+
+    public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0, plaintext: [UInt8]) throws(RecordError) -> [UInt8] {
+        let result = plaintext.withUnsafeBytes { bytes in
+            Result { () throws(RecordError) in try seal(type: type, word0: word0, word1: word1, plaintext: bytes) }
+        }
+        return try result.get()
+    }
+
+    /// Test hook: continue as if `count` frames had been sealed in this epoch.
+    func skip(to sequence: UInt64) { nextSequence = sequence }
+}
+
+/// Opens incoming sealed frames for one direction, dropping replays.
+public final class RecordOpener {
+    private struct Epoch {
+        var number: UInt32
+        var key: [UInt8]
+        var window = ReplayWindow()
+    }
+
+    private let direction: RecordDirection
+    private let decoder: FrameDecoder
+    private var current: Epoch
+    private var previous: Epoch?
+
+    public init(trafficSecret: [UInt8], direction: RecordDirection,
+                maximumPayloadLength: Int = FrameDecoder.defaultMaximumPayloadLength) throws(RecordError) {
+        guard trafficSecret.count == TrafficKey.size else { throw .invalidKey }
+        _ = Sodium.ready
+        self.direction = direction
+        decoder = FrameDecoder(maximumPayloadLength: maximumPayloadLength + TrafficKey.tagSize)
+        current = Epoch(number: 0, key: trafficSecret)
+    }
+
+    deinit {
+        Sodium.wipe(&current.key)
+        if var old = previous { Sodium.wipe(&old.key) }
+    }
+
+    /// The header and plaintext of a sealed frame. Nothing changes unless the frame authenticates.
+    public func open(_ frame: UnsafeRawBufferPointer) throws(RecordError) -> (header: FrameHeader, plaintext: [UInt8]) {
+        let header: FrameHeader
+        do { header = try decoder.decode(frame) } catch { throw .frame(error) }
+        guard header.payloadLength >= UInt32(TrafficKey.tagSize) else { throw .authenticationFailed }
+        let epoch = header.reserved.word2
+        let sequence = header.sequence
+        var candidate: Epoch
+        enum Slot { case current, previous, next }
+        let slot: Slot
+        if epoch == current.number {
+            candidate = current
+            slot = .current
+        } else if let previous, epoch == previous.number {
+            candidate = previous
+            slot = .previous
+        } else if current.number < UInt32.max, epoch == current.number + 1 {
+            candidate = Epoch(number: epoch, key: TrafficKey.next(current.key))
+            slot = .next
+        } else {
+            throw .unknownEpoch(epoch)
+        }
+        switch candidate.window.check(sequence) {
+        case .fresh: break
+        case .replayed: throw .replayed(epoch: epoch, sequence: sequence)
+        case .tooOld: throw .tooOld(epoch: epoch, sequence: sequence)
+        }
+        let nonce = TrafficKey.nonce(direction, epoch: epoch, sequence: sequence)
+        let ad = TrafficKey.associatedData(frame)
+        let sealedLength = Int(header.payloadLength)
+        var plaintext = [UInt8](repeating: 0, count: sealedLength - TrafficKey.tagSize)
+        var length: UInt64 = 0
+        guard let frameBase = frame.baseAddress else { throw .authenticationFailed }
+        let status = plaintext.withUnsafeMutableBufferPointer { out in
+            crypto_aead_chacha20poly1305_ietf_decrypt(
+                out.baseAddress, &length, nil,
+                frameBase.assumingMemoryBound(to: UInt8.self) + FrameHeader.size, UInt64(sealedLength),
+                ad, UInt64(ad.count), nonce, candidate.key)
+        }
+        guard status == 0 else {
+            if slot == .next { Sodium.wipe(&candidate.key) }
+            throw .authenticationFailed
+        }
+        candidate.window.accept(sequence)
+        switch slot {
+        case .current: current = candidate
+        case .previous: previous = candidate
+        case .next:
+            if var old = previous { Sodium.wipe(&old.key) }
+            previous = current
+            current = candidate
+        }
+        return (header, plaintext)
+    }
+
+    public func open(_ frame: [UInt8]) throws(RecordError) -> (header: FrameHeader, plaintext: [UInt8]) {
+        let result = frame.withUnsafeBytes { bytes in
+            Result { () throws(RecordError) in try open(bytes) }
+        }
+        return try result.get()
+    }
+}
+
+/// A sliding anti-replay window of 2048 sequence numbers (RFC 6479's bitmap, 33 words of 64 bits,
+/// so that advancing clears whole words).
+struct ReplayWindow {
+    static let size: UInt32 = 2048
+    private static let words = 33
+    private var bits = [UInt64](repeating: 0, count: ReplayWindow.words)
+    private var highest: UInt32?
+
+    enum Verdict { case fresh, replayed, tooOld }
+
+    func check(_ sequence: UInt32) -> Verdict {
+        guard let highest, sequence <= highest else { return .fresh }
+        if highest - sequence >= Self.size { return .tooOld }
+        let word = Int((sequence / 64) % UInt32(Self.words))
+        return bits[word] & (1 << UInt64(sequence % 64)) != 0 ? .replayed : .fresh
+    }
+
+    mutating func accept(_ sequence: UInt32) {
+        if let highest, sequence <= highest {
+            // inside the window (check passed)
+        } else {
+            let from = highest.map { Int($0 / 64) + 1 } ?? Int(sequence / 64)
+            let to = Int(sequence / 64)
+            if to - from >= Self.words - 1 || highest == nil {
+                for i in bits.indices { bits[i] = 0 }
+            } else if from <= to {
+                for block in from...to { bits[block % Self.words] = 0 }
+            }
+            highest = sequence
+        }
+        bits[Int((sequence / 64) % UInt32(Self.words))] |= 1 << UInt64(sequence % 64)
+    }
+}

@@ -1,0 +1,86 @@
+@testable import DNACrypto
+import DNAWire
+import Testing
+
+@Suite struct RecordProtectionTests {
+    static let secret = [UInt8](repeating: 0x42, count: 32)
+
+    static func pair(_ direction: RecordDirection = .initiatorToResponder) throws -> (RecordSealer, RecordOpener) {
+        (try RecordSealer(trafficSecret: secret, direction: direction), try RecordOpener(trafficSecret: secret, direction: direction))
+    }
+
+    @Test func sealedFramesOpenWithTheirHeader() throws {
+        let (sealer, opener) = try Self.pair()
+        for size in [0, 1, 1000, 70_000] {
+            let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0 * 7) }
+            let frame = try sealer.seal(type: .data, word0: 9, word1: 3, plaintext: plaintext)
+            #expect(frame.count == size + RecordSealer.overhead)
+            #expect(try FrameDecoder().decode(frame).header.type == .data)  // a valid DNA frame on the wire
+            let opened = try opener.open(frame)
+            #expect(opened.plaintext == plaintext)
+            #expect(opened.header.reserved == FrameReserved(word0: 9, word1: 3, word2: 0))
+        }
+    }
+
+    @Test func everySingleBitFlipIsRejectedAndLeavesNoState() throws {
+        let (sealer, opener) = try Self.pair()
+        let frame = try sealer.seal(type: .data, plaintext: Array("attack at dawn".utf8))
+        for bit in 0..<(frame.count * 8) {
+            var flipped = frame
+            flipped[bit / 8] ^= UInt8(1) << UInt8(bit % 8)
+            #expect(throws: RecordError.self, "bit \(bit)") { try opener.open(flipped) }
+        }
+        #expect(try opener.open(frame).plaintext == Array("attack at dawn".utf8))
+    }
+
+    @Test func replaysAndDuplicatesAreDropped() throws {
+        let (sealer, opener) = try Self.pair()
+        let first = try sealer.seal(type: .data, plaintext: [1])
+        _ = try opener.open(first)
+        #expect(throws: RecordError.replayed(epoch: 0, sequence: 0)) { try opener.open(first) }
+    }
+
+    @Test func reorderingInsideTheWindowIsAcceptedOlderIsNot() throws {
+        let (sealer, opener) = try Self.pair()
+        let frames = try (0..<3000).map { i throws(RecordError) in try sealer.seal(type: .data, plaintext: [UInt8(i & 0xFF)]) }
+        _ = try opener.open(frames[2999])
+        _ = try opener.open(frames[2999 - 2047])  // the oldest the window holds
+        #expect(throws: RecordError.tooOld(epoch: 0, sequence: 2999 - 2048)) { try opener.open(frames[2999 - 2048]) }
+        for i in stride(from: 2998, through: 1000, by: -1) { _ = try opener.open(frames[i]) }
+        #expect(throws: RecordError.replayed(epoch: 0, sequence: 1500)) { try opener.open(frames[1500]) }
+    }
+
+    @Test func theOtherDirectionsKeyCannotOpen() throws {
+        let sealer = try RecordSealer(trafficSecret: Self.secret, direction: .initiatorToResponder)
+        let opener = try RecordOpener(trafficSecret: Self.secret, direction: .responderToInitiator)
+        #expect(throws: RecordError.authenticationFailed) { try opener.open(try sealer.seal(type: .data, plaintext: [1])) }
+    }
+
+    @Test func keysUpdateBeforeTheSequenceWraps() throws {
+        let (sealer, opener) = try Self.pair()
+        sealer.skip(to: UInt64(UInt32.max) - 1)
+        let a = try sealer.seal(type: .data, plaintext: [1])  // epoch 0, sequence 2^32-2
+        let b = try sealer.seal(type: .data, plaintext: [2])  // epoch 0, sequence 2^32-1
+        let c = try sealer.seal(type: .data, plaintext: [3])  // epoch 1, sequence 0, new key
+        #expect(try FrameDecoder().decode(c).header.sequence == 0)
+        #expect(sealer.epoch == 1)
+        #expect(try opener.open(a).plaintext == [1])
+        #expect(try opener.open(c).plaintext == [3])
+        #expect(try opener.open(b).plaintext == [2])  // late frame of the previous epoch
+        // The same (epoch 1, sequence 0) under the old key would not authenticate: the key changed.
+        let stale = try RecordSealer(trafficSecret: Self.secret, direction: .initiatorToResponder)
+        var forged = try stale.seal(type: .data, plaintext: [3])
+        forged.replaceSubrange(28..<32, with: [0, 0, 0, 1])
+        let crc = CRC32.checksum(forged[32...])
+        forged.replaceSubrange(16..<20, with: [UInt8(crc >> 24), UInt8((crc >> 16) & 0xFF), UInt8((crc >> 8) & 0xFF), UInt8(crc & 0xFF)])
+        #expect(throws: RecordError.self) { try opener.open(forged) }
+        // Epochs far ahead are unknown.
+        forged.replaceSubrange(28..<32, with: [0, 0, 0, 9])
+        #expect(throws: RecordError.self) { try opener.open(forged) }
+    }
+
+    @Test func keysMustBe32Bytes() {
+        #expect(throws: RecordError.invalidKey) { try RecordSealer(trafficSecret: [1, 2], direction: .initiatorToResponder) }
+        #expect(throws: RecordError.invalidKey) { try RecordOpener(trafficSecret: [], direction: .initiatorToResponder) }
+    }
+}
