@@ -46,17 +46,17 @@ enum TrafficKey {
         return next
     }
 
-    static func nonce(_ direction: RecordDirection, epoch: UInt32, sequence: UInt32) -> [UInt8] {
-        [direction.rawValue, 0, 0, 0,
-         UInt8(epoch >> 24), UInt8(truncatingIfNeeded: epoch >> 16), UInt8(truncatingIfNeeded: epoch >> 8), UInt8(truncatingIfNeeded: epoch),
-         UInt8(sequence >> 24), UInt8(truncatingIfNeeded: sequence >> 16), UInt8(truncatingIfNeeded: sequence >> 8), UInt8(truncatingIfNeeded: sequence)]
-    }
+    static let nonceSize = Int(crypto_aead_chacha20poly1305_ietf_NPUBBYTES)
 
-    /// The associated data: the header with a zero checksum.
-    static func associatedData(_ frame: UnsafeRawBufferPointer) -> [UInt8] {
-        var header = Array(frame.prefix(FrameHeader.size))
-        header.replaceSubrange(16..<20, with: [0, 0, 0, 0])
-        return header
+    /// Runs body with the 12-byte nonce of (direction, epoch, sequence) on the stack.
+    static func withNonce<T>(_ direction: RecordDirection, epoch: UInt32, sequence: UInt32,
+                             _ body: (UnsafePointer<UInt8>) -> T) -> T {
+        withUnsafeTemporaryAllocation(byteCount: nonceSize, alignment: 4) { nonce in
+            nonce.storeBytes(of: (UInt32(direction.rawValue) << 24).bigEndian, toByteOffset: 0, as: UInt32.self)
+            nonce.storeBytes(of: epoch.bigEndian, toByteOffset: 4, as: UInt32.self)
+            nonce.storeBytes(of: sequence.bigEndian, toByteOffset: 8, as: UInt32.self)
+            return body(nonce.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
     }
 }
 
@@ -95,21 +95,20 @@ public final class RecordSealer {
         guard sealedLength <= FrameEncoder.maximumPayloadLength else {
             throw .frame(.payloadTooLarge(length: sealedLength, maximum: FrameEncoder.maximumPayloadLength))
         }
-        var frame = [UInt8](repeating: 0, count: FrameHeader.size + sealedLength)
         let header = FrameHeader(type: type, sequence: sequence, payloadLength: UInt32(sealedLength), checksum: 0,
                                  reserved: FrameReserved(word0: word0, word1: word1, word2: epoch))
-        let nonce = TrafficKey.nonce(direction, epoch: epoch, sequence: sequence)
-        frame.withUnsafeMutableBytes { out in
-            guard let base = out.baseAddress else { return }  // never empty: at least a header
-            header.write(to: base)
-            let ad = Array(out.prefix(FrameHeader.size))
-            let body = base.assumingMemoryBound(to: UInt8.self) + FrameHeader.size
+        let frame = [UInt8](unsafeUninitializedCapacity: FrameHeader.size + sealedLength) { buffer, initialized in
+            guard let base = buffer.baseAddress else { return }  // never empty: at least a header
+            header.write(to: base)  // checksum 0: these 32 bytes are the associated data
             var written: UInt64 = 0
-            _ = crypto_aead_chacha20poly1305_ietf_encrypt(
-                body, &written, plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), UInt64(plaintext.count),
-                ad, UInt64(ad.count), nil, nonce, key)
-            let checksum = CRC32.checksum(UnsafeRawBufferPointer(rebasing: out[FrameHeader.size...]))
-            out.storeBytes(of: checksum.bigEndian, toByteOffset: 16, as: UInt32.self)
+            TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
+                _ = crypto_aead_chacha20poly1305_ietf_encrypt(
+                    base + FrameHeader.size, &written, plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                    UInt64(plaintext.count), base, UInt64(FrameHeader.size), nil, nonce, key)
+            }
+            let checksum = CRC32.checksum(UnsafeRawBufferPointer(start: base + FrameHeader.size, count: sealedLength))
+            UnsafeMutableRawPointer(base).storeBytes(of: checksum.bigEndian, toByteOffset: 16, as: UInt32.self)
+            initialized = FrameHeader.size + sealedLength
         }
         nextSequence += 1
         return frame
@@ -144,6 +143,8 @@ public final class RecordOpener {
         guard trafficSecret.count == TrafficKey.size else { throw .invalidKey }
         _ = Sodium.ready
         self.direction = direction
+        // The CRC-32 is checked too: the checksum field is outside the associated data (it is computed
+        // over the ciphertext), so without the check a modified checksum would go unnoticed.
         decoder = FrameDecoder(maximumPayloadLength: maximumPayloadLength + TrafficKey.tagSize)
         current = Epoch(number: 0, key: trafficSecret)
     }
@@ -180,17 +181,22 @@ public final class RecordOpener {
         case .replayed: throw .replayed(epoch: epoch, sequence: sequence)
         case .tooOld: throw .tooOld(epoch: epoch, sequence: sequence)
         }
-        let nonce = TrafficKey.nonce(direction, epoch: epoch, sequence: sequence)
-        let ad = TrafficKey.associatedData(frame)
         let sealedLength = Int(header.payloadLength)
-        var plaintext = [UInt8](repeating: 0, count: sealedLength - TrafficKey.tagSize)
-        var length: UInt64 = 0
-        guard let frameBase = frame.baseAddress else { throw .authenticationFailed }
-        let status = plaintext.withUnsafeMutableBufferPointer { out in
-            crypto_aead_chacha20poly1305_ietf_decrypt(
-                out.baseAddress, &length, nil,
-                frameBase.assumingMemoryBound(to: UInt8.self) + FrameHeader.size, UInt64(sealedLength),
-                ad, UInt64(ad.count), nonce, candidate.key)
+        guard let frameBase = frame.baseAddress?.assumingMemoryBound(to: UInt8.self) else { throw .authenticationFailed }
+        var status: Int32 = -1
+        let plaintext = [UInt8](unsafeUninitializedCapacity: sealedLength - TrafficKey.tagSize) { out, initialized in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: FrameHeader.size) { ad in
+                guard let adBase = ad.baseAddress else { return }
+                adBase.update(from: frameBase, count: FrameHeader.size)
+                (adBase + 16).update(repeating: 0, count: 4)  // the checksum is not part of the associated data
+                var length: UInt64 = 0
+                status = TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
+                    crypto_aead_chacha20poly1305_ietf_decrypt(
+                        out.baseAddress, &length, nil, frameBase + FrameHeader.size, UInt64(sealedLength),
+                        adBase, UInt64(FrameHeader.size), nonce, candidate.key)
+                }
+            }
+            initialized = status == 0 ? out.count : 0
         }
         guard status == 0 else {
             if slot == .next { Sodium.wipe(&candidate.key) }
