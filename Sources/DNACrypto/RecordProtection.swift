@@ -232,26 +232,30 @@ struct ReplayWindow {
 
     enum Verdict { case fresh, replayed, tooOld }
 
+    /// The word of the bitmap that holds `sequence`, and its bit in that word.
+    private static func slot(_ sequence: UInt32) -> (word: Int, bit: UInt64) {
+        (Int((sequence / 64) % UInt32(words)), 1 << UInt64(sequence % 64))
+    }
+
     func check(_ sequence: UInt32) -> Verdict {
         guard let highest, sequence <= highest else { return .fresh }
         if highest - sequence >= Self.size { return .tooOld }
-        let word = Int((sequence / 64) % UInt32(Self.words))
-        return bits[word] & (1 << UInt64(sequence % 64)) != 0 ? .replayed : .fresh
+        let (word, bit) = Self.slot(sequence)
+        return bits[word] & bit != 0 ? .replayed : .fresh
     }
 
     mutating func accept(_ sequence: UInt32) {
-        if let highest, sequence <= highest {
-            // inside the window (check passed)
-        } else {
-            let from = highest.map { Int($0 / 64) + 1 } ?? Int(sequence / 64)
-            let to = Int(sequence / 64)
-            if to - from >= Self.words - 1 || highest == nil {
+        if let highest, sequence > highest {
+            // The window moves forward: clear the words it enters (all of them after a long jump).
+            let from = Int(highest / 64) + 1, to = Int(sequence / 64)
+            if to - from >= Self.words - 1 {
                 for i in bits.indices { bits[i] = 0 }
             } else if from <= to {
                 for block in from...to { bits[block % Self.words] = 0 }
             }
-            highest = sequence
         }
-        bits[Int((sequence / 64) % UInt32(Self.words))] |= 1 << UInt64(sequence % 64)
+        if highest.map({ sequence > $0 }) ?? true { highest = sequence }  // the bitmap starts clear
+        let (word, bit) = Self.slot(sequence)
+        bits[word] |= bit
     }
 }
