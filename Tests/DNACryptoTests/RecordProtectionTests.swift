@@ -79,6 +79,33 @@ import Testing
         #expect(throws: RecordError.self) { try opener.open(forged) }
     }
 
+    @Test func randomAndMutatedInputNeverOpensAndLeavesTheOpenerWorking() throws {
+        let (sealer, opener) = try Self.pair()
+        var state: UInt64 = 0x5EED
+        func next() -> UInt64 {  // SplitMix64
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        let valid = try sealer.seal(type: .data, plaintext: Array("hello".utf8))
+        var opened = 0
+        for i in 0..<100_000 {
+            var input: [UInt8]
+            if i % 2 == 0 {
+                input = (0..<Int(next() % 80)).map { _ in UInt8(truncatingIfNeeded: next()) }
+            } else {
+                input = valid
+                for _ in 0..<(1 + Int(next() % 3)) { input[Int(next() % UInt64(input.count))] ^= UInt8(truncatingIfNeeded: next() | 1) }
+            }
+            if input == valid { continue }  // two flips of one byte can cancel out
+            if (try? opener.open(input)) != nil { opened += 1 }
+        }
+        #expect(opened == 0)
+        #expect(try opener.open(valid).plaintext == Array("hello".utf8))
+    }
+
     @Test func keysMustBe32Bytes() {
         #expect(throws: RecordError.invalidKey) { try RecordSealer(trafficSecret: [1, 2], direction: .initiatorToResponder) }
         #expect(throws: RecordError.invalidKey) { try RecordOpener(trafficSecret: [], direction: .initiatorToResponder) }
