@@ -29,3 +29,13 @@ enum Sodium {
         }
     }
 }
+
+/// Secret bytes with one owner: wiped when the last reference goes, so that copies of the array
+/// (which would escape the wipe) are never made.
+final class Secret {
+    private(set) var bytes: [UInt8]
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    deinit { Sodium.wipe(&bytes) }
+}

@@ -1,0 +1,200 @@
+@testable import DNACrypto
+import DNAWire
+import Testing
+
+/// Two in-memory endpoints and the datagrams between them, in virtual time.
+struct HandshakeLink {
+    enum Direction { case toResponder, toInitiator }
+
+    let initiator: HandshakeInitiator
+    let responder: HandshakeResponder<String>
+    var address = "alice:1"
+    var now: UInt64 = 0
+    /// Every datagram sent, in order, with its direction.
+    var sent: [(Direction, [UInt8])] = []
+    var initiatorErrors: [HandshakeError] = []
+    var responderErrors: [HandshakeError] = []
+    var responderSessions: [SecureSession] = []
+
+    init(initiator: HandshakeInitiator, responder: HandshakeResponder<String>) {
+        self.initiator = initiator
+        self.responder = responder
+    }
+
+    /// Runs until the initiator has finished or failed and nothing is in flight, or `limit` ms pass.
+    /// `deliver` decides what arrives of each datagram (nil: lost).
+    mutating func run(limit: UInt64 = 60_000, deliver: (Direction, [UInt8]) -> [UInt8]? = { $1 }) {
+        var timersRan = false
+        while now <= limit {
+            var moved = false
+            for datagram in initiator.takeDatagrams() {
+                moved = true
+                sent.append((.toResponder, datagram))
+                guard let arriving = deliver(.toResponder, datagram) else { continue }
+                do { try responder.receive(arriving, from: address, now: now) } catch { responderErrors.append(error) }
+            }
+            responderSessions += responder.takeSessions().map(\.1)
+            for (to, datagram) in responder.takeDatagrams() {
+                moved = true
+                #expect(to == address)
+                sent.append((.toInitiator, datagram))
+                guard let arriving = deliver(.toInitiator, datagram) else { continue }
+                do { try initiator.receive(arriving, now: now) } catch { initiatorErrors.append(error) }
+            }
+            if moved {
+                timersRan = false
+                continue
+            }
+            let deadlines = [initiator.nextDeadline, responder.nextDeadline].compactMap { $0 }
+            guard let next = deadlines.min() else { return }
+            guard next > now || !timersRan else {
+                Issue.record("a deadline at \(next) that handling the timers at \(now) did not move")
+                return
+            }
+            timersRan = next <= now
+            now = max(now, next)
+            do { try initiator.handleTimeout(now: now) } catch { initiatorErrors.append(error) }
+            responder.handleTimeout(now: now)
+        }
+    }
+}
+
+@Suite struct HandshakeTests {
+    static let alice = try! Identity(generating: try! IdentityName("alice"))
+    static let bob = try! Identity(generating: try! IdentityName("bob"))
+    static let carol = try! Identity(generating: try! IdentityName("carol"))
+
+    static func link(responderKey: [UInt8] = bob.publicKey, configuration: HandshakeConfiguration = HandshakeConfiguration())
+        throws -> HandshakeLink {
+        HandshakeLink(
+            initiator: try HandshakeInitiator(identity: alice, responderName: bob.name, responderPublicKey: responderKey,
+                                              now: 0, configuration: configuration),
+            responder: HandshakeResponder(identity: bob, configuration: configuration))
+    }
+
+    /// The messages of one clean handshake, reassembled from its datagrams.
+    static func messages(_ link: HandshakeLink) throws -> [HandshakeKind: [UInt8]] {
+        var parts: [HandshakeKind: [Int: ArraySlice<UInt8>]] = [:]
+        for (_, datagram) in link.sent {
+            if case .piece(_, let kind, let index, _, _, let bytes) = try HandshakeDatagram(parsing: datagram) {
+                parts[kind, default: [:]][index] = bytes
+            }
+        }
+        return parts.mapValues { pieces in pieces.keys.sorted().flatMap { pieces[$0] ?? [] } }
+    }
+
+    @Test func bothSidesGetTheSameKeysAndEachOthersIdentity() throws {
+        var link = try Self.link()
+        link.run()
+        #expect(link.initiatorErrors.isEmpty && link.responderErrors.isEmpty)
+        #expect(link.initiator.isFinished)
+        #expect(link.responder.pendingCount == 0)
+        let client = try #require(link.initiator.session)
+        let server = try #require(link.responderSessions.first)
+        #expect(link.responderSessions.count == 1)
+        #expect(client.peerName == Self.bob.name && client.peerPublicKey == Self.bob.publicKey)
+        #expect(server.peerName == Self.alice.name && server.peerPublicKey == Self.alice.publicKey)
+        #expect(server.peerFingerprint == Self.alice.fingerprint)
+        #expect(client.sessionID == server.sessionID && client.role == .initiator && server.role == .responder)
+        for size in [0, 100, 5000] {
+            let message = (0..<size).map { UInt8(truncatingIfNeeded: $0) }
+            #expect(try server.opener.open(try client.sealer.seal(type: .data, plaintext: message)).plaintext == message)
+            #expect(try client.opener.open(try server.sealer.seal(type: .data, plaintext: message)).plaintext == message)
+        }
+        // The two directions have different keys: a frame cannot be reflected back to its sender.
+        let reflected = try client.sealer.seal(type: .data, plaintext: [1, 2, 3])
+        #expect(throws: RecordError.authenticationFailed) { try client.opener.open(reflected) }
+    }
+
+    @Test func noDatagramExceeds1200BytesAndMessagesHaveTheDocumentedSizes() throws {
+        var link = try Self.link()
+        link.run()
+        #expect(link.sent.allSatisfy { $0.1.count <= Pieces.maximumDatagramSize })
+        let messages = try Self.messages(link)
+        #expect(messages[.initiation]?.count == Initiation.size)
+        #expect(Initiation.size == 1284 && Response.size == 4465)
+        #expect(messages[.response]?.count == Response.size)
+        #expect(messages[.confirmation]?.count == 1 + 5 + Identity.publicKeySize + Identity.signatureSize + 16)
+        // Datagrams: 2 + 4 + 5 pieces, each acknowledged once, nothing sent twice.
+        let pieces = link.sent.filter { (try? FrameDecoder().decode($0.1).header.type) == .handshake }
+        #expect(pieces.count == 11)
+        #expect(link.sent.count == 22)
+    }
+
+    @Test func applicationDataFlowsFromTheInitiatorAfterOneRoundTrip() throws {
+        var link = try Self.link()
+        // Flight 1: initiation. Flight 2: response. The initiator has its session before anything else arrives.
+        for datagram in link.initiator.takeDatagrams() { try link.responder.receive(datagram, from: "a", now: 0) }
+        #expect(link.initiator.session == nil)
+        for (_, datagram) in link.responder.takeDatagrams() { try link.initiator.receive(datagram, now: 10) }
+        let session = try #require(link.initiator.session)
+        let early = try session.sealer.seal(type: .data, plaintext: Array("hello bob".utf8))
+        // Flight 3: confirmation pieces, then the data, together.
+        for datagram in link.initiator.takeDatagrams() { try link.responder.receive(datagram, from: "a", now: 20) }
+        let server = try #require(link.responder.takeSessions().first?.1)
+        #expect(try server.opener.open(early).plaintext == Array("hello bob".utf8))
+    }
+
+    @Test func aWrongResponderKeyFailsAndLeavesNoState() throws {
+        // The initiator believes bob's key is carol's: bob refuses the initiation as not meant for him.
+        var link = try Self.link(responderKey: Self.carol.publicKey)
+        link.run()
+        #expect(link.responderErrors.first == .misdirected)
+        #expect(link.responder.pendingCount == 0 && link.responderSessions.isEmpty)
+        #expect(link.initiator.failure == .timeout && link.initiator.session == nil)
+
+        // A responder that answers anyway (an impostor with its own key): the initiator's check fails.
+        var impostor = try Self.link(responderKey: Self.carol.publicKey)
+        impostor.responder.checksDestination = false
+        impostor.run()
+        #expect(impostor.initiatorErrors.first == .badSignature)
+        #expect(impostor.initiator.failure == .badSignature && impostor.initiator.session == nil)
+        #expect(impostor.initiator.nextDeadline == nil)  // nothing left to do, nothing to send
+        #expect(impostor.responderSessions.isEmpty)
+    }
+
+    @Test func aLostPieceIsSentAgainAloneNotTheWholeMessage() throws {
+        var link = try Self.link()
+        var responsePieces = 0
+        link.run { direction, datagram in
+            guard direction == .toInitiator, (try? FrameDecoder().decode(datagram).header.type) == .handshake else { return datagram }
+            responsePieces += 1
+            return responsePieces == 3 ? nil : datagram  // the third response piece is lost once
+        }
+        #expect(link.initiator.isFinished && link.responderSessions.count == 1)
+        #expect(responsePieces == 5)  // four pieces, then only the lost one again
+        let resent = link.sent.filter { $0.0 == .toInitiator && (try? FrameDecoder().decode($0.1).header.type) == .handshake }
+        #expect(resent.count == 5 && resent[4].1 == resent[2].1)
+    }
+
+    @Test(arguments: [1, 2, 3, 4, 5])
+    func completesWithHeavyLossInBothDirections(seed: UInt64) throws {
+        var link = try Self.link()
+        var random = SplitMix(seed: seed)
+        link.run { _, datagram in random.next() % 100 < 30 ? nil : datagram }
+        #expect(link.initiator.isFinished, "seed \(seed): \(link.initiatorErrors)")
+        #expect(link.responderSessions.count == 1)
+        #expect(link.responder.pendingCount == 0)
+    }
+
+    @Test func timeoutsEndBothSides() throws {
+        var link = try Self.link()
+        link.run { direction, datagram in direction == .toInitiator ? nil : datagram }  // the responder is never heard
+        #expect(link.initiator.failure == .timeout)
+        #expect(link.responder.pendingCount == 0 && link.responder.statistics.timedOut == 1)
+        #expect(link.now >= HandshakeConfiguration().timeout)
+    }
+}
+
+/// A small deterministic random generator for tests (SplitMix64).
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
