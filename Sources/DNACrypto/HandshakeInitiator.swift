@@ -191,7 +191,7 @@ public final class HandshakeInitiator {
         case (.piece(_, .response, let index, let count, let length, let bytes), .awaitingResponse(let secret, let kem, var response)):
             outgoing.acknowledgeAll()  // the responder answers only a complete initiation
             if response == nil {
-                response = try Self.reassembly(length: length, count: count, kind: .response, configuration: configuration)
+                response = try Self.reassembly(length: length, count: count, kind: .response)
             }
             guard var reassembly = response else { return }
             do { _ = try reassembly.add(index: index, length: length, count: count, bytes: bytes) } catch { throw .piece(error) }
@@ -210,11 +210,10 @@ public final class HandshakeInitiator {
         }
     }
 
-    static func reassembly(length: Int, count: Int, kind: HandshakeKind,
-                           configuration: HandshakeConfiguration) throws(HandshakeError) -> Reassembly {
+    static func reassembly(length: Int, count: Int, kind: HandshakeKind) throws(HandshakeError) -> Reassembly {
         do {
             return try Reassembly(length: length, count: count, maximumLength: kind.maximumLength,
-                                  pieceSize: configuration.pieceSize)
+                                  pieceSize: HandshakeDatagram.pieceSize)
         } catch { throw .piece(error) }
     }
 

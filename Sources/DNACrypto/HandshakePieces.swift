@@ -12,23 +12,28 @@ public struct HandshakeConfiguration: Sendable {
     public var maximumPending: Int = 128
     /// Responder: how many answered initiations it remembers to refuse their replays.
     public var replayMemory: Int = 4096
-    /// Payload bytes per piece (at most `Pieces.maximumPieceSize`, which keeps datagrams at 1,200 bytes).
-    public var pieceSize: Int = Pieces.maximumPieceSize
 
     public init() {}
 }
 
 /// A handshake datagram: a piece of a message, or the acknowledgement of pieces (docs/PROTOCOL.md §4.1).
+/// Everything is in the payload, under the frame's CRC-32; the header's sequence and reserved bytes
+/// are zero, so that any change to any byte is detected.
 ///
-/// Piece (type 0x0010): sequence = piece index; reserved word0 = session id; word1 = kind << 24 |
-/// piece count << 16; word2 = message length; payload = the piece.
-/// Acknowledgement (type 0x0011): sequence = 0; word0 = session id; word1 = kind << 24 | piece count
-/// << 16; word2 = bitmap of the pieces received; no payload.
+/// Piece (type 0x0010): session id (4) | kind (1) | index (1) | count (1) | 0 (1) | message length (4) |
+/// the piece's bytes. Acknowledgement (type 0x0011): session id (4) | kind (1) | 0 (1) | count (1) |
+/// 0 (1) | bitmap of the pieces received (4). Integers big-endian.
 enum HandshakeDatagram: Equatable {
     case piece(session: UInt32, kind: HandshakeKind, index: Int, count: Int, length: Int, bytes: ArraySlice<UInt8>)
     case ack(session: UInt32, kind: HandshakeKind, count: Int, received: UInt32)
 
-    static let decoder = FrameDecoder(maximumPayloadLength: Pieces.maximumPieceSize)
+    /// Bytes before the piece in a piece's payload.
+    static let pieceHeaderSize = 12
+    /// Message bytes per piece (fixed by the protocol): a 1,200-byte datagram less the frame header
+    /// and the piece header. Every piece but the last of a message is this long.
+    static let pieceSize = Pieces.maximumDatagramSize - FrameHeader.size - pieceHeaderSize
+
+    static let decoder = FrameDecoder(maximumPayloadLength: Pieces.maximumDatagramSize - FrameHeader.size)
 
     var session: UInt32 {
         switch self {
@@ -36,48 +41,64 @@ enum HandshakeDatagram: Equatable {
         }
     }
 
-    static func kindWord(_ kind: HandshakeKind, count: Int) -> UInt32 {
-        UInt32(kind.rawValue) << 24 | UInt32(count) << 16
+    private static func prefix(session: UInt32, kind: HandshakeKind, index: Int, count: Int, last: UInt32) -> [UInt8] {
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(pieceHeaderSize)
+        for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: session >> UInt32(shift))) }
+        bytes += [kind.rawValue, UInt8(truncatingIfNeeded: index), UInt8(truncatingIfNeeded: count), 0]
+        for shift in stride(from: 24, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: last >> UInt32(shift))) }
+        return bytes
     }
 
     /// The datagrams carrying `message`, one per piece.
-    static func pieces(of message: [UInt8], session: UInt32, kind: HandshakeKind, pieceSize: Int) -> [[UInt8]] {
+    static func pieces(of message: [UInt8], session: UInt32, kind: HandshakeKind) -> [[UInt8]] {
         let count = Pieces.count(length: message.count, pieceSize: pieceSize)
         return (0..<count).map { index in
             let range = Pieces.range(of: index, length: message.count, pieceSize: pieceSize)
-            let reserved = FrameReserved(word0: session, word1: kindWord(kind, count: count), word2: UInt32(message.count))
+            let payload = prefix(session: session, kind: kind, index: index, count: count, last: UInt32(message.count))
+                + message[range]
             // Cannot fail: a piece is far below the format's 4 GiB limit.
-            return (try? FrameEncoder.encode(type: .handshake, sequence: UInt32(index), reserved: reserved,
-                                             payload: message[range])) ?? []
+            return (try? FrameEncoder.encode(type: .handshake, sequence: 0, payload: payload)) ?? []
         }
     }
 
     static func ack(session: UInt32, kind: HandshakeKind, count: Int, received: UInt32) -> [UInt8] {
-        let reserved = FrameReserved(word0: session, word1: kindWord(kind, count: count), word2: received)
-        return (try? FrameEncoder.encode(type: .handshakeAck, sequence: 0, reserved: reserved, payload: [])) ?? []
+        let payload = prefix(session: session, kind: kind, index: 0, count: count, last: received)
+        return (try? FrameEncoder.encode(type: .handshakeAck, sequence: 0, payload: payload)) ?? []
     }
 
     init(parsing datagram: [UInt8]) throws(HandshakeError) {
         let frame: FrameDecoder.Frame
         do { frame = try Self.decoder.decode(datagram) } catch { throw .frame(error) }
         let header = frame.header
-        let word1 = header.reserved.word1
-        guard word1 & 0xFFFF == 0 else { throw .unexpected("reserved bits of a handshake frame are set") }
-        guard let kind = HandshakeKind(rawValue: UInt8(word1 >> 24)) else {
-            throw .unexpected("handshake message kind \(word1 >> 24)")
-        }
-        let count = Int((word1 >> 16) & 0xFF)
-        guard count >= 1, count <= Pieces.maximumCount else { throw .piece(.badCount(count: count, length: -1)) }
-        switch header.type {
-        case .handshake:
-            self = .piece(session: header.reserved.word0, kind: kind, index: Int(header.sequence), count: count,
-                          length: Int(header.reserved.word2), bytes: frame.payload)
-        case .handshakeAck:
-            guard header.sequence == 0, frame.payload.isEmpty else { throw .unexpected("acknowledgement with data") }
-            guard header.reserved.word2 & ~Pieces.all(count) == 0 else { throw .piece(.badIndex(index: 31, count: count)) }
-            self = .ack(session: header.reserved.word0, kind: kind, count: count, received: header.reserved.word2)
-        default:
+        guard header.type == .handshake || header.type == .handshakeAck else {
             throw .unexpected("frame type \(header.type) is not a handshake frame")
+        }
+        guard header.sequence == 0, header.reserved == .zero else {
+            throw .unexpected("sequence or reserved bytes of a handshake frame are not zero")
+        }
+        let payload = Array(frame.payload)
+        guard payload.count >= Self.pieceHeaderSize else { throw .malformed("handshake frame of \(payload.count) bytes") }
+        let session = payload[0..<4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        let last = payload[8..<12].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        guard let kind = HandshakeKind(rawValue: payload[4]) else { throw .unexpected("handshake message kind \(payload[4])") }
+        let index = Int(payload[5]), count = Int(payload[6])
+        guard payload[7] == 0 else { throw .unexpected("unused bits of a handshake frame are set") }
+        guard count >= 1, count <= Pieces.maximumCount else { throw .piece(.badCount(count: count, length: Int(last))) }
+        if header.type == .handshake {
+            let length = Int(last), bytes = payload.count - Self.pieceHeaderSize
+            guard count == Pieces.count(length: length, pieceSize: Self.pieceSize) else {
+                throw .piece(.badCount(count: count, length: length))
+            }
+            guard index < count else { throw .piece(.badIndex(index: index, count: count)) }
+            let expected = Pieces.range(of: index, length: length, pieceSize: Self.pieceSize).count
+            guard bytes == expected else { throw .piece(.badLength(index: index, expected: expected, actual: bytes)) }
+            self = .piece(session: session, kind: kind, index: index, count: count, length: Int(last),
+                          bytes: payload[Self.pieceHeaderSize...])
+        } else {
+            guard index == 0, payload.count == Self.pieceHeaderSize else { throw .unexpected("malformed acknowledgement") }
+            guard last & ~Pieces.all(count) == 0 else { throw .piece(.badIndex(index: 31 - last.leadingZeroBitCount, count: count)) }
+            self = .ack(session: session, kind: kind, count: count, received: last)
         }
     }
 }
@@ -96,7 +117,7 @@ struct OutgoingMessage {
 
     init(_ message: [UInt8], session: UInt32, kind: HandshakeKind, now: UInt64, configuration: HandshakeConfiguration) {
         self.kind = kind
-        frames = HandshakeDatagram.pieces(of: message, session: session, kind: kind, pieceSize: configuration.pieceSize)
+        frames = HandshakeDatagram.pieces(of: message, session: session, kind: kind)
         timeout = configuration.initialRetransmitTimeout
         timer = now + timeout
     }

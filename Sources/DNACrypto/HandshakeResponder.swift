@@ -161,8 +161,7 @@ public final class HandshakeResponder<Address: Hashable> {
         if let existing = pending[key] {
             entry = existing
         } else {
-            let reassembly = try HandshakeInitiator.reassembly(length: length, count: count, kind: .initiation,
-                                                               configuration: configuration)
+            let reassembly = try HandshakeInitiator.reassembly(length: length, count: count, kind: .initiation)
             makeRoom()
             arrivals += 1
             statistics.started += 1
@@ -238,7 +237,7 @@ public final class HandshakeResponder<Address: Hashable> {
         var reassembly: Reassembly
         do {
             reassembly = try answered.confirmation
-                ?? HandshakeInitiator.reassembly(length: length, count: count, kind: .confirmation, configuration: configuration)
+                ?? HandshakeInitiator.reassembly(length: length, count: count, kind: .confirmation)
             _ = try reassembly.add(index: index, length: length, count: count, bytes: bytes)
         } catch let error as HandshakeError { throw fail(key, error) } catch let error as PieceError {
             throw fail(key, .piece(error))

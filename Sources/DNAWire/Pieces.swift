@@ -5,18 +5,16 @@ public enum Pieces {
     /// headers (48) and room for a TURN ChannelData header, rounded down. IP fragments are dropped by
     /// many real networks, so nothing larger ever leaves.
     public static let maximumDatagramSize = 1200
-    /// Payload bytes of one piece: a datagram less the frame header.
-    public static let maximumPieceSize = maximumDatagramSize - FrameHeader.size
     /// A message has at most 32 pieces, so that one 32-bit word says which have arrived.
     public static let maximumCount = 32
 
     /// Number of pieces of a `length`-byte message (an empty message is one empty piece).
-    public static func count(length: Int, pieceSize: Int = maximumPieceSize) -> Int {
+    public static func count(length: Int, pieceSize: Int) -> Int {
         max(1, (length + pieceSize - 1) / pieceSize)
     }
 
     /// The byte range of piece `index` in a `length`-byte message.
-    public static func range(of index: Int, length: Int, pieceSize: Int = maximumPieceSize) -> Range<Int> {
+    public static func range(of index: Int, length: Int, pieceSize: Int) -> Range<Int> {
         let start = min(index * pieceSize, length)
         return start..<min(start + pieceSize, length)
     }
@@ -54,8 +52,7 @@ public struct Reassembly: Sendable {
     private var buffer: [UInt8]
 
     /// Checks the numbering before any memory is committed.
-    public init(length: Int, count: Int, maximumLength: Int,
-                pieceSize: Int = Pieces.maximumPieceSize) throws(PieceError) {
+    public init(length: Int, count: Int, maximumLength: Int, pieceSize: Int) throws(PieceError) {
         guard length <= maximumLength else { throw .tooLarge(length: length, maximum: maximumLength) }
         guard count >= 1, count <= Pieces.maximumCount, count == Pieces.count(length: length, pieceSize: pieceSize) else {
             throw .badCount(count: count, length: length)
