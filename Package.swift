@@ -51,7 +51,11 @@ let package = Package(
             name: "dnat",
             dependencies: ["DNAWire", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
-        .executableTarget(name: "DNABench", dependencies: ["DNAWire", "DNACrypto", "CZlib", "CSodium"], path: "bench/DNABench"),
+        .executableTarget(
+            name: "DNABench",
+            dependencies: ["DNAWire", "DNACrypto", "CZlib", "CSodium", .product(name: "Crypto", package: "swift-crypto")],
+            path: "bench/DNABench"
+        ),
 
         .testTarget(name: "DNAWireTests", dependencies: ["DNAWire"]),
         .testTarget(name: "DNACryptoTests", dependencies: ["DNACrypto"]),

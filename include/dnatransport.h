@@ -12,6 +12,7 @@
 #include "dnatransport/dna_common.h"
 #include "dnatransport/p2p_protocol.h"
 #include "dnatransport/dna_identity.h"
+#include "dnatransport/dna_session.h"
 #include "dnatransport/dht_discovery.h"
 
 #endif /* DNATRANSPORT_H */

@@ -27,6 +27,9 @@ enum DNAErrorCode: Int32, CaseIterable {
     case keyFile = -20
     case keyPermissions = -21
     case badEntry = -22
+    case replayed = -23
+    case authentication = -24
+    case misdirected = -25
 
     init(_ error: FrameError) {
         switch error {
@@ -61,12 +64,40 @@ enum DNAErrorCode: Int32, CaseIterable {
         }
     }
 
+    init(_ error: HandshakeError) {
+        switch error {
+        case .frame(let cause): self.init(cause)
+        case .unexpected, .piece, .malformed, .unsupportedSuite, .badKeyShare: self = .protocolError
+        case .unsupportedVersion: self = .badVersion
+        case .misdirected: self = .misdirected
+        case .replayed: self = .replayed
+        case .badSignature: self = .badSignature
+        case .authenticationFailed: self = .authentication
+        case .unknownSession: self = .notFound
+        case .timeout: self = .timeout
+        case .crypto: self = .internal
+        }
+    }
+
+    init(_ error: RecordError) {
+        switch error {
+        case .frame(let cause): self.init(cause)
+        case .replayed, .tooOld: self = .replayed
+        case .unknownEpoch, .authenticationFailed: self = .authentication
+        case .exhausted: self = .closed
+        case .invalidKey: self = .internal
+        }
+    }
+
     init(_ error: any Error) {
         switch error {
+        case let error as HandshakeError: self.init(error)
+        case let error as RecordError: self.init(error)
         case let error as FrameError: self.init(error)
         case let error as IdentityError: self.init(error)
         case let error as PeerEntryError: self.init(error)
         case is InvalidArgument: self = .invalidArgument
+        case is NothingQueued: self = .notFound
         case is BufferTooSmall: self = .bufferTooSmall
         default: self = .internal
         }
@@ -98,6 +129,9 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .keyFile: "corrupt or foreign key file"
         case .keyPermissions: "key file or directory readable by others"
         case .badEntry: "malformed peer entry"
+        case .replayed: "replayed or duplicate message"
+        case .authentication: "message does not authenticate"
+        case .misdirected: "handshake meant for another key"
         }
     }
 }

@@ -29,32 +29,23 @@ enum Handle<Object: AnyObject> {
 /// The set of live handles, behind a mutex.
 final class HandleRegistry: @unchecked Sendable {
     static let shared = HandleRegistry()
-    private let lock: UnsafeMutablePointer<pthread_mutex_t>
+    private let lock = PThreadLock()
     private var live = Set<UInt>()
 
-    private init() {
-        lock = .allocate(capacity: 1)
-        lock.initialize(to: pthread_mutex_t())
-        _ = pthread_mutex_init(lock, nil)
+    private static func key(_ pointer: OpaquePointer) -> UInt {
+        UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(pointer)))
     }
 
     func insert(_ pointer: OpaquePointer) {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        live.insert(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(pointer))))
+        _ = lock.withLock { live.insert(Self.key(pointer)) }
     }
 
     func remove(_ pointer: OpaquePointer) -> Bool {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        return live.remove(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(pointer)))) != nil
+        lock.withLock { live.remove(Self.key(pointer)) != nil }
     }
 
     /// Runs body while holding the lock if the pointer is live (so it cannot be freed meanwhile).
     func withLive<T>(_ pointer: OpaquePointer, _ body: () -> T) -> T? {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard live.contains(UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(pointer)))) else { return nil }
-        return body()
+        lock.withLock { live.contains(Self.key(pointer)) ? body() : nil }
     }
 }

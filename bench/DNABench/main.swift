@@ -1,6 +1,7 @@
 // make bench: the frame codec beside zlib's crc32 over the same bytes, in the same run.
 // Absolute times on shared machines are noise; the ratios are the result.
 import CSodium
+import Crypto
 import CZlib
 import DNACrypto
 import DNAWire
@@ -128,4 +129,103 @@ for size in [64, 1024, 16384] {
 }
 print("")
 print("goal: record ratio >= 0.85 at 1024 B")
+
+// The handshake: CPU time per side against the sum of its primitive operations, timed alone here.
+func cpuSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.isEmpty ? 0 : sorted[sorted.count / 2]
+}
+
+/// Median thread CPU time of `body` over `rounds` runs.
+func timed(_ rounds: Int, _ body: () throws -> Void) rethrows -> Double {
+    var samples: [Double] = []
+    for _ in 0..<rounds {
+        let start = cpuSeconds()
+        try body()
+        samples.append(cpuSeconds() - start)
+    }
+    return median(samples)
+}
+
+do {
+    let rounds = 300
+    let alice = try Identity(generating: try IdentityName("alice"))
+    let bob = try Identity(generating: try IdentityName("bob"))
+    let responder = HandshakeResponder<Int>(identity: bob)
+    var initiatorTimes: [Double] = [], responderTimes: [Double] = []
+    for round in 0..<rounds + 10 {
+        var start = cpuSeconds()
+        let initiator = try HandshakeInitiator(identity: alice, responderName: bob.name, responderPublicKey: bob.publicKey, now: 0)
+        let first = initiator.takeDatagrams()
+        var initiatorTime = cpuSeconds() - start
+        start = cpuSeconds()
+        for datagram in first { try responder.receive(datagram, from: round, now: 0) }
+        let second = responder.takeDatagrams()
+        var responderTime = cpuSeconds() - start
+        start = cpuSeconds()
+        for (_, datagram) in second { try initiator.receive(datagram, now: 0) }
+        let third = initiator.takeDatagrams()
+        initiatorTime += cpuSeconds() - start
+        start = cpuSeconds()
+        for datagram in third { try responder.receive(datagram, from: round, now: 0) }
+        let sessions = responder.takeSessions()
+        _ = responder.takeDatagrams()
+        responderTime += cpuSeconds() - start
+        guard sessions.count == 1, initiator.session != nil else { print("handshake failed"); exit(1) }
+        if round >= 10 {  // the first ones warm up caches and the allocator
+            initiatorTimes.append(initiatorTime)
+            responderTimes.append(responderTime)
+        }
+    }
+    let message = [UInt8](repeating: 3, count: 70)
+    let signature = try alice.sign(message)
+    let x25519Pair = timed(rounds) {
+        var secret = [UInt8](repeating: 0, count: 32), publicKey = [UInt8](repeating: 0, count: 32)
+        randombytes_buf(&secret, 32)
+        sink &+= UInt64(crypto_scalarmult_base(&publicKey, secret) + 1)
+    }
+    var peer = [UInt8](repeating: 0, count: 32), mine = [UInt8](repeating: 9, count: 32)
+    _ = crypto_scalarmult_base(&peer, [UInt8](repeating: 5, count: 32))
+    let x25519Shared = timed(rounds) { sink &+= UInt64(crypto_scalarmult(&mine, mine, peer) + 1) }
+    let kemKey = try MLKEM768.PrivateKey()
+    let encapsulated = try kemKey.publicKey.encapsulate()
+    let kemGenerate = try timed(rounds) { sink &+= UInt64(try MLKEM768.PrivateKey().publicKey.rawRepresentation.count) }
+    let kemEncapsulate = try timed(rounds) {
+        // As the handshake does: the peer's key arrives as bytes.
+        let key = try MLKEM768.PublicKey(rawRepresentation: kemKey.publicKey.rawRepresentation)
+        sink &+= UInt64(try key.encapsulate().encapsulated.count)
+    }
+    let kemDecapsulate = try timed(rounds) {
+        sink &+= UInt64(try kemKey.decapsulate(encapsulated.encapsulated).bitCount)
+    }
+    let sign = try timed(rounds) { sink &+= UInt64(try alice.sign(message).count) }
+    let verify = timed(rounds) {
+        sink &+= Identity.isValidSignature(signature, of: message, publicKey: alice.publicKey) ? 1 : 0
+    }
+    let initiatorSum = x25519Pair + x25519Shared + kemGenerate + kemDecapsulate + verify + sign
+    let responderSum = x25519Pair + x25519Shared + kemEncapsulate + sign + verify
+    let us = { (seconds: Double) in fmt(seconds * 1e6, 0) }
+    print("")
+    print("Handshake CPU time per side (median of \(rounds), thread CPU time) vs the sum of its primitive")
+    print("operations, each timed alone here (median of \(rounds)):")
+    print("  X25519 key pair \(us(x25519Pair)) us, X25519 shared \(us(x25519Shared)) us, ML-KEM-768 key pair \(us(kemGenerate)) us,")
+    print("  encapsulate \(us(kemEncapsulate)) us, decapsulate \(us(kemDecapsulate)) us, ML-DSA-65 sign \(us(sign)) us, verify \(us(verify)) us")
+    print("  initiator: key pairs + shared + ML-KEM decapsulate + verify + sign; responder: key pair + shared + encapsulate + sign + verify")
+    print("")
+    print("\(pad("side", 10)) \(pad("handshake us", 13)) \(pad("primitives us", 14)) \(pad("ratio", 6))")
+    let initiatorMedian = median(initiatorTimes), responderMedian = median(responderTimes)
+    print("\(pad("initiator", 10)) \(pad(us(initiatorMedian), 13)) \(pad(us(initiatorSum), 14)) \(pad(fmt(initiatorMedian / initiatorSum), 6))")
+    print("\(pad("responder", 10)) \(pad(us(responderMedian), 13)) \(pad(us(responderSum), 14)) \(pad(fmt(responderMedian / responderSum), 6))")
+    print("")
+    print("goal: ratio <= 1.2 on each side")
+} catch {
+    print("handshake bench failed: \(error)")
+    exit(1)
+}
 if sink == 42 { print("") }  // keep the work observable

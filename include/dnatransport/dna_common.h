@@ -57,6 +57,9 @@ extern "C" {
 #define DNA_ERR_KEY_FILE          (-20) /* an identity key file is corrupt, truncated or another's */
 #define DNA_ERR_KEY_PERMISSIONS   (-21) /* a key file or its directory is readable by others, or not a plain file */
 #define DNA_ERR_BAD_ENTRY         (-22) /* a peer entry with a malformed field (see dht_peer_entry_verify) */
+#define DNA_ERR_REPLAYED          (-23) /* a message or frame that was already received */
+#define DNA_ERR_AUTHENTICATION    (-24) /* a sealed message does not authenticate: modified, forged or another key's */
+#define DNA_ERR_MISDIRECTED       (-25) /* a handshake meant for another identity's key */
 
 /* Log levels, from most to least verbose. */
 #define DNA_LOG_TRACE    0

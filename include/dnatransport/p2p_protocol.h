@@ -24,7 +24,10 @@ typedef enum {
     DNA_MSG_ACK       = 0x0002,  /* Acknowledgment */
     DNA_MSG_PING      = 0x0003,  /* Keepalive ping */
     DNA_MSG_PONG      = 0x0004,  /* Keepalive pong */
-    DNA_MSG_PRESENCE  = 0x0005   /* Online status update */
+    DNA_MSG_PRESENCE  = 0x0005,  /* Online status update */
+    /* Extensions (docs/PROTOCOL.md): */
+    DNA_MSG_HANDSHAKE     = 0x0010,  /* a piece of a handshake message (dna_session.h) */
+    DNA_MSG_HANDSHAKE_ACK = 0x0011   /* which pieces of a handshake message arrived */
 } dna_message_type_t;
 
 /* A decoded header; fields in host byte order, reserved bytes as on the wire. */

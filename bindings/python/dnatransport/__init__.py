@@ -15,7 +15,8 @@ from ._native import lib
 __all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "version", "version_number",
            "strerror", "last_error", "set_log_handler", "encode_frame", "decode_frame", "HEADER_SIZE",
            "MAX_PAYLOAD", "library_path", "Identity", "PeerEntry", "fingerprint", "IDENTITY_MAX",
-           "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE"]
+           "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "Initiator", "Responder", "Session", "MAX_DATAGRAM",
+           "SESSION_OVERHEAD"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -43,6 +44,9 @@ class ErrorCode(enum.IntEnum):
     KEY_FILE = -20
     KEY_PERMISSIONS = -21
     BAD_ENTRY = -22
+    REPLAYED = -23
+    AUTHENTICATION = -24
+    MISDIRECTED = -25
 
 
 class MessageType(enum.IntEnum):
@@ -52,6 +56,8 @@ class MessageType(enum.IntEnum):
     PING = 0x0003
     PONG = 0x0004
     PRESENCE = 0x0005
+    HANDSHAKE = 0x0010      # extension: a piece of a handshake message (docs/PROTOCOL.md §4)
+    HANDSHAKE_ACK = 0x0011  # extension: which pieces of a handshake message arrived
 
 
 class LogLevel(enum.IntEnum):
@@ -322,3 +328,169 @@ class PeerEntry:
         _check(lib.dht_peer_entry_signed_bytes(ctypes.byref(entry), ctypes.cast(out, _native.u8p), capacity,
                                                ctypes.byref(length)), "PeerEntry.signed_bytes")
         return bytes(out[:length.value])
+
+
+MAX_DATAGRAM = lib.dna_max_datagram()
+SESSION_OVERHEAD = lib.dna_session_overhead()
+_PEER_CAPACITY = 256
+
+
+class _Handshake:
+    """What initiators and responders share (dna_handshake_*). Times are milliseconds of a monotonic
+    clock of your choice (e.g. int(time.monotonic() * 1000)). Nothing is sent: move the datagrams."""
+
+    _handle = None
+
+    def _live(self):
+        if not self._handle:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "handshake is closed")
+        return self._handle
+
+    def receive(self, datagram, now_ms, peer=None):
+        """Feeds one datagram from the peer (peer: the sender's address string; required by a responder)."""
+        keep, pointer = _bytes_arg(datagram)
+        _check(lib.dna_handshake_receive(self._live(), None if peer is None else _name_arg(peer), pointer,
+                                         len(keep) if keep is not None else 0, int(now_ms)), "receive")
+
+    def datagrams(self):
+        """Every datagram ready to send, as (peer, bytes); peer is "" for an initiator."""
+        out = (ctypes.c_uint8 * MAX_DATAGRAM)()
+        length = ctypes.c_size_t(0)
+        peer = ctypes.create_string_buffer(_PEER_CAPACITY)
+        ready = []
+        while True:
+            code = lib.dna_handshake_next_datagram(self._live(), ctypes.cast(out, _native.u8p), MAX_DATAGRAM,
+                                                   ctypes.byref(length), peer, _PEER_CAPACITY)
+            if code == ErrorCode.NOT_FOUND:
+                return ready
+            _check(code, "datagrams")
+            ready.append((peer.value.decode(), bytes(out[:length.value])))
+
+    def handle_timeout(self, now_ms):
+        """Runs the timers due at now_ms (raises DNAError TIMEOUT when an initiator gives up)."""
+        _check(lib.dna_handshake_handle_timeout(self._live(), int(now_ms)), "handle_timeout")
+
+    @property
+    def next_deadline(self):
+        """When handle_timeout must next run (ms), or None when nothing is in progress."""
+        deadline = ctypes.c_uint64(0)
+        code = lib.dna_handshake_next_deadline(self._live(), ctypes.byref(deadline))
+        if code == ErrorCode.NOT_FOUND:
+            return None
+        _check(code, "next_deadline")
+        return deadline.value
+
+    @property
+    def pending(self):
+        """Handshakes in progress (an initiator: 1 until its last message is delivered or it failed)."""
+        count = ctypes.c_size_t(0)
+        _check(lib.dna_handshake_pending(self._live(), ctypes.byref(count)), "pending")
+        return count.value
+
+    def take_session(self):
+        """(peer, Session) of the next established session, or None."""
+        handle = ctypes.c_void_p()
+        peer = ctypes.create_string_buffer(_PEER_CAPACITY)
+        code = lib.dna_handshake_take_session(self._live(), ctypes.byref(handle), peer, _PEER_CAPACITY)
+        if code == ErrorCode.NOT_FOUND:
+            return None
+        _check(code, "take_session")
+        return peer.value.decode(), Session(handle.value)
+
+    def close(self):
+        """Frees the handshake and erases its ephemeral secrets."""
+        if self._handle:
+            lib.dna_handshake_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class Initiator(_Handshake):
+    """A handshake to the peer whose name and ML-DSA-65 public key you know (from its DHT entry)."""
+
+    def __init__(self, identity, peer_identity, peer_public_key, now_ms):
+        keep, pointer = _bytes_arg(peer_public_key)
+        self._handle = lib.dna_handshake_initiate(identity._live(), _name_arg(peer_identity), pointer,
+                                                  len(keep) if keep is not None else 0, int(now_ms))
+        if not self._handle:
+            raise DNAError(lib.dna_last_error(), "Initiator")
+
+
+class Responder(_Handshake):
+    """Answers handshakes addressed to identity's key, from any number of peers (at most 128 at once)."""
+
+    def __init__(self, identity):
+        self._handle = lib.dna_handshake_respond(identity._live())
+        if not self._handle:
+            raise DNAError(lib.dna_last_error(), "Responder")
+
+
+class Session:
+    """An established session: seal() frames for the peer, open() the peer's frames."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def _live(self):
+        if not self._handle:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "session is closed")
+        return self._handle
+
+    @property
+    def peer(self):
+        """(name, public_key) of the authenticated peer; the name is its claim (check it in the DHT)."""
+        name = ctypes.create_string_buffer(IDENTITY_MAX + 1)
+        key = (ctypes.c_uint8 * PUBLIC_KEY_SIZE)()
+        _check(lib.dna_session_peer(self._live(), name, IDENTITY_MAX + 1, ctypes.cast(key, _native.u8p),
+                                    PUBLIC_KEY_SIZE), "peer")
+        return name.value.decode(), bytes(key)
+
+    def seal(self, plaintext, type=MessageType.DATA):
+        """One sealed DNA frame carrying plaintext."""
+        keep, pointer = _bytes_arg(plaintext)
+        size = (len(keep) if keep is not None else 0) + SESSION_OVERHEAD
+        out = (ctypes.c_uint8 * size)()
+        length = ctypes.c_size_t(0)
+        _check(lib.dna_session_seal(self._live(), int(type), pointer, len(keep) if keep is not None else 0,
+                                    ctypes.cast(out, _native.u8p), size, ctypes.byref(length)), "seal")
+        return bytes(out[:length.value])
+
+    def open(self, frame):
+        """(FrameHeader, plaintext) of a frame the peer sealed. Raises DNAError AUTHENTICATION,
+        REPLAYED, CHECKSUM, ..."""
+        keep, pointer = _bytes_arg(frame)
+        size = max(1, len(frame) - SESSION_OVERHEAD)
+        out = (ctypes.c_uint8 * size)()
+        length = ctypes.c_size_t(0)
+        header = _native.FrameHeaderC()
+        _check(lib.dna_session_open(self._live(), pointer, len(keep) if keep is not None else 0, ctypes.byref(header),
+                                    ctypes.cast(out, _native.u8p), size, ctypes.byref(length)), "open")
+        try:
+            type_ = MessageType(header.type)
+        except ValueError:
+            type_ = header.type
+        return FrameHeader(header.magic, header.version, type_, header.sequence, header.payload_length,
+                           header.checksum, bytes(header.reserved)), bytes(out[:length.value])
+
+    def close(self):
+        """Frees the session and erases its keys."""
+        if self._handle:
+            lib.dna_session_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()

@@ -3,7 +3,7 @@ import ctypes
 import os
 import subprocess
 from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_size_t, c_uint8, c_uint16,
-                    c_uint32, c_void_p)
+                    c_uint32, c_uint64, c_void_p)
 
 SONAME = "libdnatransport.so.1"
 DEFAULT_PREFIX = "/usr/local"
@@ -88,6 +88,22 @@ FUNCTIONS = {
     "dna_identity_fingerprint": (c_int, [c_void_p, c_char_p, c_size_t]),
     "dna_fingerprint": (c_int, [u8p, c_size_t, c_char_p, c_size_t]),
     "dna_identity_free": (None, [c_void_p]),
+    # dna_session.h
+    "dna_max_datagram": (c_size_t, []),
+    "dna_session_overhead": (c_size_t, []),
+    "dna_handshake_initiate": (c_void_p, [c_void_p, c_char_p, u8p, c_size_t, c_uint64]),
+    "dna_handshake_respond": (c_void_p, [c_void_p]),
+    "dna_handshake_receive": (c_int, [c_void_p, c_char_p, u8p, c_size_t, c_uint64]),
+    "dna_handshake_next_datagram": (c_int, [c_void_p, u8p, c_size_t, POINTER(c_size_t), c_char_p, c_size_t]),
+    "dna_handshake_handle_timeout": (c_int, [c_void_p, c_uint64]),
+    "dna_handshake_next_deadline": (c_int, [c_void_p, POINTER(c_uint64)]),
+    "dna_handshake_pending": (c_int, [c_void_p, POINTER(c_size_t)]),
+    "dna_handshake_take_session": (c_int, [c_void_p, POINTER(c_void_p), c_char_p, c_size_t]),
+    "dna_handshake_free": (None, [c_void_p]),
+    "dna_session_peer": (c_int, [c_void_p, c_char_p, c_size_t, u8p, c_size_t]),
+    "dna_session_seal": (c_int, [c_void_p, c_uint16, u8p, c_size_t, u8p, c_size_t, POINTER(c_size_t)]),
+    "dna_session_open": (c_int, [c_void_p, u8p, c_size_t, POINTER(FrameHeaderC), u8p, c_size_t, POINTER(c_size_t)]),
+    "dna_session_free": (None, [c_void_p]),
     # dht_discovery.h
     "dht_peer_entry_signed_max": (c_size_t, []),
     "dht_peer_entry_sign": (c_int, [POINTER(PeerEntryC), c_char_p]),
