@@ -29,6 +29,9 @@ let package = Package(
         // Identities (ML-DSA-65 keys and key files), signed peer entries. No sockets, no clock.
         .target(name: "DNACrypto", dependencies: ["DNAWire", "CSodium", .product(name: "Crypto", package: "swift-crypto")]),
 
+        // Peer discovery: the Kademlia DHT as a sans-I/O state machine. No sockets, no clock.
+        .target(name: "DNADHT", dependencies: ["DNAWire", "DNACrypto", "CSodium"]),
+
         // The C ABI: @_cdecl exports only (check arguments, convert, call Swift, map errors).
         .target(
             name: "DNACABI",
@@ -59,5 +62,6 @@ let package = Package(
 
         .testTarget(name: "DNAWireTests", dependencies: ["DNAWire"]),
         .testTarget(name: "DNACryptoTests", dependencies: ["DNACrypto"]),
+        .testTarget(name: "DNADHTTests", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
     ]
 )

@@ -60,7 +60,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .badSignature: self = .badSignature
         case .invalidIdentity(let cause):
             if case .invalidName = cause { self = .badEntry } else { self.init(cause) }
-        case .invalidNodeID, .invalidAddress, .invalidPort, .invalidLastSeen, .invalidPublicKey: self = .badEntry
+        case .invalidNodeID, .invalidAddress, .invalidPort, .invalidLastSeen, .invalidPublicKey, .malformed: self = .badEntry
         }
     }
 

@@ -16,6 +16,8 @@ public enum PeerEntryError: Error, Equatable, Sendable {
     case invalidPublicKey
     /// The signature does not verify under the entry's public key.
     case badSignature
+    /// The wire encoding does not parse.
+    case malformed(String)
 }
 
 /// The seed's `dht_peer_entry_t`, signed by the identity it names (docs/PROTOCOL.md, "Signed peer
@@ -99,5 +101,40 @@ public struct PeerEntry: Equatable, Sendable {
         guard !text.isEmpty, text.utf8.count <= maximumAddressLength else { return false }
         var buffer = [UInt8](repeating: 0, count: 16)
         return inet_pton(AF_INET, text, &buffer) == 1 || inet_pton(AF_INET6, text, &buffer) == 1
+    }
+}
+
+extension PeerEntry {
+    /// The entry on the wire (docs/PROTOCOL.md §5): its canonical signed bytes, then the signature.
+    public var wireBytes: [UInt8] { signedBytes + signature }
+
+    /// The largest wire encoding: a 255-byte name and a 45-byte address.
+    public static let maximumWireSize = 16 + 1 + 255 + 20 + 1 + 45 + 2 + 8 + Identity.publicKeySize + Identity.signatureSize
+
+    /// Parses `wireBytes`; checks the structure only (call `verify` for the rules and the signature).
+    public init(wire bytes: [UInt8]) throws(PeerEntryError) {
+        var offset = 0
+        func take(_ count: Int) throws(PeerEntryError) -> ArraySlice<UInt8> {
+            guard count >= 0, bytes.count - offset >= count else { throw .malformed("truncated") }
+            defer { offset += count }
+            return bytes[offset..<offset + count]
+        }
+        guard try take(16).elementsEqual(Self.domain) else { throw .malformed("domain") }
+        let nameLength = Int(try take(1).first ?? 0)
+        let identity: IdentityName
+        do { identity = try IdentityName(utf8: try take(nameLength)) } catch let error as PeerEntryError {
+            throw error
+        } catch let error as IdentityError { throw .invalidIdentity(error) } catch { throw .malformed("identity") }
+        let nodeID = Array(try take(Self.nodeIDSize))
+        let addressLength = Int(try take(1).first ?? 0)
+        guard addressLength <= Self.maximumAddressLength,
+              let address = String(validating: try take(addressLength), as: UTF8.self) else { throw .invalidAddress("?") }
+        let port = try take(2).reduce(UInt16(0)) { $0 << 8 | UInt16($1) }
+        let lastSeen = try take(8).reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let publicKey = Array(try take(Identity.publicKeySize))
+        let signature = Array(try take(Identity.signatureSize))
+        guard offset == bytes.count else { throw .malformed("\(bytes.count - offset) trailing bytes") }
+        self.init(identity: identity, nodeID: nodeID, ipAddress: address, port: port, lastSeen: lastSeen,
+                  publicKey: publicKey, signature: signature)
     }
 }

@@ -1,11 +1,11 @@
 internal import CSodium
 
 /// The parts of libsodium this layer uses: SHA-256, random bytes, wiping secrets.
-enum Sodium {
+package enum Sodium {
     /// sodium_init() once per process; it is safe to call again and from several threads.
-    static let ready: Bool = sodium_init() >= 0
+    package static let ready: Bool = sodium_init() >= 0
 
-    static func sha256(_ bytes: some Collection<UInt8>) -> [UInt8] {
+    package static func sha256(_ bytes: some Collection<UInt8>) -> [UInt8] {
         _ = ready
         let input = Array(bytes)
         var digest = [UInt8](repeating: 0, count: Int(crypto_hash_sha256_BYTES))
@@ -15,7 +15,7 @@ enum Sodium {
         return digest
     }
 
-    static func randomBytes(_ count: Int) -> [UInt8] {
+    package static func randomBytes(_ count: Int) -> [UInt8] {
         _ = ready
         var bytes = [UInt8](repeating: 0, count: count)
         randombytes_buf(&bytes, count)
@@ -23,7 +23,7 @@ enum Sodium {
     }
 
     /// Overwrites the bytes with zeros in a way the compiler does not remove.
-    static func wipe(_ bytes: inout [UInt8]) {
+    package static func wipe(_ bytes: inout [UInt8]) {
         bytes.withUnsafeMutableBytes { buffer in
             if let base = buffer.baseAddress { sodium_memzero(base, buffer.count) }
         }

@@ -15,4 +15,6 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case handshake = 0x0010
     /// Extension (docs/PROTOCOL.md §4): which pieces of a handshake message have arrived.
     case handshakeAck = 0x0011
+    /// Extension (docs/PROTOCOL.md §5): a piece of a DHT message.
+    case dht = 0x0020
 }

@@ -27,7 +27,8 @@ typedef enum {
     DNA_MSG_PRESENCE  = 0x0005,  /* Online status update */
     /* Extensions (docs/PROTOCOL.md): */
     DNA_MSG_HANDSHAKE     = 0x0010,  /* a piece of a handshake message (dna_session.h) */
-    DNA_MSG_HANDSHAKE_ACK = 0x0011   /* which pieces of a handshake message arrived */
+    DNA_MSG_HANDSHAKE_ACK = 0x0011,  /* which pieces of a handshake message arrived */
+    DNA_MSG_DHT           = 0x0020   /* a piece of a DHT message (dht_discovery.h) */
 } dna_message_type_t;
 
 /* A decoded header; fields in host byte order, reserved bytes as on the wire. */

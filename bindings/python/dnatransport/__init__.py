@@ -58,6 +58,7 @@ class MessageType(enum.IntEnum):
     PRESENCE = 0x0005
     HANDSHAKE = 0x0010      # extension: a piece of a handshake message (docs/PROTOCOL.md §4)
     HANDSHAKE_ACK = 0x0011  # extension: which pieces of a handshake message arrived
+    DHT = 0x0020            # extension: a piece of a DHT message (docs/PROTOCOL.md §5)
 
 
 class LogLevel(enum.IntEnum):

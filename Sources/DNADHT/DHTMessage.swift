@@ -1,0 +1,215 @@
+import DNAWire
+
+/// Why a DHT datagram was dropped.
+public enum DHTError: Error, Equatable, Sendable {
+    case frame(FrameError)
+    case malformed(String)
+    /// The sender's salt does not meet the network's work difficulty.
+    case badCredential
+    case piece(PieceError)
+}
+
+/// A contact: a node's id and where it answers.
+public struct Contact: Hashable, Sendable {
+    public var id: NodeID
+    public var endpoint: Endpoint
+
+    public init(id: NodeID, endpoint: Endpoint) {
+        self.id = id
+        self.endpoint = endpoint
+    }
+
+    static let wireSize = NodeID.size + Endpoint.wireSize
+}
+
+/// Answers to STORE.
+public enum StoreStatus: UInt8, Sendable {
+    case stored = 0
+    case older = 1       // an entry at least as fresh is held
+    case taken = 2       // a live entry of this identity has another key (first come, first served)
+    case badToken = 3
+    case invalid = 4     // signature or field rules
+    case quota = 5       // the sender stored too many entries here
+}
+
+/// One DHT message (docs/PROTOCOL.md §5.1).
+struct DHTMessage: Equatable {
+    enum Body: Equatable {
+        case ping
+        case pong(observed: Endpoint, token: UInt64)
+        case findNode(target: NodeID, token: UInt64)
+        case nodes(observed: Endpoint, token: UInt64, held: UInt64?, contacts: [Contact])
+        case findValue(key: NodeID, token: UInt64)
+        case value(entry: [UInt8])
+        case store(token: UInt64, entry: [UInt8])
+        case stored(StoreStatus)
+
+        var kind: UInt8 {
+            switch self {
+            case .ping: 1
+            case .pong: 2
+            case .findNode: 3
+            case .nodes: 4
+            case .findValue: 5
+            case .value: 6
+            case .store: 7
+            case .stored: 8
+            }
+        }
+
+        var isRequest: Bool {
+            switch self {
+            case .ping, .findNode, .findValue, .store: true
+            case .pong, .nodes, .value, .stored: false
+            }
+        }
+    }
+
+    var transaction: UInt64
+    var salt: [UInt8]
+    var body: Body
+
+    /// Requests that can draw a large answer are padded to this size, so that an answer without a
+    /// valid token stays within 3x the request (anti-reflection).
+    static let paddedRequestSize = 300
+    static let maximumContacts = 20
+    /// The largest message: a STORE of the largest entry.
+    static let maximumSize = 2 + NodeCredential.saltSize + 8 + 2 + 5700
+
+    /// kind (1) | flags (1) | sender salt (16) | body.
+    var bytes: [UInt8] {
+        var out: [UInt8] = [body.kind, 0] + salt
+        func u64(_ v: UInt64) { out += (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
+        switch body {
+        case .ping: break
+        case .pong(let observed, let token):
+            out += observed.wire
+            u64(token)
+        case .findNode(let target, let token), .findValue(let target, let token):
+            out += target.bytes
+            u64(token)
+        case .nodes(let observed, let token, let held, let contacts):
+            out[1] = held == nil ? 0 : 1
+            out += observed.wire
+            u64(token)
+            if let held { u64(held) }
+            out.append(UInt8(contacts.count))
+            for contact in contacts { out += contact.id.bytes + contact.endpoint.wire }
+        case .value(let entry):
+            out += [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry
+        case .store(let token, let entry):
+            u64(token)
+            out += [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry
+        case .stored(let status):
+            out.append(status.rawValue)
+        }
+        if case .findNode = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
+        if case .findValue = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
+        return out
+    }
+
+    init(transaction: UInt64, salt: [UInt8], body: Body) {
+        self.transaction = transaction
+        self.salt = salt
+        self.body = body
+    }
+
+    init(parsing bytes: [UInt8], transaction: UInt64) throws(DHTError) {
+        var offset = 0
+        func take(_ n: Int) throws(DHTError) -> ArraySlice<UInt8> {
+            guard n >= 0, bytes.count - offset >= n else { throw .malformed("truncated") }
+            defer { offset += n }
+            return bytes[offset..<offset + n]
+        }
+        func u64() throws(DHTError) -> UInt64 { try take(8).reduce(0) { $0 << 8 | UInt64($1) } }
+        func u16() throws(DHTError) -> Int { Int(try take(2).reduce(UInt16(0)) { $0 << 8 | UInt16($1) }) }
+        func id() throws(DHTError) -> NodeID {
+            guard let id = NodeID(bytes: try take(NodeID.size)) else { throw .malformed("id") }
+            return id
+        }
+        func endpoint() throws(DHTError) -> Endpoint {
+            let address = Array(try take(16))
+            guard let endpoint = Endpoint(address: address, port: UInt16(try u16())), endpoint.port != 0 else {
+                throw .malformed("endpoint")
+            }
+            return endpoint
+        }
+        let kind = try take(1).first ?? 0
+        let flags = try take(1).first ?? 0
+        salt = Array(try take(NodeCredential.saltSize))
+        self.transaction = transaction
+        switch kind {
+        case 1: body = .ping
+        case 2: body = .pong(observed: try endpoint(), token: try u64())
+        case 3: body = .findNode(target: try id(), token: try u64())
+        case 4:
+            let observed = try endpoint(), token = try u64()
+            let held = flags & 1 != 0 ? try u64() : nil
+            let count = Int(try take(1).first ?? 0)
+            guard count <= Self.maximumContacts else { throw .malformed("\(count) contacts") }
+            var contacts: [Contact] = []
+            for _ in 0..<count { contacts.append(Contact(id: try id(), endpoint: try endpoint())) }
+            body = .nodes(observed: observed, token: token, held: held, contacts: contacts)
+        case 5: body = .findValue(key: try id(), token: try u64())
+        case 6: body = .value(entry: Array(try take(try u16())))
+        case 7:
+            let token = try u64()
+            body = .store(token: token, entry: Array(try take(try u16())))
+        case 8:
+            guard let status = StoreStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
+            body = .stored(status)
+        default: throw .malformed("kind \(kind)")
+        }
+        guard flags & ~(kind == 4 ? 1 : 0) == 0 else { throw .malformed("flags") }
+        // Only zero padding may follow (requests are padded).
+        guard bytes[offset...].allSatisfy({ $0 == 0 }) else { throw .malformed("trailing bytes") }
+    }
+}
+
+/// DHT datagrams (frame type 0x0020): payload = transaction id (8) | piece index (1) | piece count (1)
+/// | message length (2) | the piece. Header sequence and reserved bytes are zero.
+enum DHTDatagram {
+    static let pieceHeaderSize = 12
+    static let pieceSize = Pieces.maximumDatagramSize - FrameHeader.size - pieceHeaderSize
+    static let decoder = FrameDecoder(maximumPayloadLength: Pieces.maximumDatagramSize - FrameHeader.size)
+
+    static func encode(_ message: DHTMessage) -> [[UInt8]] {
+        let bytes = message.bytes
+        let count = Pieces.count(length: bytes.count, pieceSize: pieceSize)
+        return (0..<count).map { index in
+            var payload = (0..<8).map { UInt8(truncatingIfNeeded: message.transaction >> (56 - 8 * UInt64($0))) }
+            payload += [UInt8(index), UInt8(count), UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)]
+            payload += bytes[Pieces.range(of: index, length: bytes.count, pieceSize: pieceSize)]
+            return (try? FrameEncoder.encode(type: .dht, sequence: 0, payload: payload)) ?? []
+        }
+    }
+
+    struct Piece {
+        var transaction: UInt64
+        var index: Int
+        var count: Int
+        var length: Int
+        var bytes: ArraySlice<UInt8>
+    }
+
+    static func parse(_ datagram: [UInt8]) throws(DHTError) -> Piece {
+        let frame: FrameDecoder.Frame
+        do { frame = try decoder.decode(datagram) } catch { throw .frame(error) }
+        guard frame.header.type == .dht, frame.header.sequence == 0, frame.header.reserved == .zero else {
+            throw .malformed("not a DHT frame")
+        }
+        let payload = Array(frame.payload)
+        guard payload.count >= pieceHeaderSize else { throw .malformed("short piece") }
+        let transaction = payload[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        let index = Int(payload[8]), count = Int(payload[9])
+        let length = Int(payload[10]) << 8 | Int(payload[11])
+        guard length <= DHTMessage.maximumSize else { throw .piece(.tooLarge(length: length, maximum: DHTMessage.maximumSize)) }
+        guard count == Pieces.count(length: length, pieceSize: pieceSize) else { throw .piece(.badCount(count: count, length: length)) }
+        guard index < count else { throw .piece(.badIndex(index: index, count: count)) }
+        let expected = Pieces.range(of: index, length: length, pieceSize: pieceSize).count
+        guard payload.count - pieceHeaderSize == expected else {
+            throw .piece(.badLength(index: index, expected: expected, actual: payload.count - pieceHeaderSize))
+        }
+        return Piece(transaction: transaction, index: index, count: count, length: length, bytes: payload[pieceHeaderSize...])
+    }
+}

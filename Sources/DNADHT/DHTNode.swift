@@ -1,0 +1,704 @@
+import DNACrypto
+import DNAWire
+import Glibc
+internal import CSodium
+
+/// How a DHT node behaves. Times are milliseconds.
+public struct DHTConfiguration: Sendable {
+    public var k = 20
+    public var alpha = 3
+    /// Work bits a node id must carry (docs/PROTOCOL.md §5.3). All nodes of a network use the same.
+    public var difficulty = 16
+    /// At most this many contacts per /24 (/64) in a bucket; 0 turns the limit off. Loopback is exempt.
+    public var networkCap = 2
+    /// Idle buckets are refreshed, and dormant contacts pinged, this often (seed: 5 minutes).
+    public var refreshInterval: UInt64 = 300_000
+    /// Entries expire this long after their last_seen (owners re-announce every 5 minutes).
+    public var entryLifetime: UInt64 = 1_800_000
+    /// Requests per second one source address may make; more are dropped.
+    public var requestsPerSecond = 50.0
+    /// Entries one source address may have stored here.
+    public var entriesPerSource = 32
+    public var maximumEntries = 100_000
+    /// Tokens rotate this often; the previous token stays valid for one more period.
+    public var tokenRotation: UInt64 = 300_000
+
+    public init() {}
+}
+
+public typealias LookupID = Int
+
+/// What a lookup found.
+public struct LookupResult: Sendable {
+    /// The closest nodes that answered, nearest first.
+    public var closest: [Contact]
+    /// FIND_VALUE: the freshest verified entry any of them held.
+    public var entry: PeerEntry?
+    /// Announce: how many of the closest nodes stored the entry.
+    public var stored = 0
+    /// Depth of the lookup (the longest chain of answers it followed).
+    public var rounds = 0
+    /// Requests sent.
+    public var messages = 0
+}
+
+public enum DHTEvent: Sendable {
+    case lookupFinished(LookupID, LookupResult)
+}
+
+/// Counters for logs, statistics and tests.
+public struct DHTStatistics: Equatable, Sendable {
+    public var received = 0
+    public var sent = 0
+    public var requestsAnswered = 0
+    public var dropped = 0          // garbage, truncated, oversized datagrams and bad credentials
+    public var rateLimited = 0
+    public var unexpectedResponses = 0  // unknown transaction or from another address
+    public var refusedEntries = 0
+    public var storedEntries = 0
+    public var timeouts = 0
+}
+
+/// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
+/// the time go in; datagrams to endpoints, timers and lookup results come out.
+public final class DHTNode {
+    public let credential: NodeCredential
+    public let configuration: DHTConfiguration
+    public private(set) var statistics = DHTStatistics()
+    private(set) var table: RoutingTable
+    private var outbox: [(Endpoint, [UInt8])] = []
+    private var events: [DHTEvent] = []
+    private var random: SplitMixRandom
+
+    // Requests in flight, by transaction id.
+    private enum Purpose {
+        case lookup(LookupID, NodeID)
+        case ping(NodeID?)
+        case store(LookupID)
+    }
+
+    private struct Pending {
+        var endpoint: Endpoint
+        var expected: NodeID?
+        var sentAt: UInt64
+        var deadline: UInt64
+        var purpose: Purpose
+    }
+
+    private var pending: [UInt64: Pending] = [:]
+    private var reassembly: [Key: (started: UInt64, buffer: Reassembly)] = [:]
+    private struct Key: Hashable {
+        var endpoint: Endpoint
+        var transaction: UInt64
+    }
+
+    // Round-trip estimate (RFC 6298), for request timeouts.
+    private var srtt: Double?
+    private var rttvar = 0.0
+    var requestTimeout: UInt64 {
+        guard let srtt else { return 1000 }
+        return UInt64(min(5000, max(250, srtt + 4 * rttvar)))
+    }
+
+    // Storage.
+    private struct Stored {
+        var entry: PeerEntry
+        var wire: [UInt8]
+        var from: Endpoint
+    }
+
+    private var store: [NodeID: Stored] = [:]
+    private var storedBy: [Endpoint: Int] = [:]
+
+    // Tokens: keyed BLAKE2b of the requester's endpoint.
+    private var tokenSecret: [UInt8]
+    private var previousTokenSecret: [UInt8]
+    private var tokenRotatedAt: UInt64
+    /// Tokens other nodes gave us, by their endpoint.
+    private var tokens: [Endpoint: UInt64] = [:]
+
+    // Rate limits: a token bucket per source.
+    private var buckets: [Endpoint: (tokens: Double, at: UInt64)] = [:]
+
+    private var lookups: [LookupID: Lookup] = [:]
+    private var nextLookupID: LookupID = 1
+    private var bootstrapNodes: [Endpoint] = []
+    private var nextRefresh: UInt64
+
+    public init(credential: NodeCredential, configuration: DHTConfiguration = DHTConfiguration(), now: UInt64,
+                seed: UInt64? = nil) {
+        self.credential = credential
+        self.configuration = configuration
+        let entropy = seed ?? Sodium.randomBytes(8).reduce(0) { $0 << 8 | UInt64($1) }
+        random = SplitMixRandom(seed: entropy)
+        table = RoutingTable(own: credential.id, k: configuration.k, networkCap: configuration.networkCap, now: now)
+        tokenSecret = Self.randomSecret(&random)
+        previousTokenSecret = Self.randomSecret(&random)
+        tokenRotatedAt = now
+        nextRefresh = now + configuration.refreshInterval
+    }
+
+    private static func randomSecret(_ random: inout SplitMixRandom) -> [UInt8] {
+        (0..<4).flatMap { _ in
+            let value = random.next()
+            return (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) }
+        }
+    }
+
+    public var id: NodeID { credential.id }
+    public var routingTableSize: Int { table.count }
+    public var storedCount: Int { store.count }
+    public var knownContacts: [Contact] { table.contacts }
+
+    public func takeDatagrams() -> [(Endpoint, [UInt8])] {
+        defer { outbox.removeAll() }
+        return outbox
+    }
+
+    public func takeEvents() -> [DHTEvent] {
+        defer { events.removeAll() }
+        return events
+    }
+
+    // MARK: Operations
+
+    /// Contacts the bootstrap nodes and looks up the own id to fill the table. Retried at each
+    /// refresh while the table is short.
+    @discardableResult
+    public func bootstrap(_ endpoints: [Endpoint], now: UInt64) -> LookupID {
+        bootstrapNodes = endpoints
+        for endpoint in endpoints { ping(endpoint, expected: nil, now: now) }
+        return startLookup(target: id, kind: .nodes, now: now)
+    }
+
+    /// Finds the node closest to `target` (FIND_NODE).
+    @discardableResult
+    public func lookup(_ target: NodeID, now: UInt64) -> LookupID {
+        startLookup(target: target, kind: .nodes, now: now)
+    }
+
+    /// Finds the freshest valid entry stored under `key` (FIND_VALUE, asking all of the k closest).
+    @discardableResult
+    public func findValue(_ key: NodeID, now: UInt64) -> LookupID {
+        startLookup(target: key, kind: .value, now: now)
+    }
+
+    /// Stores a signed entry on the k nodes closest to its key.
+    @discardableResult
+    public func announce(_ entry: PeerEntry, now: UInt64) -> LookupID {
+        startLookup(target: NodeID.key(of: entry.identity), kind: .announce(entry.wireBytes), now: now)
+    }
+
+    /// The entry held here for `key`, if any and still alive.
+    public func localEntry(_ key: NodeID, now: UInt64) -> PeerEntry? {
+        guard let stored = store[key], alive(stored.entry, now: now) else { return nil }
+        return stored.entry
+    }
+
+    // MARK: Input
+
+    /// One datagram from `source`. Anything invalid is counted and dropped; nothing throws.
+    public func receive(_ datagram: [UInt8], from source: Endpoint, now: UInt64) {
+        statistics.received += 1
+        let piece: DHTDatagram.Piece
+        do { piece = try DHTDatagram.parse(datagram) } catch {
+            statistics.dropped += 1
+            return
+        }
+        let bytes: [UInt8]
+        if piece.count == 1 {
+            bytes = Array(piece.bytes)
+        } else {
+            let key = Key(endpoint: source, transaction: piece.transaction)
+            var entry = reassembly[key]
+            if entry == nil {
+                if reassembly.count >= 64, let oldest = reassembly.min(by: { $0.value.started < $1.value.started }) {
+                    reassembly[oldest.key] = nil
+                }
+                guard let buffer = try? Reassembly(length: piece.length, count: piece.count,
+                                                   maximumLength: DHTMessage.maximumSize, pieceSize: DHTDatagram.pieceSize) else {
+                    statistics.dropped += 1
+                    return
+                }
+                entry = (now, buffer)
+            }
+            guard var (started, buffer) = entry,
+                  (try? buffer.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)) != nil else {
+                reassembly[key] = nil
+                statistics.dropped += 1
+                return
+            }
+            guard let message = buffer.message else {
+                reassembly[key] = (started, buffer)
+                return
+            }
+            started = 0
+            reassembly[key] = nil
+            bytes = message
+        }
+        let message: DHTMessage
+        do { message = try DHTMessage(parsing: bytes, transaction: piece.transaction) } catch {
+            statistics.dropped += 1
+            return
+        }
+        guard let sender = NodeCredential(salt: message.salt, difficulty: configuration.difficulty) else {
+            statistics.dropped += 1
+            return
+        }
+        if message.body.isRequest {
+            guard allow(source, now: now) else {
+                statistics.rateLimited += 1
+                return
+            }
+            if let oldest = table.seen(Contact(id: sender.id, endpoint: source), now: now) {
+                ping(oldest.endpoint, expected: oldest.id, now: now)
+            }
+            answer(message, sender: sender.id, from: source, requestSize: datagram.count, now: now)
+        } else {
+            handleResponse(message, sender: sender.id, from: source, now: now)
+        }
+    }
+
+    // MARK: Answers
+
+    private func answer(_ request: DHTMessage, sender: NodeID, from source: Endpoint, requestSize: Int, now: UInt64) {
+        statistics.requestsAnswered += 1
+        let token = self.token(for: source)
+        var body: DHTMessage.Body
+        switch request.body {
+        case .ping:
+            body = .pong(observed: source, token: token)
+        case .findNode(let target, _):
+            body = .nodes(observed: source, token: token, held: nil,
+                          contacts: table.closest(to: target, count: configuration.k, excluding: sender))
+        case .findValue(let key, let presented):
+            let held = store[key].flatMap { alive($0.entry, now: now) ? $0 : nil }
+            if let held, validToken(presented, for: source) {
+                body = .value(entry: held.wire)
+            } else {
+                body = .nodes(observed: source, token: token, held: held?.entry.lastSeen,
+                              contacts: table.closest(to: key, count: configuration.k, excluding: sender))
+            }
+        case .store(let presented, let wire):
+            body = .stored(accept(wire, token: presented, from: source, now: now))
+        default:
+            return
+        }
+        // No reflection: without a valid token, an answer is at most 3x the request's bytes.
+        var response = DHTMessage(transaction: request.transaction, salt: credential.salt, body: body)
+        while case .nodes(let observed, let token, let held, var contacts) = response.body,
+              !contacts.isEmpty, response.bytes.count + FrameHeader.size + DHTDatagram.pieceHeaderSize > 3 * requestSize {
+            contacts.removeLast()
+            response.body = .nodes(observed: observed, token: token, held: held, contacts: contacts)
+        }
+        send(response, to: source)
+    }
+
+    private func accept(_ wire: [UInt8], token: UInt64, from source: Endpoint, now: UInt64) -> StoreStatus {
+        guard validToken(token, for: source) else { return .badToken }
+        guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now) else {
+            statistics.refusedEntries += 1
+            return .invalid
+        }
+        let key = NodeID.key(of: entry.identity)
+        if let existing = store[key], alive(existing.entry, now: now) {
+            if existing.entry.publicKey != entry.publicKey {
+                statistics.refusedEntries += 1
+                return .taken
+            }
+            if existing.entry.lastSeen >= entry.lastSeen { return existing.wire == wire ? .stored : .older }
+        } else {
+            guard storedBy[source, default: 0] < configuration.entriesPerSource, store.count < configuration.maximumEntries else {
+                statistics.refusedEntries += 1
+                return .quota
+            }
+        }
+        if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
+        store[key] = Stored(entry: entry, wire: wire, from: source)
+        storedBy[source, default: 0] += 1
+        statistics.storedEntries += 1
+        return .stored
+    }
+
+    /// Fields, signature (through the process-wide cache), and not expired.
+    private func verified(_ entry: PeerEntry, wire: [UInt8], now: UInt64) -> Bool {
+        guard alive(entry, now: now) else { return false }
+        return VerifiedEntries.shared.check(entry, wire: wire, now: now / 1000)
+    }
+
+    private func alive(_ entry: PeerEntry, now: UInt64) -> Bool {
+        entry.lastSeen &* 1000 &+ configuration.entryLifetime > now
+    }
+
+    // MARK: Responses
+
+    private func handleResponse(_ message: DHTMessage, sender: NodeID, from source: Endpoint, now: UInt64) {
+        // Accepted only from the address that was asked, and only from the node we meant to ask.
+        guard let request = pending[message.transaction], request.endpoint == source,
+              request.expected == nil || request.expected == sender else {
+            statistics.unexpectedResponses += 1
+            return
+        }
+        pending[message.transaction] = nil
+        let sample = Double(now - request.sentAt)
+        if let estimate = srtt {
+            rttvar = 0.75 * rttvar + 0.25 * abs(estimate - sample)
+            srtt = 0.875 * estimate + 0.125 * sample
+        } else {
+            srtt = sample
+            rttvar = sample / 2
+        }
+        if let oldest = table.seen(Contact(id: sender, endpoint: source), now: now) {
+            ping(oldest.endpoint, expected: oldest.id, now: now)
+        }
+        switch message.body {
+        case .pong(_, let token), .nodes(_, let token, _, _): tokens[source] = token
+        default: break
+        }
+        switch request.purpose {
+        case .ping: break
+        case .lookup(let lookupID, let candidate):
+            guard let lookup = lookups[lookupID] else { return }
+            lookup.answered(candidate, with: message.body, now: now, node: self)
+            advance(lookup, now: now)
+        case .store(let lookupID):
+            guard let lookup = lookups[lookupID] else { return }
+            if case .stored(let status) = message.body, status == .stored || status == .older { lookup.result.stored += 1 }
+            lookup.storesInFlight -= 1
+            advance(lookup, now: now)
+        }
+    }
+
+    // MARK: Timers
+
+    /// When `handleTimeout` must next run.
+    public var nextDeadline: UInt64? {
+        min(pending.values.map(\.deadline).min() ?? nextRefresh, nextRefresh)
+    }
+
+    public func handleTimeout(now: UInt64) {
+        for (transaction, request) in pending where request.deadline <= now {
+            pending[transaction] = nil
+            statistics.timeouts += 1
+            if let expected = request.expected { table.failed(expected) }
+            switch request.purpose {
+            case .ping: break
+            case .lookup(let lookupID, let candidate):
+                if let lookup = lookups[lookupID] {
+                    lookup.failed(candidate)
+                    advance(lookup, now: now)
+                }
+            case .store(let lookupID):
+                if let lookup = lookups[lookupID] {
+                    lookup.storesInFlight -= 1
+                    advance(lookup, now: now)
+                }
+            }
+        }
+        for (key, partial) in reassembly where partial.started + 5000 <= now { reassembly[key] = nil }
+        if now >= tokenRotatedAt + configuration.tokenRotation {
+            previousTokenSecret = tokenSecret
+            tokenSecret = Self.randomSecret(&random)
+            tokenRotatedAt = now
+        }
+        if now >= nextRefresh {
+            nextRefresh = now + configuration.refreshInterval
+            refresh(now: now)
+        }
+    }
+
+    /// Seed's periodic refresh: look up a random id in every idle bucket, ping dormant contacts (so a
+    /// split network heals), re-contact the bootstrap nodes when the table is short, drop expired entries.
+    public func refresh(now: UInt64) {
+        for index in table.staleBuckets(before: now - min(now, configuration.refreshInterval)).prefix(8) {
+            table.touch(bucket: index, now: now)
+            let bytes = (0..<20).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            _ = startLookup(target: id.random(sharingPrefix: index, random: bytes), kind: .nodes, now: now)
+        }
+        for contact in table.takeDormant(8) { ping(contact.endpoint, expected: contact.id, now: now) }
+        if table.count < configuration.k { for endpoint in bootstrapNodes { ping(endpoint, expected: nil, now: now) } }
+        for (key, stored) in store where !alive(stored.entry, now: now) {
+            store[key] = nil
+            storedBy[stored.from, default: 1] -= 1
+        }
+        if storedBy.count > 10_000 { storedBy = storedBy.filter { $0.value > 0 } }
+        if buckets.count > 10_000 { buckets.removeAll() }
+        if tokens.count > 10_000 { tokens.removeAll() }
+    }
+
+    // MARK: Sending
+
+    private func newTransaction() -> UInt64 {
+        var transaction = random.next()
+        while pending[transaction] != nil { transaction = random.next() }
+        return transaction
+    }
+
+    private func send(_ message: DHTMessage, to endpoint: Endpoint) {
+        for datagram in DHTDatagram.encode(message) {
+            outbox.append((endpoint, datagram))
+            statistics.sent += 1
+        }
+    }
+
+    private func request(_ body: DHTMessage.Body, to endpoint: Endpoint, expected: NodeID?, purpose: Purpose, now: UInt64) {
+        let transaction = newTransaction()
+        pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now,
+                                       deadline: now + requestTimeout, purpose: purpose)
+        send(DHTMessage(transaction: transaction, salt: credential.salt, body: body), to: endpoint)
+    }
+
+    private func ping(_ endpoint: Endpoint, expected: NodeID?, now: UInt64) {
+        request(.ping, to: endpoint, expected: expected, purpose: .ping(expected), now: now)
+    }
+
+    private func token(for endpoint: Endpoint) -> UInt64 { Self.token(endpoint, secret: tokenSecret) }
+
+    private func validToken(_ token: UInt64, for endpoint: Endpoint) -> Bool {
+        token == Self.token(endpoint, secret: tokenSecret) || token == Self.token(endpoint, secret: previousTokenSecret)
+    }
+
+    private static func token(_ endpoint: Endpoint, secret: [UInt8]) -> UInt64 {
+        var out = [UInt8](repeating: 0, count: 16)
+        let input = endpoint.wire
+        _ = crypto_generichash(&out, 16, input, UInt64(input.count), secret, secret.count)
+        return out.prefix(8).reduce(0) { $0 << 8 | UInt64($1) } | 1  // never 0 (0 means "no token")
+    }
+
+    private func allow(_ source: Endpoint, now: UInt64) -> Bool {
+        let rate = configuration.requestsPerSecond
+        var bucket = buckets[source] ?? (rate, now)
+        bucket.tokens = min(rate, bucket.tokens + Double(now - min(now, bucket.at)) / 1000 * rate)
+        bucket.at = now
+        guard bucket.tokens >= 1 else {
+            buckets[source] = bucket
+            return false
+        }
+        bucket.tokens -= 1
+        buckets[source] = bucket
+        return true
+    }
+
+    // MARK: Lookups
+
+    private func startLookup(target: NodeID, kind: Lookup.Kind, now: UInt64) -> LookupID {
+        let lookupID = nextLookupID
+        nextLookupID += 1
+        let lookup = Lookup(id: lookupID, target: target, kind: kind, k: configuration.k)
+        for contact in table.closest(to: target, count: configuration.k) { lookup.add(contact, round: 1) }
+        lookups[lookupID] = lookup
+        advance(lookup, now: now)
+        return lookupID
+    }
+
+    private func advance(_ lookup: Lookup, now: UInt64) {
+        switch lookup.phase {
+        case .searching:
+            for (contact, query) in lookup.next(alpha: configuration.alpha, tokens: tokens) {
+                lookup.result.messages += 1
+                request(query, to: contact.endpoint, expected: contact.id, purpose: .lookup(lookup.id, contact.id), now: now)
+            }
+            guard lookup.isDone else { return }
+            if case .announce(let wire) = lookup.kind {
+                lookup.phase = .storing
+                for (contact, token) in lookup.storeTargets() {
+                    lookup.storesInFlight += 1
+                    lookup.result.messages += 1
+                    request(.store(token: token, entry: wire), to: contact.endpoint, expected: contact.id,
+                            purpose: .store(lookup.id), now: now)
+                }
+                if lookup.storesInFlight > 0 { return }
+            }
+            finish(lookup)
+        case .storing:
+            if lookup.storesInFlight <= 0 { finish(lookup) }
+        case .finished:
+            return
+        }
+    }
+
+    private func finish(_ lookup: Lookup) {
+        lookup.phase = .finished
+        lookup.result.closest = lookup.answeredClosest()
+        lookups[lookup.id] = nil
+        events.append(.lookupFinished(lookup.id, lookup.result))
+    }
+
+    /// Checks an entry a lookup received (the process-wide cache spares repeated signature checks).
+    func acceptable(_ wire: [UInt8], key: NodeID, now: UInt64) -> PeerEntry? {
+        guard let entry = try? PeerEntry(wire: wire), NodeID.key(of: entry.identity) == key,
+              verified(entry, wire: wire, now: now) else {
+            statistics.refusedEntries += 1
+            return nil
+        }
+        return entry
+    }
+}
+
+/// One iterative lookup: the candidates nearest the target, α requests in flight, until the k
+/// nearest that are alive have all answered.
+final class Lookup {
+    enum Kind {
+        case nodes
+        case value
+        case announce([UInt8])
+    }
+
+    enum Phase { case searching, storing, finished }
+
+    enum State { case fresh, waiting, answered, failed }
+
+    struct Candidate {
+        var contact: Contact
+        var state: State = .fresh
+        var round: Int
+        var token: UInt64 = 0
+        /// FIND_VALUE: the last_seen of the entry it holds, which it sends only to a requester with a token.
+        var held: UInt64?
+        var askedAgain = false
+    }
+
+    let id: LookupID
+    let target: NodeID
+    let kind: Kind
+    let k: Int
+    var phase = Phase.searching
+    var result = LookupResult(closest: [])
+    var storesInFlight = 0
+    private var candidates: [NodeID: Candidate] = [:]
+
+    init(id: LookupID, target: NodeID, kind: Kind, k: Int) {
+        self.id = id
+        self.target = target
+        self.kind = kind
+        self.k = k
+    }
+
+    func add(_ contact: Contact, round: Int) {
+        guard candidates[contact.id] == nil else { return }
+        candidates[contact.id] = Candidate(contact: contact, round: round)
+    }
+
+    /// The k nearest candidates that have not failed.
+    private var nearest: [Candidate] {
+        Array(candidates.values.filter { $0.state != .failed }.sorted { ($0.contact.id ^ target) < ($1.contact.id ^ target) }.prefix(k))
+    }
+
+    var isDone: Bool {
+        nearest.allSatisfy { $0.state == .answered } && !candidates.values.contains { $0.state == .waiting }
+            && holderToAsk == nil
+    }
+
+    /// FIND_VALUE: the answered candidate that said it holds an entry fresher than the best one
+    /// received, not asked again yet (the freshest first). Only it gets a second request.
+    private var holderToAsk: Candidate? {
+        let best = result.entry?.lastSeen ?? 0
+        return candidates.values.filter { $0.state == .answered && !$0.askedAgain && ($0.held ?? 0) > best }
+            .max { ($0.held ?? 0) < ($1.held ?? 0) }
+    }
+
+    /// The next requests to send, keeping at most α in flight.
+    func next(alpha: Int, tokens: [Endpoint: UInt64]) -> [(Contact, DHTMessage.Body)] {
+        var inFlight = candidates.values.filter { $0.state == .waiting }.count
+        var out: [(Contact, DHTMessage.Body)] = []
+        var chosen = nearest.filter { $0.state == .fresh }
+        if let holder = holderToAsk, !candidates.values.contains(where: { $0.state == .waiting && $0.askedAgain }) {
+            chosen.insert(holder, at: 0)
+            candidates[holder.contact.id]?.askedAgain = true
+        }
+        for candidate in chosen where inFlight < alpha {
+            candidates[candidate.contact.id]?.state = .waiting
+            inFlight += 1
+            let token = tokens[candidate.contact.endpoint] ?? 0
+            switch kind {
+            case .nodes, .announce: out.append((candidate.contact, .findNode(target: target, token: token)))
+            case .value: out.append((candidate.contact, .findValue(key: target, token: token)))
+            }
+        }
+        return out
+    }
+
+    func answered(_ id: NodeID, with body: DHTMessage.Body, now: UInt64, node: DHTNode) {
+        guard var candidate = candidates[id] else { return }
+        candidate.state = .answered
+        result.rounds = max(result.rounds, candidate.round)
+        switch body {
+        case .nodes(_, let token, let held, let contacts):
+            candidate.token = token
+            if case .value = kind { candidate.held = held }
+            for contact in contacts where contact.id != node.id { add(contact, round: candidate.round + 1) }
+        case .value(let wire):
+            if let entry = node.acceptable(wire, key: target, now: now),
+               result.entry.map({ entry.lastSeen > $0.lastSeen }) ?? true {
+                result.entry = entry
+            }
+        default: break
+        }
+        candidates[id] = candidate
+    }
+
+    func failed(_ id: NodeID) { candidates[id]?.state = .failed }
+
+    func answeredClosest() -> [Contact] {
+        nearest.filter { $0.state == .answered }.map(\.contact)
+    }
+
+    func storeTargets() -> [(Contact, UInt64)] {
+        nearest.filter { $0.state == .answered && $0.token != 0 }.map { ($0.contact, $0.token) }
+    }
+}
+
+/// SplitMix64: the node's cheap randomness for transaction ids and refresh targets (seeded from
+/// libsodium, or from the simulation's seed so that runs repeat).
+struct SplitMixRandom {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Entries whose signature was already checked in this process, by SHA-256 of their wire bytes:
+/// a lookup and a storing node need not check the same 3.3 KB signature twice.
+final class VerifiedEntries: @unchecked Sendable {
+    static let shared = VerifiedEntries()
+    private var known = Set<[UInt8]>()
+    private var order: [[UInt8]] = []
+    private let lock = NSLockish()
+
+    func check(_ entry: PeerEntry, wire: [UInt8], now: UInt64) -> Bool {
+        let digest = Sodium.sha256(wire)
+        if lock.locked({ known.contains(digest) }) {
+            return (try? entry.validateFields(now: now)) != nil
+        }
+        guard (try? entry.verify(now: now)) != nil else { return false }
+        lock.locked {
+            if known.insert(digest).inserted { order.append(digest) }
+            if order.count > 10_000 { known.remove(order.removeFirst()) }
+        }
+        return true
+    }
+}
+
+/// A pthread mutex.
+final class NSLockish: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        _ = pthread_mutex_init(mutex, nil)
+    }
+    deinit {
+        _ = pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+    func locked<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
+    }
+}
