@@ -21,6 +21,7 @@ let package = Package(
         // C libraries, as Debian ships them.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
+        .systemLibrary(name: "CNice", pkgConfig: "nice", providers: [.apt(["libnice-dev"])]),
         // The public C header, imported by the C shell so that each export is checked against it.
         .systemLibrary(name: "CDNATransport", path: "include"),
 
@@ -32,10 +33,15 @@ let package = Package(
         // Peer discovery: the Kademlia DHT as a sans-I/O state machine. No sockets, no clock.
         .target(name: "DNADHT", dependencies: ["DNAWire", "DNACrypto", "CSodium"]),
 
+        // Drivers: sockets and the I/O thread that runs a core (the DHT's UDP socket).
+        .target(name: "DNANet", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
+        // The STUN Binding server of `dnat node` (libnice's STUN agent).
+        .target(name: "STUNServer", dependencies: ["CNice", "DNADHT"]),
+
         // The C ABI: @_cdecl exports only (check arguments, convert, call Swift, map errors).
         .target(
             name: "DNACABI",
-            dependencies: ["DNAWire", "DNACrypto", "CDNATransport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "CDNATransport", .product(name: "Logging", package: "swift-log")],
             exclude: ["dnatransport.map"],
             linkerSettings: [
                 .unsafeFlags([
@@ -52,7 +58,7 @@ let package = Package(
 
         .executableTarget(
             name: "dnat",
-            dependencies: ["DNAWire", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["DNAWire", "DNADHT", "DNANet", "STUNServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "DNABench",

@@ -98,6 +98,10 @@ enum DNAErrorCode: Int32, CaseIterable {
         case let error as PeerEntryError: self.init(error)
         case is InvalidArgument: self = .invalidArgument
         case is NothingQueued: self = .notFound
+        case is Unreachable: self = .unreachable
+        case is Timeout: self = .timeout
+        case is Closed: self = .closed
+        case is IOFailure: self = .io
         case is BufferTooSmall: self = .bufferTooSmall
         default: self = .internal
         }

@@ -1,3 +1,4 @@
+import DNAWire
 import Glibc
 
 /// Opaque C handles for Swift objects. Every live handle is registered, so a NULL, freed or foreign

@@ -15,8 +15,8 @@ public struct DHTConfiguration: Sendable {
     public var refreshInterval: UInt64 = 300_000
     /// Entries expire this long after their last_seen (owners re-announce every 5 minutes).
     public var entryLifetime: UInt64 = 1_800_000
-    /// Requests per second one source address may make; more are dropped.
-    public var requestsPerSecond = 50.0
+    /// Requests per second one source address may make (bursts of twice as many); more are dropped.
+    public var requestsPerSecond = 100.0
     /// Entries one source address may have stored here.
     public var entriesPerSource = 32
     public var maximumEntries = 100_000
@@ -74,6 +74,8 @@ public final class DHTNode {
     private enum Purpose {
         case lookup(LookupID, NodeID)
         case ping(NodeID?)
+        /// A ping to a bootstrap node; the lookup of the own id waits for the first answer.
+        case bootstrap(LookupID)
         case store(LookupID)
     }
 
@@ -105,6 +107,8 @@ public final class DHTNode {
         var entry: PeerEntry
         var wire: [UInt8]
         var from: Endpoint
+        /// When a STORE of it last arrived (or this node republished it).
+        var storedAt: UInt64
     }
 
     private var store: [NodeID: Stored] = [:]
@@ -167,8 +171,18 @@ public final class DHTNode {
     @discardableResult
     public func bootstrap(_ endpoints: [Endpoint], now: UInt64) -> LookupID {
         bootstrapNodes = endpoints
-        for endpoint in endpoints { ping(endpoint, expected: nil, now: now) }
-        return startLookup(target: id, kind: .nodes, now: now)
+        let lookupID = nextLookupID
+        nextLookupID += 1
+        let lookup = Lookup(id: lookupID, target: id, kind: .nodes, k: configuration.k)
+        for contact in table.closest(to: id, count: configuration.k) { lookup.add(contact, round: 1) }
+        lookups[lookupID] = lookup
+        lookup.bootstrapPings = endpoints.count
+        lookup.isJoin = true
+        for endpoint in endpoints {
+            request(.ping, to: endpoint, expected: nil, purpose: .bootstrap(lookupID), now: now)
+        }
+        if endpoints.isEmpty { advance(lookup, now: now) }
+        return lookupID
     }
 
     /// Finds the node closest to `target` (FIND_NODE).
@@ -306,7 +320,11 @@ public final class DHTNode {
                 statistics.refusedEntries += 1
                 return .taken
             }
-            if existing.entry.lastSeen >= entry.lastSeen { return existing.wire == wire ? .stored : .older }
+            if existing.entry.lastSeen >= entry.lastSeen {
+                guard existing.wire == wire else { return .older }
+                store[key]?.storedAt = now
+                return .stored
+            }
         } else {
             guard storedBy[source, default: 0] < configuration.entriesPerSource, store.count < configuration.maximumEntries else {
                 statistics.refusedEntries += 1
@@ -314,7 +332,7 @@ public final class DHTNode {
             }
         }
         if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
-        store[key] = Stored(entry: entry, wire: wire, from: source)
+        store[key] = Stored(entry: entry, wire: wire, from: source, storedAt: now)
         storedBy[source, default: 0] += 1
         statistics.storedEntries += 1
         return .stored
@@ -357,6 +375,11 @@ public final class DHTNode {
         }
         switch request.purpose {
         case .ping: break
+        case .bootstrap(let lookupID):
+            guard let lookup = lookups[lookupID] else { return }
+            lookup.bootstrapPings -= 1
+            lookup.add(Contact(id: sender, endpoint: source), round: 1)
+            advance(lookup, now: now)
         case .lookup(let lookupID, let candidate):
             guard let lookup = lookups[lookupID] else { return }
             lookup.answered(candidate, with: message.body, now: now, node: self)
@@ -383,6 +406,11 @@ public final class DHTNode {
             if let expected = request.expected { table.failed(expected) }
             switch request.purpose {
             case .ping: break
+            case .bootstrap(let lookupID):
+                if let lookup = lookups[lookupID] {
+                    lookup.bootstrapPings -= 1
+                    advance(lookup, now: now)
+                }
             case .lookup(let lookupID, let candidate):
                 if let lookup = lookups[lookupID] {
                     lookup.failed(candidate)
@@ -413,13 +441,20 @@ public final class DHTNode {
         for index in table.staleBuckets(before: now - min(now, configuration.refreshInterval)).prefix(8) {
             table.touch(bucket: index, now: now)
             let bytes = (0..<20).map { _ in UInt8(truncatingIfNeeded: random.next()) }
-            _ = startLookup(target: id.random(sharingPrefix: index, random: bytes), kind: .nodes, now: now)
+            startLookup(target: id.random(sharingPrefix: index, random: bytes), kind: .nodes, now: now, silent: true)
         }
         for contact in table.takeDormant(8) { ping(contact.endpoint, expected: contact.id, now: now) }
         if table.count < configuration.k { for endpoint in bootstrapNodes { ping(endpoint, expected: nil, now: now) } }
         for (key, stored) in store where !alive(stored.entry, now: now) {
             store[key] = nil
             storedBy[stored.from, default: 1] -= 1
+        }
+        // Holders republish (Kademlia, §2.5 of the paper) what no STORE refreshed during the last
+        // period, so that an entry reaches the nodes that became its closest; when the owner
+        // re-announces every period, nobody needs to.
+        for (key, stored) in store where now >= stored.storedAt + configuration.refreshInterval {
+            store[key]?.storedAt = now
+            startLookup(target: key, kind: .announce(stored.wire), now: now, silent: true)
         }
         if storedBy.count > 10_000 { storedBy = storedBy.filter { $0.value > 0 } }
         if buckets.count > 10_000 { buckets.removeAll() }
@@ -467,8 +502,8 @@ public final class DHTNode {
 
     private func allow(_ source: Endpoint, now: UInt64) -> Bool {
         let rate = configuration.requestsPerSecond
-        var bucket = buckets[source] ?? (rate, now)
-        bucket.tokens = min(rate, bucket.tokens + Double(now - min(now, bucket.at)) / 1000 * rate)
+        var bucket = buckets[source] ?? (2 * rate, now)
+        bucket.tokens = min(2 * rate, bucket.tokens + Double(now - min(now, bucket.at)) / 1000 * rate)
         bucket.at = now
         guard bucket.tokens >= 1 else {
             buckets[source] = bucket
@@ -481,10 +516,12 @@ public final class DHTNode {
 
     // MARK: Lookups
 
-    private func startLookup(target: NodeID, kind: Lookup.Kind, now: UInt64) -> LookupID {
+    @discardableResult
+    private func startLookup(target: NodeID, kind: Lookup.Kind, now: UInt64, silent: Bool = false) -> LookupID {
         let lookupID = nextLookupID
         nextLookupID += 1
         let lookup = Lookup(id: lookupID, target: target, kind: kind, k: configuration.k)
+        lookup.isSilent = silent
         for contact in table.closest(to: target, count: configuration.k) { lookup.add(contact, round: 1) }
         lookups[lookupID] = lookup
         advance(lookup, now: now)
@@ -509,19 +546,32 @@ public final class DHTNode {
                 }
                 if lookup.storesInFlight > 0 { return }
             }
-            finish(lookup)
+            finish(lookup, now: now)
         case .storing:
-            if lookup.storesInFlight <= 0 { finish(lookup) }
+            if lookup.storesInFlight <= 0 { finish(lookup, now: now) }
         case .finished:
             return
         }
     }
 
-    private func finish(_ lookup: Lookup) {
+    private func finish(_ lookup: Lookup, now: UInt64) {
         lookup.phase = .finished
         lookup.result.closest = lookup.answeredClosest()
         lookups[lookup.id] = nil
-        events.append(.lookupFinished(lookup.id, lookup.result))
+        if !lookup.isSilent { events.append(.lookupFinished(lookup.id, lookup.result)) }
+        if lookup.isJoin { refreshFartherBuckets(now: now) }
+    }
+
+    /// After joining, as in the Kademlia paper: look up a random id in every bucket farther than the
+    /// nearest neighbour that is not full, so that this node knows some node in each part of the
+    /// id space (and those nodes learn of it).
+    private func refreshFartherBuckets(now: UInt64) {
+        guard let nearest = table.closest(to: id, count: 1).first else { return }
+        for index in 0..<table.index(of: nearest.id) where table.buckets[index].entries.count < configuration.k {
+            table.touch(bucket: index, now: now)
+            let bytes = (0..<20).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            startLookup(target: id.random(sharingPrefix: index, random: bytes), kind: .nodes, now: now, silent: true)
+        }
     }
 
     /// Checks an entry a lookup received (the process-wide cache spares repeated signature checks).
@@ -565,6 +615,12 @@ final class Lookup {
     var phase = Phase.searching
     var result = LookupResult(closest: [])
     var storesInFlight = 0
+    /// Bootstrap: pings still unanswered (the lookup waits for them before it can end empty).
+    var bootstrapPings = 0
+    /// The lookup of the own id when joining: when it ends, the farther buckets are refreshed.
+    var isJoin = false
+    /// Internal (refresh): no event when it ends.
+    var isSilent = false
     private var candidates: [NodeID: Candidate] = [:]
 
     init(id: LookupID, target: NodeID, kind: Kind, k: Int) {
@@ -585,7 +641,7 @@ final class Lookup {
     }
 
     var isDone: Bool {
-        nearest.allSatisfy { $0.state == .answered } && !candidates.values.contains { $0.state == .waiting }
+        bootstrapPings <= 0 && nearest.allSatisfy { $0.state == .answered } && !candidates.values.contains { $0.state == .waiting }
             && holderToAsk == nil
     }
 
@@ -604,10 +660,10 @@ final class Lookup {
         var chosen = nearest.filter { $0.state == .fresh }
         if let holder = holderToAsk, !candidates.values.contains(where: { $0.state == .waiting && $0.askedAgain }) {
             chosen.insert(holder, at: 0)
-            candidates[holder.contact.id]?.askedAgain = true
         }
         for candidate in chosen where inFlight < alpha {
             candidates[candidate.contact.id]?.state = .waiting
+            if candidate.state == .answered { candidates[candidate.contact.id]?.askedAgain = true }
             inFlight += 1
             let token = tokens[candidate.contact.endpoint] ?? 0
             switch kind {
@@ -668,15 +724,15 @@ final class VerifiedEntries: @unchecked Sendable {
     static let shared = VerifiedEntries()
     private var known = Set<[UInt8]>()
     private var order: [[UInt8]] = []
-    private let lock = NSLockish()
+    private let lock = PThreadLock()
 
     func check(_ entry: PeerEntry, wire: [UInt8], now: UInt64) -> Bool {
         let digest = Sodium.sha256(wire)
-        if lock.locked({ known.contains(digest) }) {
+        if lock.withLock({ known.contains(digest) }) {
             return (try? entry.validateFields(now: now)) != nil
         }
         guard (try? entry.verify(now: now)) != nil else { return false }
-        lock.locked {
+        lock.withLock {
             if known.insert(digest).inserted { order.append(digest) }
             if order.count > 10_000 { known.remove(order.removeFirst()) }
         }
@@ -684,21 +740,68 @@ final class VerifiedEntries: @unchecked Sendable {
     }
 }
 
-/// A pthread mutex.
-final class NSLockish: @unchecked Sendable {
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    init() {
-        mutex = .allocate(capacity: 1)
-        mutex.initialize(to: pthread_mutex_t())
-        _ = pthread_mutex_init(mutex, nil)
+extension DHTNode {
+    /// What survives a restart: the routing table's contacts and the entries held (the node's
+    /// credential is saved by the driver next to it).
+    public struct SavedState: Equatable, Sendable {
+        public var contacts: [Contact]
+        public var entries: [[UInt8]]
+
+        public init(contacts: [Contact], entries: [[UInt8]]) {
+            self.contacts = contacts
+            self.entries = entries
+        }
+
+        static let magic = Array("DNADHT1\n".utf8)
+
+        /// "DNADHT1\n" | contact count (4) | (id (20) | endpoint (18))* | entry count (4) | (length (2) | entry)*.
+        public var bytes: [UInt8] {
+            func u32(_ v: Int) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (24 - 8 * $0)) } }
+            var out = Self.magic + u32(contacts.count)
+            for contact in contacts { out += contact.id.bytes + contact.endpoint.wire }
+            out += u32(entries.count)
+            for entry in entries { out += [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry }
+            return out
+        }
+
+        public init(bytes: [UInt8]) throws(DHTError) {
+            var offset = 0
+            func take(_ n: Int) throws(DHTError) -> ArraySlice<UInt8> {
+                guard n >= 0, bytes.count - offset >= n else { throw .malformed("saved state truncated") }
+                defer { offset += n }
+                return bytes[offset..<offset + n]
+            }
+            func u32() throws(DHTError) -> Int { Int(try take(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) }) }
+            guard try take(8).elementsEqual(Self.magic) else { throw .malformed("not a saved DHT state") }
+            contacts = []
+            for _ in 0..<min(try u32(), 100_000) {
+                guard let id = NodeID(bytes: try take(20)) else { throw .malformed("contact id") }
+                let address = Array(try take(16)), port = try take(2).reduce(UInt16(0)) { $0 << 8 | UInt16($1) }
+                guard let endpoint = Endpoint(address: address, port: port) else { throw .malformed("contact endpoint") }
+                contacts.append(Contact(id: id, endpoint: endpoint))
+            }
+            entries = []
+            for _ in 0..<min(try u32(), 1_000_000) {
+                let length = try take(2).reduce(0) { $0 << 8 | Int($1) }
+                entries.append(Array(try take(length)))
+            }
+            guard offset == bytes.count else { throw .malformed("saved state has trailing bytes") }
+        }
     }
-    deinit {
-        _ = pthread_mutex_destroy(mutex)
-        mutex.deallocate()
+
+    public func savedState(now: UInt64) -> SavedState {
+        SavedState(contacts: table.contacts, entries: store.values.filter { alive($0.entry, now: now) }.map(\.wire))
     }
-    func locked<T>(_ body: () -> T) -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return body()
+
+    /// Loads a saved state: the contacts go into the table, the entries that still verify into the store.
+    public func restore(_ state: SavedState, now: UInt64) {
+        for contact in state.contacts { _ = table.seen(contact, now: now) }
+        let local = Endpoint(address: [UInt8](repeating: 0, count: 16), port: 0)
+        for wire in state.entries {
+            guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now), let local else { continue }
+            let key = NodeID.key(of: entry.identity)
+            if let held = store[key], held.entry.lastSeen >= entry.lastSeen { continue }
+            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: now)
+        }
     }
 }

@@ -14,6 +14,8 @@ final class SimulatedNetwork {
     private(set) var order: [Endpoint] = []
     var dead = Set<Endpoint>()
     var loss = 0.0
+    /// Endpoints played by a test's adversary: it gets each datagram and returns what to send back.
+    var adversaries: [Endpoint: (Endpoint, [UInt8]) -> [(Endpoint, [UInt8])]] = [:]
     /// Datagrams between different groups are dropped while set.
     var group: ((Endpoint) -> Int)?
     var random: SimRandom
@@ -68,9 +70,15 @@ final class SimulatedNetwork {
             now = max(now, time)
             switch event {
             case .deliver(let from, let to, let datagram):
-                guard !dead.contains(to), !dead.contains(from), let node = nodes[to] else { continue }
                 if let group, group(from) != group(to) { continue }
                 if loss > 0, Double(random.next() % 10_000) / 10_000 < loss { continue }
+                if let adversary = adversaries[to] {
+                    for (destination, datagram) in adversary(from, datagram) {
+                        heap.push(now + 10 + random.next() % 50, .deliver(from: to, to: destination, datagram: datagram))
+                    }
+                    continue
+                }
+                guard !dead.contains(to), !dead.contains(from), let node = nodes[to] else { continue }
                 delivered += 1
                 node.receive(datagram, from: from, now: now)
                 flush(to)

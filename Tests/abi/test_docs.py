@@ -29,3 +29,10 @@ def test_readme_python_examples_run(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, DNA_HOME=str(tmp_path)))
     assert result.returncode == 0, script + result.stderr
+
+
+def test_protocol_document_lists_every_dht_vector():
+    doc = (ROOT / "docs" / "PROTOCOL.md").read_text()
+    vectors = json.loads((ROOT / "Tests" / "Vectors" / "dht.json").read_text())
+    for vector in vectors["messages"]:
+        assert f"| {vector['name']} | `{vector['datagram']}` |" in doc, vector["name"]

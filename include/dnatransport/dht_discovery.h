@@ -1,8 +1,12 @@
 /*
- * dht_discovery.h: peer discovery (seed, "Component 1"). This part holds the seed's signed peer
- * entry; the DHT functions (dht_init, dht_announce, dht_find_peer, ...) join it with the DHT.
+ * dht_discovery.h: peer discovery (seed, "Component 1"): a Kademlia DHT that maps an identity to
+ * its signed entry (address, port, ML-DSA-65 key). The protocol is docs/PROTOCOL.md §5.
  *
- * Threads: the entry functions keep no state and may run on any thread at once.
+ * A dht_context_t owns one UDP socket and one I/O thread that runs the node; the calls below hand
+ * work to that thread and wait for it (they block for at most the time each one documents).
+ *
+ * Threads: any function from any thread; a context may be used by several threads at once. The
+ * entry functions keep no state.
  */
 #ifndef DNATRANSPORT_DHT_DISCOVERY_H
 #define DNATRANSPORT_DHT_DISCOVERY_H
@@ -57,6 +61,85 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_peer_entry_verify(const dht_peer_entry_t *ent
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_peer_entry_signed_bytes(const dht_peer_entry_t *entry, uint8_t *out,
     size_t out_capacity, size_t *len_out);
+
+/* A DHT node (opaque): one UDP socket, one I/O thread. */
+typedef struct dht_context_t dht_context_t;
+
+/* Zeroed (memset) means all defaults. */
+typedef struct {
+    const char *bind_ip;   /* NULL: all interfaces, IPv4 and IPv6 */
+    uint16_t    port;      /* 0: any free port */
+    const char *data_dir;  /* node id, routing table, entries, identities; NULL: $DNA_HOME, else ~/.dna */
+    /* extensions may follow */
+} dht_config_t;
+
+/* Counters of a running node (dht_get_stats). */
+typedef struct {
+    uint64_t routing_table_size;  /* contacts in the k-buckets */
+    uint64_t stored_entries;      /* entries held for others */
+    uint64_t received;            /* datagrams */
+    uint64_t sent;                /* datagrams */
+    uint64_t requests_answered;
+    uint64_t dropped;             /* garbage, truncated, oversized, bad node ids */
+    uint64_t rate_limited;        /* requests over a source's rate */
+    uint64_t refused_entries;     /* forged, expired, taken or over quota */
+    uint64_t timeouts;            /* requests that got no answer */
+} dht_stats_t;
+
+/**
+ * Starts a DHT node: binds the UDP socket, loads (or makes, on first use) the node id from
+ * data_dir/dht/node and the saved routing table and entries from data_dir/dht/state, starts the I/O
+ * thread. config: (in, optional) NULL for defaults. Returns a context to free with dht_free(), or
+ * NULL with dna_last_error(): DNA_ERR_IO (socket, bind, files), DNA_ERR_INVALID_ARGUMENT.
+ */
+DNA_EXPORT dht_context_t *dht_init(const dht_config_t *config);
+
+/**
+ * Joins the network through the given nodes (seed). nodes: (in) NULL-terminated array of
+ * "host:port" strings ("[v6]:port" for IPv6; names are resolved). Pings them, then looks up the
+ * own id; retries with backoff (0.5, 1, 2, 4 s) until some node answers. Blocks up to about 15 s.
+ * Returns DNA_OK, DNA_ERR_UNREACHABLE (no node answered), DNA_ERR_INVALID_ARGUMENT (none resolves).
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_bootstrap(dht_context_t *ctx, const char **nodes);
+
+/**
+ * Announces that identity is at ip:port (seed): signs an entry with the identity's key from the
+ * context's data_dir (created on first use) and stores it on the k nodes closest to
+ * SHA-256(identity). The context re-announces it every 5 minutes while it runs. Blocks up to 30 s.
+ * Returns DNA_OK (stored on at least one node), DNA_ERR_UNREACHABLE (no node stored it),
+ * DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT (bad name, address or port 0), DNA_ERR_KEY_FILE,
+ * DNA_ERR_KEY_PERMISSIONS, DNA_ERR_IO.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_announce(dht_context_t *ctx, const char *identity, const char *ip, uint16_t port);
+
+/**
+ * Finds identity's address (seed). ip_out: (out) at least 46 bytes, NUL-terminated. port_out:
+ * (out). Only a verified entry is returned, the freshest of those the k closest nodes hold.
+ * Blocks up to 30 s. Returns DNA_OK, DNA_ERR_NOT_FOUND, DNA_ERR_INVALID_ARGUMENT.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_find_peer(dht_context_t *ctx, const char *identity, char *ip_out, uint16_t *port_out);
+
+/**
+ * As dht_find_peer, but gives the whole signed entry (with the peer's public key, e.g. for
+ * dna_handshake_initiate). entry_out: (out). Returns DNA_OK, DNA_ERR_NOT_FOUND, DNA_ERR_INVALID_ARGUMENT.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_find_peer_entry(dht_context_t *ctx, const char *identity, dht_peer_entry_t *entry_out);
+
+/**
+ * Re-announces every identity announced through this context with a fresh last_seen and refreshes
+ * idle buckets (seed: every 5 minutes; the context also does it by itself). Returns DNA_OK,
+ * DNA_ERR_CLOSED, DNA_ERR_INVALID_ARGUMENT.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_refresh(dht_context_t *ctx);
+
+/** The bound UDP port (1..65535), or DNA_ERR_INVALID_ARGUMENT. */
+DNA_EXPORT DNA_WARN_UNUSED int dht_get_port(dht_context_t *ctx);
+
+/** Copies the node's counters to stats_out. Returns DNA_OK, DNA_ERR_CLOSED, DNA_ERR_INVALID_ARGUMENT. */
+DNA_EXPORT DNA_WARN_UNUSED int dht_get_stats(dht_context_t *ctx, dht_stats_t *stats_out);
+
+/** Saves the routing table and entries, stops the I/O thread, frees the context. NULL does nothing. */
+DNA_EXPORT void dht_free(dht_context_t *ctx);
 
 #ifdef __cplusplus
 }

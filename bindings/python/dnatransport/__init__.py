@@ -16,7 +16,7 @@ __all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "v
            "strerror", "last_error", "set_log_handler", "encode_frame", "decode_frame", "HEADER_SIZE",
            "MAX_PAYLOAD", "library_path", "Identity", "PeerEntry", "fingerprint", "IDENTITY_MAX",
            "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "Initiator", "Responder", "Session", "MAX_DATAGRAM",
-           "SESSION_OVERHEAD"]
+           "SESSION_OVERHEAD", "DHT"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -485,6 +485,77 @@ class Session:
         """Frees the session and erases its keys."""
         if self._handle:
             lib.dna_session_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class DHT:
+    """A DHT node (dht_init): one UDP socket and one I/O thread. data_dir holds its node id, routing
+    table, entries and the identities it announces. Calls block until the network answers."""
+
+    def __init__(self, data_dir=None, port=0, bind_ip=None):
+        self._keep = (None if bind_ip is None else bind_ip.encode(), _path_arg(data_dir))
+        config = _native.DHTConfigC(self._keep[0], int(port), self._keep[1])
+        self._handle = lib.dht_init(ctypes.byref(config))
+        if not self._handle:
+            raise DNAError(lib.dna_last_error(), "DHT")
+
+    def _live(self):
+        if not self._handle:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "DHT is closed")
+        return self._handle
+
+    @property
+    def port(self):
+        """The bound UDP port."""
+        return _check(lib.dht_get_port(self._live()), "port")
+
+    def bootstrap(self, nodes):
+        """Joins through nodes, a list of "host:port" strings."""
+        array = (ctypes.c_char_p * (len(nodes) + 1))(*[n.encode() for n in nodes], None)
+        _check(lib.dht_bootstrap(self._live(), array), "bootstrap")
+
+    def announce(self, identity, ip, port):
+        """Signs (with the identity's key in data_dir, made on first use) and stores identity -> ip:port."""
+        _check(lib.dht_announce(self._live(), _name_arg(identity), ip.encode(), int(port)), "announce")
+
+    def find_peer(self, identity):
+        """(ip, port) of identity's freshest verified entry; raises DNAError NOT_FOUND."""
+        ip = ctypes.create_string_buffer(46)
+        port = ctypes.c_uint16(0)
+        _check(lib.dht_find_peer(self._live(), _name_arg(identity), ip, ctypes.byref(port)), "find_peer")
+        return ip.value.decode(), port.value
+
+    def find_peer_entry(self, identity):
+        """The whole verified PeerEntry; raises DNAError NOT_FOUND."""
+        entry = _native.PeerEntryC()
+        _check(lib.dht_find_peer_entry(self._live(), _name_arg(identity), ctypes.byref(entry)), "find_peer_entry")
+        return PeerEntry(entry.identity.decode(), bytes(entry.node_id), entry.ip_address.decode(), entry.port,
+                         entry.last_seen, bytes(entry.pubkey), bytes(entry.signature))
+
+    def refresh(self):
+        """Re-announces this node's identities and refreshes idle buckets (seed: every 5 minutes)."""
+        _check(lib.dht_refresh(self._live()), "refresh")
+
+    @property
+    def stats(self):
+        """The node's counters (dht_stats_t) as a dict."""
+        out = _native.DHTStatsC()
+        _check(lib.dht_get_stats(self._live(), ctypes.byref(out)), "stats")
+        return {name: getattr(out, name) for name, _ in out._fields_}
+
+    def close(self):
+        """Saves the state and stops the node."""
+        if self._handle:
+            lib.dht_free(self._handle)
             self._handle = None
 
     def __enter__(self):

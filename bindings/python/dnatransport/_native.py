@@ -61,6 +61,18 @@ class PeerEntryC(Structure):
                 ("signature", c_uint8 * 3309)]
 
 
+class DHTConfigC(Structure):
+    """dht_config_t"""
+    _fields_ = [("bind_ip", c_char_p), ("port", c_uint16), ("data_dir", c_char_p)]
+
+
+class DHTStatsC(Structure):
+    """dht_stats_t"""
+    _fields_ = [(name, c_uint64) for name in ("routing_table_size", "stored_entries", "received", "sent",
+                                              "requests_answered", "dropped", "rate_limited", "refused_entries",
+                                              "timeouts")]
+
+
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 u8p = POINTER(c_uint8)
 
@@ -105,6 +117,15 @@ FUNCTIONS = {
     "dna_session_open": (c_int, [c_void_p, u8p, c_size_t, POINTER(FrameHeaderC), u8p, c_size_t, POINTER(c_size_t)]),
     "dna_session_free": (None, [c_void_p]),
     # dht_discovery.h
+    "dht_init": (c_void_p, [POINTER(DHTConfigC)]),
+    "dht_bootstrap": (c_int, [c_void_p, POINTER(c_char_p)]),
+    "dht_announce": (c_int, [c_void_p, c_char_p, c_char_p, c_uint16]),
+    "dht_find_peer": (c_int, [c_void_p, c_char_p, c_char_p, POINTER(c_uint16)]),
+    "dht_find_peer_entry": (c_int, [c_void_p, c_char_p, POINTER(PeerEntryC)]),
+    "dht_refresh": (c_int, [c_void_p]),
+    "dht_get_port": (c_int, [c_void_p]),
+    "dht_get_stats": (c_int, [c_void_p, POINTER(DHTStatsC)]),
+    "dht_free": (None, [c_void_p]),
     "dht_peer_entry_signed_max": (c_size_t, []),
     "dht_peer_entry_sign": (c_int, [POINTER(PeerEntryC), c_char_p]),
     "dht_peer_entry_verify": (c_int, [POINTER(PeerEntryC)]),

@@ -1,10 +1,10 @@
 import Glibc
 
 /// A pthread mutex: ThreadSanitizer-clean on Linux, unlike Synchronization.Mutex (SWIFT-C-NOTES.md).
-final class PThreadLock: @unchecked Sendable {
+package final class PThreadLock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
-    init() {
+    package init() {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         _ = pthread_mutex_init(mutex, nil)
@@ -15,7 +15,7 @@ final class PThreadLock: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+    package func withLock<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()

@@ -1,0 +1,372 @@
+import DNACrypto
+import DNADHT
+import DNAWire
+import Glibc
+
+/// A mutex and a condition variable.
+final class Monitor: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    init() {
+        mutex.initialize(to: pthread_mutex_t())
+        condition.initialize(to: pthread_cond_t())
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(condition, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(condition)
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+        condition.deallocate()
+    }
+
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body()
+    }
+
+    /// With the lock held: waits until `ready` returns a value or `milliseconds` pass.
+    func wait<T>(milliseconds: Int, until ready: () -> T?) -> T? {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let total = Int(deadline.tv_nsec) + (milliseconds % 1000) * 1_000_000
+        deadline.tv_sec += milliseconds / 1000 + total / 1_000_000_000
+        deadline.tv_nsec = total % 1_000_000_000
+        while true {
+            if let value = ready() { return value }
+            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { return ready() }
+        }
+    }
+
+    func broadcast() { pthread_cond_broadcast(condition) }
+}
+
+/// Milliseconds of Unix time (the DHT's entries carry Unix seconds; its timers use the same clock).
+public func unixMilliseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_REALTIME, &now)
+    return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+}
+
+public struct DHTServiceConfiguration: Sendable {
+    public var bindHost: String?
+    public var port: UInt16 = 0
+    /// nil: $DNA_HOME, else ~/.dna. The node's credential and saved state live in `<data_dir>/dht/`.
+    public var dataDirectory: String?
+    public var node = DHTConfiguration()
+    /// Owners re-announce their entries this often (seed: every 5 minutes).
+    public var announceInterval: UInt64 = 300_000
+
+    public init() {}
+}
+
+/// The DHT driver: one UDP socket and one I/O thread that alone runs the DHTNode state machine.
+/// Calls from other threads hand work to it and wait for the answer.
+public final class DHTService: @unchecked Sendable {
+    public let port: UInt16
+    public let credential: NodeCredential
+    public let dataDirectory: String
+    private let socket: UDPSocket
+    private let node: DHTNode
+    private let configuration: DHTServiceConfiguration
+    private let monitor = Monitor()
+    private var commands: [(DHTNode, UInt64) -> Void] = []
+    private var results: [LookupID: LookupResult] = [:]
+    private var running = true
+    private var wake: (read: Int32, write: Int32) = (-1, -1)
+    private var thread = pthread_t()
+    private var threadStarted = false
+    /// Entries this node re-announces (I/O thread only).
+    private var owned: [IdentityName: (identity: Identity, entry: PeerEntry)] = [:]
+    private var nextAnnounce: UInt64
+    /// Answers other protocols' datagrams on the same socket (the STUN server of `dnat node`).
+    public var otherProtocol: (([UInt8], Endpoint) -> [UInt8]?)?
+    private let logger: (String) -> Void
+
+    public init(configuration: DHTServiceConfiguration, log: @escaping (String) -> Void = { _ in }) throws(NetError) {
+        self.configuration = configuration
+        logger = log
+        dataDirectory = IdentityStore.dataDirectory(configuration.dataDirectory)
+        let directory = dataDirectory + "/dht"
+        try Files.makeDirectory(directory)
+        credential = try Self.loadCredential(directory + "/node", difficulty: configuration.node.difficulty)
+        socket = try UDPSocket(host: configuration.bindHost, port: configuration.port)
+        port = socket.port
+        let now = unixMilliseconds()
+        node = DHTNode(credential: credential, configuration: configuration.node, now: now)
+        nextAnnounce = now + configuration.announceInterval
+        if let saved = try? Files.read(directory + "/state"), let state = try? DHTNode.SavedState(bytes: saved) {
+            node.restore(state, now: now)
+            log("restored \(state.contacts.count) contacts and \(state.entries.count) entries")
+        }
+        var fds: [Int32] = [0, 0]
+        guard pipe(&fds) == 0 else { throw NetError("pipe") }
+        for fd in fds {
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        }
+        wake = (fds[0], fds[1])
+        let started = pthread_create(&thread, nil, { argument in
+            guard let argument else { return nil }
+            Unmanaged<DHTService>.fromOpaque(argument).takeUnretainedValue().loop()
+            return nil
+        }, Unmanaged.passUnretained(self).toOpaque())
+        guard started == 0 else { throw NetError("pthread_create", started) }
+        threadStarted = true
+        log("DHT node \(credential.id) on UDP port \(port)")
+    }
+
+    deinit {
+        stop()
+        if wake.read >= 0 { close(wake.read) }
+        if wake.write >= 0 { close(wake.write) }
+    }
+
+    /// Saves the state and ends the I/O thread. Idempotent.
+    public func stop() {
+        let wasRunning = monitor.locked { () -> Bool in
+            defer { running = false }
+            return running
+        }
+        guard wasRunning, threadStarted else { return }
+        poke()
+        pthread_join(thread, nil)
+        save()
+    }
+
+    private func save() {
+        let state = node.savedState(now: unixMilliseconds())
+        try? Files.writeAtomically(dataDirectory + "/dht/state", state.bytes)
+    }
+
+    // MARK: Calls from any thread
+
+    /// Runs `body` on the I/O thread and waits for its result.
+    public func perform<T>(_ body: @escaping (DHTNode, UInt64) -> T) -> T? {
+        let box = ResultBox<T>()
+        let accepted = monitor.locked { () -> Bool in
+            guard running else { return false }
+            commands.append { node, now in
+                let value = body(node, now)
+                self.monitor.locked {
+                    box.value = value
+                    box.done = true
+                }
+                self.monitor.broadcast()
+            }
+            return true
+        }
+        guard accepted else { return nil }
+        poke()
+        return monitor.wait(milliseconds: 60_000) { box.done ? box.value : nil }
+    }
+
+    /// Starts a lookup on the I/O thread and waits up to `timeout` ms for its result.
+    public func lookup(timeout: Int = 30_000, _ start: @escaping (DHTNode, UInt64) -> LookupID) -> LookupResult? {
+        guard let id = perform(start) else { return nil }
+        let result = monitor.wait(milliseconds: timeout) { results[id] }
+        _ = monitor.locked { results.removeValue(forKey: id) }
+        return result
+    }
+
+    /// Joins through `endpoints`: pings them and looks up the own id, retrying with backoff (0.5, 1,
+    /// 2, 4 s) until some node answered. Returns false when none did, nil when the service stopped.
+    public func bootstrap(_ endpoints: [Endpoint]) -> Bool? {
+        var backoff: UInt32 = 500_000
+        for attempt in 0..<5 {
+            guard lookup(timeout: 15_000, { node, now in node.bootstrap(endpoints, now: now) }) != nil else { return nil }
+            if (routingTableSize ?? 0) > 0 { return true }
+            if attempt < 4 {
+                usleep(backoff)
+                backoff *= 2
+            }
+        }
+        return false
+    }
+
+    /// Signs and announces an entry for `identity` at ip:port, and keeps re-announcing it.
+    public func announce(_ identity: Identity, ip: String, port: UInt16) throws(PeerEntryError) -> LookupResult? {
+        let now = unixMilliseconds()
+        var entry = PeerEntry(identity: identity.name, nodeID: credential.id.bytes, ipAddress: ip, port: port,
+                              lastSeen: now / 1000)
+        try entry.sign(with: identity, now: now / 1000)
+        let signed = entry
+        return lookup { node, now in
+            self.owned[identity.name] = (identity, signed)
+            return node.announce(signed, now: now)
+        }
+    }
+
+    /// The freshest verified entry for `identity`: the local one if this node holds it, else a lookup.
+    public func find(_ identity: IdentityName, timeout: Int = 30_000) -> PeerEntry? {
+        let key = NodeID.key(of: identity)
+        let local = perform { node, now in node.localEntry(key, now: now) } ?? nil
+        let found = lookup(timeout: timeout) { node, now in node.findValue(key, now: now) }?.entry
+        switch (local, found) {
+        case (let a?, let b?): return a.lastSeen >= b.lastSeen ? a : b
+        case (let a, let b): return a ?? b
+        }
+    }
+
+    /// Re-announces every owned entry with a fresh last_seen, and refreshes the buckets.
+    public func refresh() {
+        _ = perform { node, now in
+            self.reannounce(node, now: now)
+            node.refresh(now: now)
+        }
+    }
+
+    public var statistics: DHTStatistics? { perform { node, _ in node.statistics } }
+    public var routingTableSize: Int? { perform { node, _ in node.routingTableSize } }
+    public var storedCount: Int? { perform { node, _ in node.storedCount } }
+
+    // MARK: The I/O thread
+
+    private func poke() {
+        var byte: UInt8 = 1
+        _ = write(wake.write, &byte, 1)
+    }
+
+    private func reannounce(_ node: DHTNode, now: UInt64) {
+        nextAnnounce = now + configuration.announceInterval
+        for (name, owned) in owned {
+            var entry = owned.entry
+            entry.lastSeen = now / 1000
+            guard (try? entry.sign(with: owned.identity, now: now / 1000)) != nil else { continue }
+            self.owned[name] = (owned.identity, entry)
+            node.announce(entry, now: now)
+        }
+    }
+
+    private func loop() {
+        var descriptors = [pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
+        var lastSave = unixMilliseconds()
+        while monitor.locked({ running }) {
+            let now = unixMilliseconds()
+            let deadline = min(node.nextDeadline ?? now + 1000, nextAnnounce)
+            let wait = Int32(clamping: deadline > now ? min(deadline - now, 1000) : 0)
+            _ = poll(&descriptors, 2, wait)
+            var drain = [UInt8](repeating: 0, count: 64)
+            while Glibc.read(wake.read, &drain, 64) > 0 {}
+            let pending = monitor.locked { () -> [(DHTNode, UInt64) -> Void] in
+                defer { commands.removeAll() }
+                return commands
+            }
+            var current = unixMilliseconds()
+            for command in pending { command(node, current) }
+            var received = 0
+            while received < 1000, let (datagram, from) = socket.receive() {
+                received += 1
+                current = unixMilliseconds()
+                if let other = otherProtocol, Self.isSTUN(datagram) {
+                    if let answer = other(datagram, from) { socket.send(answer, to: from) }
+                    continue
+                }
+                node.receive(datagram, from: from, now: current)
+            }
+            current = unixMilliseconds()
+            if let next = node.nextDeadline, next <= current { node.handleTimeout(now: current) }
+            if current >= nextAnnounce { reannounce(node, now: current) }
+            if current >= lastSave + configuration.node.refreshInterval {
+                lastSave = current
+                save()
+            }
+            for (to, datagram) in node.takeDatagrams() { socket.send(datagram, to: to) }
+            let events = node.takeEvents()
+            if !events.isEmpty {
+                monitor.locked {
+                    for case .lookupFinished(let id, let result) in events { results[id] = result }
+                    if results.count > 1000 { results.removeAll() }
+                }
+                monitor.broadcast()
+            }
+        }
+    }
+
+    /// A STUN message (RFC 8489): first two bits zero and the magic cookie at bytes 4..7.
+    static func isSTUN(_ datagram: [UInt8]) -> Bool {
+        datagram.count >= 20 && datagram[0] & 0xC0 == 0 && datagram[4] == 0x21 && datagram[5] == 0x12
+            && datagram[6] == 0xA4 && datagram[7] == 0x42
+    }
+
+    /// The node's credential from `path`, made (work and all) and saved on first use.
+    static func loadCredential(_ path: String, difficulty: Int) throws(NetError) -> NodeCredential {
+        let magic = Array("DNANODE1".utf8)
+        if let bytes = try Files.read(path) {
+            guard bytes.count == magic.count + NodeCredential.saltSize, bytes.starts(with: magic),
+                  let credential = NodeCredential(salt: Array(bytes.dropFirst(magic.count)), difficulty: difficulty) else {
+                throw NetError("\(path) is not a node credential (delete it to make a new node id)", EINVAL)
+            }
+            return credential
+        }
+        let credential = NodeCredential.generate(difficulty: difficulty)
+        try Files.writeAtomically(path, magic + credential.salt)
+        return credential
+    }
+}
+
+/// Small file helpers for the drivers: private directories, whole-file reads, atomic replacement.
+enum Files {
+    static func makeDirectory(_ path: String) throws(NetError) {
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += component
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST { throw NetError("mkdir \(prefix)") }
+            prefix += "/"
+        }
+    }
+
+    /// The file's bytes, or nil when it does not exist.
+    static func read(_ path: String) throws(NetError) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw NetError("open \(path)")
+        }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = Glibc.read(fd, &chunk, chunk.count)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw NetError("read \(path)")
+            }
+            if n == 0 { return out }
+            out += chunk.prefix(n)
+        }
+    }
+
+    /// Replaces the file atomically (temporary file, fsync, rename), mode 0600.
+    static func writeAtomically(_ path: String, _ bytes: [UInt8]) throws(NetError) {
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw NetError("open \(temporary)") }
+        var written = 0
+        while written < bytes.count {
+            let n = bytes[written...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                let error = errno
+                close(fd)
+                throw NetError("write \(temporary)", error)
+            }
+            written += n
+        }
+        fsync(fd)
+        close(fd)
+        guard rename(temporary, path) == 0 else { throw NetError("rename \(path)") }
+    }
+}
+
+/// A value handed from the I/O thread to a waiting caller (guarded by the service's monitor).
+final class ResultBox<T>: @unchecked Sendable {
+    var value: T?
+    var done = false
+}
