@@ -10,7 +10,7 @@ STAGE      := $(CURDIR)/build/stage
 # Debian packages the build and the tests need (installed by `make deps` when missing).
 DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv
 
-.PHONY: all build install deps test bench clean
+.PHONY: all build install install-stage deps test bench clean
 
 all: build
 
@@ -44,9 +44,16 @@ deps:
 test: deps
 	$(PYTHON) Tests/run_all.py
 
-bench:
+# The DHT comparison needs OpenDHT's Python binding (Debian's python3-opendht, for /usr/bin/python3).
+bench: install-stage
 	$(SWIFT) build -c release --product dna-bench
 	$(RELEASE)/dna-bench
+	dpkg -s python3-opendht >/dev/null 2>&1 || apt-get install -y --no-install-recommends python3-opendht
+	DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 PYTHONPATH=$(CURDIR)/bindings/python \
+		/usr/bin/python3 bench/dht_compare.py
+
+install-stage:
+	$(MAKE) install PREFIX=$(CURDIR)/build/stage
 
 clean:
 	rm -rf .build build

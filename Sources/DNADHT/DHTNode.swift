@@ -641,9 +641,17 @@ final class Lookup {
     }
 
     var isDone: Bool {
-        bootstrapPings <= 0 && nearest.allSatisfy { $0.state == .answered } && !candidates.values.contains { $0.state == .waiting }
-            && holderToAsk == nil
+        guard bootstrapPings <= 0, holderToAsk == nil else { return false }
+        let near = nearest
+        // FIND_VALUE: a verified entry, and the nearest `quorum` candidates all answered without
+        // any of them holding a fresher one (a Sybil would have to be all of them to hide it).
+        if case .value = kind, result.entry != nil, near.count >= Self.quorum,
+           near.prefix(Self.quorum).allSatisfy({ $0.state == .answered }) { return true }
+        return near.allSatisfy { $0.state == .answered } && !candidates.values.contains { $0.state == .waiting }
     }
+
+    /// FIND_VALUE ends once this many of the nearest candidates answered and the entry is verified.
+    static let quorum = 8
 
     /// FIND_VALUE: the answered candidate that said it holds an entry fresher than the best one
     /// received, not asked again yet (the freshest first). Only it gets a second request.

@@ -205,8 +205,12 @@ public final class DHTService: @unchecked Sendable {
     /// The freshest verified entry for `identity`: the local one if this node holds it, else a lookup.
     public func find(_ identity: IdentityName, timeout: Int = 30_000) -> PeerEntry? {
         let key = NodeID.key(of: identity)
-        let local = perform { node, now in node.localEntry(key, now: now) } ?? nil
-        let found = lookup(timeout: timeout) { node, now in node.findValue(key, now: now) }?.entry
+        let box = ResultBox<PeerEntry>()
+        let found = lookup(timeout: timeout) { node, now in
+            box.value = node.localEntry(key, now: now)  // read on the I/O thread, before the lookup starts
+            return node.findValue(key, now: now)
+        }?.entry
+        let local = box.value
         switch (local, found) {
         case (let a?, let b?): return a.lastSeen >= b.lastSeen ? a : b
         case (let a, let b): return a ?? b

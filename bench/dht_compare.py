@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""make bench: dnatransport's DHT beside OpenDHT (Debian's python3-opendht), same size, same machine,
+same run, both on loopback: lookup latency and requests sent per lookup by the node that looks up.
+
+Ours: N contexts of libdnatransport (dht_init on 127.0.0.1), one I/O thread each. OpenDHT: N DhtRunner
+nodes on 127.0.0.1 in this process. Each network stores 50 values, then LOOKUPS lookups run one at a
+time from random nodes. "requests" = datagrams the looking-up node sent during the lookup (ours: its
+`sent` counter; OpenDHT: the sum of getNodeMessageStats(), its outgoing requests).
+"""
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+N = int(os.environ.get("DHT_BENCH_NODES", "50"))
+LOOKUPS = int(os.environ.get("DHT_BENCH_LOOKUPS", "200"))
+
+
+def summary(name, latencies, requests, found):
+    lat = sorted(latencies)
+    p = lambda q: lat[min(len(lat) - 1, int(len(lat) * q))] * 1000
+    print(f"{name:12} {found:>5}/{len(latencies):<5} {p(0.5):9.1f} {p(0.99):9.1f} {statistics.median(requests):9.1f} "
+          f"{statistics.mean(requests):9.1f}")
+    return p(0.5), statistics.median(requests)
+
+
+def ours(rng):
+    import dnatransport as dna
+    root = tempfile.mkdtemp(prefix="dht-bench-")
+    nodes = [dna.DHT(data_dir=os.path.join(root, str(i)), bind_ip="127.0.0.1") for i in range(N)]
+    seed = f"127.0.0.1:{nodes[0].port}"
+    for node in nodes[1:]:
+        node.bootstrap([seed])
+    for node in nodes:
+        node.refresh()
+    names = [f"bench{i}" for i in range(50)]
+    for i, name in enumerate(names):
+        rng.choice(nodes).announce(name, "192.0.2.1", 1000 + i)
+    time.sleep(1)
+    latencies, requests, found = [], [], 0
+    for _ in range(LOOKUPS):
+        node, i = rng.choice(nodes), rng.randrange(len(names))
+        before = node.stats["sent"]
+        start = time.perf_counter()
+        try:
+            found += node.find_peer(names[i]) == ("192.0.2.1", 1000 + i)
+        except dna.DNAError:
+            pass
+        latencies.append(time.perf_counter() - start)
+        requests.append(node.stats["sent"] - before)
+    for node in nodes:
+        node.close()
+    return latencies, requests, found
+
+
+def opendht(rng):
+    import opendht as dht
+    nodes = []
+    for i in range(N):
+        runner = dht.DhtRunner()
+        runner.run(port=0)
+        nodes.append(runner)
+    port = str(nodes[0].getBound().getPort())
+    for runner in nodes[1:]:
+        runner.bootstrap("127.0.0.1", port)
+    time.sleep(5)  # let the routing tables fill
+    keys = [dht.InfoHash.get(f"bench{i}") for i in range(50)]
+    for i, key in enumerate(keys):
+        done = threading.Event()
+        rng.choice(nodes).put(key, dht.Value(f"192.0.2.1:{1000 + i}".encode()), lambda ok, n, d=done: d.set())
+        done.wait(30)
+    time.sleep(1)
+    latencies, requests, found = [], [], 0
+    for _ in range(LOOKUPS):
+        node, i = rng.choice(nodes), rng.randrange(len(keys))
+        values, done = [], threading.Event()
+        before = sum(node.getNodeMessageStats())
+        start = time.perf_counter()
+        node.get(keys[i], lambda v, out=values: out.append(v) or True, lambda ok, n, d=done: d.set())
+        done.wait(30)
+        latencies.append(time.perf_counter() - start)
+        requests.append(sum(node.getNodeMessageStats()) - before)
+        found += any(bytes(v.data) == f"192.0.2.1:{1000 + i}".encode() for v in values)
+    for runner in nodes:
+        runner.join()
+    return latencies, requests, found
+
+
+def main():
+    print(f"DHT lookups on loopback, {N} nodes each, {LOOKUPS} lookups one at a time, the same run")
+    print(f"{'network':12} {'found':>11} {'p50 ms':>9} {'p99 ms':>9} {'req p50':>9} {'req mean':>9}")
+    rng = random.Random(1)
+    mine = summary("dnatransport", *ours(rng))
+    try:
+        theirs = summary("OpenDHT", *opendht(random.Random(1)))
+    except ImportError:
+        print("OpenDHT: python3-opendht is not installed (apt-get install python3-opendht)")
+        return 0
+    print(f"ratios (dnatransport / OpenDHT): p50 latency {mine[0] / theirs[0]:.2f}, requests per lookup {mine[1] / theirs[1]:.2f}")
+    print("goal: requests per lookup < 1 and p50 latency <= 1")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
