@@ -35,13 +35,15 @@ let package = Package(
 
         // Drivers: sockets and the I/O thread that runs a core (the DHT's UDP socket).
         .target(name: "DNANet", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
+        // NAT traversal: libnice's ICE agent on its own GLib loop thread.
+        .target(name: "DNANat", dependencies: ["DNANet", "DNADHT", "CNice"]),
         // The STUN Binding server of `dnat node` (libnice's STUN agent).
         .target(name: "STUNServer", dependencies: ["CNice", "DNADHT"]),
 
         // The C ABI: @_cdecl exports only (check arguments, convert, call Swift, map errors).
         .target(
             name: "DNACABI",
-            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "CDNATransport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "DNANat", "CDNATransport", .product(name: "Logging", package: "swift-log")],
             exclude: ["dnatransport.map"],
             linkerSettings: [
                 .unsafeFlags([

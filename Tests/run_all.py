@@ -102,7 +102,9 @@ def python_tests():
     env.pop("DNATRANSPORT_LIBRARY", None)
     # Run from build/ so that `import dnatransport` finds the installed package, not the source tree.
     proc = run([py, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                str(ROOT / "bindings" / "python" / "tests"), str(ROOT / "Tests" / "abi")], cwd=BUILD, env=env)
+                str(ROOT / "bindings" / "python" / "tests"), str(ROOT / "Tests" / "abi"),
+                 # The network lab (root, nftables, coturn): NAT traversal behind real NATs.
+                 str(ROOT / "Tests" / "lab")], cwd=BUILD, env=env)
     if junit(xml, "python") == 0 or (proc.returncode != 0 and all(ok for s, _, ok in results if s == "python")):
         results.append(("python", "pytest exit status", False))
 

@@ -14,5 +14,6 @@
 #include "dnatransport/dna_identity.h"
 #include "dnatransport/dna_session.h"
 #include "dnatransport/dht_discovery.h"
+#include "dnatransport/nat_traversal.h"
 
 #endif /* DNATRANSPORT_H */

@@ -3,6 +3,8 @@
 #include <stun/stunagent.h>
 #include <stun/stunmessage.h>
 #include <sys/socket.h>
+#include <nice/agent.h>
+#include <glib-unix.h>
 
 /* Answers a STUN Binding request (RFC 8489) with XOR-MAPPED-ADDRESS = from, using libnice's STUN
    agent. Returns the response length in out, or 0 when the datagram is not a valid Binding request
@@ -23,5 +25,75 @@ static inline size_t dna_stun_answer_binding(const uint8_t *request, size_t requ
     if (stun_message_append_xor_addr(&response, STUN_ATTRIBUTE_XOR_MAPPED_ADDRESS, from, from_len) != STUN_MESSAGE_RETURN_SUCCESS)
         return 0;
     return stun_agent_finish_message(&agent, &response, NULL, 0);
+}
+
+/* GObject calls that are variadic or macros in C, as typed functions Swift can call. */
+static inline void dna_nice_set_bool(NiceAgent *agent, const char *name, gboolean value) {
+    g_object_set(G_OBJECT(agent), name, value, NULL);
+}
+static inline void dna_nice_set_uint(NiceAgent *agent, const char *name, guint value) {
+    g_object_set(G_OBJECT(agent), name, value, NULL);
+}
+static inline void dna_nice_set_string(NiceAgent *agent, const char *name, const char *value) {
+    g_object_set(G_OBJECT(agent), name, value, NULL);
+}
+
+typedef void (*dna_gathering_done_fn)(NiceAgent *agent, guint stream_id, gpointer data);
+typedef void (*dna_state_changed_fn)(NiceAgent *agent, guint stream_id, guint component_id, guint state, gpointer data);
+typedef void (*dna_new_candidate_fn)(NiceAgent *agent, NiceCandidate *candidate, gpointer data);
+typedef void (*dna_selected_pair_fn)(NiceAgent *agent, guint stream_id, guint component_id,
+                                     NiceCandidate *local, NiceCandidate *remote, gpointer data);
+
+static inline gulong dna_connect_gathering_done(NiceAgent *agent, dna_gathering_done_fn fn, gpointer data) {
+    return g_signal_connect(agent, "candidate-gathering-done", G_CALLBACK(fn), data);
+}
+static inline gulong dna_connect_state_changed(NiceAgent *agent, dna_state_changed_fn fn, gpointer data) {
+    return g_signal_connect(agent, "component-state-changed", G_CALLBACK(fn), data);
+}
+static inline gulong dna_connect_new_candidate(NiceAgent *agent, dna_new_candidate_fn fn, gpointer data) {
+    return g_signal_connect(agent, "new-candidate-full", G_CALLBACK(fn), data);
+}
+static inline gulong dna_connect_selected_pair(NiceAgent *agent, dna_selected_pair_fn fn, gpointer data) {
+    return g_signal_connect(agent, "new-selected-pair-full", G_CALLBACK(fn), data);
+}
+
+/* Runs fn(data) once on the loop of ctx (not inline, even when the caller could own ctx). */
+static inline void dna_main_context_post(GMainContext *ctx, GSourceFunc fn, gpointer data) {
+    GSource *source = g_idle_source_new();
+    g_source_set_priority(source, G_PRIORITY_DEFAULT);
+    g_source_set_callback(source, fn, data, NULL);
+    g_source_attach(source, ctx);
+    g_source_unref(source);
+}
+
+/* A source on ctx that calls fn while fd is readable (or hung up); destroy it with g_source_destroy. */
+static inline GSource *dna_fd_watch(GMainContext *ctx, int fd, GUnixFDSourceFunc fn, gpointer data) {
+    GSource *source = g_unix_fd_source_new(fd, (GIOCondition)(G_IO_IN | G_IO_HUP | G_IO_ERR));
+    g_source_set_callback(source, (GSourceFunc)(void (*)(void))fn, data, NULL);
+    g_source_attach(source, ctx);
+    return source;
+}
+
+/* A timer on ctx: fn(data) after ms, again while it returns TRUE. */
+static inline GSource *dna_timer(GMainContext *ctx, guint ms, GSourceFunc fn, gpointer data) {
+    GSource *source = g_timeout_source_new(ms);
+    g_source_set_callback(source, fn, data, NULL);
+    g_source_attach(source, ctx);
+    return source;
+}
+
+/* The textual address of a NiceAddress (INET6_ADDRSTRLEN bytes at out). */
+static inline void dna_nice_address_text(const NiceAddress *address, char *out) {
+    nice_address_to_string(address, out);
+}
+
+/* Sets a candidate's foundation (truncated to NICE_CANDIDATE_MAX_FOUNDATION - 1 bytes). */
+static inline void dna_candidate_set_foundation(NiceCandidate *candidate, const char *foundation) {
+    g_strlcpy(candidate->foundation, foundation, NICE_CANDIDATE_MAX_FOUNDATION);
+}
+
+/* Frees a list of candidates from nice_agent_get_local_candidates. */
+static inline void dna_candidate_list_free(GSList *list) {
+    g_slist_free_full(list, (GDestroyNotify)nice_candidate_free);
 }
 #endif

@@ -57,4 +57,16 @@ func abiCheck() {
     sameType(CDNATransport.dht_peer_entry_sign, DNACABI.dht_peer_entry_sign)
     sameType(CDNATransport.dht_peer_entry_verify, DNACABI.dht_peer_entry_verify)
     sameType(CDNATransport.dht_peer_entry_signed_bytes, DNACABI.dht_peer_entry_signed_bytes)
+    // nat_traversal.h
+    sameType(CDNATransport.nat_traversal_init, DNACABI.nat_traversal_init)
+    sameType(CDNATransport.nat_set_turn_server, DNACABI.nat_set_turn_server)
+    sameType(CDNATransport.nat_set_controlling, DNACABI.nat_set_controlling)
+    sameType(CDNATransport.nat_set_timeout, DNACABI.nat_set_timeout)
+    sameType(CDNATransport.nat_get_local_credentials, DNACABI.nat_get_local_credentials)
+    sameType(CDNATransport.nat_set_remote_credentials, DNACABI.nat_set_remote_credentials)
+    sameType(CDNATransport.nat_gather_candidates, DNACABI.nat_gather_candidates)
+    sameType(CDNATransport.nat_add_remote_candidate, DNACABI.nat_add_remote_candidate)
+    sameType(CDNATransport.nat_establish_connection, DNACABI.nat_establish_connection)
+    sameType(CDNATransport.nat_get_selected_pair, DNACABI.nat_get_selected_pair)
+    sameType(CDNATransport.nat_traversal_free, DNACABI.nat_traversal_free)
 }

@@ -1,4 +1,5 @@
 import DNACrypto
+import DNANat
 import DNAWire
 
 /// The C result codes of dna_common.h; rawValue is the C constant. The only place that turns Swift
@@ -89,6 +90,15 @@ enum DNAErrorCode: Int32, CaseIterable {
         }
     }
 
+    init(_ error: NatError) {
+        switch error {
+        case .invalid: self = .invalidArgument
+        case .unreachable: self = .unreachable
+        case .notFound: self = .notFound
+        case .io: self = .io
+        }
+    }
+
     init(_ error: any Error) {
         switch error {
         case let error as HandshakeError: self.init(error)
@@ -96,6 +106,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case let error as FrameError: self.init(error)
         case let error as IdentityError: self.init(error)
         case let error as PeerEntryError: self.init(error)
+        case let error as NatError: self.init(error)
         case is InvalidArgument: self = .invalidArgument
         case is NothingQueued: self = .notFound
         case is Unreachable: self = .unreachable

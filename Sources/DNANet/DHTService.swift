@@ -4,11 +4,11 @@ import DNAWire
 import Glibc
 
 /// A mutex and a condition variable.
-final class Monitor: @unchecked Sendable {
+package final class Monitor: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
 
-    init() {
+    package init() {
         mutex.initialize(to: pthread_mutex_t())
         condition.initialize(to: pthread_cond_t())
         pthread_mutex_init(mutex, nil)
@@ -22,14 +22,14 @@ final class Monitor: @unchecked Sendable {
         condition.deallocate()
     }
 
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
+    package func locked<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
     }
 
     /// With the lock held: waits until `ready` returns a value or `milliseconds` pass.
-    func wait<T>(milliseconds: Int, until ready: () -> T?) -> T? {
+    package func wait<T>(milliseconds: Int, until ready: () -> T?) -> T? {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         var deadline = timespec()
@@ -43,7 +43,7 @@ final class Monitor: @unchecked Sendable {
         }
     }
 
-    func broadcast() { pthread_cond_broadcast(condition) }
+    package func broadcast() { pthread_cond_broadcast(condition) }
 }
 
 /// Milliseconds of Unix time (the DHT's entries carry Unix seconds; its timers use the same clock).
@@ -370,7 +370,8 @@ enum Files {
 }
 
 /// A value handed from the I/O thread to a waiting caller (guarded by the service's monitor).
-final class ResultBox<T>: @unchecked Sendable {
-    var value: T?
-    var done = false
+package final class ResultBox<T>: @unchecked Sendable {
+    package var value: T?
+    package var done = false
+    package init() {}
 }

@@ -16,7 +16,8 @@ __all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "v
            "strerror", "last_error", "set_log_handler", "encode_frame", "decode_frame", "HEADER_SIZE",
            "MAX_PAYLOAD", "library_path", "Identity", "PeerEntry", "fingerprint", "IDENTITY_MAX",
            "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "Initiator", "Responder", "Session", "MAX_DATAGRAM",
-           "SESSION_OVERHEAD", "DHT"]
+           "SESSION_OVERHEAD", "DHT", "CandidateType", "Candidate", "NatTraversal",
+           "NAT_MAX_CANDIDATES", "NAT_MAX_DATAGRAM"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -556,6 +557,115 @@ class DHT:
         """Saves the state and stops the node."""
         if self._handle:
             lib.dht_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+NAT_MAX_CANDIDATES = 32
+NAT_CREDENTIAL_MAX = 257
+NAT_MAX_DATAGRAM = 65000
+
+
+class CandidateType(enum.IntEnum):
+    """The seed's candidate types (ice_candidate_t.type)."""
+    LOCAL = 0       # host
+    REFLEXIVE = 1   # server-reflexive (or peer-reflexive, in a selected pair)
+    RELAY = 2       # allocated on the TURN server
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An ICE candidate as the seed's ice_candidate_t: address, port, type."""
+    ip: str
+    port: int
+    type: CandidateType
+
+    def _c(self):
+        return _native.IceCandidateC(self.ip.encode(), int(self.port), int(self.type))
+
+    @staticmethod
+    def _from_c(c):
+        return Candidate(c.ip.decode(), c.port, CandidateType(c.type))
+
+
+class NatTraversal:
+    """An ICE agent (nat_traversal_init) over libnice, with its own I/O thread. See nat_traversal.h
+    for the flow: gather, exchange candidates and credentials with the peer, establish. establish()
+    returns a connected datagram socket.socket to the peer (direct or through TURN)."""
+
+    def __init__(self, stun_server=None):
+        self._handle = lib.nat_traversal_init(None if stun_server is None else stun_server.encode())
+        if not self._handle:
+            raise DNAError(lib.dna_last_error(), "NatTraversal")
+
+    def _live(self):
+        if not self._handle:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "NatTraversal is closed")
+        return self._handle
+
+    def set_turn_server(self, server, username, password):
+        """TURN "host:port" with long-term credentials; before gather()."""
+        _check(lib.nat_set_turn_server(self._live(), server.encode(), username.encode(), password.encode()), "set_turn_server")
+
+    def set_controlling(self, controlling):
+        """Exactly one of the two peers is controlling."""
+        _check(lib.nat_set_controlling(self._live(), 1 if controlling else 0), "set_controlling")
+
+    def set_timeout(self, timeout_ms):
+        """Bounds establish() (default 10,000 ms)."""
+        _check(lib.nat_set_timeout(self._live(), int(timeout_ms)), "set_timeout")
+
+    @property
+    def local_credentials(self):
+        """(ufrag, password) to send to the peer."""
+        ufrag = ctypes.create_string_buffer(NAT_CREDENTIAL_MAX)
+        pwd = ctypes.create_string_buffer(NAT_CREDENTIAL_MAX)
+        _check(lib.nat_get_local_credentials(self._live(), ufrag, len(ufrag), pwd, len(pwd)), "local_credentials")
+        return ufrag.value.decode(), pwd.value.decode()
+
+    def set_remote_credentials(self, ufrag, password):
+        _check(lib.nat_set_remote_credentials(self._live(), ufrag.encode(), password.encode()), "set_remote_credentials")
+
+    def gather(self):
+        """The local candidates (list of Candidate), highest priority first."""
+        array = (_native.IceCandidateC * NAT_MAX_CANDIDATES)()
+        count = ctypes.c_size_t(NAT_MAX_CANDIDATES)
+        _check(lib.nat_gather_candidates(self._live(), array, ctypes.byref(count)), "gather")
+        return [Candidate._from_c(array[i]) for i in range(count.value)]
+
+    def add_remote_candidate(self, candidate):
+        """One of the peer's candidates (a Candidate or an (ip, port, type) tuple), in the peer's order."""
+        if not isinstance(candidate, Candidate):
+            candidate = Candidate(*candidate)
+        c = candidate._c()
+        _check(lib.nat_add_remote_candidate(self._live(), ctypes.byref(c)), "add_remote_candidate")
+
+    def establish(self):
+        """Runs the checks; a connected datagram socket.socket to the peer, owned by the caller."""
+        import socket
+        fd = ctypes.c_int(-1)
+        _check(lib.nat_establish_connection(self._live(), ctypes.byref(fd)), "establish")
+        return socket.socket(fileno=fd.value)
+
+    @property
+    def selected_pair(self):
+        """(local, remote) Candidates of the path in use; raises DNAError NOT_FOUND before one is selected."""
+        local, remote = _native.IceCandidateC(), _native.IceCandidateC()
+        _check(lib.nat_get_selected_pair(self._live(), ctypes.byref(local), ctypes.byref(remote)), "selected_pair")
+        return Candidate._from_c(local), Candidate._from_c(remote)
+
+    def close(self):
+        """Releases the TURN allocation and stops the agent."""
+        if self._handle:
+            lib.nat_traversal_free(self._handle)
             self._handle = None
 
     def __enter__(self):

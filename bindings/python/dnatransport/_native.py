@@ -73,6 +73,11 @@ class DHTStatsC(Structure):
                                               "timeouts")]
 
 
+class IceCandidateC(Structure):
+    """ice_candidate_t (the seed's anonymous enum is a C int)"""
+    _fields_ = [("ip", ctypes.c_char * 46), ("port", c_uint16), ("type", c_int)]
+
+
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 u8p = POINTER(c_uint8)
 
@@ -130,6 +135,18 @@ FUNCTIONS = {
     "dht_peer_entry_sign": (c_int, [POINTER(PeerEntryC), c_char_p]),
     "dht_peer_entry_verify": (c_int, [POINTER(PeerEntryC)]),
     "dht_peer_entry_signed_bytes": (c_int, [POINTER(PeerEntryC), u8p, c_size_t, POINTER(c_size_t)]),
+    # nat_traversal.h
+    "nat_traversal_init": (c_void_p, [c_char_p]),
+    "nat_set_turn_server": (c_int, [c_void_p, c_char_p, c_char_p, c_char_p]),
+    "nat_set_controlling": (c_int, [c_void_p, c_int]),
+    "nat_set_timeout": (c_int, [c_void_p, c_int]),
+    "nat_get_local_credentials": (c_int, [c_void_p, c_char_p, c_size_t, c_char_p, c_size_t]),
+    "nat_set_remote_credentials": (c_int, [c_void_p, c_char_p, c_char_p]),
+    "nat_gather_candidates": (c_int, [c_void_p, POINTER(IceCandidateC), POINTER(c_size_t)]),
+    "nat_add_remote_candidate": (c_int, [c_void_p, POINTER(IceCandidateC)]),
+    "nat_establish_connection": (c_int, [c_void_p, POINTER(c_int)]),
+    "nat_get_selected_pair": (c_int, [c_void_p, POINTER(IceCandidateC), POINTER(IceCandidateC)]),
+    "nat_traversal_free": (None, [c_void_p]),
 }
 
 lib, path = load()

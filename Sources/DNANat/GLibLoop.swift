@@ -1,0 +1,88 @@
+import CNice
+import DNANet
+import Glibc
+
+/// One thread running a private GLib main context: libnice does all its work, and calls back, there.
+/// Other threads hand it closures with `post` or `sync`.
+final class GLibLoop: @unchecked Sendable {
+    let context: OpaquePointer
+    private let loop: OpaquePointer
+    private var thread = pthread_t()
+    private let monitor = Monitor()
+    private var running = false
+
+    init() throws(NatError) {
+        guard let context = g_main_context_new() else { throw .io("g_main_context_new failed") }
+        guard let loop = g_main_loop_new(context, 0) else {
+            g_main_context_unref(context)
+            throw .io("g_main_loop_new failed")
+        }
+        self.context = context
+        self.loop = loop
+        let started = pthread_create(&thread, nil, { argument in
+            guard let argument else { return nil }
+            let me = Unmanaged<GLibLoop>.fromOpaque(argument).takeUnretainedValue()
+            g_main_context_push_thread_default(me.context)
+            g_main_loop_run(me.loop)
+            g_main_context_pop_thread_default(me.context)
+            return nil
+        }, Unmanaged.passUnretained(self).toOpaque())
+        guard started == 0 else {
+            g_main_loop_unref(loop)
+            g_main_context_unref(context)
+            throw .io("pthread_create: \(started)")
+        }
+        running = true
+    }
+
+    deinit {
+        stop()
+        g_main_loop_unref(loop)
+        g_main_context_unref(context)
+    }
+
+    /// True on the loop's own thread.
+    var isCurrent: Bool { running && pthread_equal(pthread_self(), thread) != 0 }
+
+    /// Runs `work` on the loop thread, later.
+    func post(_ work: @escaping () -> Void) {
+        let box = Unmanaged.passRetained(Work(work)).toOpaque()
+        dna_main_context_post(context, { data in
+            guard let data else { return 0 }
+            Unmanaged<Work>.fromOpaque(data).takeRetainedValue().run()
+            return 0  // G_SOURCE_REMOVE
+        }, box)
+    }
+
+    /// Runs `work` on the loop thread and waits for its result (inline when already on it).
+    func sync<T>(_ work: @escaping () -> T) -> T {
+        if isCurrent { return work() }
+        let box = ResultBox<T>()
+        post {
+            let value = work()
+            self.monitor.locked {
+                box.value = value
+                box.done = true
+            }
+            self.monitor.broadcast()
+        }
+        // The loop thread runs until stop(), which only the owner calls after its last sync.
+        while true {
+            if let value = monitor.wait(milliseconds: 60_000, until: { box.done ? box.value : nil }) { return value }
+        }
+    }
+
+    /// Quits the loop and joins its thread. Idempotent; not from the loop thread.
+    func stop() {
+        guard running, !isCurrent else { return }
+        g_main_loop_quit(loop)
+        g_main_context_wakeup(context)
+        pthread_join(thread, nil)
+        running = false
+    }
+
+    private final class Work {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
+    }
+}

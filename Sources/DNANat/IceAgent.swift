@@ -1,0 +1,501 @@
+import CNice
+import DNADHT
+import DNANet
+import Glibc
+
+/// The seed's ice_candidate_t as a Swift value.
+public struct IceCandidate: Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: Int32, Sendable {
+        case local = 0, reflexive = 1, relay = 2
+
+        /// RFC 8445 §5.1.2.2 type preferences (peer-reflexive is never signalled).
+        var typePreference: UInt32 {
+            switch self {
+            case .local: 126
+            case .reflexive: 100
+            case .relay: 0
+            }
+        }
+    }
+
+    public var ip: String
+    public var port: UInt16
+    public var kind: Kind
+
+    public init(ip: String, port: UInt16, kind: Kind) {
+        self.ip = ip
+        self.port = port
+        self.kind = kind
+    }
+
+    public var description: String { "\(kind) \(ip.contains(":") ? "[\(ip)]" : ip):\(port)" }
+
+    /// RFC 8445 §5.1.2.1 priority of the `index`-th candidate of its kind, component 1.
+    public func priority(index: Int) -> UInt32 {
+        let localPreference = UInt32(max(0, 65535 - index))
+        return (kind.typePreference << 24) + (localPreference << 8) + 255
+    }
+
+    /// The foundation both sides derive: the kind and the address (RFC 8445 §5.1.1.3 groups candidates
+    /// of one type, base and server; the address stands for both here).
+    public var foundation: String {
+        var hash: UInt32 = 2_166_136_261
+        for byte in ip.utf8 {
+            hash = (hash ^ UInt32(byte)) &* 16_777_619
+        }
+        return "\(kind.rawValue)\(String(hash, radix: 16))"
+    }
+}
+
+/// Why an ICE call failed.
+public enum NatError: Error, CustomStringConvertible, Sendable {
+    case invalid(String)
+    case unreachable(String)
+    case notFound
+    case io(String)
+
+    public var description: String {
+        switch self {
+        case .invalid(let text): "invalid: \(text)"
+        case .unreachable(let text): "unreachable: \(text)"
+        case .notFound: "no pair selected"
+        case .io(let text): text
+        }
+    }
+}
+
+/// Counters of an agent's datagram path.
+public struct IceStats: Sendable {
+    public var sent: UInt64 = 0
+    public var received: UInt64 = 0
+    /// Datagrams from the peer dropped because the application did not read the fd fast enough.
+    public var dropped: UInt64 = 0
+}
+
+/// The ICE driver: one libnice agent (one stream, one component) on its own GLib loop thread, and
+/// a datagram socket pair whose application end carries the selected path's datagrams.
+/// libnice state is touched on the loop thread only; the fields under `monitor` are shared.
+public final class IceAgent: @unchecked Sendable {
+    public static let maxCandidates = 32
+    public static let maxDatagram = 65000
+
+    private let loop: GLibLoop
+    private var agent: OpaquePointer?  // NiceAgent*, loop thread
+    private var streamID: guint = 0
+    private var stunServer: (ip: String, port: UInt16)?
+    private var turnServer: (ip: String, port: UInt16, username: String, password: String)?
+    /// Datagram socket pair: [0] the loop's end, [1] the application's.
+    private var pair: [Int32] = [-1, -1]
+    private var watch: UnsafeMutablePointer<GSource>?
+    private var receiveBuffer = [UInt8](repeating: 0, count: 65536)
+
+    // Shared with callers, under monitor.
+    private let monitor = Monitor()
+    private var gatheringStarted = false
+    private var gatheringDone = false
+    private var haveRelay = false
+    private var state = NICE_COMPONENT_STATE_DISCONNECTED.rawValue
+    private var selected: (local: IceCandidate, remote: IceCandidate)?
+    private var remoteCredentialsSet = false
+    private var remoteCandidates: [IceCandidate] = []
+    private var checking = false
+    private var established = false
+    private var closed = false
+    private var closeDone = false
+    private var counters = IceStats()
+    public private(set) var controlling = false
+    public var timeoutMilliseconds = 10_000
+
+    /// Starts an agent. `stun`: "host:port" of a STUN server, or nil.
+    public init(stun: String?) throws(NatError) {
+        if let stun {
+            guard let endpoint = resolve(stun).sorted(by: { $0.isIPv4 && !$1.isIPv4 }).first else {
+                throw .invalid("STUN server \(stun) does not resolve")
+            }
+            stunServer = (endpoint.host, endpoint.port)
+        }
+        loop = try GLibLoop()
+        var fds: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+            throw .io("socketpair: \(String(cString: strerror(errno)))")
+        }
+        var size: Int32 = 4 << 20
+        for fd in fds {
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
+        pair = fds
+        let made: Bool = loop.sync { self.makeAgent() }
+        guard made else {
+            close()
+            throw .io("nice_agent_new_full failed")
+        }
+    }
+
+    deinit { close() }
+
+    // MARK: Calls from any thread
+
+    public func setTurnServer(_ server: String, username: String, password: String) throws(NatError) {
+        guard let endpoint = resolve(server).sorted(by: { $0.isIPv4 && !$1.isIPv4 }).first else {
+            throw .invalid("TURN server \(server) does not resolve")
+        }
+        try locked { () throws(NatError) in
+            guard !gatheringStarted else { throw .invalid("gathering already started") }
+            turnServer = (endpoint.host, endpoint.port, username, password)
+        }
+    }
+
+    /// Sets the role at once: a peer's first check may arrive before this side's own checks start.
+    public func setControlling(_ value: Bool) throws(NatError) {
+        try locked { () throws(NatError) in
+            guard !checking else { throw .invalid("checks already started") }
+            controlling = value
+        }
+        loop.sync {
+            guard let agent = self.agent else { return }
+            dna_nice_set_bool(agent, "controlling-mode", value ? 1 : 0)
+        }
+    }
+
+    public var localCredentials: (ufrag: String, password: String)? {
+        loop.sync { () -> (String, String)? in
+            guard let agent = self.agent else { return nil }
+            var ufrag: UnsafeMutablePointer<gchar>?
+            var password: UnsafeMutablePointer<gchar>?
+            guard nice_agent_get_local_credentials(agent, self.streamID, &ufrag, &password) != 0,
+                  let ufrag, let password else { return nil }
+            defer {
+                g_free(ufrag)
+                g_free(password)
+            }
+            return (String(cString: ufrag), String(cString: password))
+        }
+    }
+
+    public func setRemoteCredentials(ufrag: String, password: String) throws(NatError) {
+        let ok = loop.sync { () -> Bool in
+            guard let agent = self.agent else { return false }
+            return nice_agent_set_remote_credentials(agent, self.streamID, ufrag, password) != 0
+        }
+        guard ok else { throw .invalid("libnice refused the credentials") }
+        monitor.locked { remoteCredentialsSet = true }
+    }
+
+    /// Gathers once (later calls give the same list); waits up to `timeout` ms for the servers.
+    public func gather(timeout: Int = 3000) throws(NatError) -> [IceCandidate] {
+        let start = monitor.locked { () -> Bool in
+            defer { gatheringStarted = true }
+            return !gatheringStarted
+        }
+        if start {
+            let ok = loop.sync { self.startGathering() }
+            guard ok else { throw .io("libnice could not gather candidates (no usable local address)") }
+        }
+        // libnice drops a STUN server's answer on the socket that also holds a TURN-UDP allocation and
+        // waits about 2 s for it (NATLAB-NOTES.md). The allocation's answer carries the reflexive
+        // address too, so with a TURN server the candidates are complete once the relayed one is in.
+        let withTurn = monitor.locked { turnServer != nil }
+        _ = monitor.wait(milliseconds: timeout) { gatheringDone || (withTurn && haveRelay) ? true : nil }
+        let list = loop.sync { self.localCandidates() }
+        guard !list.isEmpty else { throw .io("no local candidate") }
+        return list
+    }
+
+    public func addRemoteCandidate(_ candidate: IceCandidate) throws(NatError) {
+        guard Endpoint(host: candidate.ip, port: candidate.port) != nil, candidate.port != 0 else {
+            throw .invalid("candidate address \(candidate.ip):\(candidate.port)")
+        }
+        let pushNow = try locked { () throws(NatError) -> Bool in
+            guard remoteCandidates.count < Self.maxCandidates else { throw .invalid("more than \(Self.maxCandidates) remote candidates") }
+            remoteCandidates.append(candidate)
+            return checking
+        }
+        if pushNow {
+            let index = monitor.locked { remoteCandidates.count - 1 }
+            loop.sync { self.pushRemote([(candidate, self.indexOfKind(index))]) }
+        }
+    }
+
+    /// Runs the checks until a pair works (the application's end of the datagram pair is returned,
+    /// owned by the caller from then on), the checks fail, or the timeout passes.
+    public func establish() throws(NatError) -> Int32 {
+        let timeout = try locked { () throws(NatError) -> Int in
+            guard !established else { throw .invalid("already established") }
+            guard gatheringStarted else { throw .invalid("no candidates gathered") }
+            guard remoteCredentialsSet else { throw .invalid("no remote credentials") }
+            checking = true
+            return timeoutMilliseconds
+        }
+        let list = monitor.locked { remoteCandidates.enumerated().map { ($0.element, indexOfKind($0.offset)) } }
+        loop.sync {
+            guard let agent = self.agent else { return }
+            self.pushRemote(list)
+            _ = nice_agent_peer_candidate_gathering_done(agent, self.streamID)
+        }
+        let outcome = monitor.wait(milliseconds: timeout) { () -> Bool? in
+            if closed { return false }
+            if state == NICE_COMPONENT_STATE_CONNECTED.rawValue || state == NICE_COMPONENT_STATE_READY.rawValue { return true }
+            if state == NICE_COMPONENT_STATE_FAILED.rawValue { return false }
+            return nil
+        }
+        guard outcome == true else {
+            throw .unreachable(outcome == nil ? "no candidate pair worked within \(timeout) ms" : "every candidate pair failed")
+        }
+        let fd = monitor.locked { () -> Int32 in
+            established = true
+            let fd = pair[1]
+            pair[1] = -1
+            return fd
+        }
+        loop.sync { self.watchApplication() }
+        return fd
+    }
+
+    public var selectedPair: (local: IceCandidate, remote: IceCandidate)? { monitor.locked { selected } }
+
+    public var stats: IceStats { monitor.locked { counters } }
+
+    /// Releases the TURN allocation (up to 1 s), stops the loop, closes the loop's end. Idempotent.
+    public func close() {
+        let first = monitor.locked { () -> Bool in
+            defer { closed = true }
+            return !closed
+        }
+        monitor.broadcast()
+        guard first else { return }
+        let closing = loop.sync { () -> Bool in
+            if let watch = self.watch {
+                g_source_destroy(watch)
+                g_source_unref(watch)
+                self.watch = nil
+            }
+            guard let agent = self.agent else { return false }
+            nice_agent_close_async(agent, { _, _, data in
+                guard let data else { return }
+                let me = Unmanaged<IceAgent>.fromOpaque(data).takeRetainedValue()
+                me.monitor.locked { me.closeDone = true }
+                me.monitor.broadcast()
+            }, Unmanaged.passRetained(self).toOpaque())
+            return true
+        }
+        if closing { _ = monitor.wait(milliseconds: 1000) { closeDone ? true : nil } }
+        loop.sync {
+            guard let agent = self.agent else { return }
+            nice_agent_remove_stream(agent, self.streamID)
+            g_object_unref(UnsafeMutableRawPointer(agent))
+            self.agent = nil
+        }
+        loop.stop()
+        for index in 0..<2 where pair[index] >= 0 {
+            Glibc.close(pair[index])
+            pair[index] = -1
+        }
+    }
+
+    /// Runs body under the monitor's lock, keeping its typed error.
+    private func locked<T>(_ body: () throws(NatError) -> T) throws(NatError) -> T {
+        let result: Result<T, NatError> = monitor.locked {
+            do throws(NatError) { return .success(try body()) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    // MARK: Loop thread
+
+    private func makeAgent() -> Bool {
+        let options = NICE_AGENT_OPTION_ICE_TRICKLE.rawValue | NICE_AGENT_OPTION_CONSENT_FRESHNESS.rawValue
+        guard let agent = nice_agent_new_full(loop.context, NICE_COMPATIBILITY_RFC5245, NiceAgentOption(rawValue: options)) else {
+            return false
+        }
+        self.agent = agent
+        dna_nice_set_bool(agent, "upnp", 0)
+        dna_nice_set_bool(agent, "controlling-mode", 0)
+        dna_nice_set_bool(agent, "ice-tcp", 0)
+        dna_nice_set_bool(agent, "keepalive-conncheck", 1)
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        _ = dna_connect_gathering_done(agent, { _, _, data in
+            guard let data else { return }
+            let me = Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue()
+            me.monitor.locked { me.gatheringDone = true }
+            me.monitor.broadcast()
+        }, me)
+        _ = dna_connect_new_candidate(agent, { _, candidate, data in
+            guard let data, let candidate, candidate.pointee.type == NICE_CANDIDATE_TYPE_RELAYED else { return }
+            let me = Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue()
+            me.monitor.locked { me.haveRelay = true }
+            me.monitor.broadcast()
+        }, me)
+        _ = dna_connect_state_changed(agent, { _, _, _, state, data in
+            guard let data else { return }
+            Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue().stateChanged(state)
+        }, me)
+        _ = dna_connect_selected_pair(agent, { _, _, _, local, remote, data in
+            guard let data, let local, let remote else { return }
+            let me = Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue()
+            guard let l = IceCandidate(local.pointee), let r = IceCandidate(remote.pointee) else { return }
+            me.monitor.locked { me.selected = (l, r) }
+            me.enlargeSelectedSocket()
+        }, me)
+        streamID = nice_agent_add_stream(agent, 1)
+        guard streamID != 0 else { return false }
+        // Without a receiver attached libnice drops the checks' answers (SWIFT-C-NOTES.md).
+        return nice_agent_attach_recv(agent, streamID, 1, loop.context, { _, _, _, length, buffer, data in
+            guard let data, let buffer else { return }
+            Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue().received(buffer, Int(length))
+        }, me) != 0
+    }
+
+    private func stateChanged(_ newState: guint) {
+        let lostAfterEstablished = monitor.locked { () -> Bool in
+            state = newState
+            return established && newState == NICE_COMPONENT_STATE_FAILED.rawValue
+        }
+        monitor.broadcast()
+        if lostAfterEstablished {
+            // The path is gone (consent lost): the application's send() now fails with ECONNREFUSED.
+            if let watch {
+                g_source_destroy(watch)
+                g_source_unref(watch)
+                self.watch = nil
+            }
+            if pair[0] >= 0 {
+                Glibc.close(pair[0])
+                pair[0] = -1
+            }
+        }
+    }
+
+    private func startGathering() -> Bool {
+        guard let agent else { return false }
+        let (stun, turn) = monitor.locked { (stunServer, turnServer) }
+        if let stun {
+            dna_nice_set_string(agent, "stun-server", stun.ip)
+            dna_nice_set_uint(agent, "stun-server-port", guint(stun.port))
+        }
+        if let turn {
+            _ = nice_agent_set_relay_info(agent, streamID, 1, turn.ip, guint(turn.port), turn.username, turn.password,
+                                          NICE_RELAY_TYPE_TURN_UDP)
+            _ = nice_agent_set_relay_info(agent, streamID, 1, turn.ip, guint(turn.port), turn.username, turn.password,
+                                          NICE_RELAY_TYPE_TURN_TCP)
+        }
+        return nice_agent_gather_candidates(agent, streamID) != 0
+    }
+
+    private func localCandidates() -> [IceCandidate] {
+        guard let agent, let list = nice_agent_get_local_candidates(agent, streamID, 1) else { return [] }
+        defer { dna_candidate_list_free(list) }
+        var out: [(IceCandidate, UInt32)] = []
+        var item: UnsafeMutablePointer<GSList>? = list
+        while let node = item {
+            if let raw = node.pointee.data {
+                let candidate = raw.assumingMemoryBound(to: NiceCandidate.self).pointee
+                // An IPv6 link-local address needs a scope the seed's candidate cannot carry.
+                if candidate.transport == NICE_CANDIDATE_TRANSPORT_UDP, let converted = IceCandidate(candidate),
+                   !converted.ip.lowercased().hasPrefix("fe80:"), !out.contains(where: { $0.0 == converted }) {
+                    out.append((converted, candidate.priority))
+                }
+            }
+            item = node.pointee.next
+        }
+        return Array(out.sorted { $0.1 > $1.1 }.prefix(Self.maxCandidates).map(\.0))
+    }
+
+    /// A burst from the peer overflows the kernel's default UDP buffer (about 200 KB) before the loop
+    /// reads it: give a direct path's socket 4 MB each way (a relayed path's socket is libnice's own).
+    private func enlargeSelectedSocket() {
+        guard let agent, let socket = nice_agent_get_selected_socket(agent, streamID, 1) else { return }
+        defer { g_object_unref(UnsafeMutableRawPointer(socket)) }
+        let fd = g_socket_get_fd(socket)
+        var size: Int32 = 4 << 20
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// The position of remote candidate `index` among those of its kind (its local preference).
+    private func indexOfKind(_ index: Int) -> Int {
+        let kind = remoteCandidates[index].kind
+        return remoteCandidates[..<index].filter { $0.kind == kind }.count
+    }
+
+    private func pushRemote(_ candidates: [(IceCandidate, Int)]) {
+        guard let agent, !candidates.isEmpty else { return }
+        var list: UnsafeMutablePointer<GSList>?
+        for (candidate, index) in candidates {
+            let type: NiceCandidateType = switch candidate.kind {
+            case .local: NICE_CANDIDATE_TYPE_HOST
+            case .reflexive: NICE_CANDIDATE_TYPE_SERVER_REFLEXIVE
+            case .relay: NICE_CANDIDATE_TYPE_RELAYED
+            }
+            guard let made = nice_candidate_new(type) else { continue }
+            guard nice_address_set_from_string(&made.pointee.addr, candidate.ip) != 0 else {
+                nice_candidate_free(made)
+                continue
+            }
+            nice_address_set_port(&made.pointee.addr, guint(candidate.port))
+            made.pointee.transport = NICE_CANDIDATE_TRANSPORT_UDP
+            made.pointee.priority = candidate.priority(index: index)
+            made.pointee.stream_id = streamID
+            made.pointee.component_id = 1
+            dna_candidate_set_foundation(made, candidate.foundation)
+            list = g_slist_append(list, made)
+        }
+        guard let list else { return }
+        _ = nice_agent_set_remote_candidates(agent, streamID, 1, list)
+        dna_candidate_list_free(list)
+    }
+
+    /// A datagram from the peer: to the application's end, or dropped if it is full.
+    private func received(_ buffer: UnsafeMutablePointer<gchar>, _ length: Int) {
+        guard pair[0] >= 0 else { return }
+        let sent = send(pair[0], buffer, length, Int32(MSG_DONTWAIT))
+        monitor.locked {
+            if sent == length { counters.received += 1 } else { counters.dropped += 1 }
+        }
+    }
+
+    /// Forwards what the application sends on its end to the peer.
+    private func watchApplication() {
+        guard pair[0] >= 0, watch == nil else { return }
+        watch = dna_fd_watch(loop.context, pair[0], { _, _, data in
+            guard let data else { return 0 }
+            return Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue().forward() ? 1 : 0
+        }, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    private func forward() -> Bool {
+        guard let agent, pair[0] >= 0 else { return false }
+        var count: UInt64 = 0
+        for _ in 0..<64 {
+            let length = receiveBuffer.withUnsafeMutableBytes { recv(pair[0], $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            guard length >= 0 else { break }
+            guard length <= Self.maxDatagram else { continue }
+            let sent = receiveBuffer.withUnsafeBytes {
+                nice_agent_send(agent, streamID, 1, guint(length), $0.baseAddress?.assumingMemoryBound(to: gchar.self))
+            }
+            if sent == length { count += 1 }
+        }
+        monitor.locked { counters.sent += count }
+        return true
+    }
+}
+
+extension IceCandidate {
+    /// A libnice candidate as the seed's (UDP only; peer-reflexive counts as reflexive).
+    init?(_ candidate: NiceCandidate) {
+        var address = candidate.addr
+        var text = [CChar](repeating: 0, count: 64)
+        dna_nice_address_text(&address, &text)
+        let port = UInt16(truncatingIfNeeded: nice_address_get_port(&address))
+        let kind: Kind
+        switch candidate.type {
+        case NICE_CANDIDATE_TYPE_HOST: kind = .local
+        case NICE_CANDIDATE_TYPE_SERVER_REFLEXIVE, NICE_CANDIDATE_TYPE_PEER_REFLEXIVE: kind = .reflexive
+        case NICE_CANDIDATE_TYPE_RELAYED: kind = .relay
+        default: return nil
+        }
+        guard port != 0 else { return nil }
+        self.init(ip: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), port: port, kind: kind)
+    }
+}
