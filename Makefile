@@ -52,6 +52,13 @@ bench: install-stage
 	dpkg -s python3-opendht >/dev/null 2>&1 || apt-get install -y --no-install-recommends python3-opendht
 	DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 PYTHONPATH=$(CURDIR)/bindings/python \
 		/usr/bin/python3 bench/dht_compare.py
+	# NAT traversal in the network lab (root): beside bare libnice (bench/nice_plain.c) and aioice (PyPI).
+	mkdir -p build
+	cc -O2 -o build/nice_plain bench/nice_plain.c $$(pkg-config --cflags --libs nice gio-2.0)
+	test -x build/bench-venv/bin/python || $(PYTHON) -m venv build/bench-venv
+	build/bench-venv/bin/python -m pip install --quiet aioice==0.13.0
+	NICE_PLAIN=$(CURDIR)/build/nice_plain DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 \
+		PYTHONPATH=$(CURDIR)/bindings/python build/bench-venv/bin/python bench/nat_bench.py
 
 install-stage:
 	$(MAKE) install PREFIX=$(CURDIR)/build/stage

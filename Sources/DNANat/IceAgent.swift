@@ -78,6 +78,10 @@ public struct IceStats: Sendable {
 public final class IceAgent: @unchecked Sendable {
     public static let maxCandidates = 32
     public static let maxDatagram = 65000
+    /// Ta (RFC 8445 §14.2).
+    public static let pacingMilliseconds: guint = 5
+    /// How long libnice waits after the last pair failed before reporting FAILED.
+    public static let idleMilliseconds: guint = 500
 
     private let loop: GLibLoop
     private var agent: OpaquePointer?  // NiceAgent*, loop thread
@@ -314,6 +318,12 @@ public final class IceAgent: @unchecked Sendable {
         dna_nice_set_bool(agent, "controlling-mode", 0)
         dna_nice_set_bool(agent, "ice-tcp", 0)
         dna_nice_set_bool(agent, "keepalive-conncheck", 1)
+        // Ta, the pacing of STUN transactions (gathering and checks): libnice's 20 ms made gathering
+        // take 25 ms and checks 60 ms on a lab path of 0.3 ms; RFC 8445 §14.2 allows down to 5 ms.
+        dna_nice_set_uint(agent, "stun-pacing-timer", IceAgent.pacingMilliseconds)
+        // After the last pair failed libnice waits this long for late checks from the peer before it
+        // reports FAILED (5 s by default, which made a failure take about 7 s).
+        dna_nice_set_uint(agent, "idle-timeout", IceAgent.idleMilliseconds)
         let me = Unmanaged.passUnretained(self).toOpaque()
         _ = dna_connect_gathering_done(agent, { _, _, data in
             guard let data else { return }

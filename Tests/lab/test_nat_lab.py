@@ -60,14 +60,14 @@ def test_matrix(a, b):
 def test_turn_server_down(a, b):
     """Direct paths need only STUN; where only a relay would do, the failure is clear and quick."""
     with natlab.Lab(a=a, b=b) as lab:
-        events = natlab.run_pair(lab, stop_turn=True, timeout=5000)
+        events = natlab.run_pair(lab, stop_turn=True, timeout=10000)
     if MATRIX[(a, b)] == "direct":
         assert_connected(events, "direct")
     else:
         for role in ("a", "b"):
             outcome = events[role][1]
             assert outcome["event"] == "error" and outcome["name"] == "UNREACHABLE", events[role]
-            assert outcome["ms"] < 5500, outcome
+            assert outcome["ms"] < 3000, outcome  # the checks failed: not the 10 s timeout
 
 
 @pytest.mark.parametrize("a,b", [("port-restricted", "port-restricted"), ("port-restricted", "symmetric")])
@@ -81,10 +81,10 @@ def test_ten_percent_loss(a, b):
 
 def test_peer_disappears_mid_check():
     with natlab.Lab(a="port-restricted", b="port-restricted") as lab:
-        events = natlab.run_pair(lab, kill_b=True, timeout=3000)
+        events = natlab.run_pair(lab, kill_b=True, timeout=10000)
     outcome = events["a"][1]
     assert outcome["event"] == "error" and outcome["name"] == "UNREACHABLE", events["a"]
-    assert outcome["ms"] < 3500, outcome
+    assert outcome["ms"] < 3000, outcome  # reported by the failed checks, well before the timeout
 
 
 def test_lab_refuses_a_nat_it_cannot_verify():
