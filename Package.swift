@@ -71,5 +71,6 @@ let package = Package(
         .testTarget(name: "DNAWireTests", dependencies: ["DNAWire"]),
         .testTarget(name: "DNACryptoTests", dependencies: ["DNACrypto"]),
         .testTarget(name: "DNADHTTests", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
+        .testTarget(name: "DNANetTests", dependencies: ["DNANet", "DNADHT", "DNACrypto"]),
     ]
 )

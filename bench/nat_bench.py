@@ -16,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "Tests", "lab"))
 
 import natlab  # noqa: E402
-from test_nat_lab import MATRIX, path_of  # noqa: E402
+from natlab import MATRIX, path_of  # noqa: E402
 
 IMPLS = ("dnatransport", "aioice", "plain-libnice")
 

@@ -32,7 +32,15 @@ public enum StoreStatus: UInt8, Sendable {
     case quota = 5       // the sender stored too many entries here
 }
 
-/// One DHT message (docs/PROTOCOL.md §5.1).
+/// Answers to SIGNAL.
+public enum SignalStatus: UInt8, Sendable {
+    case forwarded = 0   // sent on to the owner of the key
+    case unknown = 1     // no live entry for the key here, or its owner's address is not known
+    case badToken = 2
+    case busy = 3        // too many relays in flight here
+}
+
+/// One DHT message (docs/PROTOCOL.md §5.1, signaling §5.6).
 struct DHTMessage: Equatable {
     enum Body: Equatable {
         case ping
@@ -43,6 +51,15 @@ struct DHTMessage: Equatable {
         case value(entry: [UInt8])
         case store(token: UInt64, entry: [UInt8])
         case stored(StoreStatus)
+        /// Signaling (§5.6): to a holder of `key`, forward `payload` to the key's owner.
+        case signal(token: UInt64, key: NodeID, id: UInt64, payload: [UInt8])
+        case signalAck(SignalStatus)
+        /// Holder to owner (a notice: no answer): a signal from `origin`; answers go back with `relay`.
+        case forward(relay: UInt64, origin: Endpoint, key: NodeID, id: UInt64, payload: [UInt8])
+        /// Owner to holder (a notice): an answer to the signal the holder forwarded with `relay`.
+        case reply(relay: UInt64, payload: [UInt8])
+        /// Holder to signaller (a notice): the owner's answer to signal `id`; `from` is the owner's address.
+        case deliver(id: UInt64, from: Endpoint, payload: [UInt8])
 
         var kind: UInt8 {
             switch self {
@@ -54,13 +71,26 @@ struct DHTMessage: Equatable {
             case .value: 6
             case .store: 7
             case .stored: 8
+            case .signal: 9
+            case .signalAck: 10
+            case .forward: 11
+            case .reply: 12
+            case .deliver: 13
             }
         }
 
         var isRequest: Bool {
             switch self {
-            case .ping, .findNode, .findValue, .store: true
-            case .pong, .nodes, .value, .stored: false
+            case .ping, .findNode, .findValue, .store, .signal: true
+            case .pong, .nodes, .value, .stored, .signalAck, .forward, .reply, .deliver: false
+            }
+        }
+
+        /// One-way messages: neither a request nor the answer to one.
+        var isNotice: Bool {
+            switch self {
+            case .forward, .reply, .deliver: true
+            default: false
             }
         }
     }
@@ -73,8 +103,11 @@ struct DHTMessage: Equatable {
     /// valid token stays within 3x the request (anti-reflection).
     static let paddedRequestSize = 300
     static let maximumContacts = 20
-    /// The largest message: a STORE of the largest entry.
-    static let maximumSize = 2 + NodeCredential.saltSize + 8 + 2 + 5700
+    /// The largest signal payload (a handshake message with ICE candidates fits).
+    public static let maximumSignalPayload = 7000
+    /// The largest message: a FORWARD of the largest signal payload (a STORE of the largest entry,
+    /// 2 + 16 + 8 + 2 + 5700 bytes, is smaller).
+    static let maximumSize = 2 + NodeCredential.saltSize + 8 + Endpoint.wireSize + NodeID.size + 8 + 2 + maximumSignalPayload
 
     /// kind (1) | flags (1) | sender salt (16) | body.
     var bytes: [UInt8] {
@@ -102,6 +135,25 @@ struct DHTMessage: Equatable {
             out += [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry
         case .stored(let status):
             out.append(status.rawValue)
+        case .signal(let token, let key, let id, let payload):
+            u64(token)
+            out += key.bytes
+            u64(id)
+            out += [UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload
+        case .signalAck(let status):
+            out.append(status.rawValue)
+        case .forward(let relay, let origin, let key, let id, let payload):
+            u64(relay)
+            out += origin.wire + key.bytes
+            u64(id)
+            out += [UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload
+        case .reply(let relay, let payload):
+            u64(relay)
+            out += [UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload
+        case .deliver(let id, let from, let payload):
+            u64(id)
+            out += from.wire
+            out += [UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload
         }
         if case .findNode = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         if case .findValue = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
@@ -134,6 +186,11 @@ struct DHTMessage: Equatable {
             }
             return endpoint
         }
+        func payload() throws(DHTError) -> [UInt8] {
+            let length = try u16()
+            guard length <= Self.maximumSignalPayload else { throw .malformed("signal payload of \(length) bytes") }
+            return Array(try take(length))
+        }
         let kind = try take(1).first ?? 0
         let flags = try take(1).first ?? 0
         salt = Array(try take(NodeCredential.saltSize))
@@ -158,6 +215,21 @@ struct DHTMessage: Equatable {
         case 8:
             guard let status = StoreStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
             body = .stored(status)
+        case 9:
+            let token = try u64(), key = try id(), signalID = try u64()
+            body = .signal(token: token, key: key, id: signalID, payload: try payload())
+        case 10:
+            guard let status = SignalStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
+            body = .signalAck(status)
+        case 11:
+            let relay = try u64(), origin = try endpoint(), key = try id(), signalID = try u64()
+            body = .forward(relay: relay, origin: origin, key: key, id: signalID, payload: try payload())
+        case 12:
+            let relay = try u64()
+            body = .reply(relay: relay, payload: try payload())
+        case 13:
+            let signalID = try u64(), from = try endpoint()
+            body = .deliver(id: signalID, from: from, payload: try payload())
         default: throw .malformed("kind \(kind)")
         }
         guard flags & ~(kind == 4 ? 1 : 0) == 0 else { throw .malformed("flags") }

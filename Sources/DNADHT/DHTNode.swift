@@ -22,6 +22,15 @@ public struct DHTConfiguration: Sendable {
     public var maximumEntries = 100_000
     /// Tokens rotate this often; the previous token stays valid for one more period.
     public var tokenRotation: UInt64 = 300_000
+    /// Owners ping the nodes that hold their entries this often, so that their NAT keeps the
+    /// mapping the holders forward signals to (mappings last about 30 s before a reply, 120 s after).
+    public var keepaliveInterval: UInt64 = 25_000
+    /// A holder relays answers to a signal this long after forwarding it.
+    public var relayLifetime: UInt64 = 30_000
+    /// Signals in flight a holder keeps relays for; more are refused (busy).
+    public var maximumRelays = 10_000
+    /// A signal goes to at most this many holders of the key (redundancy against loss and Sybils).
+    public var signalFanout = 3
 
     public init() {}
 }
@@ -40,10 +49,38 @@ public struct LookupResult: Sendable {
     public var rounds = 0
     /// Requests sent.
     public var messages = 0
+    /// Signal: its id, and the holders that forwarded it to the key's owner.
+    public var signalID: UInt64 = 0
+    public var forwardedBy: [Endpoint] = []
+}
+
+/// A signal for a key this node owns, forwarded by one of the key's holders (§5.6).
+public struct SignalRequest: Sendable, Equatable {
+    /// The holder that forwarded it; answers go back through it (`DHTNode.reply`).
+    public var holder: Endpoint
+    public var relay: UInt64
+    /// The signaller's address as the holder saw it.
+    public var origin: Endpoint
+    public var key: NodeID
+    /// The signaller's id for the conversation (the same through every holder: deduplicate by it).
+    public var id: UInt64
+    public var payload: [UInt8]
+}
+
+/// An answer from the owner of a key to a signal this node sent.
+public struct SignalDelivery: Sendable, Equatable {
+    public var id: UInt64
+    /// The holder that relayed it.
+    public var holder: Endpoint
+    /// The owner's address as the holder saw it.
+    public var from: Endpoint
+    public var payload: [UInt8]
 }
 
 public enum DHTEvent: Sendable {
     case lookupFinished(LookupID, LookupResult)
+    case signalled(SignalRequest)
+    case delivered(SignalDelivery)
 }
 
 /// Counters for logs, statistics and tests.
@@ -77,6 +114,8 @@ public final class DHTNode {
         /// A ping to a bootstrap node; the lookup of the own id waits for the first answer.
         case bootstrap(LookupID)
         case store(LookupID)
+        /// A SIGNAL sent by a lookup (nil: a follow-up through known holders).
+        case signal(LookupID?)
     }
 
     private struct Pending {
@@ -109,6 +148,8 @@ public final class DHTNode {
         var from: Endpoint
         /// When a STORE of it last arrived (or this node republished it).
         var storedAt: UInt64
+        /// Where the owner's node stored it from: signals for the key are forwarded there.
+        var owner: Endpoint?
     }
 
     private var store: [NodeID: Stored] = [:]
@@ -128,6 +169,20 @@ public final class DHTNode {
     private var nextLookupID: LookupID = 1
     private var bootstrapNodes: [Endpoint] = []
     private var nextRefresh: UInt64
+
+    // Signaling (§5.6). Holder: relays of forwarded signals. Owner: who holds each own entry.
+    // Signaller: the signals sent, and which holders may deliver answers to them.
+    private struct Relay {
+        var origin: Endpoint
+        var owner: Endpoint
+        var id: UInt64
+        var expires: UInt64
+    }
+
+    private var relays: [UInt64: Relay] = [:]
+    private var holders: [NodeID: [Endpoint]] = [:]
+    private var nextKeepalive: UInt64?
+    private var outstanding: [UInt64: (holders: Set<Endpoint>, expires: UInt64)] = [:]
 
     public init(credential: NodeCredential, configuration: DHTConfiguration = DHTConfiguration(), now: UInt64,
                 seed: UInt64? = nil) {
@@ -203,6 +258,76 @@ public final class DHTNode {
         startLookup(target: NodeID.key(of: entry.identity), kind: .announce(entry.wireBytes), now: now)
     }
 
+    /// Sends `payload` to the owner of `key` through up to `signalFanout` of the nodes holding its
+    /// entry, met on a FIND_VALUE lookup (§5.6). The lookup's result names the holders that
+    /// forwarded it; the owner's answers arrive as `.delivered` events with the same signal id.
+    @discardableResult
+    public func signal(_ key: NodeID, payload: [UInt8], now: UInt64) -> (lookup: LookupID, signal: UInt64) {
+        let signalID = random.next() | 1
+        let lookupID = startLookup(target: key, kind: .signal(signalID, payload), now: now)
+        return (lookupID, signalID)
+    }
+
+    /// A further message of the conversation `signalID` through holders that forwarded its first one.
+    public func signal(_ key: NodeID, id signalID: UInt64, payload: [UInt8], through holders: [Endpoint], now: UInt64) {
+        for holder in holders {
+            guard let token = tokens[holder] else { continue }
+            outstanding[signalID, default: ([], now + 60_000)].holders.insert(holder)
+            request(.signal(token: token, key: key, id: signalID, payload: payload), to: holder, expected: nil,
+                    purpose: .signal(nil), now: now)
+        }
+    }
+
+    /// Answers a signal this node received for one of its keys, through the holder that forwarded it.
+    public func reply(to request: SignalRequest, payload: [UInt8]) {
+        send(DHTMessage(transaction: random.next(), salt: credential.salt, body: .reply(relay: request.relay, payload: payload)),
+             to: request.holder)
+    }
+
+    /// Holder: forwards a signal to the owner of `key` when the entry is alive and its owner known.
+    private func relay(key: NodeID, id signalID: UInt64, payload: [UInt8], token: UInt64, from source: Endpoint,
+                       now: UInt64) -> SignalStatus {
+        guard validToken(token, for: source) else { return .badToken }
+        guard let held = store[key], alive(held.entry, now: now), let owner = held.owner else { return .unknown }
+        if relays.count >= configuration.maximumRelays {
+            relays = relays.filter { $0.value.expires > now }
+            guard relays.count < configuration.maximumRelays else { return .busy }
+        }
+        let relayID = random.next() | 1
+        relays[relayID] = Relay(origin: source, owner: owner, id: signalID, expires: now + configuration.relayLifetime)
+        send(DHTMessage(transaction: random.next(), salt: credential.salt,
+                        body: .forward(relay: relayID, origin: source, key: key, id: signalID, payload: payload)), to: owner)
+        return .forwarded
+    }
+
+    /// FORWARD (at an owner), REPLY (at a holder), DELIVER (at a signaller): each accepted only from
+    /// the node it can come from, else counted as unexpected and dropped.
+    private func notice(_ body: DHTMessage.Body, from source: Endpoint, now: UInt64) {
+        switch body {
+        case .forward(let relay, let origin, let key, let signalID, let payload):
+            guard holders[key]?.contains(source) == true else {
+                statistics.unexpectedResponses += 1
+                return
+            }
+            events.append(.signalled(SignalRequest(holder: source, relay: relay, origin: origin, key: key, id: signalID, payload: payload)))
+        case .reply(let relayID, let payload):
+            guard let relay = relays[relayID], relay.expires > now, relay.owner == source else {
+                statistics.unexpectedResponses += 1
+                return
+            }
+            send(DHTMessage(transaction: random.next(), salt: credential.salt,
+                            body: .deliver(id: relay.id, from: source, payload: payload)), to: relay.origin)
+        case .deliver(let signalID, let from, let payload):
+            guard let sent = outstanding[signalID], sent.expires > now, sent.holders.contains(source) else {
+                statistics.unexpectedResponses += 1
+                return
+            }
+            events.append(.delivered(SignalDelivery(id: signalID, holder: source, from: from, payload: payload)))
+        default:
+            return
+        }
+    }
+
     /// The entry held here for `key`, if any and still alive.
     public func localEntry(_ key: NodeID, now: UInt64) -> PeerEntry? {
         guard let stored = store[key], alive(stored.entry, now: now) else { return nil }
@@ -259,7 +384,13 @@ public final class DHTNode {
             statistics.dropped += 1
             return
         }
-        if message.body.isRequest {
+        if message.body.isNotice {
+            guard allow(source, now: now) else {
+                statistics.rateLimited += 1
+                return
+            }
+            notice(message.body, from: source, now: now)
+        } else if message.body.isRequest {
             guard allow(source, now: now) else {
                 statistics.rateLimited += 1
                 return
@@ -294,7 +425,9 @@ public final class DHTNode {
                               contacts: table.closest(to: key, count: configuration.k, excluding: sender))
             }
         case .store(let presented, let wire):
-            body = .stored(accept(wire, token: presented, from: source, now: now))
+            body = .stored(accept(wire, token: presented, from: source, sender: sender, now: now))
+        case .signal(let presented, let key, let signalID, let payload):
+            body = .signalAck(relay(key: key, id: signalID, payload: payload, token: presented, from: source, now: now))
         default:
             return
         }
@@ -308,7 +441,7 @@ public final class DHTNode {
         send(response, to: source)
     }
 
-    private func accept(_ wire: [UInt8], token: UInt64, from source: Endpoint, now: UInt64) -> StoreStatus {
+    private func accept(_ wire: [UInt8], token: UInt64, from source: Endpoint, sender: NodeID, now: UInt64) -> StoreStatus {
         guard validToken(token, for: source) else { return .badToken }
         guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now) else {
             statistics.refusedEntries += 1
@@ -332,7 +465,10 @@ public final class DHTNode {
             }
         }
         if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
-        store[key] = Stored(entry: entry, wire: wire, from: source, storedAt: now)
+        // The owner's address is learnt only from a fresher entry stored by the node the entry names
+        // (a copy replayed from elsewhere, or a holder's republishing, does not move it).
+        let owner = sender.bytes == entry.nodeID ? source : (store[key]?.entry.publicKey == entry.publicKey ? store[key]?.owner : nil)
+        store[key] = Stored(entry: entry, wire: wire, from: source, storedAt: now, owner: owner)
         storedBy[source, default: 0] += 1
         statistics.storedEntries += 1
         return .stored
@@ -386,8 +522,16 @@ public final class DHTNode {
             advance(lookup, now: now)
         case .store(let lookupID):
             guard let lookup = lookups[lookupID] else { return }
-            if case .stored(let status) = message.body, status == .stored || status == .older { lookup.result.stored += 1 }
+            if case .stored(let status) = message.body, status == .stored || status == .older {
+                lookup.result.stored += 1
+                if !lookup.isSilent { lookup.holders.append(source) }
+            }
             lookup.storesInFlight -= 1
+            advance(lookup, now: now)
+        case .signal(let lookupID):
+            guard let lookupID, let lookup = lookups[lookupID] else { return }
+            lookup.signalsInFlight -= 1
+            if case .signalAck(.forwarded) = message.body { lookup.result.forwardedBy.append(source) }
             advance(lookup, now: now)
         }
     }
@@ -396,7 +540,8 @@ public final class DHTNode {
 
     /// When `handleTimeout` must next run.
     public var nextDeadline: UInt64? {
-        min(pending.values.map(\.deadline).min() ?? nextRefresh, nextRefresh)
+        let requests = min(pending.values.map(\.deadline).min() ?? nextRefresh, nextRefresh)
+        return nextKeepalive.map { min($0, requests) } ?? requests
     }
 
     public func handleTimeout(now: UInt64) {
@@ -421,8 +566,20 @@ public final class DHTNode {
                     lookup.storesInFlight -= 1
                     advance(lookup, now: now)
                 }
+            case .signal(let lookupID):
+                if let lookupID, let lookup = lookups[lookupID] {
+                    lookup.signalsInFlight -= 1
+                    advance(lookup, now: now)
+                }
             }
         }
+        if let keepalive = nextKeepalive, now >= keepalive {
+            // Owners: keep the NAT mapping toward every holder of an own entry open.
+            for endpoint in Set(holders.values.joined()) { ping(endpoint, expected: nil, now: now) }
+            nextKeepalive = holders.isEmpty ? nil : now + configuration.keepaliveInterval
+        }
+        relays = relays.filter { $0.value.expires > now }
+        outstanding = outstanding.filter { $0.value.expires > now }
         for (key, partial) in reassembly where partial.started + 5000 <= now { reassembly[key] = nil }
         if now >= tokenRotatedAt + configuration.tokenRotation {
             previousTokenSecret = tokenSecret
@@ -535,6 +692,15 @@ public final class DHTNode {
                 lookup.result.messages += 1
                 request(query, to: contact.endpoint, expected: contact.id, purpose: .lookup(lookup.id, contact.id), now: now)
             }
+            if case .signal(let signalID, let payload) = lookup.kind {
+                for (contact, token) in lookup.signalTargets(limit: configuration.signalFanout) {
+                    lookup.signalsInFlight += 1
+                    lookup.result.messages += 1
+                    outstanding[signalID, default: ([], now + 60_000)].holders.insert(contact.endpoint)
+                    request(.signal(token: token, key: lookup.target, id: signalID, payload: payload), to: contact.endpoint,
+                            expected: contact.id, purpose: .signal(lookup.id), now: now)
+                }
+            }
             guard lookup.isDone else { return }
             if case .announce(let wire) = lookup.kind {
                 lookup.phase = .storing
@@ -558,6 +724,10 @@ public final class DHTNode {
         lookup.phase = .finished
         lookup.result.closest = lookup.answeredClosest()
         lookups[lookup.id] = nil
+        if case .announce = lookup.kind, !lookup.isSilent {
+            holders[lookup.target] = Array(lookup.holders.prefix(configuration.k))
+            if nextKeepalive == nil { nextKeepalive = now + configuration.keepaliveInterval }
+        }
         if !lookup.isSilent { events.append(.lookupFinished(lookup.id, lookup.result)) }
         if lookup.isJoin { refreshFartherBuckets(now: now) }
     }
@@ -592,6 +762,8 @@ final class Lookup {
         case nodes
         case value
         case announce([UInt8])
+        /// FIND_VALUE that sends the signal to the first holders it meets.
+        case signal(UInt64, [UInt8])
     }
 
     enum Phase { case searching, storing, finished }
@@ -615,6 +787,11 @@ final class Lookup {
     var phase = Phase.searching
     var result = LookupResult(closest: [])
     var storesInFlight = 0
+    /// Announce: the nodes that stored the entry.
+    var holders: [Endpoint] = []
+    /// Signal: SIGNALs in flight, and the holders already sent one.
+    var signalsInFlight = 0
+    private var signalled = Set<NodeID>()
     /// Bootstrap: pings still unanswered (the lookup waits for them before it can end empty).
     var bootstrapPings = 0
     /// The lookup of the own id when joining: when it ends, the farther buckets are refreshed.
@@ -642,6 +819,11 @@ final class Lookup {
 
     var isDone: Bool {
         guard bootstrapPings <= 0, holderToAsk == nil else { return false }
+        if case .signal = kind {
+            // Done once a holder forwarded it (or the search ran out), with no SIGNAL in flight.
+            guard signalsInFlight == 0 else { return false }
+            if !result.forwardedBy.isEmpty { return true }
+        }
         let near = nearest
         // FIND_VALUE: a verified entry, and the nearest `quorum` candidates all answered without
         // any of them holding a fresher one (a Sybil would have to be all of them to hide it).
@@ -656,6 +838,7 @@ final class Lookup {
     /// FIND_VALUE: the answered candidate that said it holds an entry fresher than the best one
     /// received, not asked again yet (the freshest first). Only it gets a second request.
     private var holderToAsk: Candidate? {
+        guard case .value = kind else { return nil }
         let best = result.entry?.lastSeen ?? 0
         return candidates.values.filter { $0.state == .answered && !$0.askedAgain && ($0.held ?? 0) > best }
             .max { ($0.held ?? 0) < ($1.held ?? 0) }
@@ -674,9 +857,10 @@ final class Lookup {
             if candidate.state == .answered { candidates[candidate.contact.id]?.askedAgain = true }
             inFlight += 1
             let token = tokens[candidate.contact.endpoint] ?? 0
+            candidates[candidate.contact.id]?.token = token
             switch kind {
             case .nodes, .announce: out.append((candidate.contact, .findNode(target: target, token: token)))
-            case .value: out.append((candidate.contact, .findValue(key: target, token: token)))
+            case .value, .signal: out.append((candidate.contact, .findValue(key: target, token: token)))
             }
         }
         return out
@@ -689,9 +873,16 @@ final class Lookup {
         switch body {
         case .nodes(_, let token, let held, let contacts):
             candidate.token = token
-            if case .value = kind { candidate.held = held }
+            switch kind {
+            case .value, .signal: candidate.held = held
+            default: break
+            }
             for contact in contacts where contact.id != node.id { add(contact, round: candidate.round + 1) }
         case .value(let wire):
+            if case .signal = kind {
+                candidate.held = 1  // it holds the entry (and answered with it: the token it was sent is good)
+                break
+            }
             if let entry = node.acceptable(wire, key: target, now: now),
                result.entry.map({ entry.lastSeen > $0.lastSeen }) ?? true {
                 result.entry = entry
@@ -705,6 +896,17 @@ final class Lookup {
 
     func answeredClosest() -> [Contact] {
         nearest.filter { $0.state == .answered }.map(\.contact)
+    }
+
+    /// Signal: holders (answered, holding an entry for the key, with a token) not sent the signal yet,
+    /// nearest first, up to `limit` in all.
+    func signalTargets(limit: Int) -> [(Contact, UInt64)] {
+        let room = limit - signalled.count
+        guard room > 0 else { return [] }
+        let chosen = candidates.values.filter { $0.state == .answered && $0.held != nil && $0.token != 0 && !signalled.contains($0.contact.id) }
+            .sorted { ($0.contact.id ^ target) < ($1.contact.id ^ target) }.prefix(room)
+        for candidate in chosen { signalled.insert(candidate.contact.id) }
+        return chosen.map { ($0.contact, $0.token) }
     }
 
     func storeTargets() -> [(Contact, UInt64)] {

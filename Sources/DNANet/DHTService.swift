@@ -77,6 +77,11 @@ public final class DHTService: @unchecked Sendable {
     private let monitor = Monitor()
     private var commands: [(DHTNode, UInt64) -> Void] = []
     private var results: [LookupID: LookupResult] = [:]
+    /// Signaling: signals for this node's keys, and answers to the signals it sent (bounded queues).
+    private var incomingSignals: [SignalRequest] = []
+    /// The last signals queued (id, origin, payload), so that copies through other holders are dropped.
+    private var recentSignals: [SignalRequest] = []
+    private var deliveries: [UInt64: [SignalDelivery]] = [:]
     private var running = true
     private var wake: (read: Int32, write: Int32) = (-1, -1)
     private var thread = pthread_t()
@@ -225,6 +230,47 @@ public final class DHTService: @unchecked Sendable {
         }
     }
 
+    // MARK: Signaling (docs/PROTOCOL.md §5.6)
+
+    /// Sends `payload` to the owner of `identity` through the holders of its entry. Returns the
+    /// signal's id and the holders that forwarded it (empty: nobody could), nil when stopped.
+    public func signal(_ identity: IdentityName, payload: [UInt8], timeout: Int = 30_000) -> (id: UInt64, holders: [Endpoint])? {
+        let box = ResultBox<UInt64>()
+        guard let result = lookup(timeout: timeout, { node, now in
+            let started = node.signal(NodeID.key(of: identity), payload: payload, now: now)
+            box.value = started.signal
+            return started.lookup
+        }), let id = monitor.locked({ box.value }) else { return nil }
+        return (id, result.forwardedBy)
+    }
+
+    /// A further message of conversation `id` through the holders that forwarded its first one.
+    public func signal(_ identity: IdentityName, id: UInt64, payload: [UInt8], through holders: [Endpoint]) {
+        _ = perform { node, now in node.signal(NodeID.key(of: identity), id: id, payload: payload, through: holders, now: now) }
+    }
+
+    /// The next answer to signal `id` (in arrival order), waiting up to `timeout` ms.
+    public func nextDelivery(_ id: UInt64, timeout: Int) -> SignalDelivery? {
+        monitor.wait(milliseconds: timeout) { () -> SignalDelivery? in
+            guard var queue = deliveries[id], !queue.isEmpty else { return nil }
+            let first = queue.removeFirst()
+            deliveries[id] = queue
+            return first
+        }
+    }
+
+    /// The next signal for one of this node's identities, waiting up to `timeout` ms.
+    public func nextSignal(timeout: Int) -> SignalRequest? {
+        monitor.wait(milliseconds: timeout) { () -> SignalRequest? in
+            incomingSignals.isEmpty ? nil : incomingSignals.removeFirst()
+        }
+    }
+
+    /// Answers a signal through the holder that forwarded it.
+    public func reply(to request: SignalRequest, payload: [UInt8]) {
+        _ = perform { node, _ in node.reply(to: request, payload: payload) }
+    }
+
     public var statistics: DHTStatistics? { perform { node, _ in node.statistics } }
     public var routingTableSize: Int? { perform { node, _ in node.routingTableSize } }
     public var storedCount: Int? { perform { node, _ in node.storedCount } }
@@ -285,7 +331,24 @@ public final class DHTService: @unchecked Sendable {
             let events = node.takeEvents()
             if !events.isEmpty {
                 monitor.locked {
-                    for case .lookupFinished(let id, let result) in events { results[id] = result }
+                    for event in events {
+                        switch event {
+                        case .lookupFinished(let id, let result): results[id] = result
+                        case .signalled(let request):
+                            // The same signal arrives through several holders: keep the first.
+                            if !recentSignals.contains(where: { $0.id == request.id && $0.origin == request.origin && $0.payload == request.payload }) {
+                                incomingSignals.append(request)
+                                recentSignals.append(request)
+                            }
+                            if incomingSignals.count > 256 { incomingSignals.removeFirst() }
+                            if recentSignals.count > 256 { recentSignals.removeFirst() }
+                        case .delivered(let delivery):
+                            if deliveries[delivery.id]?.contains(where: { $0.payload == delivery.payload }) != true {
+                                deliveries[delivery.id, default: []].append(delivery)
+                            }
+                            if deliveries.count > 1000 { deliveries.removeAll() }
+                        }
+                    }
                     if results.count > 1000 { results.removeAll() }
                 }
                 monitor.broadcast()

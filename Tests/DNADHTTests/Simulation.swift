@@ -16,6 +16,13 @@ final class SimulatedNetwork {
     var loss = 0.0
     /// Endpoints played by a test's adversary: it gets each datagram and returns what to send back.
     var adversaries: [Endpoint: (Endpoint, [UInt8]) -> [(Endpoint, [UInt8])]] = [:]
+    /// Nodes behind a port-restricted NAT: a datagram reaches one only from an endpoint it sent to
+    /// within `natTimeout` ms.
+    var natted = Set<Endpoint>()
+    var natTimeout: UInt64 = 30_000
+    private var mappings: [Endpoint: [Endpoint: UInt64]] = [:]
+    /// Datagrams dropped by those NATs.
+    private(set) var filtered = 0
     /// Datagrams between different groups are dropped while set.
     var group: ((Endpoint) -> Int)?
     var random: SimRandom
@@ -54,6 +61,7 @@ final class SimulatedNetwork {
     func flush(_ endpoint: Endpoint) {
         guard let node = nodes[endpoint] else { return }
         for (to, datagram) in node.takeDatagrams() {
+            if natted.contains(endpoint) { mappings[endpoint, default: [:]][to] = now }
             let delay = 10 + random.next() % 50
             heap.push(now + delay, .deliver(from: endpoint, to: to, datagram: datagram))
         }
@@ -79,6 +87,12 @@ final class SimulatedNetwork {
                     continue
                 }
                 guard !dead.contains(to), !dead.contains(from), let node = nodes[to] else { continue }
+                if natted.contains(to) {
+                    guard let sent = mappings[to]?[from], sent + natTimeout >= now else {
+                        filtered += 1
+                        continue
+                    }
+                }
                 delivered += 1
                 node.receive(datagram, from: from, now: now)
                 flush(to)

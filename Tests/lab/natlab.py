@@ -44,6 +44,33 @@ TURN_USER, TURN_PASSWORD, TURN_REALM = "dna", "lab-secret", "lab.dna"
 PREFIX = "dnalab"
 
 
+RELAY = 2
+
+# (a, b) -> expected path. 'same': both hosts behind one port-restricted router.
+MATRIX = {
+    ("public", "public"): "direct",
+    ("public", "port-restricted"): "direct",
+    ("public", "symmetric"): "direct",
+    ("public", "full-cone"): "direct",
+    ("public", "udp-blocked"): "relay",
+    ("port-restricted", "port-restricted"): "direct",
+    ("port-restricted", "symmetric"): "relay",
+    ("port-restricted", "full-cone"): "direct",
+    ("port-restricted", "udp-blocked"): "relay",
+    ("symmetric", "symmetric"): "relay",
+    ("symmetric", "full-cone"): "direct",
+    ("symmetric", "udp-blocked"): "relay",
+    ("full-cone", "full-cone"): "direct",
+    ("full-cone", "udp-blocked"): "relay",
+    ("udp-blocked", "udp-blocked"): "relay",
+    ("port-restricted", "same"): "direct",
+}
+
+
+def path_of(event):
+    return "relay" if RELAY in (event["local"][2], event["remote"][2]) else "direct"
+
+
 class LabError(Exception):
     pass
 

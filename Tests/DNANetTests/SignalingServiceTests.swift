@@ -1,0 +1,63 @@
+import DNACrypto
+import DNADHT
+import DNANet
+import Glibc
+import Testing
+
+/// Signaling through the DHT driver with real UDP sockets on loopback: a signal for bob reaches
+/// bob's node through the holders of his entry, and his answer comes back.
+@Suite(.serialized) struct SignalingServiceTests {
+    static func temporaryDirectory() -> String {
+        var template = Array("/tmp/dna-signal-XXXXXX".utf8CString)
+        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+
+    @Test func aSignalAndItsAnswerCrossTheDHT() throws {
+        var configuration = DHTServiceConfiguration()
+        configuration.bindHost = "127.0.0.1"
+        configuration.node.difficulty = 8
+        var services: [DHTService] = []
+        defer { for service in services { service.stop() } }
+        for _ in 0..<12 {
+            configuration.dataDirectory = Self.temporaryDirectory()
+            services.append(try DHTService(configuration: configuration))
+        }
+        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
+        for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
+        let bob = services[5], alice = services[9]
+        let name = try IdentityName("bob")
+        let identity = try Identity(generating: name)
+        let announced = try #require(try bob.announce(identity, ip: "127.0.0.1", port: 5000))
+        #expect(announced.stored >= 5)
+
+        let sent = try #require(alice.signal(name, payload: Array("offer".utf8), timeout: 10_000))
+        #expect(!sent.holders.isEmpty)
+        let request = try #require(bob.nextSignal(timeout: 5000))
+        #expect(request.payload == Array("offer".utf8) && request.id == sent.id)
+        bob.reply(to: request, payload: Array("answer".utf8))
+        let delivery = try #require(alice.nextDelivery(sent.id, timeout: 5000))
+        #expect(delivery.payload == Array("answer".utf8) && delivery.from.port == bob.port)
+
+        // The conversation goes on through the same holders.
+        alice.signal(name, id: sent.id, payload: Array("confirm".utf8), through: sent.holders)
+        let second = try #require(bob.nextSignal(timeout: 5000))
+        #expect(second.payload == Array("confirm".utf8) && second.id == sent.id)
+        #expect(bob.nextSignal(timeout: 300) == nil)  // one copy, however many holders forwarded it
+    }
+
+    @Test func aSignalForAnIdentityNobodyAnnouncedIsForwardedByNobody() throws {
+        var configuration = DHTServiceConfiguration()
+        configuration.bindHost = "127.0.0.1"
+        configuration.node.difficulty = 8
+        var services: [DHTService] = []
+        defer { for service in services { service.stop() } }
+        for _ in 0..<4 {
+            configuration.dataDirectory = Self.temporaryDirectory()
+            services.append(try DHTService(configuration: configuration))
+        }
+        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
+        for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
+        let sent = try #require(services[2].signal(try IdentityName("nobody"), payload: [1], timeout: 10_000))
+        #expect(sent.holders.isEmpty)
+    }
+}
