@@ -33,6 +33,9 @@ let package = Package(
         // Peer discovery: the Kademlia DHT as a sans-I/O state machine. No sockets, no clock.
         .target(name: "DNADHT", dependencies: ["DNAWire", "DNACrypto", "CSodium"]),
 
+        // Message transport: reliability, streams, congestion and flow control as a sans-I/O state machine.
+        .target(name: "DNAReliable", dependencies: ["DNAWire"]),
+
         // Drivers: sockets and the I/O thread that runs a core (the DHT's UDP socket).
         .target(name: "DNANet", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
         // NAT traversal: libnice's ICE agent on its own GLib loop thread.
@@ -72,5 +75,6 @@ let package = Package(
         .testTarget(name: "DNACryptoTests", dependencies: ["DNACrypto"]),
         .testTarget(name: "DNADHTTests", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
         .testTarget(name: "DNANetTests", dependencies: ["DNANet", "DNADHT", "DNACrypto"]),
+        .testTarget(name: "DNAReliableTests", dependencies: ["DNAReliable", "DNAWire"]),
     ]
 )

@@ -1,4 +1,5 @@
 @testable import DNADHT
+import DNACrypto
 import Foundation
 import Testing
 
@@ -32,6 +33,7 @@ import Testing
         let salt = Self.bytes(vectors.salt)
         let transaction = UInt64(vectors.transaction, radix: 16) ?? 0
         let peer = try #require(Endpoint(host: "192.0.2.1", port: 4567))
+        let bob = NodeID.key(of: try IdentityName("bob"))
         let contact = Contact(id: try #require(NodeID(bytes: Array(0x10...0x23))), endpoint: try #require(Endpoint(host: "198.51.100.7", port: 4000)))
         let bodies: [String: DHTMessage.Body] = [
             "ping": .ping,
@@ -39,6 +41,12 @@ import Testing
             "find_node": .findNode(target: try #require(NodeID(bytes: Array(0xA0...0xB3))), token: 0),
             "nodes": .nodes(observed: peer, token: 0x1122_3344_5566_7789, held: 1_800_000_000, contacts: [contact]),
             "stored": .stored(.taken),
+            // Signaling (§5.6): the key is bob's, the signal id 0a0b...11, the relay id 2122...28.
+            "signal": .signal(token: 0x1122_3344_5566_7789, key: bob, id: 0x0A0B_0C0D_0E0F_1011, payload: Array("offer".utf8)),
+            "signal_ack": .signalAck(.forwarded),
+            "forward": .forward(relay: 0x2122_2324_2526_2728, origin: peer, key: bob, id: 0x0A0B_0C0D_0E0F_1011, payload: Array("offer".utf8)),
+            "reply": .reply(relay: 0x2122_2324_2526_2728, payload: Array("answer".utf8)),
+            "deliver": .deliver(id: 0x0A0B_0C0D_0E0F_1011, from: contact.endpoint, payload: Array("answer".utf8)),
         ]
         #expect(vectors.messages.count == bodies.count)
         for vector in vectors.messages {

@@ -1,0 +1,564 @@
+import DNAWire
+
+/// What a connection tells its driver.
+public enum ReliableEvent: Equatable, Sendable {
+    /// A whole message, in order on its stream, exactly once.
+    case message(stream: UInt32, bytes: [UInt8])
+    /// The peer answered none of 3 keepalive pings: the path is gone.
+    case dead
+    /// The peer's presence (DNA_MSG_PRESENCE).
+    case presence(PresenceStatus)
+}
+
+public enum PresenceStatus: UInt8, Sendable {
+    case online = 0, away = 1, busy = 2, offline = 3
+}
+
+public enum ReliableError: Error, Equatable, Sendable {
+    /// The message is larger than `maximumMessageSize`.
+    case tooLarge(Int)
+    /// The send buffer holds `maximumQueuedBytes` already: wait for acknowledgements.
+    case full
+    case closed
+}
+
+/// Settings of a connection. Times in milliseconds, sizes in bytes.
+public struct ReliableConfiguration: Sendable {
+    /// Plaintext bytes of message per DATA frame: with the frame header, the packet header, the AEAD
+    /// tag and TURN's overhead a datagram stays under 1,200 bytes.
+    public var fragmentSize = 1100
+    public var maximumMessageSize = 16 * 1024 * 1024
+    /// Bytes the receiver holds (out of order, partly reassembled or not yet read); advertised as the window.
+    public var receiveBuffer = 32 * 1024 * 1024
+    /// Bytes the sender accepts before `send` says `.full` (backpressure).
+    public var maximumQueuedBytes = 32 * 1024 * 1024
+    public var initialWindowPackets = 10
+    /// RFC 6298 bounds; 200 ms instead of 1 s as the floor, as Linux TCP does.
+    public var minimumRTO: UInt64 = 200
+    public var maximumRTO: UInt64 = 60_000
+    public var initialRTO: UInt64 = 1000
+    /// A PING after this long without anything received; 3 unanswered pings mean the peer is gone.
+    public var keepaliveInterval: UInt64 = 25_000
+    public var missedPingsForDead = 3
+    /// The receiver acknowledges at once; the sender sends at most this many datagrams per call.
+    public var burst = 64
+
+    public init() {}
+}
+
+/// One side of a reliable, multiplexed message connection as a sans-I/O state machine
+/// (docs/PROTOCOL.md §7): messages and received frames go in with the time; frames to send (to be
+/// sealed by the record layer), timers and delivered messages come out.
+///
+/// DATA frames carry one fragment each and a fresh packet number (a retransmission is a new packet,
+/// so RTT samples are never ambiguous); ACK frames carry the cumulative packet number, up to 32
+/// ranges received above it, and the receive window. Loss: 3 later packets acknowledged, or 9/8 RTT
+/// later ones, or the RTO (RFC 6298). Congestion: NewReno (slow start, congestion avoidance, one
+/// window reduction per round trip, a one-packet window after an RTO).
+public final class ReliableConnection {
+    public let configuration: ReliableConfiguration
+
+    // MARK: Sender
+
+    private final class Outgoing {
+        let number: UInt64
+        let bytes: [UInt8]
+        let fragmentCount: Int
+        var nextFragment = 0
+        var acknowledged: [Bool]
+        var acknowledgedCount = 0
+
+        init(number: UInt64, bytes: [UInt8], fragmentCount: Int) {
+            self.number = number
+            self.bytes = bytes
+            self.fragmentCount = fragmentCount
+            acknowledged = [Bool](repeating: false, count: fragmentCount)
+        }
+    }
+
+    /// A stream's messages: those with fragments never sent (FIFO from `head`), and every message
+    /// not wholly acknowledged yet, by number.
+    private final class SendStream {
+        var unsent: [Outgoing] = []
+        var head = 0
+        var live: [UInt64: Outgoing] = [:]
+        var nextNumber: UInt64 = 0
+
+        /// The next never-sent fragment, in message order; a message's first only if `admit` lets it start.
+        func takeFragment(admit: (Outgoing) -> Bool) -> (Outgoing, Int)? {
+            while head < unsent.count, unsent[head].nextFragment >= unsent[head].fragmentCount { head += 1 }
+            if head > 1024 {
+                unsent.removeFirst(head)
+                head = 0
+            }
+            guard head < unsent.count else { return nil }
+            let message = unsent[head]
+            if message.nextFragment == 0 && !admit(message) { return nil }
+            message.nextFragment += 1
+            return (message, message.nextFragment - 1)
+        }
+    }
+
+    private struct Sent {
+        var stream: UInt32
+        var message: UInt64
+        var fragment: Int
+        var size: Int
+        var sentAt: UInt64
+    }
+
+    private var streams: [UInt32: SendStream] = [:]
+    private var streamOrder: [UInt32] = []
+    private var roundRobin = 0
+    private var retransmit: [(stream: UInt32, message: UInt64, fragment: Int)] = []
+    private var retransmitHead = 0
+    private var inFlight: [UInt64: Sent] = [:]
+    private var nextPacket: UInt64 = 0
+    /// No packet below it is in flight (advanced lazily).
+    private var lowestInFlight: UInt64 = 0
+    private var largestAcked: UInt64?
+    public private(set) var queuedBytes = 0
+    /// Bytes of messages whose first fragment was sent and which are not wholly acknowledged.
+    private var startedBytes = 0
+    public private(set) var bytesInFlight = 0
+    public private(set) var congestionWindow: Int
+    private var slowStartThreshold = Int.max
+    private var recoveryStart: UInt64 = 0
+    private var peerWindow: Int
+    private var srtt: Double?
+    private var rttvar = 0.0
+    private var rto: UInt64
+    private var rtoDeadline: UInt64?
+    private var backoff: UInt64 = 1
+
+    // MARK: Receiver
+
+    private struct Partial {
+        var length: Int
+        var count: Int
+        var received: Set<Int> = []
+        var buffer: [UInt8]
+    }
+
+    private struct Incoming {
+        var nextToDeliver: UInt64 = 0
+        var partial: [UInt64: Partial] = [:]
+        var complete: [UInt64: [UInt8]] = [:]
+    }
+
+    private var incoming: [UInt32: Incoming] = [:]
+    private var cumulative: UInt64 = 0       // every packet below it was received
+    private var above = Set<UInt64>()        // received packets above cumulative
+    private var ackNeeded = false
+    public private(set) var bufferedBytes = 0
+
+    // MARK: Liveness
+
+    private var lastReceived: UInt64
+    private var pingSentAt: UInt64?
+    private var missedPings = 0
+    private var pingNonce: UInt64 = 0
+    private var pongsOwed: [UInt64] = []
+    private var presenceToSend: PresenceStatus?
+    public private(set) var isDead = false
+
+    private var outbox: [[UInt8]] = []
+    private var events: [ReliableEvent] = []
+    public private(set) var statistics = Statistics()
+
+    public struct Statistics: Equatable, Sendable {
+        public var packetsSent = 0
+        public var retransmissions = 0
+        public var packetsReceived = 0
+        public var duplicates = 0
+        public var dropped = 0   // malformed frames, fragments beyond the window
+        public var messagesDelivered = 0
+    }
+
+    public init(configuration: ReliableConfiguration = ReliableConfiguration(), now: UInt64) {
+        self.configuration = configuration
+        congestionWindow = configuration.initialWindowPackets * configuration.fragmentSize
+        peerWindow = configuration.receiveBuffer
+        rto = configuration.initialRTO
+        lastReceived = now
+    }
+
+    // MARK: Input from the application
+
+    /// Queues a message on `stream` (streams are independent and ordered). Throws `.full` while the
+    /// send buffer is full (nothing is queued then), `.tooLarge` beyond the maximum message size.
+    public func send(_ message: [UInt8], stream: UInt32, now: UInt64) throws(ReliableError) {
+        guard !isDead else { throw .closed }
+        guard message.count <= configuration.maximumMessageSize else { throw .tooLarge(message.count) }
+        guard queuedBytes + message.count <= configuration.maximumQueuedBytes || queuedBytes == 0 else { throw .full }
+        let sendStream: SendStream
+        if let existing = streams[stream] {
+            sendStream = existing
+        } else {
+            sendStream = SendStream()
+            streams[stream] = sendStream
+            streamOrder.append(stream)
+        }
+        let number = sendStream.nextNumber
+        sendStream.nextNumber += 1
+        let count = max(1, (message.count + configuration.fragmentSize - 1) / configuration.fragmentSize)
+        let outgoing = Outgoing(number: number, bytes: message, fragmentCount: count)
+        sendStream.unsent.append(outgoing)
+        sendStream.live[number] = outgoing
+        queuedBytes += message.count
+        pump(now: now)
+    }
+
+    /// Pushes a presence status to the peer (sent reliably enough: repeated until acknowledged).
+    public func sendPresence(_ status: PresenceStatus, now: UInt64) {
+        presenceToSend = status
+        pump(now: now)
+    }
+
+    // MARK: Input from the network
+
+    /// One frame from the peer, already opened by the record layer. Malformed frames are counted and dropped.
+    public func receive(_ header: FrameHeader, payload: ArraySlice<UInt8>, now: UInt64) {
+        guard !isDead else { return }
+        lastReceived = now
+        missedPings = 0
+        pingSentAt = nil
+        switch header.type {
+        case .data: receiveData(header, payload: payload, now: now)
+        case .ack: receiveAck(payload, now: now)
+        case .ping:
+            guard payload.count == 8 else { return drop() }
+            pongsOwed.append(Self.u64(payload, at: payload.startIndex))
+        case .pong: break
+        case .presence:
+            guard payload.count == 1, let status = PresenceStatus(rawValue: payload[payload.startIndex]) else { return drop() }
+            events.append(.presence(status))
+            ackNeeded = true
+        default:
+            drop()
+        }
+        pump(now: now)
+    }
+
+    private func drop() { statistics.dropped += 1 }
+
+    private func receiveData(_ header: FrameHeader, payload: ArraySlice<UInt8>, now: UInt64) {
+        // payload: packet (8) | least unacknowledged (8) | message (8) | message length (4) | fragment bytes
+        guard payload.count >= Self.dataHeaderSize else { return drop() }
+        let base = payload.startIndex
+        let packet = Self.u64(payload, at: base), leastUnacked = Self.u64(payload, at: base + 8)
+        let message = Self.u64(payload, at: base + 16)
+        let length = Int(Self.u32(payload, at: base + 24))
+        let stream = header.reserved.word0, fragment = Int(header.reserved.word1)
+        let data = payload[(base + Self.dataHeaderSize)...]
+        let size = configuration.fragmentSize
+        let count = max(1, (length + size - 1) / size)
+        guard length <= configuration.maximumMessageSize, fragment < count,
+              data.count == min(size, length - fragment * size) else { return drop() }
+        guard packet <= leastUnacked &+ 1_000_000, leastUnacked <= packet else { return drop() }
+        ackNeeded = true
+        // The sender no longer waits for packets below leastUnacked (it resent their data in new
+        // packets or had them acknowledged): forget them, so that this state stays bounded.
+        if leastUnacked > cumulative {
+            cumulative = leastUnacked
+            above = above.filter { $0 >= cumulative }
+            while above.remove(cumulative) != nil { cumulative += 1 }
+        }
+        var state = incoming[stream] ?? Incoming()
+        if message < state.nextToDeliver || state.complete[message] != nil
+            || state.partial[message]?.received.contains(fragment) == true {
+            markReceived(packet)
+            statistics.duplicates += 1
+            return
+        }
+        if state.partial[message] == nil {
+            // Flow control: a new message must fit the receive buffer (the first one always may, so
+            // that a message as large as the buffer still gets through). A sender that keeps the rule
+            // (see nextFragment) never meets this; one that does not has its fragment dropped unacknowledged.
+            guard bufferedBytes + length <= configuration.receiveBuffer || bufferedBytes == 0 else {
+                statistics.dropped += 1
+                return
+            }
+            state.partial[message] = Partial(length: length, count: count, buffer: [UInt8](repeating: 0, count: length))
+            bufferedBytes += length
+        }
+        guard var partial = state.partial[message], partial.length == length else { return drop() }
+        markReceived(packet)
+        statistics.packetsReceived += 1
+        let start = fragment * size
+        partial.buffer.replaceSubrange(start..<start + data.count, with: data)
+        partial.received.insert(fragment)
+        if partial.received.count == partial.count {
+            state.partial[message] = nil
+            state.complete[message] = partial.buffer
+        } else {
+            state.partial[message] = partial
+        }
+        while let next = state.complete.removeValue(forKey: state.nextToDeliver) {
+            events.append(.message(stream: stream, bytes: next))
+            bufferedBytes -= next.count
+            statistics.messagesDelivered += 1
+            state.nextToDeliver += 1
+        }
+        incoming[stream] = state
+    }
+
+    private func markReceived(_ packet: UInt64) {
+        if packet < cumulative || above.contains(packet) { return }
+        if packet == cumulative {
+            cumulative += 1
+            while above.remove(cumulative) != nil { cumulative += 1 }
+        } else {
+            above.insert(packet)
+        }
+    }
+
+    private func receiveAck(_ payload: ArraySlice<UInt8>, now: UInt64) {
+        // payload: cumulative (8) | window (4) | range count (1) | (first (8) | last (8))*
+        guard payload.count >= 13 else { return drop() }
+        let base = payload.startIndex
+        let acked = Self.u64(payload, at: base)
+        peerWindow = Int(Self.u32(payload, at: base + 8))
+        let count = Int(payload[base + 12])
+        guard payload.count == 13 + 16 * count, acked <= nextPacket else { return drop() }
+        var ranges: [ClosedRange<UInt64>] = []
+        for index in 0..<count {
+            let first = Self.u64(payload, at: base + 13 + 16 * index), last = Self.u64(payload, at: base + 21 + 16 * index)
+            guard first <= last, last < nextPacket else { return drop() }
+            ranges.append(first...last)
+        }
+        var newlyAcked: [(UInt64, Sent)] = []
+        for (packet, sent) in inFlight where packet < acked || ranges.contains(where: { $0.contains(packet) }) {
+            newlyAcked.append((packet, sent))
+        }
+        guard !newlyAcked.isEmpty else { return }
+        newlyAcked.sort { $0.0 < $1.0 }
+        let largest = newlyAcked[newlyAcked.count - 1]
+        if largestAcked.map({ largest.0 > $0 }) ?? true {
+            largestAcked = largest.0
+            updateRTT(sample: Double(now - largest.1.sentAt))
+        }
+        for (packet, sent) in newlyAcked {
+            inFlight[packet] = nil
+            bytesInFlight -= sent.size
+            acknowledge(sent)
+            // NewReno growth, none while recovering from a loss sent after the recovery started.
+            if sent.sentAt > recoveryStart || recoveryStart == 0 {
+                if congestionWindow < slowStartThreshold {
+                    congestionWindow += sent.size
+                } else {
+                    congestionWindow += max(1, configuration.fragmentSize * sent.size / congestionWindow)
+                }
+            }
+        }
+        backoff = 1
+        detectLosses(now: now)
+        rtoDeadline = inFlight.isEmpty ? nil : now + currentRTO
+    }
+
+    private func acknowledge(_ sent: Sent) {
+        guard let stream = streams[sent.stream], let message = stream.live[sent.message],
+              !message.acknowledged[sent.fragment] else { return }
+        message.acknowledged[sent.fragment] = true
+        message.acknowledgedCount += 1
+        if message.acknowledgedCount == message.fragmentCount {
+            queuedBytes -= message.bytes.count
+            startedBytes -= message.bytes.count
+            stream.live[sent.message] = nil
+        }
+    }
+
+    private func updateRTT(sample: Double) {
+        if let estimate = srtt {
+            rttvar = 0.75 * rttvar + 0.25 * abs(estimate - sample)
+            srtt = 0.875 * estimate + 0.125 * sample
+        } else {
+            srtt = sample
+            rttvar = sample / 2
+        }
+        rto = UInt64(min(Double(configuration.maximumRTO), max(Double(configuration.minimumRTO), (srtt ?? 0) + max(1, 4 * rttvar))))
+    }
+
+    private var currentRTO: UInt64 { min(configuration.maximumRTO, rto * backoff) }
+
+    /// Packet threshold 3 and time threshold 9/8 RTT (RFC 9002's rules, over this protocol's packets).
+    private func detectLosses(now: UInt64) {
+        guard let largest = largestAcked else { return }
+        let delay = UInt64(1.125 * max(srtt ?? Double(rto), 1))
+        var lost: [UInt64] = []
+        for (packet, sent) in inFlight where packet < largest && (largest - packet >= 3 || now >= sent.sentAt + delay) {
+            lost.append(packet)
+        }
+        guard !lost.isEmpty else { return }
+        var newestLostSentAt: UInt64 = 0
+        for packet in lost.sorted() {
+            guard let sent = inFlight.removeValue(forKey: packet) else { continue }
+            bytesInFlight -= sent.size
+            newestLostSentAt = max(newestLostSentAt, sent.sentAt)
+            requeue(sent)
+        }
+        if newestLostSentAt > recoveryStart || recoveryStart == 0 {
+            recoveryStart = now
+            slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
+            congestionWindow = slowStartThreshold
+        }
+    }
+
+    private func requeue(_ sent: Sent) {
+        retransmit.append((sent.stream, sent.message, sent.fragment))
+        statistics.retransmissions += 1
+    }
+
+    // MARK: Timers
+
+    public var nextDeadline: UInt64? {
+        guard !isDead else { return nil }
+        let keepalive = pingSentAt.map { $0 + max(1000, 3 * currentRTO) } ?? lastReceived + configuration.keepaliveInterval
+        return min(rtoDeadline ?? keepalive, keepalive)
+    }
+
+    public func handleTimeout(now: UInt64) {
+        guard !isDead else { return }
+        if let deadline = rtoDeadline, now >= deadline, !inFlight.isEmpty {
+            // RTO: everything in flight is lost; one packet's window; the timer backs off.
+            for (_, sent) in inFlight.sorted(by: { $0.key < $1.key }) { requeue(sent) }
+            inFlight.removeAll()
+            bytesInFlight = 0
+            slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
+            congestionWindow = configuration.fragmentSize
+            recoveryStart = now
+            backoff = min(backoff * 2, 64)
+            rtoDeadline = nil
+        }
+        if let sent = pingSentAt, now >= sent + max(1000, 3 * currentRTO) {
+            missedPings += 1
+            pingSentAt = nil
+            if missedPings >= configuration.missedPingsForDead {
+                isDead = true
+                events.append(.dead)
+                return
+            }
+        }
+        if pingSentAt == nil, now >= lastReceived + configuration.keepaliveInterval || missedPings > 0 {
+            pingNonce &+= 1
+            pingSentAt = now
+            outbox.append(Self.frame(.ping, reserved: .zero, payload: Self.be(pingNonce, 8)))
+        }
+        pump(now: now)
+    }
+
+    // MARK: Output
+
+    /// Frames to seal and send, in order.
+    public func takeFrames() -> [[UInt8]] {
+        defer { outbox.removeAll() }
+        return outbox
+    }
+
+    public func takeEvents() -> [ReliableEvent] {
+        defer { events.removeAll() }
+        return events
+    }
+
+    /// Nothing queued, nothing in flight.
+    public var isIdle: Bool { queuedBytes == 0 && inFlight.isEmpty }
+
+    private func pump(now: UInt64) {
+        for nonce in pongsOwed { outbox.append(Self.frame(.pong, reserved: .zero, payload: Self.be(nonce, 8))) }
+        pongsOwed.removeAll()
+        if let status = presenceToSend {
+            outbox.append(Self.frame(.presence, reserved: .zero, payload: [status.rawValue]))
+            presenceToSend = nil
+        }
+        var sent = 0
+        while sent < configuration.burst, bytesInFlight + configuration.fragmentSize <= congestionWindow,
+              let (stream, message, fragment) = nextFragment() {
+            guard let outgoing = streams[stream]?.live[message] else { continue }
+            let size = configuration.fragmentSize
+            let start = fragment * size
+            let chunk = outgoing.bytes[start..<min(start + size, outgoing.bytes.count)]
+            let packet = nextPacket
+            nextPacket += 1
+            while lowestInFlight < packet && inFlight[lowestInFlight] == nil { lowestInFlight += 1 }
+            let leastUnacked = lowestInFlight
+            var payload = Self.be(packet, 8) + Self.be(leastUnacked, 8) + Self.be(message, 8) + Self.be(UInt64(outgoing.bytes.count), 4)
+            payload += chunk
+            outbox.append(Self.frame(.data, reserved: FrameReserved(word0: stream, word1: UInt32(fragment)), payload: payload))
+            let packetSize = chunk.count + Self.dataHeaderSize
+            inFlight[packet] = Sent(stream: stream, message: message, fragment: fragment, size: packetSize, sentAt: now)
+            bytesInFlight += packetSize
+            statistics.packetsSent += 1
+            sent += 1
+            if rtoDeadline == nil { rtoDeadline = now + currentRTO }
+        }
+        if ackNeeded {
+            ackNeeded = false
+            outbox.append(ackFrame())
+        }
+    }
+
+    /// Retransmissions first; then new fragments, one per stream in turn (a long message on one
+    /// stream does not hold up another stream).
+    private func nextFragment() -> (UInt32, UInt64, Int)? {
+        while retransmitHead < retransmit.count {
+            let next = retransmit[retransmitHead]
+            retransmitHead += 1
+            if let message = streams[next.stream]?.live[next.message], !message.acknowledged[next.fragment] {
+                return next
+            }
+        }
+        if retransmitHead > 0 {
+            retransmit.removeAll(keepingCapacity: true)
+            retransmitHead = 0
+        }
+        guard !streamOrder.isEmpty else { return nil }
+        for offset in 0..<streamOrder.count {
+            let index = (roundRobin + offset) % streamOrder.count
+            let stream = streamOrder[index]
+            // Flow control: the receiver reserves a whole message at its first fragment and frees it
+            // when complete, so the sender starts a message only while the messages it started and
+            // has not seen wholly acknowledged fit the receiver's buffer (or none is outstanding).
+            guard let (message, fragment) = streams[stream]?.takeFragment(admit: { message in
+                guard self.startedBytes == 0 || self.startedBytes + message.bytes.count <= self.peerWindow else { return false }
+                self.startedBytes += message.bytes.count
+                return true
+            }) else { continue }
+            roundRobin = index + 1
+            return (stream, message.number, fragment)
+        }
+        return nil
+    }
+
+    private func ackFrame() -> [UInt8] {
+        let window = UInt64(configuration.receiveBuffer)  // the buffer's size: the sender keeps its use within it
+        var ranges: [(UInt64, UInt64)] = []
+        for packet in above.sorted() {
+            if let last = ranges.last, last.1 + 1 == packet { ranges[ranges.count - 1].1 = packet } else { ranges.append((packet, packet)) }
+        }
+        // The newest ranges matter most for loss detection: keep the last 32.
+        ranges = Array(ranges.suffix(32))
+        var payload = Self.be(cumulative, 8) + Self.be(min(window, UInt64(UInt32.max)), 4) + [UInt8(ranges.count)]
+        for (first, last) in ranges { payload += Self.be(first, 8) + Self.be(last, 8) }
+        return Self.frame(.ack, reserved: .zero, payload: payload)
+    }
+
+    // MARK: Bytes
+
+    static let dataHeaderSize = 28
+
+    static func frame(_ type: MessageType, reserved: FrameReserved, payload: [UInt8]) -> [UInt8] {
+        (try? FrameEncoder.encode(type: type, sequence: 0, reserved: reserved, payload: payload)) ?? []
+    }
+
+    static func be(_ value: UInt64, _ count: Int) -> [UInt8] {
+        (0..<count).map { UInt8(truncatingIfNeeded: value >> UInt64(8 * (count - 1 - $0))) }
+    }
+
+    static func u64(_ bytes: ArraySlice<UInt8>, at index: Int) -> UInt64 {
+        bytes[index..<index + 8].reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    static func u32(_ bytes: ArraySlice<UInt8>, at index: Int) -> UInt32 {
+        bytes[index..<index + 4].reduce(0) { $0 << 8 | UInt32($1) }
+    }
+}

@@ -1,0 +1,227 @@
+import DNAReliable
+import DNAWire
+import Testing
+
+/// Two connections over a simulated path: one-way delay with jitter, random loss, and a bottleneck
+/// of `rate` bytes per ms with a queue of `queueLimit` datagrams (tail drop), in virtual time.
+final class SimulatedPath {
+    var now: UInt64 = 1_000
+    let a: ReliableConnection, b: ReliableConnection
+    var loss = 0.0
+    var delay: UInt64 = 20
+    var jitter: UInt64 = 5
+    var rate = 12_500.0  // bytes per ms: 100 Mbit/s
+    var queueLimit = 200
+    var cut = false
+    private var random: UInt64 = 0x1234_5678
+    private var arrivals: [(time: UInt64, toB: Bool, frame: [UInt8])] = []
+    private var busyUntil: [Bool: Double] = [true: 0, false: 0]
+    private var lastArrival: [Bool: UInt64] = [:]
+    private(set) var received: [Bool: [ReliableEvent]] = [true: [], false: []]
+    /// Messages delivered at a (true) and b (false), counted as they come.
+    private(set) var messageCount: [Bool: Int] = [true: 0, false: 0]
+    private(set) var datagrams = 0
+    private let decoder = FrameDecoder()
+
+    init(configuration: ReliableConfiguration = ReliableConfiguration()) {
+        a = ReliableConnection(configuration: configuration, now: now)
+        b = ReliableConnection(configuration: configuration, now: now)
+    }
+
+    private func next() -> Double {
+        random = random &* 6364136223846793005 &+ 1442695040888963407
+        return Double(random >> 11) / Double(1 << 53)
+    }
+
+    /// Moves what `from` queued onto the path.
+    func flush() {
+        for (connection, toB) in [(a, true), (b, false)] {
+            for frame in connection.takeFrames() {
+                datagrams += 1
+                if cut || next() < loss { continue }
+                let start = max(Double(now), busyUntil[toB] ?? 0)
+                let queued = (start - Double(now)) * rate / 1176
+                if queued > Double(queueLimit) { continue }  // tail drop at the bottleneck
+                busyUntil[toB] = start + Double(frame.count) / rate
+                // Jitter, but a path that keeps order (as nearly all do).
+                let arrival = max(UInt64(start + Double(frame.count) / rate) + delay + UInt64(next() * Double(jitter)), lastArrival[toB] ?? 0)
+                lastArrival[toB] = arrival
+                arrivals.append((arrival, toB, frame))
+            }
+            let events = connection.takeEvents()
+            received[connection === a, default: []] += events
+            messageCount[connection === a, default: 0] += events.filter { if case .message = $0 { true } else { false } }.count
+        }
+    }
+
+    /// Runs until `condition` or `limit` ms of virtual time.
+    @discardableResult
+    func run(limit: UInt64, until condition: () -> Bool = { false }) -> Bool {
+        let end = now + limit
+        flush()
+        while now < end {
+            if condition() { return true }
+            let arrival = arrivals.map(\.time).min()
+            let deadline = [a.nextDeadline, b.nextDeadline].compactMap { $0 }.min()
+            guard let next = [arrival, deadline].compactMap({ $0 }).min() else { break }
+            now = max(now, min(next, end))
+            if now >= end { break }
+            let due = arrivals.enumerated().filter { $0.element.time <= now }
+            arrivals = arrivals.filter { $0.time > now }
+            for (_, arrival) in due.sorted(by: { $0.element.time < $1.element.time }) {
+                guard let frame = try? decoder.decode(arrival.frame) else { continue }
+                (arrival.toB ? b : a).receive(frame.header, payload: frame.payload, now: now)
+            }
+            if let d = a.nextDeadline, d <= now { a.handleTimeout(now: now) }
+            if let d = b.nextDeadline, d <= now { b.handleTimeout(now: now) }
+            flush()
+        }
+        return condition()
+    }
+
+    /// Messages delivered to a (true) or b (false), by stream.
+    func messages(atA: Bool) -> [(UInt32, [UInt8])] {
+        (received[atA] ?? []).compactMap { if case .message(let stream, let bytes) = $0 { (stream, bytes) } else { nil } }
+    }
+}
+
+@Suite(.serialized) struct ReliableTests {
+    /// Message `index` of a sender: its index in the first 8 bytes, then a pattern; sizes mostly
+    /// small, 1% up to 1 MiB, including 0 bytes and exactly 1 MiB.
+    static func message(_ index: Int, seed: UInt64) -> [UInt8] {
+        var x = seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15
+        x = (x ^ (x >> 31)) &* 0xBF58_476D_1CE4_E5B9
+        let size: Int
+        switch index {
+        case 0: size = 0
+        case 1: size = 1 << 20
+        default: size = x % 100 == 0 ? Int(x >> 8 % (1 << 20)) % (1 << 20) + 1 : Int(x >> 8 % 2048) % 2048
+        }
+        guard size >= 8 else { return [UInt8](repeating: UInt8(index & 0xFF), count: size) }
+        return (0..<8).map { UInt8(truncatingIfNeeded: index >> (8 * $0)) } + (8..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) }
+    }
+
+    @Test func tenThousandMessagesEachWayArriveInOrderExactlyOnceThroughTenPercentLoss() throws {
+        let path = SimulatedPath()
+        path.loss = 0.10
+        let count = 10_000
+        var sentA: [UInt32: [[UInt8]]] = [:], sentB: [UInt32: [[UInt8]]] = [:]
+        var nextA = 0, nextB = 0
+        var done = false
+        while !done {
+            // Feed both senders as fast as their send buffers take it.
+            while nextA < count {
+                let message = Self.message(nextA, seed: 1), stream = UInt32(nextA % 3)
+                do { try path.a.send(message, stream: stream, now: path.now) } catch { break }
+                sentA[stream, default: []].append(message)
+                nextA += 1
+            }
+            while nextB < count {
+                let message = Self.message(nextB, seed: 2), stream = UInt32(nextB % 2)
+                do { try path.b.send(message, stream: stream, now: path.now) } catch { break }
+                sentB[stream, default: []].append(message)
+                nextB += 1
+            }
+            done = path.run(limit: 200) {
+                path.messageCount[false] == count && path.messageCount[true] == count
+            }
+            #expect(path.now < 3_600_000, "an hour of virtual time")
+            if path.now >= 3_600_000 { break }
+        }
+        for (sent, atA) in [(sentA, false), (sentB, true)] {
+            var got: [UInt32: [[UInt8]]] = [:]
+            for (stream, bytes) in path.messages(atA: atA) { got[stream, default: []].append(bytes) }
+            #expect(got.keys.sorted() == sent.keys.sorted())
+            for (stream, messages) in sent { #expect(got[stream] == messages, "stream \(stream): in order, exactly once") }
+        }
+        let bytes = (0..<count).reduce(0) { $0 + Self.message($1, seed: 1).count }
+        print("reliable: 2 x \(count) messages (\(bytes / 1_000_000) MB one way) through 10% loss in \(path.now / 1000) s virtual; "
+              + "a: \(path.a.statistics), b: \(path.b.statistics)")
+    }
+
+    @Test func aLargeMessageOnOneStreamDoesNotDelayASmallOneOnAnother() throws {
+        let path = SimulatedPath()
+        path.rate = 1250  // 10 Mbit/s: the 4 MiB message takes over 3 s
+        try path.a.send([UInt8](repeating: 7, count: 4 << 20), stream: 1, now: path.now)
+        path.run(limit: 100)
+        try path.a.send(Array("hello".utf8), stream: 0, now: path.now)
+        let sentAt = path.now
+        #expect(path.run(limit: 10_000) { path.messages(atA: false).contains { $0.0 == 0 } })
+        let small = path.now - sentAt
+        #expect(path.run(limit: 60_000) { path.messages(atA: false).count == 2 })
+        #expect(path.messages(atA: false).first?.0 == 0)
+        #expect(small < 500, "the small message took \(small) ms")
+    }
+
+    @Test func aFullSendBufferPushesBack() throws {
+        var configuration = ReliableConfiguration()
+        configuration.maximumQueuedBytes = 100_000
+        let path = SimulatedPath(configuration: configuration)
+        try path.a.send([UInt8](repeating: 1, count: 60_000), stream: 0, now: path.now)
+        #expect(throws: ReliableError.full) { try path.a.send([UInt8](repeating: 2, count: 60_000), stream: 0, now: path.now) }
+        #expect(path.run(limit: 5000) { path.a.isIdle })  // acknowledged: room again
+        try path.a.send([UInt8](repeating: 2, count: 60_000), stream: 0, now: path.now)
+        #expect(throws: ReliableError.tooLarge(16 * 1024 * 1024 + 1)) {
+            try path.a.send([UInt8](repeating: 0, count: 16 * 1024 * 1024 + 1), stream: 0, now: path.now)
+        }
+    }
+
+    @Test func aSmallReceiveBufferBoundsWhatTheSenderPutsInFlight() throws {
+        var configuration = ReliableConfiguration()
+        configuration.receiveBuffer = 64 * 1024
+        let path = SimulatedPath(configuration: configuration)
+        for index in 0..<200 { try path.a.send(Self.message(index + 2, seed: 9), stream: UInt32(index % 4), now: path.now) }
+        var peak = 0
+        #expect(path.run(limit: 120_000) {
+            peak = max(peak, path.b.bufferedBytes)
+            return path.messages(atA: false).count == 200
+        })
+        #expect(peak <= 64 * 1024 + (1 << 20))  // the buffer, or one message larger than it
+        #expect(path.b.statistics.dropped == 0)  // the sender kept within the buffer
+    }
+
+    @Test func aDeadPeerIsNoticedAfterThreeUnansweredPings() throws {
+        let path = SimulatedPath()
+        try path.a.send([1, 2, 3], stream: 0, now: path.now)
+        #expect(path.run(limit: 1000) { path.messages(atA: false).count == 1 })
+        path.cut = true
+        let cutAt = path.now
+        #expect(path.run(limit: 120_000) { path.received[true]?.contains(.dead) == true })
+        let noticed = path.now - cutAt
+        #expect(noticed <= 25_000 + 3 * 3_000 + 1_000, "noticed after \(noticed) ms")
+        #expect(throws: ReliableError.closed) { try path.a.send([1], stream: 0, now: path.now) }
+    }
+
+    @Test func anIdleConnectionKeepsItsPathAliveWithPings() {
+        let path = SimulatedPath()
+        #expect(!path.run(limit: 300_000) { path.received[true]?.contains(.dead) == true || path.received[false]?.contains(.dead) == true })
+        #expect(path.datagrams >= 2 * 300 / 25 - 2 && path.datagrams <= 4 * 300 / 25 + 4)  // a ping and a pong per 25 s
+    }
+
+    @Test func presenceIsDelivered() {
+        let path = SimulatedPath()
+        path.a.sendPresence(.away, now: path.now)
+        #expect(path.run(limit: 1000) { path.received[false]?.contains(.presence(.away)) == true })
+    }
+
+    @Test func malformedFramesAreCountedAndDropped() throws {
+        let connection = ReliableConnection(now: 0)
+        let decoder = FrameDecoder()
+        func feed(_ type: MessageType, _ reserved: FrameReserved, _ payload: [UInt8]) throws {
+            let frame = try decoder.decode(try FrameEncoder.encode(type: type, sequence: 0, reserved: reserved, payload: payload))
+            connection.receive(frame.header, payload: frame.payload, now: 1)
+        }
+        try feed(.data, .zero, [UInt8](repeating: 0, count: 10))                                   // short header
+        try feed(.data, FrameReserved(word0: 0, word1: 5), [UInt8](repeating: 0, count: 28) + [1])  // fragment 5 of a 0-byte message
+        var header = [UInt8](repeating: 0, count: 28)
+        header[24...27] = [0x7F, 0xFF, 0xFF, 0xFF]                                           // 2 GiB message
+        try feed(.data, .zero, header + [1])
+        try feed(.ack, .zero, [UInt8](repeating: 0, count: 5))                                     // short ack
+        try feed(.ack, .zero, [0, 0, 0, 0, 0, 0, 0, 9] + [0, 0, 0, 0, 0])                           // acks packets never sent
+        try feed(.ping, .zero, [1])
+        try feed(.presence, .zero, [9])
+        #expect(connection.statistics.dropped == 7)
+        #expect(connection.takeEvents().isEmpty)
+        #expect(connection.statistics.messagesDelivered == 0)
+    }
+}
