@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "DNAReliable", dependencies: ["DNAWire"]),
 
         // Drivers: sockets and the I/O thread that runs a core (the DHT's UDP socket).
-        .target(name: "DNANet", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
+        .target(name: "DNANet", dependencies: ["DNADHT", "DNACrypto", "DNAWire", "DNAReliable"]),
         // NAT traversal: libnice's ICE agent on its own GLib loop thread.
         .target(name: "DNANat", dependencies: ["DNANet", "DNADHT", "CNice"]),
         // The STUN Binding server of `dnat node` (libnice's STUN agent).
@@ -74,7 +74,7 @@ let package = Package(
         .testTarget(name: "DNAWireTests", dependencies: ["DNAWire"]),
         .testTarget(name: "DNACryptoTests", dependencies: ["DNACrypto"]),
         .testTarget(name: "DNADHTTests", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
-        .testTarget(name: "DNANetTests", dependencies: ["DNANet", "DNADHT", "DNACrypto"]),
+        .testTarget(name: "DNANetTests", dependencies: ["DNANet", "DNADHT", "DNACrypto", "DNAReliable"]),
         .testTarget(name: "DNAReliableTests", dependencies: ["DNAReliable", "DNAWire"]),
     ]
 )

@@ -1,5 +1,18 @@
 import DNAWire
 
+/// A frame for the record layer to seal and send: type, reserved words 0 and 1, plaintext payload.
+public struct OutgoingFrame: Equatable, Sendable {
+    public var type: MessageType
+    public var word0: UInt32
+    public var word1: UInt32
+    public var payload: [UInt8]
+
+    /// The frame unsealed (sequence 0, word 2 zero), for tests and plaintext paths.
+    public var bytes: [UInt8] {
+        (try? FrameEncoder.encode(type: type, sequence: 0, reserved: FrameReserved(word0: word0, word1: word1), payload: payload)) ?? []
+    }
+}
+
 /// What a connection tells its driver.
 public enum ReliableEvent: Equatable, Sendable {
     /// A whole message, in order on its stream, exactly once.
@@ -162,7 +175,7 @@ public final class ReliableConnection {
     private var presenceToSend: PresenceStatus?
     public private(set) var isDead = false
 
-    private var outbox: [[UInt8]] = []
+    private var outbox: [OutgoingFrame] = []
     private var events: [ReliableEvent] = []
     public private(set) var statistics = Statistics()
 
@@ -450,7 +463,7 @@ public final class ReliableConnection {
     // MARK: Output
 
     /// Frames to seal and send, in order.
-    public func takeFrames() -> [[UInt8]] {
+    public func takeFrames() -> [OutgoingFrame] {
         defer { outbox.removeAll() }
         return outbox
     }
@@ -529,7 +542,7 @@ public final class ReliableConnection {
         return nil
     }
 
-    private func ackFrame() -> [UInt8] {
+    private func ackFrame() -> OutgoingFrame {
         let window = UInt64(configuration.receiveBuffer)  // the buffer's size: the sender keeps its use within it
         var ranges: [(UInt64, UInt64)] = []
         for packet in above.sorted() {
@@ -546,8 +559,8 @@ public final class ReliableConnection {
 
     static let dataHeaderSize = 28
 
-    static func frame(_ type: MessageType, reserved: FrameReserved, payload: [UInt8]) -> [UInt8] {
-        (try? FrameEncoder.encode(type: type, sequence: 0, reserved: reserved, payload: payload)) ?? []
+    static func frame(_ type: MessageType, reserved: FrameReserved, payload: [UInt8]) -> OutgoingFrame {
+        OutgoingFrame(type: type, word0: reserved.word0, word1: reserved.word1, payload: payload)
     }
 
     static func be(_ value: UInt64, _ count: Int) -> [UInt8] {

@@ -36,7 +36,8 @@ final class SimulatedPath {
     /// Moves what `from` queued onto the path.
     func flush() {
         for (connection, toB) in [(a, true), (b, false)] {
-            for frame in connection.takeFrames() {
+            for outgoing in connection.takeFrames() {
+                let frame = outgoing.bytes
                 datagrams += 1
                 if cut || next() < loss { continue }
                 let start = max(Double(now), busyUntil[toB] ?? 0)

@@ -1,0 +1,195 @@
+import DNACrypto
+import DNAReliable
+import DNAWire
+import Glibc
+
+/// The driver of one connection: a connected datagram socket (the fd of an ICE path, or any UDP or
+/// AF_UNIX datagram socket), the record layer (§3) and a ReliableConnection (§7), run by one I/O
+/// thread. Other threads send and receive messages through it.
+public final class TransportConnection: @unchecked Sendable {
+    public enum Failure: Error, Equatable, Sendable {
+        case closed
+        case full
+        case tooLarge(Int)
+        case timeout
+    }
+
+    private let fd: Int32
+    private let sealer: RecordSealer
+    private let opener: RecordOpener
+    private let connection: ReliableConnection
+    private let monitor = Monitor()
+    private var commands: [(ReliableConnection, UInt64) -> Void] = []
+    private var inbox: [(stream: UInt32, bytes: [UInt8])] = []
+    private var presence: PresenceStatus?
+    private var running = true
+    private var dead = false
+    private var wake: [Int32] = [-1, -1]
+    private var thread = pthread_t()
+    private var threadStarted = false
+    /// Datagrams that failed to open (forged, replayed, garbage): counted and dropped.
+    public private(set) var refused = 0
+
+    /// Takes `fd` (closed by `close`). The sealer and opener are the session's two directions.
+    public init(fd: Int32, sealer: RecordSealer, opener: RecordOpener,
+                configuration: ReliableConfiguration = ReliableConfiguration()) throws(NetError) {
+        self.fd = fd
+        self.sealer = sealer
+        self.opener = opener
+        connection = ReliableConnection(configuration: configuration, now: unixMilliseconds())
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        guard pipe(&wake) == 0 else { throw NetError("pipe") }
+        for end in wake { _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK) }
+        let started = pthread_create(&thread, nil, { argument in
+            guard let argument else { return nil }
+            Unmanaged<TransportConnection>.fromOpaque(argument).takeUnretainedValue().loop()
+            return nil
+        }, Unmanaged.passUnretained(self).toOpaque())
+        guard started == 0 else { throw NetError("pthread_create", started) }
+        threadStarted = true
+    }
+
+    deinit {
+        close()
+        for end in wake where end >= 0 { Glibc.close(end) }
+    }
+
+    /// Queues a message on `stream`; waits up to `timeout` ms while the send buffer is full.
+    public func send(_ message: [UInt8], stream: UInt32 = 0, timeout: Int = 10_000) throws(Failure) {
+        let deadline = unixMilliseconds() + UInt64(max(0, timeout))
+        while true {
+            let result = perform { connection, now -> Failure? in
+                do throws(ReliableError) {
+                    try connection.send(message, stream: stream, now: now)
+                    return nil
+                } catch {
+                    switch error {
+                    case .full: return .full
+                    case .tooLarge(let size): return .tooLarge(size)
+                    case .closed: return .closed
+                    }
+                }
+            }
+            switch result {
+            case nil: throw .closed
+            case .some(nil): return
+            case .some(.full?):
+                let now = unixMilliseconds()
+                guard now < deadline else { throw .full }
+                // Wait for acknowledgements to make room (the I/O thread broadcasts after each batch).
+                _ = monitor.wait(milliseconds: Int(min(deadline - now, 50))) { () -> Bool? in nil }
+            case .some(let failure?): throw failure
+            }
+        }
+    }
+
+    /// The next delivered message, waiting up to `timeout` ms.
+    public func receive(timeout: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8]) {
+        let got = monitor.wait(milliseconds: timeout) { () -> (UInt32, [UInt8])?? in
+            if !inbox.isEmpty { return .some(inbox.removeFirst()) }
+            if dead || !running { return .some(nil) }
+            return nil
+        }
+        guard let got else { throw .timeout }
+        guard let message = got else { throw .closed }
+        return message
+    }
+
+    /// Messages waiting to be received.
+    public var pending: Int { monitor.locked { inbox.count } }
+
+    public var isDead: Bool { monitor.locked { dead } }
+
+    public var peerPresence: PresenceStatus? { monitor.locked { presence } }
+
+    public func sendPresence(_ status: PresenceStatus) {
+        _ = perform { connection, now in connection.sendPresence(status, now: now) }
+    }
+
+    public var statistics: ReliableConnection.Statistics? { perform { connection, _ in connection.statistics } }
+
+    /// Stops the I/O thread and closes the socket. Idempotent.
+    public func close() {
+        let wasRunning = monitor.locked { () -> Bool in
+            defer { running = false }
+            return running
+        }
+        monitor.broadcast()
+        guard wasRunning, threadStarted else { return }
+        poke()
+        pthread_join(thread, nil)
+        Glibc.close(fd)
+    }
+
+    // MARK: I/O thread
+
+    private func perform<T>(_ body: @escaping (ReliableConnection, UInt64) -> T) -> T? {
+        let box = ResultBox<T>()
+        let accepted = monitor.locked { () -> Bool in
+            guard running else { return false }
+            commands.append { connection, now in
+                let value = body(connection, now)
+                self.monitor.locked {
+                    box.value = value
+                    box.done = true
+                }
+                self.monitor.broadcast()
+            }
+            return true
+        }
+        guard accepted else { return nil }
+        poke()
+        return monitor.wait(milliseconds: 60_000) { box.done ? box.value : nil }
+    }
+
+    private func poke() {
+        var byte: UInt8 = 1
+        _ = write(wake[1], &byte, 1)
+    }
+
+    private func loop() {
+        var descriptors = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while monitor.locked({ running }) {
+            let now = unixMilliseconds()
+            let deadline = connection.nextDeadline ?? now + 1000
+            _ = poll(&descriptors, 2, Int32(clamping: deadline > now ? min(deadline - now, 1000) : 0))
+            var drain = [UInt8](repeating: 0, count: 64)
+            while read(wake[0], &drain, 64) > 0 {}
+            let pending = monitor.locked { () -> [(ReliableConnection, UInt64) -> Void] in
+                defer { commands.removeAll() }
+                return commands
+            }
+            for command in pending { command(connection, unixMilliseconds()) }
+            for _ in 0..<256 {
+                let length = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                guard length > 0 else { break }
+                let opened = buffer.withUnsafeBytes { bytes in
+                    Result { () throws(RecordError) in try opener.open(UnsafeRawBufferPointer(rebasing: bytes[0..<length])) }
+                }
+                guard case .success(let (header, plaintext)) = opened else {
+                    refused += 1
+                    continue
+                }
+                connection.receive(header, payload: plaintext[...], now: unixMilliseconds())
+            }
+            let current = unixMilliseconds()
+            if let next = connection.nextDeadline, next <= current { connection.handleTimeout(now: current) }
+            for frame in connection.takeFrames() {
+                guard let sealed = try? sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1, plaintext: frame.payload) else { continue }
+                _ = sealed.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            }
+            let events = connection.takeEvents()
+            monitor.locked {
+                for event in events {
+                    switch event {
+                    case .message(let stream, let bytes): inbox.append((stream, bytes))
+                    case .dead: dead = true
+                    case .presence(let status): presence = status
+                    }
+                }
+            }
+            monitor.broadcast()
+        }
+    }
+}

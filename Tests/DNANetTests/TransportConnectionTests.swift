@@ -1,0 +1,128 @@
+import DNACrypto
+import DNANet
+import DNAReliable
+import Glibc
+import Testing
+
+/// Two TransportConnections over a datagram socket pair, with sealed frames (§3) and the reliable
+/// layer (§7) on their I/O threads.
+@Suite(.serialized) struct TransportConnectionTests {
+    static func pair(configuration: ReliableConfiguration = ReliableConfiguration()) throws -> (TransportConnection, TransportConnection) {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0)
+        var size: Int32 = 4 << 20
+        for fd in fds {
+            _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
+        }
+        let forward = (0..<32).map { UInt8($0) }, backward = (0..<32).map { UInt8(100 + $0) }
+        let a = try TransportConnection(fd: fds[0], sealer: try RecordSealer(trafficSecret: forward, direction: .initiatorToResponder),
+                                        opener: try RecordOpener(trafficSecret: backward, direction: .responderToInitiator),
+                                        configuration: configuration)
+        let b = try TransportConnection(fd: fds[1], sealer: try RecordSealer(trafficSecret: backward, direction: .responderToInitiator),
+                                        opener: try RecordOpener(trafficSecret: forward, direction: .initiatorToResponder),
+                                        configuration: configuration)
+        return (a, b)
+    }
+
+    @Test func messagesOfEverySizeCrossBothWaysInOrderPerStream() throws {
+        let (a, b) = try Self.pair()
+        defer {
+            a.close()
+            b.close()
+        }
+        let sizes = [0, 1, 1099, 1100, 1101, 65_536, 1 << 20]
+        for (index, size) in sizes.enumerated() {
+            try a.send((0..<size).map { UInt8(truncatingIfNeeded: $0 &+ index) }, stream: UInt32(index % 2))
+            try b.send([UInt8](repeating: UInt8(index), count: size), stream: 7)
+        }
+        var atB: [UInt32: [[UInt8]]] = [:], atA: [[UInt8]] = []
+        for _ in sizes {
+            let message = try b.receive(timeout: 10_000)
+            atB[message.stream, default: []].append(message.bytes)
+            let back = try a.receive(timeout: 10_000)
+            #expect(back.stream == 7)
+            atA.append(back.bytes)
+        }
+        for (index, size) in sizes.enumerated() {
+            let expected = (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ index) }
+            #expect(atB[UInt32(index % 2)]?.contains(expected) == true, "size \(size)")
+        }
+        #expect(atA == sizes.enumerated().map { [UInt8](repeating: UInt8($0.offset), count: $0.element) })
+        #expect(throws: TransportConnection.Failure.timeout) { try a.receive(timeout: 50) }
+    }
+
+    @Test func eightThreadsSendingAtOnceLoseNothing() throws {
+        let (a, b) = try Self.pair()
+        defer {
+            a.close()
+            b.close()
+        }
+        let perThread = 500
+        DispatchGroupless.run(threads: 8) { thread in
+            for index in 0..<perThread {
+                try? a.send(Array("t\(thread) m\(index)".utf8), stream: UInt32(thread))
+            }
+        }
+        var byStream: [UInt32: [String]] = [:]
+        for _ in 0..<(8 * perThread) {
+            let message = try b.receive(timeout: 10_000)
+            byStream[message.stream, default: []].append(String(decoding: message.bytes, as: UTF8.self))
+        }
+        for thread in 0..<8 {
+            #expect(byStream[UInt32(thread)] == (0..<perThread).map { "t\(thread) m\($0)" })
+        }
+    }
+
+    @Test func forgedDatagramsAreRefusedAndTheConnectionGoesOn() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0)
+        let secret = (0..<32).map { UInt8($0) }
+        let b = try TransportConnection(fd: fds[1], sealer: try RecordSealer(trafficSecret: secret, direction: .responderToInitiator),
+                                        opener: try RecordOpener(trafficSecret: secret, direction: .initiatorToResponder))
+        defer { b.close() }
+        let sealer = try RecordSealer(trafficSecret: secret, direction: .initiatorToResponder)
+        var junk: [UInt8] = Array("not a frame".utf8)
+        _ = send(fds[0], &junk, junk.count, 0)
+        var sealed = try sealer.seal(type: .ping, plaintext: [0, 0, 0, 0, 0, 0, 0, 1])
+        sealed[sealed.count - 1] ^= 1  // a modified tag
+        _ = send(fds[0], &sealed, sealed.count, 0)
+        var ping = try sealer.seal(type: .ping, plaintext: [0, 0, 0, 0, 0, 0, 0, 2])
+        _ = send(fds[0], &ping, ping.count, 0)
+        var answer = [UInt8](repeating: 0, count: 2048)
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        _ = setsockopt(fds[0], SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let length = recv(fds[0], &answer, answer.count, 0)
+        #expect(length > 32)  // the PONG to the genuine ping
+        #expect(b.refused == 2)
+        Glibc.close(fds[0])
+    }
+}
+
+/// Runs `body` on `threads` pthreads at once and waits for all.
+enum DispatchGroupless {
+    final class Box {
+        let body: (Int) -> Void
+        let index: Int
+        init(_ body: @escaping (Int) -> Void, _ index: Int) {
+            self.body = body
+            self.index = index
+        }
+    }
+
+    static func run(threads: Int, _ body: @escaping (Int) -> Void) {
+        var handles: [pthread_t] = []
+        for index in 0..<threads {
+            var thread = pthread_t()
+            let box = Unmanaged.passRetained(Box(body, index)).toOpaque()
+            guard pthread_create(&thread, nil, { argument in
+                guard let argument else { return nil }
+                let box = Unmanaged<Box>.fromOpaque(argument).takeRetainedValue()
+                box.body(box.index)
+                return nil
+            }, box) == 0 else { continue }
+            handles.append(thread)
+        }
+        for thread in handles { pthread_join(thread, nil) }
+    }
+}
