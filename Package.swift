@@ -67,7 +67,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "DNABench",
-            dependencies: ["DNAWire", "DNACrypto", "CZlib", "CSodium", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["DNAWire", "DNACrypto", "DNANet", "DNAReliable", "CZlib", "CSodium", .product(name: "Crypto", package: "swift-crypto")],
             path: "bench/DNABench"
         ),
 

@@ -20,6 +20,14 @@ public final class TransportConnection: @unchecked Sendable {
     private let connection: ReliableConnection
     private let monitor = Monitor()
     private var commands: [(ReliableConnection, UInt64) -> Void] = []
+    private let configuration: ReliableConfiguration
+    /// Messages handed over by `send` (under the monitor), and those the connection's own buffer
+    /// could not take yet (I/O thread only).
+    private var outgoing: [(UInt32, [UInt8])] = []
+    private var backlog: [(UInt32, [UInt8])] = []
+    private var backlogBytes = 0
+    /// Bytes sent and not yet acknowledged, as the I/O thread last counted (plus what came since).
+    private var queuedEstimate = 0
     private var inbox: [(stream: UInt32, bytes: [UInt8])] = []
     private var presence: PresenceStatus?
     private var running = true
@@ -36,6 +44,7 @@ public final class TransportConnection: @unchecked Sendable {
         self.fd = fd
         self.sealer = sealer
         self.opener = opener
+        self.configuration = configuration
         connection = ReliableConnection(configuration: configuration, now: unixMilliseconds())
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         guard pipe(&wake) == 0 else { throw NetError("pipe") }
@@ -54,33 +63,20 @@ public final class TransportConnection: @unchecked Sendable {
         for end in wake where end >= 0 { Glibc.close(end) }
     }
 
-    /// Queues a message on `stream`; waits up to `timeout` ms while the send buffer is full.
+    /// Queues a message on `stream` and returns at once; waits up to `timeout` ms only while the send
+    /// buffer (messages not yet acknowledged) is full. Messages from one thread keep their order.
     public func send(_ message: [UInt8], stream: UInt32 = 0, timeout: Int = 10_000) throws(Failure) {
-        let deadline = unixMilliseconds() + UInt64(max(0, timeout))
-        while true {
-            let result = perform { connection, now -> Failure? in
-                do throws(ReliableError) {
-                    try connection.send(message, stream: stream, now: now)
-                    return nil
-                } catch {
-                    switch error {
-                    case .full: return .full
-                    case .tooLarge(let size): return .tooLarge(size)
-                    case .closed: return .closed
-                    }
-                }
-            }
-            switch result {
-            case nil: throw .closed
-            case .some(nil): return
-            case .some(.full?):
-                let now = unixMilliseconds()
-                guard now < deadline else { throw .full }
-                // Wait for acknowledgements to make room (the I/O thread broadcasts after each batch).
-                _ = monitor.wait(milliseconds: Int(min(deadline - now, 50))) { () -> Bool? in nil }
-            case .some(let failure?): throw failure
-            }
+        guard message.count <= configuration.maximumMessageSize else { throw .tooLarge(message.count) }
+        let outcome = monitor.wait(milliseconds: max(0, timeout)) { () -> Failure?? in
+            if !running || dead { return .some(.closed) }
+            guard queuedEstimate == 0 || queuedEstimate + message.count <= configuration.maximumQueuedBytes else { return nil }
+            outgoing.append((stream, message))
+            queuedEstimate += message.count
+            return .some(nil)
         }
+        guard let outcome else { throw .full }
+        if let failure = outcome { throw failure }
+        poke()
     }
 
     /// The next delivered message, waiting up to `timeout` ms.
@@ -161,6 +157,22 @@ public final class TransportConnection: @unchecked Sendable {
                 return commands
             }
             for command in pending { command(connection, unixMilliseconds()) }
+            let handed = monitor.locked { () -> [(UInt32, [UInt8])] in
+                defer { outgoing.removeAll(keepingCapacity: true) }
+                return outgoing
+            }
+            for item in handed { backlogBytes += item.1.count }
+            backlog += handed
+            var taken = 0
+            let sendTime = unixMilliseconds()
+            for (stream, message) in backlog {
+                do throws(ReliableError) { try connection.send(message, stream: stream, now: sendTime) } catch {
+                    if error == .full { break }
+                }
+                backlogBytes -= message.count
+                taken += 1
+            }
+            backlog.removeFirst(taken)
             for _ in 0..<256 {
                 let length = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                 guard length > 0 else { break }
@@ -180,7 +192,9 @@ public final class TransportConnection: @unchecked Sendable {
                 _ = sealed.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
             }
             let events = connection.takeEvents()
+            let queued = connection.queuedBytes + backlogBytes
             monitor.locked {
+                queuedEstimate = queued + outgoing.reduce(0) { $0 + $1.1.count }
                 for event in events {
                     switch event {
                     case .message(let stream, let bytes): inbox.append((stream, bytes))

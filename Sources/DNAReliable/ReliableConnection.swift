@@ -125,10 +125,12 @@ public final class ReliableConnection {
     private var roundRobin = 0
     private var retransmit: [(stream: UInt32, message: UInt64, fragment: Int)] = []
     private var retransmitHead = 0
-    private var inFlight: [UInt64: Sent] = [:]
+    /// Packets in flight, by number: entry i is packet `sentBase + i` (nil once acknowledged or lost).
+    private var sentPackets: [Sent?] = []
+    private var sentHead = 0
+    private var sentBase: UInt64 = 0
+    private var inFlightCount = 0
     private var nextPacket: UInt64 = 0
-    /// No packet below it is in flight (advanced lazily).
-    private var lowestInFlight: UInt64 = 0
     private var largestAcked: UInt64?
     public private(set) var queuedBytes = 0
     /// Bytes of messages whose first fragment was sent and which are not wholly acknowledged.
@@ -341,8 +343,15 @@ public final class ReliableConnection {
             ranges.append(first...last)
         }
         var newlyAcked: [(UInt64, Sent)] = []
-        for (packet, sent) in inFlight where packet < acked || ranges.contains(where: { $0.contains(packet) }) {
-            newlyAcked.append((packet, sent))
+        var packet = lowestInFlight
+        while packet < acked {
+            if let sent = removeSent(packet) { newlyAcked.append((packet, sent)) }
+            packet = max(packet + 1, lowestInFlight)
+        }
+        for range in ranges where range.upperBound >= lowestInFlight {
+            for packet in max(range.lowerBound, lowestInFlight)...range.upperBound {
+                if let sent = removeSent(packet) { newlyAcked.append((packet, sent)) }
+            }
         }
         guard !newlyAcked.isEmpty else { return }
         newlyAcked.sort { $0.0 < $1.0 }
@@ -351,9 +360,7 @@ public final class ReliableConnection {
             largestAcked = largest.0
             updateRTT(sample: Double(now - largest.1.sentAt))
         }
-        for (packet, sent) in newlyAcked {
-            inFlight[packet] = nil
-            bytesInFlight -= sent.size
+        for (_, sent) in newlyAcked {
             acknowledge(sent)
             // NewReno growth, none while recovering from a loss sent after the recovery started.
             if sent.sentAt > recoveryStart || recoveryStart == 0 {
@@ -366,8 +373,32 @@ public final class ReliableConnection {
         }
         backoff = 1
         detectLosses(now: now)
-        rtoDeadline = inFlight.isEmpty ? nil : now + currentRTO
+        rtoDeadline = inFlightCount == 0 ? nil : now + currentRTO
     }
+
+    /// The packet in flight with this number, if any.
+    private func sentPacket(_ packet: UInt64) -> Sent? {
+        guard packet >= sentBase + UInt64(sentHead), packet < nextPacket else { return nil }
+        return sentPackets[Int(packet - sentBase)]
+    }
+
+    private func removeSent(_ packet: UInt64) -> Sent? {
+        guard let sent = sentPacket(packet) else { return nil }
+        sentPackets[Int(packet - sentBase)] = nil
+        inFlightCount -= 1
+        bytesInFlight -= sent.size
+        // Skip acknowledged and lost packets at the front; drop them from the array now and then.
+        while sentHead < sentPackets.count, sentPackets[sentHead] == nil { sentHead += 1 }
+        if sentHead > 4096 {
+            sentPackets.removeFirst(sentHead)
+            sentBase += UInt64(sentHead)
+            sentHead = 0
+        }
+        return sent
+    }
+
+    /// The lowest packet number still in flight (nextPacket when none).
+    private var lowestInFlight: UInt64 { sentHead < sentPackets.count ? sentBase + UInt64(sentHead) : nextPacket }
 
     private func acknowledge(_ sent: Sent) {
         guard let stream = streams[sent.stream], let message = stream.live[sent.message],
@@ -398,15 +429,18 @@ public final class ReliableConnection {
     private func detectLosses(now: UInt64) {
         guard let largest = largestAcked else { return }
         let delay = UInt64(1.125 * max(srtt ?? Double(rto), 1))
+        // Every packet 3 or more below the largest acknowledged is lost; of the 2 below it, those sent
+        // more than 9/8 RTT ago. Packets are scanned from the lowest in flight, which stays low.
         var lost: [UInt64] = []
-        for (packet, sent) in inFlight where packet < largest && (largest - packet >= 3 || now >= sent.sentAt + delay) {
-            lost.append(packet)
+        var packet = lowestInFlight
+        while packet < largest {
+            if let sent = sentPacket(packet), largest - packet >= 3 || now >= sent.sentAt + delay { lost.append(packet) }
+            packet += 1
         }
         guard !lost.isEmpty else { return }
         var newestLostSentAt: UInt64 = 0
-        for packet in lost.sorted() {
-            guard let sent = inFlight.removeValue(forKey: packet) else { continue }
-            bytesInFlight -= sent.size
+        for packet in lost {
+            guard let sent = removeSent(packet) else { continue }
             newestLostSentAt = max(newestLostSentAt, sent.sentAt)
             requeue(sent)
         }
@@ -432,11 +466,13 @@ public final class ReliableConnection {
 
     public func handleTimeout(now: UInt64) {
         guard !isDead else { return }
-        if let deadline = rtoDeadline, now >= deadline, !inFlight.isEmpty {
+        if let deadline = rtoDeadline, now >= deadline, inFlightCount > 0 {
             // RTO: everything in flight is lost; one packet's window; the timer backs off.
-            for (_, sent) in inFlight.sorted(by: { $0.key < $1.key }) { requeue(sent) }
-            inFlight.removeAll()
-            bytesInFlight = 0
+            var packet = lowestInFlight
+            while packet < nextPacket {
+                if let sent = removeSent(packet) { requeue(sent) }
+                packet += 1
+            }
             slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
             congestionWindow = configuration.fragmentSize
             recoveryStart = now
@@ -474,7 +510,7 @@ public final class ReliableConnection {
     }
 
     /// Nothing queued, nothing in flight.
-    public var isIdle: Bool { queuedBytes == 0 && inFlight.isEmpty }
+    public var isIdle: Bool { queuedBytes == 0 && inFlightCount == 0 }
 
     private func pump(now: UInt64) {
         for nonce in pongsOwed { outbox.append(Self.frame(.pong, reserved: .zero, payload: Self.be(nonce, 8))) }
@@ -492,13 +528,18 @@ public final class ReliableConnection {
             let chunk = outgoing.bytes[start..<min(start + size, outgoing.bytes.count)]
             let packet = nextPacket
             nextPacket += 1
-            while lowestInFlight < packet && inFlight[lowestInFlight] == nil { lowestInFlight += 1 }
-            let leastUnacked = lowestInFlight
+            let leastUnacked = min(lowestInFlight, packet)
             var payload = Self.be(packet, 8) + Self.be(leastUnacked, 8) + Self.be(message, 8) + Self.be(UInt64(outgoing.bytes.count), 4)
             payload += chunk
             outbox.append(Self.frame(.data, reserved: FrameReserved(word0: stream, word1: UInt32(fragment)), payload: payload))
             let packetSize = chunk.count + Self.dataHeaderSize
-            inFlight[packet] = Sent(stream: stream, message: message, fragment: fragment, size: packetSize, sentAt: now)
+            if sentHead == sentPackets.count {  // nothing in flight: restart the array at this packet
+                sentPackets.removeAll(keepingCapacity: true)
+                sentHead = 0
+                sentBase = packet
+            }
+            sentPackets.append(Sent(stream: stream, message: message, fragment: fragment, size: packetSize, sentAt: now))
+            inFlightCount += 1
             bytesInFlight += packetSize
             statistics.packetsSent += 1
             sent += 1

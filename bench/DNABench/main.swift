@@ -228,4 +228,5 @@ do {
     print("handshake bench failed: \(error)")
     exit(1)
 }
+ConnectionBench.run()
 if sink == 42 { print("") }  // keep the work observable
