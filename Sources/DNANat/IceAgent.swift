@@ -276,12 +276,14 @@ public final class IceAgent: @unchecked Sendable {
                 self.watch = nil
             }
             guard let agent = self.agent else { return false }
+            // Unretained: the callback runs only on the loop thread, which stops below before this
+            // object can go (close may be running from deinit, where retaining self is not allowed).
             nice_agent_close_async(agent, { _, _, data in
                 guard let data else { return }
-                let me = Unmanaged<IceAgent>.fromOpaque(data).takeRetainedValue()
+                let me = Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue()
                 me.monitor.locked { me.closeDone = true }
                 me.monitor.broadcast()
-            }, Unmanaged.passRetained(self).toOpaque())
+            }, Unmanaged.passUnretained(self).toOpaque())
             return true
         }
         if closing { _ = monitor.wait(milliseconds: 1000) { closeDone ? true : nil } }
