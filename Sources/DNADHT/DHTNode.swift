@@ -183,6 +183,7 @@ public final class DHTNode {
     private var holders: [NodeID: [Endpoint]] = [:]
     private var nextKeepalive: UInt64?
     private var outstanding: [UInt64: (holders: Set<Endpoint>, expires: UInt64)] = [:]
+    private var nextSweep: UInt64 = 0
 
     public init(credential: NodeCredential, configuration: DHTConfiguration = DHTConfiguration(), now: UInt64,
                 seed: UInt64? = nil) {
@@ -578,8 +579,12 @@ public final class DHTNode {
             for endpoint in Set(holders.values.joined()) { ping(endpoint, expected: nil, now: now) }
             nextKeepalive = holders.isEmpty ? nil : now + configuration.keepaliveInterval
         }
-        relays = relays.filter { $0.value.expires > now }
-        outstanding = outstanding.filter { $0.value.expires > now }
+        // Expired relays and signals go every 5 s (each is also checked for expiry where it is used).
+        if now >= nextSweep {
+            nextSweep = now + 5000
+            if !relays.isEmpty { relays = relays.filter { $0.value.expires > now } }
+            if !outstanding.isEmpty { outstanding = outstanding.filter { $0.value.expires > now } }
+        }
         for (key, partial) in reassembly where partial.started + 5000 <= now { reassembly[key] = nil }
         if now >= tokenRotatedAt + configuration.tokenRotation {
             previousTokenSecret = tokenSecret

@@ -32,7 +32,7 @@ final class GLibLoop: @unchecked Sendable {
             g_main_context_unref(context)
             throw .io("pthread_create: \(started)")
         }
-        running = true
+        monitor.locked { running = true }
     }
 
     deinit {
@@ -42,7 +42,7 @@ final class GLibLoop: @unchecked Sendable {
     }
 
     /// True on the loop's own thread.
-    var isCurrent: Bool { running && pthread_equal(pthread_self(), thread) != 0 }
+    var isCurrent: Bool { monitor.locked { running } && pthread_equal(pthread_self(), thread) != 0 }
 
     /// Runs `work` on the loop thread, later.
     func post(_ work: @escaping () -> Void) {
@@ -54,9 +54,12 @@ final class GLibLoop: @unchecked Sendable {
         }, box)
     }
 
-    /// Runs `work` on the loop thread and waits for its result (inline when already on it).
-    func sync<T>(_ work: @escaping () -> T) -> T {
+    /// Runs `work` on the loop thread and waits for its result (inline when already on it); nil when
+    /// the loop stopped before it ran (a call racing with the context's free).
+    @discardableResult
+    func sync<T>(_ work: @escaping () -> T) -> T? {
         if isCurrent { return work() }
+        guard monitor.locked({ running }) else { return nil }
         let box = ResultBox<T>()
         post {
             let value = work()
@@ -66,19 +69,23 @@ final class GLibLoop: @unchecked Sendable {
             }
             self.monitor.broadcast()
         }
-        // The loop thread runs until stop(), which only the owner calls after its last sync.
         while true {
-            if let value = monitor.wait(milliseconds: 60_000, until: { box.done ? box.value : nil }) { return value }
+            let outcome = monitor.wait(milliseconds: 100) { () -> T?? in
+                if box.done { return .some(box.value) }
+                return running ? nil : .some(nil)
+            }
+            if let outcome { return outcome }
         }
     }
 
     /// Quits the loop and joins its thread. Idempotent; not from the loop thread.
     func stop() {
-        guard running, !isCurrent else { return }
+        guard monitor.locked({ running }), !isCurrent else { return }
         g_main_loop_quit(loop)
         g_main_context_wakeup(context)
         pthread_join(thread, nil)
-        running = false
+        monitor.locked { running = false }
+        monitor.broadcast()
     }
 
     private final class Work {

@@ -130,7 +130,7 @@ public final class IceAgent: @unchecked Sendable {
         }
         _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
         pair = fds
-        let made: Bool = loop.sync { self.makeAgent() }
+        let made: Bool = loop.sync { self.makeAgent() } ?? false
         guard made else {
             close()
             throw .io("nice_agent_new_full failed")
@@ -175,14 +175,14 @@ public final class IceAgent: @unchecked Sendable {
                 g_free(password)
             }
             return (String(cString: ufrag), String(cString: password))
-        }
+        } ?? nil
     }
 
     public func setRemoteCredentials(ufrag: String, password: String) throws(NatError) {
         let ok = loop.sync { () -> Bool in
             guard let agent = self.agent else { return false }
             return nice_agent_set_remote_credentials(agent, self.streamID, ufrag, password) != 0
-        }
+        } ?? false
         guard ok else { throw .invalid("libnice refused the credentials") }
         monitor.locked { remoteCredentialsSet = true }
     }
@@ -194,7 +194,7 @@ public final class IceAgent: @unchecked Sendable {
             return !gatheringStarted
         }
         if start {
-            let ok = loop.sync { self.startGathering() }
+            let ok = loop.sync { self.startGathering() } ?? false
             guard ok else { throw .io("libnice could not gather candidates (no usable local address)") }
         }
         // libnice drops a STUN server's answer on the socket that also holds a TURN-UDP allocation and
@@ -202,7 +202,7 @@ public final class IceAgent: @unchecked Sendable {
         // address too, so with a TURN server the candidates are complete once the relayed one is in.
         let withTurn = monitor.locked { turnServer != nil }
         _ = monitor.wait(milliseconds: timeout) { gatheringDone || (withTurn && haveRelay) ? true : nil }
-        let list = loop.sync { self.localCandidates() }
+        let list = loop.sync { self.localCandidates() } ?? []
         guard !list.isEmpty else { throw .io("no local candidate") }
         return list
     }
@@ -286,7 +286,7 @@ public final class IceAgent: @unchecked Sendable {
             }, Unmanaged.passUnretained(self).toOpaque())
             return true
         }
-        if closing { _ = monitor.wait(milliseconds: 1000) { closeDone ? true : nil } }
+        if closing == true { _ = monitor.wait(milliseconds: 1000) { closeDone ? true : nil } }
         loop.sync {
             guard let agent = self.agent else { return }
             nice_agent_remove_stream(agent, self.streamID)
