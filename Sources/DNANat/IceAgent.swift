@@ -36,6 +36,17 @@ public struct IceCandidate: Sendable, Hashable, CustomStringConvertible {
         return (kind.typePreference << 24) + (localPreference << 8) + 255
     }
 
+    /// RFC 1918, RFC 6598 (carrier-grade NAT) or IPv6 unique-local: an address behind some NAT.
+    public var isPrivate: Bool {
+        let parts = ip.split(separator: ".").compactMap { UInt8($0) }
+        if parts.count == 4 {
+            return parts[0] == 10 || (parts[0] == 172 && (16...31).contains(parts[1])) || (parts[0] == 192 && parts[1] == 168)
+                || (parts[0] == 100 && (64...127).contains(parts[1]))
+        }
+        let lower = ip.lowercased()
+        return lower.hasPrefix("fc") || lower.hasPrefix("fd")
+    }
+
     /// The foundation both sides derive: the kind and the address (RFC 8445 §5.1.1.3 groups candidates
     /// of one type, base and server; the address stands for both here).
     public var foundation: String {
@@ -98,6 +109,9 @@ public final class IceAgent: @unchecked Sendable {
     private var gatheringStarted = false
     private var gatheringDone = false
     private var haveRelay = false
+    private var haveReflexive = false
+    /// A host candidate has a private address: a reflexive one is worth waiting for.
+    private var privateHost = false
     private var state = NICE_COMPONENT_STATE_DISCONNECTED.rawValue
     private var selected: (local: IceCandidate, remote: IceCandidate)?
     private var remoteCredentialsSet = false
@@ -199,9 +213,13 @@ public final class IceAgent: @unchecked Sendable {
         }
         // libnice drops a STUN server's answer on the socket that also holds a TURN-UDP allocation and
         // waits about 2 s for it (NATLAB-NOTES.md). The allocation's answer carries the reflexive
-        // address too, so with a TURN server the candidates are complete once the relayed one is in.
+        // address too, so with a TURN server the candidates are complete once the relayed one is in
+        // and, behind a NAT (a private host address), the reflexive one (when the UDP allocation's
+        // answer was lost and the TCP one came first, only STUN can still bring it).
         let withTurn = monitor.locked { turnServer != nil }
-        _ = monitor.wait(milliseconds: timeout) { gatheringDone || (withTurn && haveRelay) ? true : nil }
+        _ = monitor.wait(milliseconds: timeout) {
+            gatheringDone || (withTurn && haveRelay && (haveReflexive || !privateHost)) ? true : nil
+        }
         let list = loop.sync { self.localCandidates() } ?? []
         guard !list.isEmpty else { throw .io("no local candidate") }
         return list
@@ -334,9 +352,15 @@ public final class IceAgent: @unchecked Sendable {
             me.monitor.broadcast()
         }, me)
         _ = dna_connect_new_candidate(agent, { _, candidate, data in
-            guard let data, let candidate, candidate.pointee.type == NICE_CANDIDATE_TYPE_RELAYED else { return }
+            guard let data, let candidate else { return }
             let me = Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue()
-            me.monitor.locked { me.haveRelay = true }
+            let type = candidate.pointee.type
+            let isPrivate = type == NICE_CANDIDATE_TYPE_HOST && (IceCandidate(candidate.pointee)?.isPrivate ?? false)
+            me.monitor.locked {
+                if type == NICE_CANDIDATE_TYPE_RELAYED { me.haveRelay = true }
+                if type == NICE_CANDIDATE_TYPE_SERVER_REFLEXIVE { me.haveReflexive = true }
+                if isPrivate { me.privateHost = true }
+            }
             me.monitor.broadcast()
         }, me)
         _ = dna_connect_state_changed(agent, { _, _, _, state, data in
