@@ -134,11 +134,10 @@ public final class DHTNode {
     }
 
     // Round-trip estimate (RFC 6298), for request timeouts.
-    private var srtt: Double?
-    private var rttvar = 0.0
+    private var rtt = RTTEstimator()
     var requestTimeout: UInt64 {
-        guard let srtt else { return 1000 }
-        return UInt64(min(5000, max(250, srtt + 4 * rttvar)))
+        guard let srtt = rtt.smoothed else { return 1000 }
+        return UInt64(min(5000, max(250, srtt + 4 * rtt.variation)))
     }
 
     // Storage.
@@ -495,14 +494,7 @@ public final class DHTNode {
             return
         }
         pending[message.transaction] = nil
-        let sample = Double(now - request.sentAt)
-        if let estimate = srtt {
-            rttvar = 0.75 * rttvar + 0.25 * abs(estimate - sample)
-            srtt = 0.875 * estimate + 0.125 * sample
-        } else {
-            srtt = sample
-            rttvar = sample / 2
-        }
+        rtt.add(sample: Double(now - request.sentAt))
         if let oldest = table.seen(Contact(id: sender, endpoint: source), now: now) {
             ping(oldest.endpoint, expected: oldest.id, now: now)
         }

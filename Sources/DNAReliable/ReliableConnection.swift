@@ -140,8 +140,7 @@ public final class ReliableConnection {
     private var slowStartThreshold = Int.max
     private var recoveryStart: UInt64 = 0
     private var peerWindow: Int
-    private var srtt: Double?
-    private var rttvar = 0.0
+    private var rtt = RTTEstimator()
     private var rto: UInt64
     private var rtoDeadline: UInt64?
     private var backoff: UInt64 = 1
@@ -413,14 +412,9 @@ public final class ReliableConnection {
     }
 
     private func updateRTT(sample: Double) {
-        if let estimate = srtt {
-            rttvar = 0.75 * rttvar + 0.25 * abs(estimate - sample)
-            srtt = 0.875 * estimate + 0.125 * sample
-        } else {
-            srtt = sample
-            rttvar = sample / 2
-        }
-        rto = UInt64(min(Double(configuration.maximumRTO), max(Double(configuration.minimumRTO), (srtt ?? 0) + max(1, 4 * rttvar))))
+        rtt.add(sample: sample)
+        let estimate = (rtt.smoothed ?? 0) + max(1, 4 * rtt.variation)
+        rto = UInt64(min(Double(configuration.maximumRTO), max(Double(configuration.minimumRTO), estimate)))
     }
 
     private var currentRTO: UInt64 { min(configuration.maximumRTO, rto * backoff) }
@@ -428,7 +422,7 @@ public final class ReliableConnection {
     /// Packet threshold 3 and time threshold 9/8 RTT (RFC 9002's rules, over this protocol's packets).
     private func detectLosses(now: UInt64) {
         guard let largest = largestAcked else { return }
-        let delay = UInt64(1.125 * max(srtt ?? Double(rto), 1))
+        let delay = UInt64(1.125 * max(rtt.smoothed ?? Double(rto), 1))
         // Every packet 3 or more below the largest acknowledged is lost; of the 2 below it, those sent
         // more than 9/8 RTT ago. Packets are scanned from the lowest in flight, which stays low.
         var lost: [UInt64] = []

@@ -205,6 +205,28 @@ final class SimulatedPath {
         #expect(path.run(limit: 1000) { path.received[false]?.contains(.presence(.away)) == true })
     }
 
+    @Test func randomFramesAreCountedAndDroppedWithoutACrash() throws {
+        // 20,000 frames of every type with random reserved words and random payloads (most of them
+        // short, some just past DATA's header): none crashes the connection, most are counted as dropped.
+        let connection = ReliableConnection(now: 0)
+        let decoder = FrameDecoder()
+        var x: UInt64 = 0x5EED
+        func next() -> UInt64 {
+            x = x &* 6364136223846793005 &+ 1442695040888963407
+            return x >> 17
+        }
+        for round in 0..<20_000 {
+            let type = MessageType.allCases[Int(next() % UInt64(MessageType.allCases.count))]
+            let length = round % 4 == 0 ? 28 + Int(next() % 40) : Int(next() % 64)
+            let payload = (0..<length).map { _ in UInt8(truncatingIfNeeded: next()) }
+            let reserved = FrameReserved(word0: UInt32(truncatingIfNeeded: next()), word1: UInt32(truncatingIfNeeded: next() % 4))
+            let frame = try decoder.decode(try FrameEncoder.encode(type: type, sequence: 0, reserved: reserved, payload: payload))
+            connection.receive(frame.header, payload: frame.payload, now: UInt64(round))
+        }
+        #expect(connection.statistics.dropped > 10_000)
+        #expect(!connection.isDead)
+    }
+
     @Test func malformedFramesAreCountedAndDropped() throws {
         let connection = ReliableConnection(now: 0)
         let decoder = FrameDecoder()

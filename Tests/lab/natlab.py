@@ -355,12 +355,7 @@ table ip filter {{
                 except subprocess.TimeoutExpired:
                     pass
         for name in reversed(self.namespaces):
-            for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            delete_namespace(name)
         self.namespaces = []
         if self.owned_dir:
             subprocess.run(["rm", "-rf", self.dir])
@@ -422,6 +417,16 @@ def run_pair(lab, impl="dnatransport", stun=True, turn=True, timeout=10000, ping
     return events
 
 
+def delete_namespace(name):
+    """Kills every process left in the namespace, then deletes it."""
+    for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 def cleanup():
     """Deletes the namespaces of lab processes that are gone."""
     removed = []
@@ -432,12 +437,7 @@ def cleanup():
         pid = name[len(PREFIX):].split("x")[0]
         if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
             continue
-        for process in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
-            try:
-                os.kill(int(process), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        delete_namespace(name)
         removed.append(name)
     return removed
 
