@@ -42,11 +42,13 @@ let package = Package(
         .target(name: "DNANat", dependencies: ["DNANet", "DNADHT", "CNice"]),
         // The STUN Binding server of `dnat node` (libnice's STUN agent).
         .target(name: "STUNServer", dependencies: ["CNice", "DNADHT"]),
+        // The transport context: DHT signaling, ICE, the handshake over the path, reliable connections.
+        .target(name: "DNATransport", dependencies: ["DNANet", "DNANat", "DNADHT", "DNACrypto", "DNAReliable", "STUNServer"]),
 
         // The C ABI: @_cdecl exports only (check arguments, convert, call Swift, map errors).
         .target(
             name: "DNACABI",
-            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "DNANat", "CDNATransport", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "DNANat", "DNATransport", "DNAReliable", "STUNServer", "CDNATransport", .product(name: "Logging", package: "swift-log")],
             exclude: ["dnatransport.map"],
             linkerSettings: [
                 .unsafeFlags([
@@ -63,7 +65,7 @@ let package = Package(
 
         .executableTarget(
             name: "dnat",
-            dependencies: ["DNAWire", "DNADHT", "DNANet", "STUNServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["DNAWire", "DNADHT", "DNANet", "DNACrypto", "DNATransport", "STUNServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         .executableTarget(
             name: "DNABench",
@@ -76,5 +78,6 @@ let package = Package(
         .testTarget(name: "DNADHTTests", dependencies: ["DNADHT", "DNACrypto", "DNAWire"]),
         .testTarget(name: "DNANetTests", dependencies: ["DNANet", "DNADHT", "DNACrypto", "DNAReliable"]),
         .testTarget(name: "DNAReliableTests", dependencies: ["DNAReliable", "DNAWire"]),
+        .testTarget(name: "DNATransportTests", dependencies: ["DNATransport", "DNANet", "DNADHT", "DNACrypto", "DNANat", "DNAReliable", "STUNServer"]),
     ]
 )

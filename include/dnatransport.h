@@ -15,5 +15,6 @@
 #include "dnatransport/dna_session.h"
 #include "dnatransport/dht_discovery.h"
 #include "dnatransport/nat_traversal.h"
+#include "dnatransport/network_transport.h"
 
 #endif /* DNATRANSPORT_H */

@@ -14,15 +14,21 @@ static inline size_t dna_stun_answer_binding(const uint8_t *request, size_t requ
                                              uint8_t *out, size_t out_capacity) {
     StunAgent agent;
     StunMessage message, response;
-    stun_agent_init(&agent, STUN_ALL_KNOWN_ATTRIBUTES, STUN_COMPATIBILITY_RFC5389,
-                    (StunAgentUsageFlags)(STUN_AGENT_USAGE_IGNORE_CREDENTIALS | STUN_AGENT_USAGE_ADD_SOFTWARE));
+    /* libnice's own discovery requests are RFC 3489's (no magic cookie): those get a classic
+       MAPPED-ADDRESS answer, RFC 8489 requests an XOR-MAPPED-ADDRESS one. */
+    int classic = request_len >= 8 && !(request[4] == 0x21 && request[5] == 0x12 && request[6] == 0xA4 && request[7] == 0x42);
+    stun_agent_init(&agent, STUN_ALL_KNOWN_ATTRIBUTES, classic ? STUN_COMPATIBILITY_RFC3489 : STUN_COMPATIBILITY_RFC5389,
+                    (StunAgentUsageFlags)(STUN_AGENT_USAGE_IGNORE_CREDENTIALS | (classic ? 0 : STUN_AGENT_USAGE_ADD_SOFTWARE)));
     if (stun_agent_validate(&agent, &message, request, request_len, NULL, NULL) != STUN_VALIDATION_SUCCESS)
         return 0;
     if (stun_message_get_class(&message) != STUN_REQUEST || stun_message_get_method(&message) != STUN_BINDING)
         return 0;
     if (!stun_agent_init_response(&agent, &response, out, out_capacity, &message))
         return 0;
-    if (stun_message_append_xor_addr(&response, STUN_ATTRIBUTE_XOR_MAPPED_ADDRESS, from, from_len) != STUN_MESSAGE_RETURN_SUCCESS)
+    if (classic) {
+        if (stun_message_append_addr(&response, STUN_ATTRIBUTE_MAPPED_ADDRESS, from, from_len) != STUN_MESSAGE_RETURN_SUCCESS)
+            return 0;
+    } else if (stun_message_append_xor_addr(&response, STUN_ATTRIBUTE_XOR_MAPPED_ADDRESS, from, from_len) != STUN_MESSAGE_RETURN_SUCCESS)
         return 0;
     return stun_agent_finish_message(&agent, &response, NULL, 0);
 }

@@ -69,4 +69,18 @@ func abiCheck() {
     sameType(CDNATransport.nat_establish_connection, DNACABI.nat_establish_connection)
     sameType(CDNATransport.nat_get_selected_pair, DNACABI.nat_get_selected_pair)
     sameType(CDNATransport.nat_traversal_free, DNACABI.nat_traversal_free)
+    // network_transport.h
+    sameType(CDNATransport.transport_init, DNACABI.transport_init)
+    sameType(CDNATransport.transport_init_with_config, DNACABI.transport_init_with_config)
+    sameType(CDNATransport.transport_connect, DNACABI.transport_connect)
+    sameType(CDNATransport.transport_accept, DNACABI.transport_accept)
+    sameType(CDNATransport.transport_send, DNACABI.transport_send)
+    sameType(CDNATransport.transport_send_stream, DNACABI.transport_send_stream)
+    sameType(CDNATransport.transport_receive, DNACABI.transport_receive)
+    sameType(CDNATransport.transport_receive_stream, DNACABI.transport_receive_stream)
+    sameType(CDNATransport.transport_get_fd, DNACABI.transport_get_fd)
+    sameType(CDNATransport.transport_set_presence, DNACABI.transport_set_presence)
+    sameType(CDNATransport.transport_get_presence, DNACABI.transport_get_presence)
+    sameType(CDNATransport.transport_disconnect, DNACABI.transport_disconnect)
+    sameType(CDNATransport.transport_free, DNACABI.transport_free)
 }

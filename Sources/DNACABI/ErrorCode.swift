@@ -1,3 +1,4 @@
+import DNATransport
 import DNACrypto
 import DNANat
 import DNAWire
@@ -107,6 +108,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case let error as IdentityError: self.init(error)
         case let error as PeerEntryError: self.init(error)
         case let error as NatError: self.init(error)
+        case let error as TransportNode.Failure: self.init(error)
         case is InvalidArgument: self = .invalidArgument
         case is NothingQueued: self = .notFound
         case is Unreachable: self = .unreachable
@@ -114,6 +116,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case is Closed: self = .closed
         case is IOFailure: self = .io
         case is BufferTooSmall: self = .bufferTooSmall
+        case is OutOfMemory: self = .noMemory
         default: self = .internal
         }
     }

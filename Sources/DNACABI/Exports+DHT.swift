@@ -3,6 +3,7 @@ import DNACrypto
 import DNADHT
 import DNANet
 import Glibc
+import STUNServer
 
 // dht_discovery.h: the DHT context.
 
@@ -32,6 +33,9 @@ public func dht_init(_ config: UnsafePointer<dht_config_t>?) -> OpaquePointer? {
         do { service = try DHTService(configuration: configuration) { logger.info("\($0)") } } catch {
             throw IOFailure(description: "\(error)")
         }
+        // Every node answers STUN Binding requests on its port, as `dnat node` does: any node can be
+        // the bootstrap and STUN server of the transport contexts that join through it.
+        service.otherProtocol = { request, source in STUNServer.answer(request, from: source) }
         handle = Handle<CDHT>.make(CDHT(service))
     }
     return handle

@@ -356,10 +356,12 @@ public final class DHTService: @unchecked Sendable {
         }
     }
 
-    /// A STUN message (RFC 8489): first two bits zero and the magic cookie at bytes 4..7.
+    /// A STUN message: first two bits zero and either RFC 8489's magic cookie at bytes 4..7 or (an
+    /// RFC 3489 request, as libnice's discovery sends) a length field that matches the datagram.
     static func isSTUN(_ datagram: [UInt8]) -> Bool {
-        datagram.count >= 20 && datagram[0] & 0xC0 == 0 && datagram[4] == 0x21 && datagram[5] == 0x12
-            && datagram[6] == 0xA4 && datagram[7] == 0x42
+        guard datagram.count >= 20, datagram[0] & 0xC0 == 0 else { return false }
+        if datagram[4] == 0x21 && datagram[5] == 0x12 && datagram[6] == 0xA4 && datagram[7] == 0x42 { return true }
+        return Int(datagram[2]) << 8 | Int(datagram[3]) == datagram.count - 20
     }
 
     /// The node's credential from `path`, made (work and all) and saved on first use.

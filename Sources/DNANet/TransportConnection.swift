@@ -32,6 +32,13 @@ public final class TransportConnection: @unchecked Sendable {
     private var presence: PresenceStatus?
     private var running = true
     private var dead = false
+    private var peerClosed = false
+    private var idle = true
+    /// Called on the I/O thread for datagrams the record layer cannot open (a late handshake piece,
+    /// say); what it returns is sent back.
+    private let unopened: (([UInt8]) -> [[UInt8]])?
+    /// Called on the I/O thread after messages arrived or the connection ended.
+    private let onChange: (() -> Void)?
     private var wake: [Int32] = [-1, -1]
     private var thread = pthread_t()
     private var threadStarted = false
@@ -39,9 +46,14 @@ public final class TransportConnection: @unchecked Sendable {
     public private(set) var refused = 0
 
     /// Takes `fd` (closed by `close`). The sealer and opener are the session's two directions.
+    /// `unopened` answers datagrams that are not records (the responder's handshake, still
+    /// acknowledging pieces of message 3); `onChange` hears of arrivals and of the end.
     public init(fd: Int32, sealer: RecordSealer, opener: RecordOpener,
-                configuration: ReliableConfiguration = ReliableConfiguration()) throws(NetError) {
+                configuration: ReliableConfiguration = ReliableConfiguration(),
+                unopened: (([UInt8]) -> [[UInt8]])? = nil, onChange: (() -> Void)? = nil) throws(NetError) {
         self.fd = fd
+        self.unopened = unopened
+        self.onChange = onChange
         self.sealer = sealer
         self.opener = opener
         self.configuration = configuration
@@ -94,7 +106,14 @@ public final class TransportConnection: @unchecked Sendable {
     /// Messages waiting to be received.
     public var pending: Int { monitor.locked { inbox.count } }
 
+    /// The peer stopped answering (missed pings) or closed the connection.
     public var isDead: Bool { monitor.locked { dead } }
+
+    /// The peer closed the connection with a CLOSE frame.
+    public var isClosedByPeer: Bool { monitor.locked { peerClosed } }
+
+    /// receive() would not block: a message is waiting or the connection ended.
+    public var isReadable: Bool { monitor.locked { !inbox.isEmpty || dead || !running } }
 
     public var peerPresence: PresenceStatus? { monitor.locked { presence } }
 
@@ -103,6 +122,19 @@ public final class TransportConnection: @unchecked Sendable {
     }
 
     public var statistics: ReliableConnection.Statistics? { perform { connection, _ in connection.statistics } }
+
+    /// A clean end: waits up to `linger` ms for every queued message to be acknowledged, then tells
+    /// the peer (CLOSE) and closes. Returns whether everything queued was acknowledged.
+    @discardableResult
+    public func disconnect(linger: Int = 2000) -> Bool {
+        let flushed = monitor.wait(milliseconds: max(0, linger)) { () -> Bool? in
+            if dead || !running { return false }
+            return idle && outgoing.isEmpty ? true : nil
+        } ?? false
+        _ = perform { connection, now in connection.close(now: now) }
+        close()
+        return flushed
+    }
 
     /// Stops the I/O thread and closes the socket. Idempotent.
     public func close() {
@@ -180,7 +212,13 @@ public final class TransportConnection: @unchecked Sendable {
                     Result { () throws(RecordError) in try opener.open(UnsafeRawBufferPointer(rebasing: bytes[0..<length])) }
                 }
                 guard case .success(let (header, plaintext)) = opened else {
-                    refused += 1
+                    if let unopened {
+                        for answer in unopened(Array(buffer[0..<length])) {
+                            _ = answer.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                        }
+                    } else {
+                        refused += 1
+                    }
                     continue
                 }
                 connection.receive(header, payload: plaintext[...], now: unixMilliseconds())
@@ -189,21 +227,36 @@ public final class TransportConnection: @unchecked Sendable {
             if let next = connection.nextDeadline, next <= current { connection.handleTimeout(now: current) }
             for frame in connection.takeFrames() {
                 guard let sealed = try? sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1, plaintext: frame.payload) else { continue }
-                _ = sealed.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                // Nothing acknowledges a CLOSE: three copies make its loss unlikely.
+                for _ in 0..<(frame.type == .close ? 3 : 1) {
+                    _ = sealed.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                }
             }
             let events = connection.takeEvents()
             let queued = connection.queuedBytes + backlogBytes
+            let nowIdle = connection.isIdle && backlog.isEmpty
+            var changed = false
             monitor.locked {
                 queuedEstimate = queued + outgoing.reduce(0) { $0 + $1.1.count }
+                idle = nowIdle
                 for event in events {
                     switch event {
-                    case .message(let stream, let bytes): inbox.append((stream, bytes))
-                    case .dead: dead = true
+                    case .message(let stream, let bytes):
+                        inbox.append((stream, bytes))
+                        changed = true
+                    case .dead:
+                        dead = true
+                        changed = true
+                    case .closed:
+                        dead = true
+                        peerClosed = true
+                        changed = true
                     case .presence(let status): presence = status
                     }
                 }
             }
             monitor.broadcast()
+            if changed { onChange?() }
         }
     }
 }

@@ -19,6 +19,8 @@ public enum ReliableEvent: Equatable, Sendable {
     case message(stream: UInt32, bytes: [UInt8])
     /// The peer answered none of 3 keepalive pings: the path is gone.
     case dead
+    /// The peer closed the connection (a CLOSE frame); nothing more will arrive.
+    case closed
     /// The peer's presence (DNA_MSG_PRESENCE).
     case presence(PresenceStatus)
 }
@@ -229,6 +231,15 @@ public final class ReliableConnection {
         pump(now: now)
     }
 
+    /// Ends the connection from this side: a CLOSE frame goes out (the driver sends it a few times,
+    /// since nothing acknowledges it) and the state machine stops. Unacknowledged data is abandoned:
+    /// a driver that wants it delivered waits for `isIdle` first.
+    public func close(now: UInt64) {
+        guard !isDead else { return }
+        isDead = true
+        outbox.append(Self.frame(.close, reserved: .zero, payload: []))
+    }
+
     // MARK: Input from the network
 
     /// One frame from the peer, already opened by the record layer. Malformed frames are counted and dropped.
@@ -244,6 +255,11 @@ public final class ReliableConnection {
             guard payload.count == 8 else { return drop() }
             pongsOwed.append(Self.u64(payload, at: payload.startIndex))
         case .pong: break
+        case .close:
+            guard payload.isEmpty else { return drop() }
+            isDead = true
+            events.append(.closed)
+            return
         case .presence:
             guard payload.count == 1, let status = PresenceStatus(rawValue: payload[payload.startIndex]) else { return drop() }
             events.append(.presence(status))

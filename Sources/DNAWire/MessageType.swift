@@ -17,4 +17,6 @@ public enum MessageType: UInt16, Sendable, CaseIterable {
     case handshakeAck = 0x0011
     /// Extension (docs/PROTOCOL.md §5): a piece of a DHT message.
     case dht = 0x0020
+    /// Extension (docs/PROTOCOL.md §7.6): the sender closed the connection.
+    case close = 0x0030
 }

@@ -206,8 +206,10 @@ final class SimulatedPath {
     }
 
     @Test func randomFramesAreCountedAndDroppedWithoutACrash() throws {
-        // 20,000 frames of every type with random reserved words and random payloads (most of them
-        // short, some just past DATA's header): none crashes the connection, most are counted as dropped.
+        // 20,000 frames of every type but CLOSE (which ends the connection on purpose: below) with
+        // random reserved words and random payloads (most of them short, some just past DATA's
+        // header): none crashes the connection, most are counted as dropped.
+        let types = MessageType.allCases.filter { $0 != .close }
         let connection = ReliableConnection(now: 0)
         let decoder = FrameDecoder()
         var x: UInt64 = 0x5EED
@@ -216,7 +218,7 @@ final class SimulatedPath {
             return x >> 17
         }
         for round in 0..<20_000 {
-            let type = MessageType.allCases[Int(next() % UInt64(MessageType.allCases.count))]
+            let type = types[Int(next() % UInt64(types.count))]
             let length = round % 4 == 0 ? 28 + Int(next() % 40) : Int(next() % 64)
             let payload = (0..<length).map { _ in UInt8(truncatingIfNeeded: next()) }
             let reserved = FrameReserved(word0: UInt32(truncatingIfNeeded: next()), word1: UInt32(truncatingIfNeeded: next() % 4))
@@ -225,6 +227,25 @@ final class SimulatedPath {
         }
         #expect(connection.statistics.dropped > 10_000)
         #expect(!connection.isDead)
+    }
+
+    @Test func closeEndsBothSidesAndAMalformedCloseIsDropped() throws {
+        let path = SimulatedPath(configuration: ReliableConfiguration())
+        try path.a.send(Array("last".utf8), stream: 0, now: 0)
+        #expect(path.run(limit: 1000) { path.messages(atA: false).count == 1 })
+        // A CLOSE with a payload is malformed: dropped, the connection lives.
+        let decoder = FrameDecoder()
+        let bad = try decoder.decode(try FrameEncoder.encode(type: .close, sequence: 0, reserved: .zero, payload: [1]))
+        path.b.receive(bad.header, payload: bad.payload, now: path.now)
+        #expect(!path.b.isDead && path.b.statistics.dropped == 1)
+        path.a.close(now: path.now)
+        #expect(path.a.isDead)
+        #expect(path.a.takeFrames().map(\.type) == [.close])
+        let close = try decoder.decode(try FrameEncoder.encode(type: .close, sequence: 0, reserved: .zero, payload: []))
+        path.b.receive(close.header, payload: close.payload, now: path.now)
+        #expect(path.b.isDead)
+        #expect(path.b.takeEvents().contains(.closed))
+        #expect(throws: ReliableError.self) { try path.b.send([1], stream: 0, now: path.now) }
     }
 
     @Test func malformedFramesAreCountedAndDropped() throws {

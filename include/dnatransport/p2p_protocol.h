@@ -28,7 +28,8 @@ typedef enum {
     /* Extensions (docs/PROTOCOL.md): */
     DNA_MSG_HANDSHAKE     = 0x0010,  /* a piece of a handshake message (dna_session.h) */
     DNA_MSG_HANDSHAKE_ACK = 0x0011,  /* which pieces of a handshake message arrived */
-    DNA_MSG_DHT           = 0x0020   /* a piece of a DHT message (dht_discovery.h) */
+    DNA_MSG_DHT           = 0x0020,  /* a piece of a DHT message (dht_discovery.h) */
+    DNA_MSG_CLOSE         = 0x0030   /* the sender closed the connection (network_transport.h) */
 } dna_message_type_t;
 
 /* A decoded header; fields in host byte order, reserved bytes as on the wire. */

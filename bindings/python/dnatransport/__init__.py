@@ -60,6 +60,7 @@ class MessageType(enum.IntEnum):
     HANDSHAKE = 0x0010      # extension: a piece of a handshake message (docs/PROTOCOL.md §4)
     HANDSHAKE_ACK = 0x0011  # extension: which pieces of a handshake message arrived
     DHT = 0x0020            # extension: a piece of a DHT message (docs/PROTOCOL.md §5)
+    CLOSE = 0x0030          # extension: the sender closed the connection (docs/PROTOCOL.md §7.6)
 
 
 class LogLevel(enum.IntEnum):
@@ -666,6 +667,136 @@ class NatTraversal:
         """Releases the TURN allocation and stops the agent."""
         if self._handle:
             lib.nat_traversal_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+TRANSPORT_IDENTITY_MAX = 255
+TRANSPORT_DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class Presence(enum.IntEnum):
+    """transport_presence_t"""
+    ONLINE = 0
+    AWAY = 1
+    BUSY = 2
+    OFFLINE = 3
+
+
+def _timeout_arg(timeout_ms):
+    return -1 if timeout_ms is None else int(timeout_ms)
+
+
+class Transport:
+    """One identity on the network (transport_init): a DHT node that announces the identity, and its
+    connections. Connections are ints; messages are bytes. Blocking calls release the GIL.
+
+    With no argument but the identity, everything comes from the DNA_* environment variables (see
+    network_transport.h); any argument given switches to transport_init_with_config, where the
+    arguments left out still fall back to the environment. fileno() is readable while accept() or
+    receive() on some connection would not block, so a Transport works with select/selectors."""
+
+    def __init__(self, identity, data_dir=None, bootstrap=None, stun_server=None, turn_server=None,
+                 turn_username=None, turn_password=None, bind_ip=None, port=0, connect_timeout_ms=0,
+                 send_timeout_ms=0, max_message_size=0):
+        explicit = (data_dir, bootstrap, stun_server, turn_server, turn_username, turn_password, bind_ip)
+        if all(value is None for value in explicit) and not (port or connect_timeout_ms or send_timeout_ms
+                                                              or max_message_size):
+            self._handle = lib.transport_init(_name_arg(identity))
+        else:
+            def text(value):
+                return None if value is None else value.encode()
+            nodes = None
+            if bootstrap is not None:
+                nodes = (ctypes.c_char_p * (len(bootstrap) + 1))(*[n.encode() for n in bootstrap], None)
+            self._keep = nodes
+            config = _native.TransportConfigC(_path_arg(data_dir), nodes, text(stun_server), text(turn_server),
+                                              text(turn_username), text(turn_password), text(bind_ip), int(port),
+                                              int(connect_timeout_ms), int(send_timeout_ms), int(max_message_size))
+            self._handle = lib.transport_init_with_config(_name_arg(identity), ctypes.byref(config))
+        if not self._handle:
+            raise DNAError(lib.dna_last_error(), "Transport")
+
+    def _live(self):
+        if not self._handle:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "Transport is closed")
+        return self._handle
+
+    def connect(self, peer):
+        """Connects to peer (an identity name): DHT lookup, signaling, ICE, handshake. Returns the
+        connection id. Raises DNAError PEER_OFFLINE, UNREACHABLE, ..."""
+        out = ctypes.c_int(0)
+        _check(lib.transport_connect(self._live(), _name_arg(peer), ctypes.byref(out)), "connect")
+        return out.value
+
+    def accept(self, timeout_ms=None):
+        """(connection id, peer identity) of the next incoming connection; timeout_ms None waits
+        forever. Raises DNAError TIMEOUT."""
+        out = ctypes.c_int(0)
+        name = ctypes.create_string_buffer(TRANSPORT_IDENTITY_MAX + 1)
+        _check(lib.transport_accept(self._live(), ctypes.byref(out), name, len(name), _timeout_arg(timeout_ms)),
+               "accept")
+        return out.value, name.value.decode("utf-8")
+
+    def send(self, connection, data, stream=0):
+        """Queues data (bytes-like) on stream; returns once queued (waits only while the send buffer
+        is full: DNAError TIMEOUT after send_timeout_ms)."""
+        buffer, pointer = _bytes_arg(data)
+        if stream == 0:
+            code = lib.transport_send(self._live(), int(connection), pointer, len(buffer) if buffer else 0)
+        else:
+            code = lib.transport_send_stream(self._live(), int(connection), int(stream), pointer,
+                                             len(buffer) if buffer else 0)
+        _check(code, "send")
+
+    def receive_stream(self, connection, timeout_ms=None):
+        """(stream, bytes) of the next message; raises DNAError TIMEOUT, or CLOSED once the connection
+        ended and every message was read."""
+        pointer = _native.u8p()
+        length = ctypes.c_size_t(0)
+        stream = ctypes.c_uint32(0)
+        _check(lib.transport_receive_stream(self._live(), int(connection), ctypes.byref(stream), ctypes.byref(pointer),
+                                            ctypes.byref(length), _timeout_arg(timeout_ms)), "receive")
+        return stream.value, take_buffer(pointer, length.value)
+
+    def receive(self, connection, timeout_ms=None):
+        """The next message's bytes (any stream); see receive_stream."""
+        pointer = _native.u8p()
+        length = ctypes.c_size_t(0)
+        _check(lib.transport_receive(self._live(), int(connection), ctypes.byref(pointer), ctypes.byref(length),
+                                     _timeout_arg(timeout_ms)), "receive")
+        return take_buffer(pointer, length.value)
+
+    def fileno(self):
+        """The readiness descriptor (owned by the Transport)."""
+        return _check(lib.transport_get_fd(self._live()), "fileno")
+
+    def set_presence(self, status):
+        """Pushes a Presence to every connected peer and to later ones."""
+        _check(lib.transport_set_presence(self._live(), int(status)), "set_presence")
+
+    def presence(self, connection):
+        """The peer's last pushed Presence (ONLINE until it pushes one)."""
+        out = ctypes.c_int(0)
+        _check(lib.transport_get_presence(self._live(), int(connection), ctypes.byref(out)), "presence")
+        return Presence(out.value)
+
+    def disconnect(self, connection):
+        """Ends the connection cleanly (waits up to 2 s for queued messages to be acknowledged)."""
+        _check(lib.transport_disconnect(self._live(), int(connection)), "disconnect")
+
+    def close(self):
+        """Ends every connection and the DHT node."""
+        if getattr(self, "_handle", None):
+            lib.transport_free(self._handle)
             self._handle = None
 
     def __enter__(self):

@@ -78,6 +78,14 @@ class IceCandidateC(Structure):
     _fields_ = [("ip", ctypes.c_char * 46), ("port", c_uint16), ("type", c_int)]
 
 
+class TransportConfigC(Structure):
+    """transport_config_t"""
+    _fields_ = [("data_dir", c_char_p), ("bootstrap_nodes", POINTER(c_char_p)), ("stun_server", c_char_p),
+                ("turn_server", c_char_p), ("turn_username", c_char_p), ("turn_password", c_char_p),
+                ("bind_ip", c_char_p), ("port", c_uint16), ("connect_timeout_ms", c_int),
+                ("send_timeout_ms", c_int), ("max_message_size", c_size_t)]
+
+
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 u8p = POINTER(c_uint8)
 
@@ -147,6 +155,20 @@ FUNCTIONS = {
     "nat_establish_connection": (c_int, [c_void_p, POINTER(c_int)]),
     "nat_get_selected_pair": (c_int, [c_void_p, POINTER(IceCandidateC), POINTER(IceCandidateC)]),
     "nat_traversal_free": (None, [c_void_p]),
+    # network_transport.h
+    "transport_init": (c_void_p, [c_char_p]),
+    "transport_init_with_config": (c_void_p, [c_char_p, POINTER(TransportConfigC)]),
+    "transport_connect": (c_int, [c_void_p, c_char_p, POINTER(c_int)]),
+    "transport_accept": (c_int, [c_void_p, POINTER(c_int), c_char_p, c_size_t, c_int]),
+    "transport_send": (c_int, [c_void_p, c_int, u8p, c_size_t]),
+    "transport_send_stream": (c_int, [c_void_p, c_int, c_uint32, u8p, c_size_t]),
+    "transport_receive": (c_int, [c_void_p, c_int, POINTER(u8p), POINTER(c_size_t), c_int]),
+    "transport_receive_stream": (c_int, [c_void_p, c_int, POINTER(c_uint32), POINTER(u8p), POINTER(c_size_t), c_int]),
+    "transport_get_fd": (c_int, [c_void_p]),
+    "transport_set_presence": (c_int, [c_void_p, c_int]),
+    "transport_get_presence": (c_int, [c_void_p, c_int, POINTER(c_int)]),
+    "transport_disconnect": (c_int, [c_void_p, c_int]),
+    "transport_free": (None, [c_void_p]),
 }
 
 lib, path = load()

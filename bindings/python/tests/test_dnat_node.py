@@ -73,11 +73,36 @@ def stun_binding(port):
     raise AssertionError("no XOR-MAPPED-ADDRESS")
 
 
+def classic_stun_binding(port):
+    """An RFC 3489 Binding request (no magic cookie), as libnice's candidate gathering sends: the
+    answer carries MAPPED-ADDRESS in the clear."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        transaction = os.urandom(16)
+        s.sendto(struct.pack(">HH", 0x0001, 0) + transaction, ("127.0.0.1", port))
+        data, _ = s.recvfrom(2048)
+        kind, length = struct.unpack(">HH", data[:4])
+        assert (kind, data[4:20]) == (0x0101, transaction)
+        offset = 20
+        while offset < 20 + length:
+            attribute, size = struct.unpack(">HH", data[offset:offset + 4])
+            value = data[offset + 4:offset + 4 + size]
+            if attribute == 0x0001:
+                family, mport = struct.unpack(">xBH", value[:4])
+                assert family == 0x01
+                return (socket.inet_ntoa(value[4:8]), mport), s.getsockname()
+            offset += 4 + (size + 3) // 4 * 4
+    raise AssertionError("no MAPPED-ADDRESS")
+
+
 def test_node_serves_dht_and_stun_and_stops_cleanly(tmp_path):
     first = Node(tmp_path / "a")
     try:
         first.wait_for("listening on UDP port")
         mapped, mine = stun_binding(first.port)
+        assert mapped == mine
+        mapped, mine = classic_stun_binding(first.port)
         assert mapped == mine
         second = Node(tmp_path / "b", "--bootstrap", f"127.0.0.1:{first.port}")
         second.wait_for("joined through")

@@ -7,7 +7,7 @@ import dnatransport as dna
 from dnatransport import DNAError, ErrorCode
 
 ITERATIONS = 60_000
-KNOWN_TYPES = {1, 2, 3, 4, 5, 0x10, 0x11, 0x20}  # the seed's five and the extensions
+KNOWN_TYPES = {1, 2, 3, 4, 5, 0x10, 0x11, 0x20, 0x30}  # the seed's five and the extensions
 
 
 def expected_code(data):

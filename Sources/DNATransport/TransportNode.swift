@@ -1,0 +1,544 @@
+import DNACrypto
+import DNADHT
+import DNANat
+import DNANet
+import DNAReliable
+import Glibc
+import STUNServer
+
+/// Settings of a transport context (network_transport.h's transport_config_t).
+public struct TransportConfiguration: Sendable {
+    /// Keys, node id, routing table (nil: $DNA_HOME or ~/.dna).
+    public var dataDirectory: String?
+    public var bootstrap: [Endpoint] = []
+    /// "host:port"; nil: the first bootstrap node (every node answers STUN on its DHT port).
+    public var stunServer: String?
+    public var turnServer: String?
+    public var turnUsername: String?
+    public var turnPassword: String?
+    public var bindHost: String?
+    public var port: UInt16 = 0
+    /// Milliseconds transport_connect may take: lookup, signaling, ICE and handshake.
+    public var connectTimeout = 20_000
+    /// Milliseconds transport_send waits while the send buffer is full.
+    public var sendTimeout = 10_000
+    public var reliable = ReliableConfiguration()
+    /// Incoming connections being set up at once; further offers are refused.
+    public var maximumPendingSetups = 8
+
+    public init() {}
+}
+
+/// One identity's transport (network_transport.h): a DHT node that announces the identity and
+/// carries signaling, ICE per connection, the handshake over the ICE path, then a TransportConnection.
+///
+/// Connecting (docs/PROTOCOL.md §7.5): find the peer's signed entry (its public key), gather
+/// candidates, send an offer through the DHT's signaling, take the answer, run the ICE checks as the
+/// controlling agent, then the handshake as initiator over the ICE path (the peer proves the key of
+/// its entry). Accepting: the mirror image; the initiator's claimed name is then checked against its
+/// own signed entry in the DHT before the connection is offered to `accept`.
+public final class TransportNode: @unchecked Sendable {
+    public enum Failure: Error, Equatable, Sendable, CustomStringConvertible {
+        /// No entry in the DHT, or no answer to the offer.
+        case peerOffline(String)
+        /// The peer answered, but no path or no handshake worked.
+        case unreachable(String)
+        case timeout
+        case closed
+        case unknownConnection(Int32)
+        case tooLarge(Int)
+        /// The caller's buffer cannot take the peer's name (this many bytes would).
+        case nameTooLong(Int)
+        case invalid(String)
+        case io(String)
+
+        public var description: String {
+            switch self {
+            case .peerOffline(let why): "peer offline: \(why)"
+            case .unreachable(let why): "unreachable: \(why)"
+            case .timeout: "timed out"
+            case .closed: "closed"
+            case .unknownConnection(let id): "no connection \(id)"
+            case .tooLarge(let size): "message of \(size) bytes is too large"
+            case .nameTooLong(let needed): "the peer's name needs \(needed) bytes"
+            case .invalid(let why): why
+            case .io(let why): why
+            }
+        }
+    }
+
+    private struct Peer {
+        let name: IdentityName
+        let connection: TransportConnection
+        let agent: IceAgent
+    }
+
+    public let identity: Identity
+    public let dht: DHTService
+    public let configuration: TransportConfiguration
+    private let stun: String?
+    private let log: @Sendable (String) -> Void
+    private let monitor = Monitor()
+    private var running = true
+    private var peers: [Int32: Peer] = [:]
+    private var acceptQueue: [Int32] = []
+    private var nextID: Int32 = 1
+    /// Agents of connections being set up (closed by `close` so that their checks end at once).
+    private var settingUp: [ObjectIdentifier: IceAgent] = [:]
+    private var setups = 0
+    private var presence = PresenceStatus.online
+    /// A pipe whose read end is readable exactly while something is ready (one byte in it).
+    private var ready: [Int32] = [-1, -1]
+    private var readySignalled = false
+    private var listener = pthread_t()
+    private var listenerStarted = false
+    /// What this context announced in the DHT.
+    public private(set) var announcedAddress: Endpoint?
+
+    public init(identity: Identity, configuration: TransportConfiguration,
+                log: @escaping @Sendable (String) -> Void = { _ in }) throws(Failure) {
+        self.identity = identity
+        self.configuration = configuration
+        self.log = log
+        // A loopback STUN server is left out: libnice's sockets are bound to the interfaces'
+        // addresses, from which it cannot be reached (gathering would wait 2 s for nothing), and
+        // it could not tell a reflexive address anyway.
+        let stunServer = configuration.stunServer ?? configuration.bootstrap.first?.description
+        stun = stunServer.flatMap { server in resolve(server).contains { !$0.isLoopback } ? server : nil }
+        guard pipe(&ready) == 0 else { throw .io("pipe: \(String(cString: strerror(errno)))") }
+        for end in ready {
+            _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+        }
+        let closeReady = { [ready] in for end in ready { Glibc.close(end) } }
+        var dhtConfiguration = DHTServiceConfiguration()
+        dhtConfiguration.bindHost = configuration.bindHost
+        dhtConfiguration.port = configuration.port
+        dhtConfiguration.dataDirectory = configuration.dataDirectory
+        do { dht = try DHTService(configuration: dhtConfiguration, log: log) } catch {
+            closeReady()
+            throw .io("\(error)")
+        }
+        dht.otherProtocol = { request, source in STUNServer.answer(request, from: source) }
+        if !configuration.bootstrap.isEmpty, dht.bootstrap(configuration.bootstrap) != true {
+            log("no bootstrap node answered; the DHT retries at each refresh")
+        }
+        let host = Self.announcedHost(bind: configuration.bindHost, toward: configuration.bootstrap.first)
+        announcedAddress = Endpoint(host: host, port: dht.port)
+        do { _ = try dht.announce(identity, ip: host, port: dht.port) } catch {
+            dht.stop()
+            closeReady()
+            throw .invalid("announce: \(error)")
+        }
+        let started = pthread_create(&listener, nil, { argument in
+            guard let argument else { return nil }
+            Unmanaged<TransportNode>.fromOpaque(argument).takeUnretainedValue().listen()
+            return nil
+        }, Unmanaged.passUnretained(self).toOpaque())
+        guard started == 0 else {
+            dht.stop()
+            closeReady()
+            throw .io("pthread_create: \(String(cString: strerror(started)))")
+        }
+        listenerStarted = true
+    }
+
+    deinit {
+        close()
+        for end in ready { Glibc.close(end) }
+    }
+
+    /// The address to put in the entry: the bound one, else the one the kernel would use toward the
+    /// bootstrap node (a connected UDP socket sends nothing), else loopback.
+    static func announcedHost(bind: String?, toward bootstrap: Endpoint?) -> String {
+        if let bind, let endpoint = Endpoint(host: bind, port: 1), !endpoint.address.allSatisfy({ $0 == 0 }),
+           endpoint.address != [UInt8](repeating: 0, count: 10) + [0xFF, 0xFF, 0, 0, 0, 0] {
+            return endpoint.host
+        }
+        guard let bootstrap else { return "127.0.0.1" }
+        let fd = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return "127.0.0.1" }
+        defer { Glibc.close(fd) }
+        var off: Int32 = 0
+        _ = setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &off, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in6()
+        address.sin6_family = sa_family_t(AF_INET6)
+        address.sin6_port = bootstrap.port.bigEndian
+        withUnsafeMutableBytes(of: &address.sin6_addr) { $0.copyBytes(from: bootstrap.address) }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
+        guard connected == 0 else { return "127.0.0.1" }
+        var local = sockaddr_in6()
+        var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        let named = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { return "127.0.0.1" }
+        let bytes = withUnsafeBytes(of: local.sin6_addr) { Array($0) }
+        return Endpoint(address: bytes, port: 1)?.host ?? "127.0.0.1"
+    }
+
+    // MARK: Connections
+
+    /// Connects to `peer` (see the type's comment). Blocks up to the configured connect timeout.
+    public func connect(_ peer: IdentityName) throws(Failure) -> Int32 {
+        let deadline = unixMilliseconds() + UInt64(configuration.connectTimeout)
+        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(unixMilliseconds()))) }
+        guard monitor.locked({ running }) else { throw .closed }
+        guard peer != identity.name else { throw .invalid("cannot connect to oneself") }
+        var marks = [unixMilliseconds()]  // lookup, gathering, signaling, answer, ICE, handshake
+        guard let entry = dht.find(peer, timeout: remaining()) else {
+            throw monitor.locked({ running }) ? .peerOffline("\(peer) has no entry in the DHT") : .closed
+        }
+        marks.append(unixMilliseconds())
+        let agent = try makeAgent(controlling: true)
+        defer { forget(agent) }
+        let candidates: [IceCandidate]
+        let credentials: (ufrag: String, password: String)
+        do {
+            candidates = try agent.gather()
+            guard let local = agent.localCredentials else { throw NatError.invalid("closed") }
+            credentials = local
+        } catch {
+            agent.close()
+            throw .io("gathering candidates: \(error)")
+        }
+        marks.append(unixMilliseconds())
+        let offer = ConnectOffer(kind: .offer, ufrag: credentials.ufrag, password: credentials.password, candidates: candidates)
+        guard let (signalID, holders) = dht.signal(peer, payload: offer.bytes, timeout: remaining()) else {
+            agent.close()
+            throw .closed
+        }
+        guard !holders.isEmpty else {
+            agent.close()
+            throw .peerOffline("no node holding \(peer)'s entry could reach it")
+        }
+        marks.append(unixMilliseconds())
+        var answer: ConnectOffer?
+        while answer == nil, remaining() > 0 {
+            guard let delivery = dht.nextDelivery(signalID, timeout: min(remaining(), 500)) else {
+                if !monitor.locked({ running }) { break }
+                continue
+            }
+            answer = try? ConnectOffer(parsing: delivery.payload)
+        }
+        guard let answer, answer.kind != .offer else {
+            agent.close()
+            throw monitor.locked({ running }) ? .peerOffline("\(peer) did not answer the offer") : .closed
+        }
+        guard answer.kind == .answer else {
+            agent.close()
+            throw .unreachable("\(peer) refused the connection (busy)")
+        }
+        marks.append(unixMilliseconds())
+        let fd: Int32
+        do {
+            try agent.setRemoteCredentials(ufrag: answer.ufrag, password: answer.password)
+            for candidate in answer.candidates { try agent.addRemoteCandidate(candidate) }
+            agent.timeoutMilliseconds = max(100, remaining())
+            fd = try agent.establish()
+        } catch {
+            agent.close()
+            throw monitor.locked({ running }) ? .unreachable("ICE: \(error)") : .closed
+        }
+        marks.append(unixMilliseconds())
+        let session: SecureSession
+        do {
+            session = try HandshakeOverPath.initiate(fd: fd, identity: identity, peer: peer, publicKey: entry.publicKey,
+                                                     timeout: remaining())
+        } catch {
+            Glibc.close(fd)
+            agent.close()
+            throw .unreachable("handshake: \(error)")
+        }
+        marks.append(unixMilliseconds())
+        let phases = zip(marks.dropFirst(), marks).map { String($0 - $1) }.joined(separator: "/")
+        log("connected to \(peer) in \(marks[marks.count - 1] - marks[0]) ms (lookup/gathering/signal/answer/ICE/handshake \(phases) ms)")
+        return try register(peer: peer, fd: fd, session: session, agent: agent, responder: nil, accepted: false)
+    }
+
+    /// The next incoming connection, waiting up to `timeout` ms (negative: forever). When `fits`
+    /// refuses the peer's name, throws `.nameTooLong` and leaves the connection queued.
+    public func accept(timeout: Int, fits: (IdentityName) -> Bool = { _ in true }) throws(Failure) -> (id: Int32, peer: IdentityName) {
+        let outcome = monitor.wait(milliseconds: timeout < 0 ? Int(Int32.max) : timeout) { () -> Result<(Int32, IdentityName), Failure>? in
+            if !running { return .failure(.closed) }
+            guard let id = acceptQueue.first else { return nil }
+            guard let peer = peers[id] else {
+                acceptQueue.removeFirst()
+                return nil
+            }
+            guard fits(peer.name) else { return .failure(.nameTooLong(peer.name.utf8.count + 1)) }
+            acceptQueue.removeFirst()
+            return .success((id, peer.name))
+        }
+        updateReadiness()
+        guard let outcome else { throw .timeout }
+        switch outcome {
+        case .success(let (id, peer)): return (id, peer)
+        case .failure(let failure): throw failure
+        }
+    }
+
+    /// Queues `message` on `stream`; waits only while the send buffer is full (up to the send timeout).
+    public func send(_ id: Int32, _ message: [UInt8], stream: UInt32 = 0) throws(Failure) {
+        let peer = try lookup(id)
+        do { try peer.connection.send(message, stream: stream, timeout: configuration.sendTimeout) } catch {
+            throw Self.map(error)
+        }
+    }
+
+    /// The next message of connection `id` (any stream), waiting up to `timeout` ms (negative: forever).
+    public func receive(_ id: Int32, timeout: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8]) {
+        let peer = try lookup(id)
+        defer { updateReadiness() }
+        do { return try peer.connection.receive(timeout: timeout < 0 ? Int(Int32.max) : timeout) } catch {
+            throw Self.map(error)
+        }
+    }
+
+    /// The peer's last pushed status (online until it pushes another).
+    public func peerPresence(_ id: Int32) throws(Failure) -> PresenceStatus {
+        try lookup(id).connection.peerPresence ?? .online
+    }
+
+    /// Pushes `status` to every connected peer, and to those that connect later.
+    public func setPresence(_ status: PresenceStatus) {
+        let all = monitor.locked { () -> [Peer] in
+            presence = status
+            return Array(peers.values)
+        }
+        for peer in all { peer.connection.sendPresence(status) }
+    }
+
+    /// Ends connection `id`: waits up to `linger` ms for queued messages to be acknowledged, tells
+    /// the peer, releases the path.
+    public func disconnect(_ id: Int32, linger: Int = 2000) throws(Failure) {
+        guard let peer = monitor.locked({ () -> Peer? in
+            acceptQueue.removeAll { $0 == id }
+            return peers.removeValue(forKey: id)
+        }) else { throw .unknownConnection(id) }
+        peer.connection.disconnect(linger: linger)
+        peer.agent.close()
+        updateReadiness()
+    }
+
+    public func statistics(_ id: Int32) throws(Failure) -> ReliableConnection.Statistics {
+        guard let statistics = try lookup(id).connection.statistics else { throw .closed }
+        return statistics
+    }
+
+    /// Readable while `accept` or `receive` on some connection would not block (level-triggered).
+    public var readinessDescriptor: Int32 { ready[0] }
+
+    /// Ids of the live connections.
+    public var connectionIDs: [Int32] { monitor.locked { peers.keys.sorted() } }
+
+    /// Ends every connection, the listener and the DHT node. Idempotent.
+    public func close() {
+        let (wasRunning, agents) = monitor.locked { () -> (Bool, [IceAgent]) in
+            defer { running = false }
+            return (running, Array(settingUp.values))
+        }
+        monitor.broadcast()
+        guard wasRunning else { return }
+        for agent in agents { agent.close() }
+        _ = monitor.wait(milliseconds: 5000) { setups == 0 ? true : nil }
+        if listenerStarted { pthread_join(listener, nil) }
+        let all = monitor.locked { () -> [Peer] in
+            defer {
+                peers.removeAll()
+                acceptQueue.removeAll()
+            }
+            return Array(peers.values)
+        }
+        for peer in all {
+            peer.connection.disconnect(linger: 200)
+            peer.agent.close()
+        }
+        dht.stop()
+    }
+
+    // MARK: Internals
+
+    private func lookup(_ id: Int32) throws(Failure) -> Peer {
+        guard let peer = monitor.locked({ peers[id] }) else {
+            throw monitor.locked({ running }) ? .unknownConnection(id) : .closed
+        }
+        return peer
+    }
+
+    private static func map(_ error: TransportConnection.Failure) -> Failure {
+        switch error {
+        case .closed: .closed
+        case .full, .timeout: .timeout
+        case .tooLarge(let size): .tooLarge(size)
+        }
+    }
+
+    private func makeAgent(controlling: Bool) throws(Failure) -> IceAgent {
+        let agent: IceAgent
+        do {
+            agent = try IceAgent(stun: stun)
+            if let server = configuration.turnServer {
+                try agent.setTurnServer(server, username: configuration.turnUsername ?? "", password: configuration.turnPassword ?? "")
+            }
+            try agent.setControlling(controlling)
+        } catch { throw .io("ICE agent: \(error)") }
+        let admitted = monitor.locked { () -> Bool in
+            guard running else { return false }
+            settingUp[ObjectIdentifier(agent)] = agent
+            return true
+        }
+        guard admitted else {
+            agent.close()
+            throw .closed
+        }
+        return agent
+    }
+
+    private func forget(_ agent: IceAgent) {
+        _ = monitor.locked { settingUp.removeValue(forKey: ObjectIdentifier(agent)) }
+    }
+
+    private func register(peer: IdentityName, fd: Int32, session: SecureSession, agent: IceAgent,
+                          responder: HandshakeResponder<Int>?, accepted: Bool) throws(Failure) -> Int32 {
+        let connection: TransportConnection
+        do {
+            connection = try TransportConnection(
+                fd: fd, sealer: session.sealer, opener: session.opener, configuration: configuration.reliable,
+                unopened: responder.map { responder in
+                    { datagram in
+                        try? responder.receive(datagram, from: 0, now: unixMilliseconds())
+                        return responder.takeDatagrams().map(\.1)
+                    }
+                },
+                onChange: { [weak self] in self?.updateReadiness() })
+        } catch {
+            Glibc.close(fd)
+            agent.close()
+            throw .io("\(error)")
+        }
+        let (id, status) = monitor.locked { () -> (Int32?, PresenceStatus) in
+            guard running else { return (nil, presence) }
+            let id = nextID
+            nextID = nextID == Int32.max ? 1 : nextID + 1
+            peers[id] = Peer(name: peer, connection: connection, agent: agent)
+            if accepted { acceptQueue.append(id) }
+            return (id, presence)
+        }
+        guard let id else {
+            connection.close()
+            agent.close()
+            throw .closed
+        }
+        if status != .online { connection.sendPresence(status) }
+        monitor.broadcast()
+        updateReadiness()
+        return id
+    }
+
+    /// Sets or clears the eventfd so that it is readable exactly while something is ready.
+    private func updateReadiness() {
+        monitor.locked {
+            let isReady = !acceptQueue.isEmpty || peers.values.contains { $0.connection.isReadable }
+            var byte: UInt8 = 1
+            if isReady && !readySignalled {
+                _ = write(ready[1], &byte, 1)
+                readySignalled = true
+            } else if !isReady && readySignalled {
+                _ = read(ready[0], &byte, 1)
+                readySignalled = false
+            }
+        }
+    }
+
+    /// The listener thread: takes offers from the DHT and sets each up on its own thread.
+    private func listen() {
+        while monitor.locked({ running }) {
+            guard let request = dht.nextSignal(timeout: 250) else { continue }
+            guard let offer = try? ConnectOffer(parsing: request.payload), offer.kind == .offer else {
+                log("ignored a signal that is not a connection offer")
+                continue
+            }
+            let admitted = monitor.locked { () -> Bool in
+                guard running, setups < configuration.maximumPendingSetups else { return false }
+                setups += 1
+                return true
+            }
+            guard admitted else {
+                dht.reply(to: request, payload: ConnectOffer(kind: .refusal, ufrag: "-", password: "-", candidates: []).bytes)
+                continue
+            }
+            let started = spawn { [self] in
+                defer {
+                    monitor.locked { setups -= 1 }
+                    monitor.broadcast()
+                }
+                do { try self.answer(request, offer: offer) } catch { log("incoming connection failed: \(error)") }
+            }
+            if !started {
+                monitor.locked { setups -= 1 }
+                monitor.broadcast()
+            }
+        }
+    }
+
+    private func answer(_ request: SignalRequest, offer: ConnectOffer) throws(Failure) {
+        let deadline = unixMilliseconds() + UInt64(configuration.connectTimeout)
+        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(unixMilliseconds()))) }
+        let agent = try makeAgent(controlling: false)
+        defer { forget(agent) }
+        let fd: Int32
+        do {
+            try agent.setRemoteCredentials(ufrag: offer.ufrag, password: offer.password)
+            let candidates = try agent.gather()
+            guard let local = agent.localCredentials else { throw NatError.invalid("closed") }
+            dht.reply(to: request, payload: ConnectOffer(kind: .answer, ufrag: local.ufrag, password: local.password,
+                                                         candidates: candidates).bytes)
+            for candidate in offer.candidates { try agent.addRemoteCandidate(candidate) }
+            agent.timeoutMilliseconds = max(100, remaining())
+            fd = try agent.establish()
+        } catch {
+            agent.close()
+            throw .unreachable("ICE: \(error)")
+        }
+        let responder = HandshakeResponder<Int>(identity: identity)
+        let session: SecureSession
+        do { session = try HandshakeOverPath.respond(fd: fd, responder: responder, timeout: remaining()) } catch {
+            Glibc.close(fd)
+            agent.close()
+            throw .unreachable("handshake: \(error)")
+        }
+        // The name is the initiator's claim: its own signed entry must carry the key it proved.
+        guard let entry = dht.find(session.peerName, timeout: max(1000, remaining())), entry.publicKey == session.peerPublicKey else {
+            Glibc.close(fd)
+            agent.close()
+            throw .unreachable("\(session.peerName)'s DHT entry does not carry the key it signed the handshake with")
+        }
+        _ = try register(peer: session.peerName, fd: fd, session: session, agent: agent, responder: responder, accepted: true)
+    }
+}
+
+/// Starts a detached thread running `body`; false if the system refused.
+@discardableResult
+func spawn(_ body: @escaping () -> Void) -> Bool {
+    final class Box {
+        let body: () -> Void
+        init(_ body: @escaping () -> Void) { self.body = body }
+    }
+    let box = Unmanaged.passRetained(Box(body)).toOpaque()
+    var thread = pthread_t()
+    let started = pthread_create(&thread, nil, { argument in
+        guard let argument else { return nil }
+        let box = Unmanaged<Box>.fromOpaque(argument).takeRetainedValue()
+        box.body()
+        return nil
+    }, box)
+    guard started == 0 else {
+        Unmanaged<Box>.fromOpaque(box).release()
+        return false
+    }
+    pthread_detach(thread)
+    return true
+}

@@ -1,0 +1,134 @@
+import DNACrypto
+import DNADHT
+import DNANet
+import DNAReliable
+@testable import DNATransport
+import Glibc
+import STUNServer
+import Testing
+
+/// Two transport contexts and a bootstrap node on loopback: connect by identity through the DHT's
+/// signaling, ICE and the handshake; messages both ways on several streams; the readiness fd; a clean
+/// disconnect seen by the other side.
+@Suite(.serialized) struct TransportNodeTests {
+    static func temporaryDirectory() -> String {
+        var template = Array("/tmp/dna-transport-XXXXXX".utf8CString)
+        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+
+    static func readable(_ fd: Int32) -> Bool {
+        var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        return poll(&descriptor, 1, 0) > 0
+    }
+
+    struct Trio {
+        let bootstrap: DHTService
+        let alice: TransportNode
+        let bob: TransportNode
+        func close() {
+            alice.close()
+            bob.close()
+            bootstrap.stop()
+        }
+    }
+
+    static func trio() throws -> Trio {
+        var dhtConfiguration = DHTServiceConfiguration()
+        dhtConfiguration.bindHost = "127.0.0.1"
+        dhtConfiguration.dataDirectory = temporaryDirectory()
+        let bootstrap = try DHTService(configuration: dhtConfiguration)
+        bootstrap.otherProtocol = { request, source in STUNServer.answer(request, from: source) }  // as `dnat node` does
+        var configuration = TransportConfiguration()
+        configuration.bindHost = "127.0.0.1"
+        configuration.bootstrap = [try #require(Endpoint(host: "127.0.0.1", port: bootstrap.port))]
+        configuration.connectTimeout = 15_000
+        configuration.dataDirectory = temporaryDirectory()
+        let alice = try TransportNode(identity: try Identity(generating: try IdentityName("alice")), configuration: configuration)
+        configuration.dataDirectory = temporaryDirectory()
+        let bob = try TransportNode(identity: try Identity(generating: try IdentityName("bob")), configuration: configuration)
+        return Trio(bootstrap: bootstrap, alice: alice, bob: bob)
+    }
+
+    @Test func connectExchangeAndDisconnect() throws {
+        let trio = try Self.trio()
+        defer { trio.close() }
+        let (alice, bob) = (trio.alice, trio.bob)
+        #expect(!Self.readable(bob.readinessDescriptor))
+        let started = unixMilliseconds()
+        let id = try alice.connect(try IdentityName("bob"))
+        let (incoming, peer) = try bob.accept(timeout: 10_000)
+        print("connected in \(unixMilliseconds() - started) ms")
+        #expect(peer == (try IdentityName("alice")))
+        #expect(!Self.readable(bob.readinessDescriptor))
+
+        try alice.send(id, Array("hello bob".utf8))
+        let big = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        try alice.send(id, big, stream: 2)
+        try alice.send(id, Array("after the attachment".utf8), stream: 1)
+        var poller = pollfd(fd: bob.readinessDescriptor, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&poller, 1, 10_000) == 1)
+        var got: [UInt32: [[UInt8]]] = [:]
+        for _ in 0..<3 {
+            let message = try bob.receive(incoming, timeout: 10_000)
+            got[message.stream, default: []].append(message.bytes)
+        }
+        #expect(got[0] == [Array("hello bob".utf8)])
+        #expect(got[1] == [Array("after the attachment".utf8)])
+        #expect(got[2] == [big])
+        #expect(!Self.readable(bob.readinessDescriptor))
+
+        try bob.send(incoming, Array("hi alice".utf8))
+        #expect(try alice.receive(id, timeout: 10_000).bytes == Array("hi alice".utf8))
+        #expect(throws: TransportNode.Failure.timeout) { try alice.receive(id, timeout: 50) }
+
+        bob.setPresence(.away)
+        var presence = PresenceStatus.online
+        for _ in 0..<100 where presence != .away {
+            presence = try alice.peerPresence(id)
+            usleep(20_000)
+        }
+        #expect(presence == .away)
+
+        // A clean end: the last message arrives, then the peer learns the connection closed.
+        try alice.send(id, Array("bye".utf8))
+        try alice.disconnect(id)
+        #expect(try bob.receive(incoming, timeout: 10_000).bytes == Array("bye".utf8))
+        #expect(throws: TransportNode.Failure.closed) { try bob.receive(incoming, timeout: 5000) }
+        #expect(Self.readable(bob.readinessDescriptor))  // receive would not block: it reports the end
+        try bob.disconnect(incoming)
+        #expect(!Self.readable(bob.readinessDescriptor))
+        #expect(throws: TransportNode.Failure.unknownConnection(id)) { try alice.send(id, [1]) }
+    }
+
+    @Test func anIdentityNobodyAnnouncedIsOffline() throws {
+        let trio = try Self.trio()
+        defer { trio.close() }
+        let carol = try IdentityName("carol")
+        do throws(TransportNode.Failure) {
+            _ = try trio.alice.connect(carol)
+            Issue.record("connected to an identity nobody announced")
+        } catch {
+            guard case .peerOffline = error else {
+                Issue.record("expected peerOffline, got \(error)")
+                return
+            }
+        }
+        #expect(throws: TransportNode.Failure.timeout) { try trio.bob.accept(timeout: 100) }
+    }
+
+    @Test func offersRoundTripAndMalformedOnesAreRefused() throws {
+        let offer = ConnectOffer(kind: .offer, ufrag: "abcd", password: "0123456789abcdefghijkl",
+                                 candidates: [.init(ip: "192.0.2.1", port: 4000, kind: .local),
+                                              .init(ip: "2001:db8::1", port: 5000, kind: .reflexive),
+                                              .init(ip: "198.51.100.7", port: 3478, kind: .relay)])
+        let bytes = offer.bytes
+        #expect(try ConnectOffer(parsing: bytes) == offer)
+        for length in 0..<bytes.count {
+            #expect(throws: ConnectOffer.Malformed.self) { try ConnectOffer(parsing: Array(bytes.prefix(length))) }
+        }
+        #expect(throws: ConnectOffer.Malformed.self) { try ConnectOffer(parsing: bytes + [0]) }
+        var badKind = bytes
+        badKind[1] = 9
+        #expect(throws: ConnectOffer.Malformed.self) { try ConnectOffer(parsing: badKind) }
+    }
+}

@@ -1,0 +1,206 @@
+"""Transport (network_transport.h) on loopback: a DHT node as bootstrap, two or more identities that
+connect by name and exchange messages; readiness through selectors; presence; clean ends."""
+import os
+import selectors
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import dnatransport as dna
+
+
+@pytest.fixture()
+def network(tmp_path):
+    boot = dna.DHT(data_dir=str(tmp_path / "boot"), bind_ip="127.0.0.1")
+    bootstrap = [f"127.0.0.1:{boot.port}"]
+
+    def make(name, **kw):
+        return dna.Transport(name, data_dir=str(tmp_path / name), bootstrap=bootstrap, bind_ip="127.0.0.1", **kw)
+
+    made = []
+
+    def factory(name, **kw):
+        transport = make(name, **kw)
+        made.append(transport)
+        return transport
+
+    factory.bootstrap = bootstrap
+    yield factory
+    for transport in made:
+        transport.close()
+    boot.close()
+
+
+def test_connect_send_receive_both_ways(network):
+    alice, bob = network("alice"), network("bob")
+    started = time.monotonic()
+    conn = alice.connect("bob")
+    incoming, peer = bob.accept(timeout_ms=10000)
+    assert peer == "alice"
+    assert time.monotonic() - started < 5
+    alice.send(conn, b"hello")
+    assert bob.receive(incoming, timeout_ms=5000) == b"hello"
+    bob.send(incoming, b"hi back")
+    assert alice.receive(conn, timeout_ms=5000) == b"hi back"
+    with pytest.raises(dna.DNAError) as caught:
+        alice.receive(conn, timeout_ms=0)
+    assert caught.value.code == dna.ErrorCode.TIMEOUT
+
+
+def test_streams_do_not_block_each_other_and_order_holds(network):
+    alice, bob = network("alice"), network("bob")
+    conn = alice.connect("bob")
+    incoming, _ = bob.accept(timeout_ms=10000)
+    attachment = os.urandom(3 * 1024 * 1024)
+    alice.send(conn, attachment, stream=7)
+    for i in range(50):
+        alice.send(conn, f"text {i}".encode(), stream=1)
+    got = {1: [], 7: []}
+    while len(got[1]) < 50 or not got[7]:
+        stream, data = bob.receive_stream(incoming, timeout_ms=20000)
+        got[stream].append(data)
+    assert got[1] == [f"text {i}".encode() for i in range(50)]
+    assert got[7] == [attachment]
+
+
+def test_readiness_fd_with_selectors(network):
+    alice, bob = network("alice"), network("bob")
+    selector = selectors.DefaultSelector()
+    selector.register(bob, selectors.EVENT_READ)
+    assert selector.select(timeout=0) == []
+    conn = alice.connect("bob")
+    assert selector.select(timeout=10)
+    incoming, _ = bob.accept(timeout_ms=0)
+    assert selector.select(timeout=0) == []
+    alice.send(conn, b"ping")
+    assert selector.select(timeout=10)
+    assert bob.receive(incoming, timeout_ms=0) == b"ping"
+    assert selector.select(timeout=0) == []
+    selector.close()
+
+
+def test_presence_and_clean_disconnect(network):
+    alice, bob = network("alice"), network("bob")
+    conn = alice.connect("bob")
+    incoming, _ = bob.accept(timeout_ms=10000)
+    assert alice.presence(conn) == dna.Presence.ONLINE
+    bob.set_presence(dna.Presence.AWAY)
+    deadline = time.monotonic() + 5
+    while alice.presence(conn) != dna.Presence.AWAY and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert alice.presence(conn) == dna.Presence.AWAY
+    with pytest.raises(ValueError):
+        dna.Presence(9)
+    with pytest.raises(dna.DNAError) as caught:
+        bob.set_presence(9)
+    assert caught.value.code == dna.ErrorCode.INVALID_ARGUMENT
+
+    for i in range(100):
+        alice.send(conn, b"x" * 1000 + bytes([i]))
+    alice.disconnect(conn)
+    received = [bob.receive(incoming, timeout_ms=5000) for _ in range(100)]
+    assert [r[-1] for r in received] == list(range(100))
+    with pytest.raises(dna.DNAError) as caught:
+        bob.receive(incoming, timeout_ms=5000)
+    assert caught.value.code == dna.ErrorCode.CLOSED
+    bob.disconnect(incoming)
+    with pytest.raises(dna.DNAError) as caught:
+        bob.disconnect(incoming)
+    assert caught.value.code == dna.ErrorCode.NOT_FOUND
+
+
+def test_offline_peer_and_errors(network):
+    alice = network("alice")
+    with pytest.raises(dna.DNAError) as caught:
+        alice.connect("nobody")
+    assert caught.value.code == dna.ErrorCode.PEER_OFFLINE
+    with pytest.raises(dna.DNAError) as caught:
+        alice.connect("alice")
+    assert caught.value.code == dna.ErrorCode.INVALID_ARGUMENT
+    with pytest.raises(dna.DNAError) as caught:
+        alice.accept(timeout_ms=50)
+    assert caught.value.code == dna.ErrorCode.TIMEOUT
+    with pytest.raises(dna.DNAError) as caught:
+        alice.send(12345, b"x")
+    assert caught.value.code == dna.ErrorCode.NOT_FOUND
+    alice.close()
+    with pytest.raises(dna.DNAError):
+        alice.connect("bob")
+
+
+def test_message_size_limit(network):
+    alice, bob = network("alice", max_message_size=4096), network("bob", max_message_size=4096)
+    conn = alice.connect("bob")
+    incoming, _ = bob.accept(timeout_ms=10000)
+    alice.send(conn, b"y" * 4096)
+    assert bob.receive(incoming, timeout_ms=5000) == b"y" * 4096
+    with pytest.raises(dna.DNAError) as caught:
+        alice.send(conn, b"y" * 4097)
+    assert caught.value.code == dna.ErrorCode.TOO_LARGE
+
+
+def test_many_threads_and_connections(network):
+    """8 threads of one process each connect to bob and exchange 20 messages each way."""
+    bob = network("bob")
+    clients = [network(f"client{i}") for i in range(8)]
+    errors = []
+
+    def serve():
+        try:
+            for _ in range(8):
+                incoming, peer = bob.accept(timeout_ms=20000)
+                threading.Thread(target=echo, args=(incoming,)).start()
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    def echo(incoming):
+        try:
+            for _ in range(20):
+                bob.send(incoming, bob.receive(incoming, timeout_ms=20000))
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    def client(transport, index):
+        try:
+            conn = transport.connect("bob")
+            for i in range(20):
+                message = f"{index}:{i}".encode()
+                transport.send(conn, message)
+                assert transport.receive(conn, timeout_ms=20000) == message
+            transport.disconnect(conn)
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    threads = [threading.Thread(target=client, args=(c, i)) for i, c in enumerate(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    server.join(60)
+    assert errors == []
+
+
+def test_transport_init_from_environment(network, tmp_path):
+    """transport_init alone reads DNA_HOME, DNA_BOOTSTRAP and DNA_BIND (in a child process, so that
+    this process's environment stays as it is)."""
+    bob = network("bob")
+    script = (
+        "import dnatransport as dna\n"
+        "t = dna.Transport('erin')\n"
+        "c = t.connect('bob')\n"
+        "t.send(c, b'from the environment')\n"
+        "t.disconnect(c)\n"
+        "t.close()\n"
+    )
+    env = dict(os.environ, DNA_HOME=str(tmp_path / "erin"), DNA_BOOTSTRAP=",".join(network.bootstrap),
+               DNA_BIND="127.0.0.1")
+    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    incoming, peer = bob.accept(timeout_ms=20000)
+    assert peer == "erin"
+    assert bob.receive(incoming, timeout_ms=10000) == b"from the environment"
+    assert child.wait(30) == 0

@@ -1,0 +1,162 @@
+/*
+ * network_transport.h: the message transport (seed, "Component 3"): connect to a peer by its
+ * identity, then exchange encrypted, reliable, ordered messages over the best path ICE finds.
+ *
+ * A transport_context_t is one identity on the network: a DHT node that announces the identity's
+ * signed entry (and answers STUN on its UDP port), plus its connections. transport_connect finds
+ * the peer's entry in the DHT, exchanges ICE candidates with it through the DHT (docs/PROTOCOL.md
+ * §5.6, §7.5), runs the ICE checks, then the handshake (§4) over the chosen path: the peer proves the
+ * ML-DSA-65 key of its signed entry, both sides get fresh X25519 + ML-KEM-768 session keys. The
+ * accepting side checks the connecting side's name against that side's own entry in the DHT.
+ *
+ * Messages (§7): up to max_message_size bytes (default 16 MiB) each, cut into fragments under a
+ * conservative path MTU (datagrams of at most 1,176 bytes), acknowledged, retransmitted (RTO per RFC
+ * 6298, fast retransmit), congestion-controlled (NewReno) and flow-controlled. Each stream delivers
+ * its messages in order, exactly once; streams are independent, so a large message on one stream
+ * never holds back a small one on another. transport_send uses stream 0. The payload is opaque: the
+ * seed calls it ciphertext (the messenger's end-to-end encryption); the transport adds its own
+ * encryption and authentication hop by hop.
+ *
+ * Liveness: a PING after 25 s without traffic (it also keeps NAT mappings); a peer that misses 3
+ * PONGs is dead: transport_receive returns DNA_ERR_CLOSED once its waiting messages are read.
+ *
+ * Readiness: transport_get_fd is readable (level-triggered) while transport_accept or
+ * transport_receive on some connection would return at once: a connection waits to be accepted, a
+ * message waits, or a connection ended (its receive reports DNA_ERR_CLOSED until it is
+ * disconnected). Poll it, then call those functions with timeout_ms 0.
+ *
+ * Threads: any function from any thread. Each context has its own threads: the DHT node's, one per
+ * connection (record layer and reliability), libnice's loop per connection, and a listener for
+ * incoming offers.
+ *
+ * Configuration from the environment (transport_init, and NULL fields of transport_config_t):
+ *   DNA_HOME             data directory (default ~/.dna): keys, node id, routing table
+ *   DNA_BOOTSTRAP        comma-separated host:port of bootstrap nodes
+ *   DNA_STUN_SERVER      host:port (default: the first bootstrap node; a loopback address is skipped)
+ *   DNA_TURN_SERVER      host:port, with DNA_TURN_USER and DNA_TURN_PASSWORD
+ *   DNA_BIND, DNA_PORT   the DHT node's UDP address and port (default: every interface, any port)
+ */
+#ifndef DNATRANSPORT_NETWORK_TRANSPORT_H
+#define DNATRANSPORT_NETWORK_TRANSPORT_H
+
+#include "dna_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One identity's transport (opaque). */
+typedef struct transport_context_t transport_context_t;
+
+/* Settings; a struct zeroed with memset means "everything from the environment or the default". */
+typedef struct {
+    const char  *data_dir;         /* NULL: $DNA_HOME or ~/.dna */
+    const char **bootstrap_nodes;  /* NULL-terminated "host:port"; NULL: $DNA_BOOTSTRAP (comma-separated) */
+    const char  *stun_server;      /* NULL: $DNA_STUN_SERVER, else the first bootstrap node */
+    const char  *turn_server;      /* NULL: $DNA_TURN_SERVER */
+    const char  *turn_username;    /* NULL: $DNA_TURN_USER */
+    const char  *turn_password;    /* NULL: $DNA_TURN_PASSWORD */
+    const char  *bind_ip;          /* NULL: $DNA_BIND, else every interface */
+    uint16_t     port;             /* 0: $DNA_PORT, else any free port */
+    /* extensions */
+    int          connect_timeout_ms; /* 0: 20000; the longest transport_connect blocks */
+    int          send_timeout_ms;    /* 0: 10000; the longest transport_send waits while the send buffer is full */
+    size_t       max_message_size;   /* 0: TRANSPORT_DEFAULT_MAX_MESSAGE (16 MiB); at most 1 GiB; both peers need it */
+} transport_config_t;
+
+#define TRANSPORT_DEFAULT_MAX_MESSAGE (16u * 1024u * 1024u)
+/* A connection's unacknowledged and queued bytes; transport_send waits while they would pass it. */
+#define TRANSPORT_SEND_BUFFER (32u * 1024u * 1024u)
+/* The longest identity name (bytes of UTF-8); peer_identity_out of transport_accept needs one more. */
+#define TRANSPORT_IDENTITY_MAX 255
+
+/* PRESENCE statuses (the payload of a DNA_MSG_PRESENCE frame). */
+typedef enum {
+    TRANSPORT_PRESENCE_ONLINE  = 0,
+    TRANSPORT_PRESENCE_AWAY    = 1,
+    TRANSPORT_PRESENCE_BUSY    = 2,
+    TRANSPORT_PRESENCE_OFFLINE = 3
+} transport_presence_t;
+
+/**
+ * Starts a transport for `identity` (seed), configured from the DNA_* environment variables: loads
+ * the identity's key from the data directory (making it on first use), starts the DHT node, joins
+ * through the bootstrap nodes and announces the identity's signed entry. Returns NULL on failure
+ * (dna_last_error(): DNA_ERR_INVALID_ARGUMENT for a bad name or variable, DNA_ERR_IO when the port
+ * cannot be bound, DNA_ERR_KEY_FILE ...). When no bootstrap node answers, the context still starts
+ * and the DHT retries at each refresh. Free with transport_free.
+ */
+DNA_EXPORT transport_context_t *transport_init(const char *identity);
+
+/** transport_init with explicit settings; config NULL or zeroed: as transport_init. */
+DNA_EXPORT transport_context_t *transport_init_with_config(const char *identity, const transport_config_t *config);
+
+/**
+ * Connects to `peer_identity` (seed) and writes the new connection's id (> 0). Blocks up to
+ * connect_timeout_ms. Errors: DNA_ERR_PEER_OFFLINE (no entry in the DHT, or no answer through it:
+ * transport_send_offline is then the way), DNA_ERR_UNREACHABLE (the peer answered but no path or
+ * handshake worked, or it refused being busy), DNA_ERR_INVALID_ARGUMENT (own identity, bad name),
+ * DNA_ERR_CLOSED (the context is being freed).
+ */
+DNA_EXPORT int transport_connect(transport_context_t *ctx, const char *peer_identity, int *connection_id_out);
+
+/**
+ * Takes the next incoming connection, waiting up to timeout_ms (0: do not wait; negative: forever).
+ * Writes its id and the peer's identity (verified: it proved the key of its own signed DHT entry) as
+ * a NUL-terminated string into peer_identity_out (TRANSPORT_IDENTITY_MAX + 1 bytes always suffice;
+ * DNA_ERR_BUFFER_TOO_SMALL otherwise, and the connection stays queued). DNA_ERR_TIMEOUT if none came.
+ */
+DNA_EXPORT int transport_accept(transport_context_t *ctx, int *connection_id_out, char *peer_identity_out,
+                     size_t peer_identity_cap, int timeout_ms);
+
+/**
+ * Queues a message on stream 0 (seed) and returns: DNA_OK means queued, not yet delivered. The bytes
+ * are copied. While the connection's send buffer (TRANSPORT_SEND_BUFFER bytes unacknowledged or
+ * queued) cannot take the message, waits up to send_timeout_ms, then DNA_ERR_TIMEOUT (backpressure:
+ * nothing was queued, try later). DNA_ERR_TOO_LARGE above max_message_size; DNA_ERR_CLOSED when the
+ * connection ended; DNA_ERR_NOT_FOUND for an unknown connection id. An empty message is allowed.
+ */
+DNA_EXPORT int transport_send(transport_context_t *ctx, int connection_id, const uint8_t *ciphertext, size_t ciphertext_len);
+
+/** transport_send on stream `stream` (any value; each stream is ordered on its own). */
+DNA_EXPORT int transport_send_stream(transport_context_t *ctx, int connection_id, uint32_t stream,
+                          const uint8_t *data, size_t data_len);
+
+/**
+ * The next message of the connection, from any stream, in each stream's order (seed), waiting up to
+ * timeout_ms (0: do not wait; negative: forever). *ciphertext_out is a new buffer of
+ * *ciphertext_len_out bytes (NULL for an empty message), freed with dna_buffer_free. DNA_ERR_TIMEOUT
+ * if none came; DNA_ERR_CLOSED once the connection ended (the peer disconnected or went silent) and
+ * every message that arrived before was read.
+ */
+DNA_EXPORT int transport_receive(transport_context_t *ctx, int connection_id, uint8_t **ciphertext_out,
+                      size_t *ciphertext_len_out, int timeout_ms);
+
+/** transport_receive that also tells the message's stream (stream_out may be NULL). */
+DNA_EXPORT int transport_receive_stream(transport_context_t *ctx, int connection_id, uint32_t *stream_out,
+                             uint8_t **data_out, size_t *data_len_out, int timeout_ms);
+
+/** The readiness descriptor (see above); owned by the context: do not close it. */
+DNA_EXPORT int transport_get_fd(transport_context_t *ctx);
+
+/** Pushes this side's presence (a transport_presence_t) to every connected peer and to later ones. */
+DNA_EXPORT int transport_set_presence(transport_context_t *ctx, int status);
+
+/** The peer's last pushed presence (TRANSPORT_PRESENCE_ONLINE until it pushes one). */
+DNA_EXPORT int transport_get_presence(transport_context_t *ctx, int connection_id, int *status_out);
+
+/**
+ * Ends a connection (seed): waits up to 2 s for its queued messages to be acknowledged, tells the
+ * peer (whose transport_receive then returns DNA_ERR_CLOSED after the last message), releases the
+ * path. The id is invalid afterwards. DNA_ERR_NOT_FOUND for an unknown id.
+ */
+DNA_EXPORT int transport_disconnect(transport_context_t *ctx, int connection_id);
+
+/** Ends every connection and the DHT node, frees the context (seed). NULL is ignored. */
+DNA_EXPORT void transport_free(transport_context_t *ctx);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DNATRANSPORT_NETWORK_TRANSPORT_H */
