@@ -191,18 +191,60 @@ private func receiveOn(_ function: StaticString, _ context: OpaquePointer?, _ co
         let data = try CArg.required(dataOut, "ciphertext_out")
         let length = try CArg.required(lengthOut, "ciphertext_len_out")
         let message = try node.receive(connectionID, timeout: Int(timeoutMilliseconds))
-        var buffer: UnsafeMutablePointer<UInt8>?
-        if !message.bytes.isEmpty {
-            guard let allocated = malloc(message.bytes.count)?.assumingMemoryBound(to: UInt8.self) else {
-                throw OutOfMemory()
-            }
-            message.bytes.withUnsafeBufferPointer { allocated.update(from: $0.baseAddress!, count: $0.count) }
-            buffer = allocated
-        }
-        data.pointee = buffer
+        data.pointee = try mallocCopy(message.bytes)
         length.pointee = message.bytes.count
         streamOut?.pointee = message.stream
     }
+}
+
+@_cdecl("transport_send_offline")
+public func transport_send_offline(_ context: OpaquePointer?, _ peerIdentity: UnsafePointer<CChar>?,
+                                   _ ciphertext: UnsafePointer<UInt8>?, _ length: Int) -> Int32 {
+    cCall("transport_send_offline") {
+        let node = try Handle<TransportNode>.borrow(context, "ctx")
+        let peer = try CArg.identity(peerIdentity)
+        let bytes = try CArg.bytes(ciphertext, length, "ciphertext")
+        guard length <= Offline.maximumMessage else { throw TransportNode.Failure.tooLarge(length) }
+        try node.sendOffline(peer, Array(bytes))
+    }
+}
+
+@_cdecl("transport_receive_offline")
+public func transport_receive_offline(_ context: OpaquePointer?, _ senderOut: UnsafeMutablePointer<CChar>?, _ senderCapacity: Int,
+                                      _ dataOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
+                                      _ lengthOut: UnsafeMutablePointer<Int>?, _ sentAtOut: UnsafeMutablePointer<UInt64>?,
+                                      _ timeoutMilliseconds: Int32) -> Int32 {
+    cCall("transport_receive_offline") {
+        let node = try Handle<TransportNode>.borrow(context, "ctx")
+        let sender = try CArg.required(senderOut, "sender_out")
+        guard senderCapacity > 0 else { throw InvalidArgument("sender_cap is 0 or above SIZE_MAX/2") }
+        let data = try CArg.required(dataOut, "data_out")
+        let length = try CArg.required(lengthOut, "data_len_out")
+        let delivery = try node.receiveOffline(timeout: Int(timeoutMilliseconds)) { $0.utf8.count < senderCapacity }
+        try CArg.copyString(delivery.sender.description, to: sender, capacity: senderCapacity)
+        data.pointee = try mallocCopy(delivery.message)
+        length.pointee = delivery.message.count
+        sentAtOut?.pointee = delivery.sentAt
+    }
+}
+
+@_cdecl("transport_fetch_offline")
+public func transport_fetch_offline(_ context: OpaquePointer?) -> Int32 {
+    var count: Int32 = 0
+    let code = cCall("transport_fetch_offline") {
+        count = Int32(clamping: try Handle<TransportNode>.borrow(context, "ctx").fetchOffline())
+    }
+    return code == 0 ? count : code
+}
+
+/// A malloc'd copy for the caller to free with dna_buffer_free; nil for no bytes.
+func mallocCopy(_ bytes: [UInt8]) throws -> UnsafeMutablePointer<UInt8>? {
+    guard !bytes.isEmpty else { return nil }
+    guard let allocated = malloc(bytes.count)?.assumingMemoryBound(to: UInt8.self) else { throw OutOfMemory() }
+    bytes.withUnsafeBufferPointer { buffer in
+        if let base = buffer.baseAddress { allocated.update(from: base, count: buffer.count) }
+    }
+    return allocated
 }
 
 @_cdecl("transport_get_fd")

@@ -1,3 +1,4 @@
+import DNACrypto
 import DNAWire
 
 /// Why a DHT datagram was dropped.
@@ -40,6 +41,17 @@ public enum SignalStatus: UInt8, Sendable {
     case busy = 3        // too many relays in flight here
 }
 
+/// The answer to MAIL_PUT (docs/PROTOCOL.md §8.3).
+public enum MailStatus: UInt8, Sendable {
+    case stored = 0
+    case duplicate = 1   // already held (or an older key record than the one held)
+    case notHolder = 2   // this node keeps no inboxes (a bootstrap node)
+    case badToken = 3
+    case invalid = 4     // structure, signature or times
+    case quota = 5       // the sender's share of the inbox, the inbox or the node is full
+    case taken = 6       // the inbox belongs to another key (first come, first served)
+}
+
 /// One DHT message (docs/PROTOCOL.md §5.1, signaling §5.6).
 struct DHTMessage: Equatable {
     enum Body: Equatable {
@@ -60,6 +72,15 @@ struct DHTMessage: Equatable {
         case reply(relay: UInt64, payload: [UInt8])
         /// Holder to signaller (a notice): the owner's answer to signal `id`; `from` is the owner's address.
         case deliver(id: UInt64, from: Endpoint, payload: [UInt8])
+        /// Offline delivery (§8): store an inbox item (a key record or a sealed message).
+        case mailPut(token: UInt64, item: [UInt8])
+        case mailStored(MailStatus)
+        /// The items of inbox `key` from the `skip`-th on (the key record first).
+        case mailFetch(token: UInt64, key: NodeID, skip: Int)
+        case mailItems(total: Int, items: [[UInt8]])
+        /// The owner's signed request to remove delivered messages.
+        case mailDelete(token: UInt64, request: [UInt8])
+        case mailDeleted(count: Int)
 
         var kind: UInt8 {
             switch self {
@@ -76,13 +97,19 @@ struct DHTMessage: Equatable {
             case .forward: 11
             case .reply: 12
             case .deliver: 13
+            case .mailPut: 14
+            case .mailStored: 15
+            case .mailFetch: 16
+            case .mailItems: 17
+            case .mailDelete: 18
+            case .mailDeleted: 19
             }
         }
 
         var isRequest: Bool {
             switch self {
-            case .ping, .findNode, .findValue, .store, .signal: true
-            case .pong, .nodes, .value, .stored, .signalAck, .forward, .reply, .deliver: false
+            case .ping, .findNode, .findValue, .store, .signal, .mailPut, .mailFetch, .mailDelete: true
+            case .pong, .nodes, .value, .stored, .signalAck, .forward, .reply, .deliver, .mailStored, .mailItems, .mailDeleted: false
             }
         }
 
@@ -107,12 +134,20 @@ struct DHTMessage: Equatable {
     public static let maximumSignalPayload = 7000
     /// The largest message: a FORWARD of the largest signal payload (a STORE of the largest entry,
     /// 2 + 16 + 8 + 2 + 5700 bytes, is smaller).
-    static let maximumSize = 2 + NodeCredential.saltSize + 8 + Endpoint.wireSize + NodeID.size + 8 + 2 + maximumSignalPayload
+    /// The largest inbox item (a sealed offline message; a key record is smaller).
+    static let maximumMailItem = OfflineMessage.maximumSize
+    /// MAIL_ITEMS carries items up to this many bytes in all (and always at least one).
+    static let mailItemsBudget = 24_000
+    /// The largest message: MAIL_ITEMS (a FORWARD of the largest signal payload and a STORE of the
+    /// largest entry are smaller).
+    static let maximumSize = 2 + NodeCredential.saltSize + 2 + 1 + mailItemsBudget + 4 * 32 + maximumMailItem
+    static let maximumMailItems = 32
 
     /// kind (1) | flags (1) | sender salt (16) | body.
     var bytes: [UInt8] {
         var out: [UInt8] = [body.kind, 0] + salt
         func u64(_ v: UInt64) { out += (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
+        func u32(_ v: Int) { out += (0..<4).map { UInt8(truncatingIfNeeded: v >> (24 - 8 * $0)) } }
         switch body {
         case .ping: break
         case .pong(let observed, let token):
@@ -154,9 +189,31 @@ struct DHTMessage: Equatable {
             u64(id)
             out += from.wire
             out += [UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)] + payload
+        case .mailPut(let token, let item):
+            u64(token)
+            u32(item.count)
+            out += item
+        case .mailStored(let status):
+            out.append(status.rawValue)
+        case .mailFetch(let token, let key, let skip):
+            u64(token)
+            out += key.bytes + [UInt8(skip >> 8 & 0xFF), UInt8(skip & 0xFF)]
+        case .mailItems(let total, let items):
+            out += [UInt8(total >> 8 & 0xFF), UInt8(total & 0xFF), UInt8(items.count)]
+            for item in items {
+                u32(item.count)
+                out += item
+            }
+        case .mailDelete(let token, let request):
+            u64(token)
+            u32(request.count)
+            out += request
+        case .mailDeleted(let count):
+            out += [UInt8(count >> 8 & 0xFF), UInt8(count & 0xFF)]
         }
         if case .findNode = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         if case .findValue = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
+        if case .mailFetch = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         return out
     }
 
@@ -185,6 +242,12 @@ struct DHTMessage: Equatable {
                 throw .malformed("endpoint")
             }
             return endpoint
+        }
+        func u32() throws(DHTError) -> Int { Int(try take(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) }) }
+        func item() throws(DHTError) -> [UInt8] {
+            let length = try u32()
+            guard length >= 2, length <= Self.maximumMailItem else { throw .malformed("inbox item of \(length) bytes") }
+            return Array(try take(length))
         }
         func payload() throws(DHTError) -> [UInt8] {
             let length = try u16()
@@ -230,6 +293,27 @@ struct DHTMessage: Equatable {
         case 13:
             let signalID = try u64(), from = try endpoint()
             body = .deliver(id: signalID, from: from, payload: try payload())
+        case 14:
+            let token = try u64()
+            body = .mailPut(token: token, item: try item())
+        case 15:
+            guard let status = MailStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
+            body = .mailStored(status)
+        case 16:
+            let token = try u64(), key = try id()
+            body = .mailFetch(token: token, key: key, skip: try u16())
+        case 17:
+            let total = try u16()
+            let count = Int(try take(1).first ?? 0)
+            guard count <= Self.maximumMailItems, count <= total else { throw .malformed("\(count) of \(total) items") }
+            var items: [[UInt8]] = []
+            for _ in 0..<count { items.append(try item()) }
+            body = .mailItems(total: total, items: items)
+        case 18:
+            let token = try u64()
+            body = .mailDelete(token: token, request: try item())
+        case 19:
+            body = .mailDeleted(count: try u16())
         default: throw .malformed("kind \(kind)")
         }
         guard flags & ~(kind == 4 ? 1 : 0) == 0 else { throw .malformed("flags") }

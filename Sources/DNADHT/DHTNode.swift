@@ -31,6 +31,12 @@ public struct DHTConfiguration: Sendable {
     public var maximumRelays = 10_000
     /// A signal goes to at most this many holders of the key (redundancy against loss and Sybils).
     public var signalFanout = 3
+    /// Whether this node keeps inboxes for offline delivery (§8). Bootstrap nodes do not (seed).
+    public var storesMail = true
+    /// Messages one sender may leave in one inbox here, messages per inbox, bytes of all inboxes.
+    public var mailPerSender = 32
+    public var mailPerInbox = 1000
+    public var mailBytes = 64 << 20
 
     public init() {}
 }
@@ -81,6 +87,8 @@ public enum DHTEvent: Sendable {
     case lookupFinished(LookupID, LookupResult)
     case signalled(SignalRequest)
     case delivered(SignalDelivery)
+    /// The answer of `from` to mail request `operation` (§8), or nil when it did not answer in time.
+    case mailAnswered(operation: UInt64, from: Endpoint, answer: MailAnswer?)
 }
 
 /// Counters for logs, statistics and tests.
@@ -116,6 +124,8 @@ public final class DHTNode {
         case store(LookupID)
         /// A SIGNAL sent by a lookup (nil: a follow-up through known holders).
         case signal(LookupID?)
+        /// A request of offline delivery (§8) made by the driver.
+        case mail(UInt64)
     }
 
     private struct Pending {
@@ -124,6 +134,13 @@ public final class DHTNode {
         var sentAt: UInt64
         var deadline: UInt64
         var purpose: Purpose
+        var body: DHTMessage.Body
+        var attempt = 0
+
+        var isPing: Bool {
+            if case .ping = purpose { return true }
+            return false
+        }
     }
 
     private var pending: [UInt64: Pending] = [:]
@@ -153,6 +170,7 @@ public final class DHTNode {
 
     private var store: [NodeID: Stored] = [:]
     private var storedBy: [Endpoint: Int] = [:]
+    private var mailboxes: Mailboxes
 
     // Tokens: keyed BLAKE2b of the requester's endpoint.
     private var tokenSecret: [UInt8]
@@ -195,6 +213,63 @@ public final class DHTNode {
         previousTokenSecret = Self.randomSecret(&random)
         tokenRotatedAt = now
         nextRefresh = now + configuration.refreshInterval
+        mailboxes = Mailboxes(perSender: configuration.mailPerSender, perInbox: configuration.mailPerInbox,
+                              maximumBytes: configuration.mailBytes)
+    }
+
+    // MARK: Offline delivery (§8)
+
+    /// Inbox items held here (key records and messages).
+    public var mailCount: Int { mailboxes.messageCount }
+
+    /// Sends a mail request to `contact` (found by a lookup of the inbox key, which also brought its
+    /// token); its answer comes as a `mailAnswered` event with `operation`.
+    public func mail(_ request: MailRequest, to contact: Contact, operation: UInt64, now: UInt64) {
+        let token = tokens[contact.endpoint] ?? 0
+        let body: DHTMessage.Body
+        switch request {
+        case .put(let item): body = .mailPut(token: token, item: item)
+        case .fetch(let key, let skip): body = .mailFetch(token: token, key: key, skip: skip)
+        case .delete(let deletion): body = .mailDelete(token: token, request: deletion)
+        }
+        self.request(body, to: contact.endpoint, expected: contact.id, purpose: .mail(operation), now: now)
+    }
+
+    /// The same request answered by this node's own inboxes, when it keeps inboxes and is among the
+    /// k nodes closest to `key` that `closest` lists (a node never sends itself a request).
+    public func localMail(_ request: MailRequest, key: NodeID, closest: [Contact], now: UInt64) -> MailAnswer? {
+        guard configuration.storesMail else { return nil }
+        if closest.count >= configuration.k, let farthest = closest.map({ $0.id ^ key }).max(), !((id ^ key) < farthest) {
+            return nil
+        }
+        switch request {
+        case .put(let item): return .status(mailboxes.put(item, now: now))
+        case .fetch(let key, let skip):
+            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, now: now)
+            return .items(total: total, items: items)
+        case .delete(let deletion): return mailboxes.delete(deletion, now: now).map { .deleted($0) } ?? .status(.invalid)
+        }
+    }
+
+    private func answerMail(_ body: DHTMessage.Body, from source: Endpoint, now: UInt64) -> DHTMessage.Body? {
+        switch body {
+        case .mailPut(let presented, let item):
+            guard configuration.storesMail else { return .mailStored(.notHolder) }
+            guard validToken(presented, for: source) else { return .mailStored(.badToken) }
+            return .mailStored(mailboxes.put(item, now: now))
+        case .mailFetch(let presented, let key, let skip):
+            guard configuration.storesMail else { return .mailStored(.notHolder) }
+            guard validToken(presented, for: source) else { return .mailStored(.badToken) }
+            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, now: now)
+            return .mailItems(total: total, items: items)
+        case .mailDelete(let presented, let request):
+            guard configuration.storesMail else { return .mailStored(.notHolder) }
+            guard validToken(presented, for: source) else { return .mailStored(.badToken) }
+            guard let count = mailboxes.delete(request, now: now) else { return .mailStored(.invalid) }
+            return .mailDeleted(count: count)
+        default:
+            return nil
+        }
     }
 
     private static func randomSecret(_ random: inout SplitMixRandom) -> [UInt8] {
@@ -428,6 +503,9 @@ public final class DHTNode {
             body = .stored(accept(wire, token: presented, from: source, sender: sender, now: now))
         case .signal(let presented, let key, let signalID, let payload):
             body = .signalAck(relay(key: key, id: signalID, payload: payload, token: presented, from: source, now: now))
+        case .mailPut, .mailFetch, .mailDelete:
+            guard let answer = answerMail(request.body, from: source, now: now) else { return }
+            body = answer
         default:
             return
         }
@@ -526,6 +604,15 @@ public final class DHTNode {
             lookup.signalsInFlight -= 1
             if case .signalAck(.forwarded) = message.body { lookup.result.forwardedBy.append(source) }
             advance(lookup, now: now)
+        case .mail(let operation):
+            let answer: MailAnswer?
+            switch message.body {
+            case .mailStored(let status): answer = .status(status)
+            case .mailItems(let total, let items): answer = .items(total: total, items: items)
+            case .mailDeleted(let count): answer = .deleted(count)
+            default: answer = nil
+            }
+            events.append(.mailAnswered(operation: operation, from: source, answer: answer))
         }
     }
 
@@ -541,7 +628,21 @@ public final class DHTNode {
         for (transaction, request) in pending where request.deadline <= now {
             pending[transaction] = nil
             statistics.timeouts += 1
-            if let expected = request.expected { table.failed(expected) }
+            // A contact fails once per request that got no answer, not once per lost attempt.
+            if let expected = request.expected, request.isPing || request.attempt >= 2 { table.failed(expected) }
+            // A request (or a piece of its answer: a VALUE is 5 datagrams) that was lost is sent
+            // again, up to twice (a small network has no other node to ask); pings are not: they
+            // test liveness. A node that is gone thus costs 3 request timeouts.
+            if request.attempt < 2, !request.isPing {
+                var again = request
+                again.attempt += 1
+                again.sentAt = now
+                again.deadline = now + requestTimeout
+                let retry = newTransaction()
+                pending[retry] = again
+                send(DHTMessage(transaction: retry, salt: credential.salt, body: request.body), to: request.endpoint)
+                continue
+            }
             switch request.purpose {
             case .ping: break
             case .bootstrap(let lookupID):
@@ -564,6 +665,8 @@ public final class DHTNode {
                     lookup.signalsInFlight -= 1
                     advance(lookup, now: now)
                 }
+            case .mail(let operation):
+                events.append(.mailAnswered(operation: operation, from: request.endpoint, answer: nil))
             }
         }
         if let keepalive = nextKeepalive, now >= keepalive {
@@ -576,6 +679,7 @@ public final class DHTNode {
             nextSweep = now + 5000
             if !relays.isEmpty { relays = relays.filter { $0.value.expires > now } }
             if !outstanding.isEmpty { outstanding = outstanding.filter { $0.value.expires > now } }
+            mailboxes.sweep(now: now)
         }
         for (key, partial) in reassembly where partial.started + 5000 <= now { reassembly[key] = nil }
         if now >= tokenRotatedAt + configuration.tokenRotation {
@@ -633,7 +737,7 @@ public final class DHTNode {
     private func request(_ body: DHTMessage.Body, to endpoint: Endpoint, expected: NodeID?, purpose: Purpose, now: UInt64) {
         let transaction = newTransaction()
         pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now,
-                                       deadline: now + requestTimeout, purpose: purpose)
+                                       deadline: now + requestTimeout, purpose: purpose, body: body)
         send(DHTMessage(transaction: transaction, salt: credential.salt, body: body), to: endpoint)
     }
 

@@ -80,8 +80,10 @@ public final class DHTService: @unchecked Sendable {
     /// Signaling: signals for this node's keys, and answers to the signals it sent (bounded queues).
     private var incomingSignals: [SignalRequest] = []
     /// The last signals queued (id, origin, payload), so that copies through other holders are dropped.
-    private var recentSignals: [SignalRequest] = []
+    private var recentSignals: [(request: SignalRequest, at: UInt64)] = []
     private var deliveries: [UInt64: [SignalDelivery]] = [:]
+    private var mailAnswers: [UInt64: [(Endpoint, MailAnswer?)]] = [:]
+    private var nextMailOperation: UInt64 = 1
     private var running = true
     private var wake: (read: Int32, write: Int32) = (-1, -1)
     private var thread = pthread_t()
@@ -271,6 +273,104 @@ public final class DHTService: @unchecked Sendable {
         _ = perform { node, _ in node.reply(to: request, payload: payload) }
     }
 
+    // MARK: Offline delivery (docs/PROTOCOL.md §8)
+
+    /// The k nodes closest to `key` that answered a lookup.
+    public func closest(to key: NodeID, timeout: Int = 30_000) -> [Contact]? {
+        lookup(timeout: timeout) { node, now in node.lookup(key, now: now) }?.closest
+    }
+
+    /// The answers of one round of mail requests: this node's own (when it keeps inboxes and is one
+    /// of the holders, i.e. among `key`'s k closest) and each remote holder's (nil: no answer).
+    public struct MailRound: Sendable {
+        public var local: MailAnswer?
+        public var remote: [Endpoint: MailAnswer?]
+
+        /// Every answer, own first.
+        public var all: [MailAnswer?] { (local.map { [$0] } ?? []) + Array(remote.values) }
+    }
+
+    /// Sends each request (and `localRequest` to this node's own inboxes) and waits up to `timeout`
+    /// ms for every answer. Nil when the service stopped.
+    public func mailRound(_ requests: [(Contact, MailRequest)], local localRequest: MailRequest?, key: NodeID,
+                          holders: [Contact], timeout: Int = 5000) -> MailRound? {
+        let operation = monitor.locked { () -> UInt64 in
+            defer { nextMailOperation += 1 }
+            mailAnswers[nextMailOperation] = []
+            return nextMailOperation
+        }
+        defer { _ = monitor.locked { mailAnswers.removeValue(forKey: operation) } }
+        guard let local = perform({ node, now -> MailAnswer?? in
+            for (contact, request) in requests { node.mail(request, to: contact, operation: operation, now: now) }
+            guard let localRequest else { return .some(nil) }
+            return .some(node.localMail(localRequest, key: key, closest: holders, now: now))
+        }) else { return nil }
+        let answers = requests.isEmpty ? [] : monitor.wait(milliseconds: timeout) { () -> [(Endpoint, MailAnswer?)]? in
+            guard let got = mailAnswers[operation], got.count >= requests.count else { return nil }
+            return got
+        } ?? monitor.locked { mailAnswers[operation] ?? [] }
+        var remote: [Endpoint: MailAnswer?] = [:]
+        for (contact, _) in requests { remote[contact.endpoint] = .some(nil) }
+        for (endpoint, answer) in answers { remote[endpoint] = .some(answer) }
+        return MailRound(local: local ?? nil, remote: remote)
+    }
+
+    /// Stores an inbox item on the nodes closest to `key`; returns how many stored it (or held it).
+    public func putMail(_ item: [UInt8], key: NodeID) -> Int? {
+        guard let holders = closest(to: key),
+              let round = mailRound(holders.map { ($0, .put(item)) }, local: .put(item), key: key, holders: holders) else { return nil }
+        return round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count
+    }
+
+    /// Every item the nodes closest to `key` (this one included) hold for it, each once; pages are
+    /// fetched until each holder gave all it has.
+    public func fetchMail(key: NodeID) -> [[UInt8]]? {
+        guard let holders = closest(to: key) else { return nil }
+        var seen = Set<[UInt8]>()
+        var out: [[UInt8]] = []
+        var skip: [Contact: Int] = Dictionary(uniqueKeysWithValues: holders.map { ($0, 0) })
+        var localSkip: Int? = 0
+        for _ in 0..<64 where !skip.isEmpty || localSkip != nil {
+            guard let round = mailRound(skip.map { ($0.key, .fetch(key: key, skip: $0.value)) },
+                                        local: localSkip.map { .fetch(key: key, skip: $0) }, key: key, holders: holders) else { return nil }
+            if let offset = localSkip {
+                localSkip = nil
+                if case .items(let total, let items)? = round.local, !items.isEmpty {
+                    for item in items where seen.insert(item).inserted { out.append(item) }
+                    if offset + items.count < total { localSkip = offset + items.count }
+                }
+            }
+            var next: [Contact: Int] = [:]
+            for (contact, offset) in skip {
+                guard case .items(let total, let items)?? = round.remote[contact.endpoint], !items.isEmpty else { continue }
+                for item in items where seen.insert(item).inserted { out.append(item) }
+                if offset + items.count < total { next[contact] = offset + items.count }
+            }
+            skip = next
+        }
+        return out
+    }
+
+    /// The first page of items each holder of `key` has (the key record comes first), each once.
+    public func firstMailPage(key: NodeID) -> [[UInt8]]? {
+        guard let holders = closest(to: key),
+              let round = mailRound(holders.map { ($0, .fetch(key: key, skip: 0)) }, local: .fetch(key: key, skip: 0),
+                                    key: key, holders: holders) else { return nil }
+        var seen = Set<[UInt8]>()
+        var out: [[UInt8]] = []
+        for case .items(_, let items)? in round.all {
+            for item in items where seen.insert(item).inserted { out.append(item) }
+        }
+        return out
+    }
+
+    /// Sends the owner's signed deletion to the nodes closest to `key`; returns how many took it.
+    public func deleteMail(_ request: [UInt8], key: NodeID) -> Int? {
+        guard let holders = closest(to: key),
+              let round = mailRound(holders.map { ($0, .delete(request)) }, local: .delete(request), key: key, holders: holders) else { return nil }
+        return round.all.filter { if case .deleted? = $0 { true } else { false } }.count
+    }
+
     public var statistics: DHTStatistics? { perform { node, _ in node.statistics } }
     public var routingTableSize: Int? { perform { node, _ in node.routingTableSize } }
     public var storedCount: Int? { perform { node, _ in node.storedCount } }
@@ -335,13 +435,20 @@ public final class DHTService: @unchecked Sendable {
                         switch event {
                         case .lookupFinished(let id, let result): results[id] = result
                         case .signalled(let request):
-                            // The same signal arrives through several holders: keep the first.
-                            if !recentSignals.contains(where: { $0.id == request.id && $0.origin == request.origin && $0.payload == request.payload }) {
+                            // The same signal arrives through several holders at once: keep the first.
+                            // A copy a second later is the signaller sending again (its first, or the
+                            // answer, was lost): it is passed on.
+                            let now = unixMilliseconds()
+                            recentSignals.removeAll { $0.at + 500 < now }
+                            if !recentSignals.contains(where: { $0.request.id == request.id && $0.request.origin == request.origin
+                                && $0.request.payload == request.payload }) {
                                 incomingSignals.append(request)
-                                recentSignals.append(request)
+                                recentSignals.append((request, now))
                             }
                             if incomingSignals.count > 256 { incomingSignals.removeFirst() }
                             if recentSignals.count > 256 { recentSignals.removeFirst() }
+                        case .mailAnswered(let operation, let from, let answer):
+                            if mailAnswers[operation] != nil { mailAnswers[operation]?.append((from, answer)) }
                         case .delivered(let delivery):
                             if deliveries[delivery.id]?.contains(where: { $0.payload == delivery.payload }) != true {
                                 deliveries[delivery.id, default: []].append(delivery)

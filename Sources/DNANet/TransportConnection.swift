@@ -14,9 +14,10 @@ public final class TransportConnection: @unchecked Sendable {
         case timeout
     }
 
-    private let fd: Int32
-    private let sealer: RecordSealer
-    private let opener: RecordOpener
+    // The path: replaced by `replacePath` (on the I/O thread only).
+    private var fd: Int32
+    private var sealer: RecordSealer
+    private var opener: RecordOpener
     private let connection: ReliableConnection
     private let monitor = Monitor()
     private var commands: [(ReliableConnection, UInt64) -> Void] = []
@@ -34,9 +35,15 @@ public final class TransportConnection: @unchecked Sendable {
     private var dead = false
     private var peerClosed = false
     private var idle = true
+    /// With `resumable`, a silent peer makes the path lost (`isPathLost`) rather than the connection
+    /// dead: messages wait until `replacePath` or `abandon`.
+    private let resumable: Bool
+    private var pathLost = false
+    /// The socket's other end is gone (I/O thread only).
+    private var socketGone = false
     /// Called on the I/O thread for datagrams the record layer cannot open (a late handshake piece,
     /// say); what it returns is sent back.
-    private let unopened: (([UInt8]) -> [[UInt8]])?
+    private var unopened: (([UInt8]) -> [[UInt8]])?
     /// Called on the I/O thread after messages arrived or the connection ended.
     private let onChange: (() -> Void)?
     private var wake: [Int32] = [-1, -1]
@@ -50,9 +57,11 @@ public final class TransportConnection: @unchecked Sendable {
     /// acknowledging pieces of message 3); `onChange` hears of arrivals and of the end.
     public init(fd: Int32, sealer: RecordSealer, opener: RecordOpener,
                 configuration: ReliableConfiguration = ReliableConfiguration(),
-                unopened: (([UInt8]) -> [[UInt8]])? = nil, onChange: (() -> Void)? = nil) throws(NetError) {
+                unopened: (([UInt8]) -> [[UInt8]])? = nil, resumable: Bool = false,
+                onChange: (() -> Void)? = nil) throws(NetError) {
         self.fd = fd
         self.unopened = unopened
+        self.resumable = resumable
         self.onChange = onChange
         self.sealer = sealer
         self.opener = opener
@@ -112,6 +121,39 @@ public final class TransportConnection: @unchecked Sendable {
     /// The peer closed the connection with a CLOSE frame.
     public var isClosedByPeer: Bool { monitor.locked { peerClosed } }
 
+    /// The peer went silent on a resumable connection: waiting for `replacePath` or `abandon`.
+    public var isPathLost: Bool { monitor.locked { pathLost && !dead } }
+
+    /// Moves the connection to a new path (a new socket and session): what was in flight is sent
+    /// again over it, nothing queued is lost. The old socket is closed. False when the connection
+    /// ended meanwhile (the new socket is then closed too).
+    @discardableResult
+    public func replacePath(fd newFD: Int32, sealer newSealer: RecordSealer, opener newOpener: RecordOpener,
+                            unopened newUnopened: (([UInt8]) -> [[UInt8]])?) -> Bool {
+        _ = fcntl(newFD, F_SETFL, fcntl(newFD, F_GETFL) | O_NONBLOCK)
+        let done = perform { connection, now -> Bool in
+            guard self.monitor.locked({ !self.dead && !self.peerClosed }) else { return false }
+            Glibc.close(self.fd)
+            self.fd = newFD
+            self.socketGone = false
+            self.sealer = newSealer
+            self.opener = newOpener
+            self.unopened = newUnopened
+            connection.revive(now: now)
+            self.monitor.locked { self.pathLost = false }
+            return true
+        } ?? false
+        if !done { Glibc.close(newFD) }
+        return done
+    }
+
+    /// Gives up on a lost path: the connection is dead (receive reports the end).
+    public func abandon() {
+        monitor.locked { dead = true }
+        monitor.broadcast()
+        onChange?()
+    }
+
     /// receive() would not block: a message is waiting or the connection ended.
     public var isReadable: Bool { monitor.locked { !inbox.isEmpty || dead || !running } }
 
@@ -151,6 +193,11 @@ public final class TransportConnection: @unchecked Sendable {
 
     // MARK: I/O thread
 
+    /// Errors of a connected datagram socket whose other end (or path) is gone.
+    private static func isGone(_ code: Int32) -> Bool {
+        code == ECONNREFUSED || code == ECONNRESET || code == ENOTCONN || code == EPIPE
+    }
+
     private func perform<T>(_ body: @escaping (ReliableConnection, UInt64) -> T) -> T? {
         let box = ResultBox<T>()
         let accepted = monitor.locked { () -> Bool in
@@ -179,6 +226,9 @@ public final class TransportConnection: @unchecked Sendable {
         var descriptors = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 65536)
         while monitor.locked({ running }) {
+            // A socket whose other end went (the ICE layer lost the path) is not polled: it would
+            // report POLLHUP forever.
+            descriptors[0].fd = socketGone ? -1 : fd
             let now = unixMilliseconds()
             let deadline = connection.nextDeadline ?? now + 1000
             _ = poll(&descriptors, 2, Int32(clamping: deadline > now ? min(deadline - now, 1000) : 0))
@@ -197,7 +247,8 @@ public final class TransportConnection: @unchecked Sendable {
             backlog += handed
             var taken = 0
             let sendTime = unixMilliseconds()
-            for (stream, message) in backlog {
+            // While the path is lost the messages wait here (the connection takes none).
+            for (stream, message) in backlog where !connection.isDead {
                 do throws(ReliableError) { try connection.send(message, stream: stream, now: sendTime) } catch {
                     if error == .full { break }
                 }
@@ -205,8 +256,9 @@ public final class TransportConnection: @unchecked Sendable {
                 taken += 1
             }
             backlog.removeFirst(taken)
-            for _ in 0..<256 {
+            for _ in 0..<256 where !socketGone {
                 let length = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if length < 0, Self.isGone(errno) { socketGone = true }
                 guard length > 0 else { break }
                 let opened = buffer.withUnsafeBytes { bytes in
                     Result { () throws(RecordError) in try opener.open(UnsafeRawBufferPointer(rebasing: bytes[0..<length])) }
@@ -228,10 +280,13 @@ public final class TransportConnection: @unchecked Sendable {
             for frame in connection.takeFrames() {
                 guard let sealed = try? sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1, plaintext: frame.payload) else { continue }
                 // Nothing acknowledges a CLOSE: three copies make its loss unlikely.
-                for _ in 0..<(frame.type == .close ? 3 : 1) {
-                    _ = sealed.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                for _ in 0..<(frame.type == .close ? 3 : 1) where !socketGone {
+                    let sent = sealed.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                    if sent < 0, Self.isGone(errno) { socketGone = true }
                 }
             }
+            // The path is gone now rather than after three missed pings.
+            if socketGone { connection.pathFailed(now: unixMilliseconds()) }
             let events = connection.takeEvents()
             let queued = connection.queuedBytes + backlogBytes
             let nowIdle = connection.isIdle && backlog.isEmpty
@@ -245,7 +300,7 @@ public final class TransportConnection: @unchecked Sendable {
                         inbox.append((stream, bytes))
                         changed = true
                     case .dead:
-                        dead = true
+                        if resumable { pathLost = true } else { dead = true }
                         changed = true
                     case .closed:
                         dead = true

@@ -231,6 +231,38 @@ public final class ReliableConnection {
         pump(now: now)
     }
 
+    /// The path was replaced (a new ICE path and session after this side or the peer went silent):
+    /// liveness starts over, everything in flight is sent again at once with a one-packet window,
+    /// as after an RTO; queued messages and the receive state carry over, so nothing is lost or
+    /// delivered twice.
+    public func revive(now: UInt64) {
+        guard isDead else { return }
+        isDead = false
+        missedPings = 0
+        pingSentAt = nil
+        lastReceived = now
+        var packet = lowestInFlight
+        while packet < nextPacket {
+            if let sent = removeSent(packet) { requeue(sent) }
+            packet += 1
+        }
+        slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
+        congestionWindow = configuration.fragmentSize
+        recoveryStart = now
+        backoff = 1
+        rtoDeadline = nil
+        ackNeeded = true
+        pump(now: now)
+    }
+
+    /// The driver learnt that the path is gone (its socket failed): as after missed pings, the
+    /// connection is dead (event `dead`) until `revive`.
+    public func pathFailed(now: UInt64) {
+        guard !isDead else { return }
+        isDead = true
+        events.append(.dead)
+    }
+
     /// Ends the connection from this side: a CLOSE frame goes out (the driver sends it a few times,
     /// since nothing acknowledges it) and the state machine stops. Unacknowledged data is abandoned:
     /// a driver that wants it delivered waits for `isIdle` first.
@@ -434,6 +466,9 @@ public final class ReliableConnection {
     }
 
     private var currentRTO: UInt64 { min(configuration.maximumRTO, rto * backoff) }
+    /// How long a ping waits for its pong: 3 RTOs without the backoff (a path that lost everything
+    /// has backed the data's RTO off to tens of seconds; its pings must not wait as long), at least 1 s.
+    private var pingWait: UInt64 { max(1000, 3 * min(configuration.maximumRTO, rto)) }
 
     /// Packet threshold 3 and time threshold 9/8 RTT (RFC 9002's rules, over this protocol's packets).
     private func detectLosses(now: UInt64) {
@@ -470,7 +505,7 @@ public final class ReliableConnection {
 
     public var nextDeadline: UInt64? {
         guard !isDead else { return nil }
-        let keepalive = pingSentAt.map { $0 + max(1000, 3 * currentRTO) } ?? lastReceived + configuration.keepaliveInterval
+        let keepalive = pingSentAt.map { $0 + pingWait } ?? lastReceived + configuration.keepaliveInterval
         return min(rtoDeadline ?? keepalive, keepalive)
     }
 
@@ -489,7 +524,7 @@ public final class ReliableConnection {
             backoff = min(backoff * 2, 64)
             rtoDeadline = nil
         }
-        if let sent = pingSentAt, now >= sent + max(1000, 3 * currentRTO) {
+        if let sent = pingSentAt, now >= sent + pingWait {
             missedPings += 1
             pingSentAt = nil
             if missedPings >= configuration.missedPingsForDead {

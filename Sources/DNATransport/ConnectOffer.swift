@@ -6,8 +6,8 @@ import DNANat
 /// needs no protection: a holder that changed it could only make the checks fail, as it could by
 /// dropping it.
 ///
-///     version (1) = 1 | kind (1) | ufrag length (1) | ufrag | pwd length (1) | pwd |
-///     count (1) | count × (type (1) | address (16, IPv4-mapped for IPv4) | port (2, big-endian))
+///     version (1) = 1 | kind (1) | connection token (16) | ufrag length (1) | ufrag | pwd length (1) |
+///     pwd | count (1) | count × (type (1) | address (16, IPv4-mapped for IPv4) | port (2, big-endian))
 struct ConnectOffer: Equatable {
     enum Kind: UInt8 {
         /// The connecting side's offer.
@@ -16,17 +16,23 @@ struct ConnectOffer: Equatable {
         case answer = 2
         /// The answer of a side that will not take the connection now (too many set-ups at once).
         case refusal = 3
+        /// The connecting side's offer of a new path for the connection that `token` names.
+        case resume = 4
     }
+
+    static let tokenSize = 16
 
     static let version: UInt8 = 1
 
     var kind: Kind
+    /// Chosen by the connecting side when the connection is made; names it in a resume.
+    var token: [UInt8]
     var ufrag: String
     var password: String
     var candidates: [IceCandidate]
 
     var bytes: [UInt8] {
-        var out: [UInt8] = [Self.version, kind.rawValue]
+        var out: [UInt8] = [Self.version, kind.rawValue] + token
         for text in [ufrag, password] {
             let utf8 = Array(text.utf8.prefix(255))
             out.append(UInt8(utf8.count))
@@ -44,8 +50,9 @@ struct ConnectOffer: Equatable {
         return out
     }
 
-    init(kind: Kind, ufrag: String, password: String, candidates: [IceCandidate]) {
+    init(kind: Kind, token: [UInt8], ufrag: String, password: String, candidates: [IceCandidate]) {
         self.kind = kind
+        self.token = token.count == Self.tokenSize ? token : [UInt8](repeating: 0, count: Self.tokenSize)
         self.ufrag = ufrag
         self.password = password
         self.candidates = candidates
@@ -66,6 +73,7 @@ struct ConnectOffer: Equatable {
         guard header[header.startIndex] == Self.version else { throw Malformed(description: "version \(header[header.startIndex])") }
         guard let kind = Kind(rawValue: header[header.startIndex + 1]) else { throw Malformed(description: "kind \(header[header.startIndex + 1])") }
         self.kind = kind
+        token = Array(try take(Self.tokenSize, "token"))
         var texts: [String] = []
         for what in ["ufrag", "pwd"] {
             let length = Int(try take(1, "\(what) length").first ?? 0)

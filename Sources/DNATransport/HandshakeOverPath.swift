@@ -26,7 +26,7 @@ enum HandshakeOverPath {
             let now = unixMilliseconds()
             guard now < end else { throw Failure(description: "no answer within \(timeout) ms") }
             let wake = min(initiator.nextDeadline ?? end, end)
-            if let datagram = receive(fd, waitingUntil: wake) {
+            if let datagram = receive(fd, waitingUntil: wake), isHandshake(datagram) {
                 do { try initiator.receive(datagram, now: unixMilliseconds()) } catch {
                     if case .unknownSession = error { continue }  // a stray datagram: ignored
                     throw Failure(description: "\(error)")
@@ -50,13 +50,20 @@ enum HandshakeOverPath {
             guard now < end else {
                 throw Failure(description: lastError.map { "\($0)" } ?? "no complete handshake within \(timeout) ms")
             }
-            if let datagram = receive(fd, waitingUntil: min(responder.nextDeadline ?? end, end)) {
+            if let datagram = receive(fd, waitingUntil: min(responder.nextDeadline ?? end, end)), isHandshake(datagram) {
                 do { try responder.receive(datagram, from: 0, now: unixMilliseconds()) } catch { lastError = error }
             }
             if let deadline = responder.nextDeadline, unixMilliseconds() >= deadline {
                 responder.handleTimeout(now: unixMilliseconds())
             }
         }
+    }
+
+    /// A handshake frame (type 0x0010 or 0x0011 at bytes 6-7). Anything else on a new path is a
+    /// record the peer sent as soon as its side of the handshake was done (a resumed connection
+    /// retransmits at once): ignored here, its reliability layer sends it again.
+    private static func isHandshake(_ datagram: [UInt8]) -> Bool {
+        datagram.count >= 8 && datagram[6] == 0 && (datagram[7] == 0x10 || datagram[7] == 0x11)
     }
 
     private static func sendAll(_ fd: Int32, _ datagram: [UInt8]) {

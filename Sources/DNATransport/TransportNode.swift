@@ -25,6 +25,11 @@ public struct TransportConfiguration: Sendable {
     public var reliable = ReliableConfiguration()
     /// Incoming connections being set up at once; further offers are refused.
     public var maximumPendingSetups = 8
+    /// A connection whose peer went silent (missed pings) gets a new path within this time (ms):
+    /// the connecting side looks the peer up again and offers one; messages wait meanwhile.
+    public var resumeWindow: UInt64 = 60_000
+    /// The inbox (offline delivery) is fetched this often, besides at start and on request (ms).
+    public var offlinePollInterval: UInt64 = 60_000
 
     public init() {}
 }
@@ -70,8 +75,25 @@ public final class TransportNode: @unchecked Sendable {
     private struct Peer {
         let name: IdentityName
         let connection: TransportConnection
-        let agent: IceAgent
+        var agent: IceAgent
+        /// Names the connection when a new path is offered for it (§7.7).
+        let token: [UInt8]
+        let peerKey: [UInt8]
+        /// This side connected (it is the one that resumes a lost path).
+        let initiator: Bool
     }
+
+    /// An ICE path with its session, before it belongs to a connection.
+    private struct Path {
+        let fd: Int32
+        let session: SecureSession
+        let agent: IceAgent
+        /// The responder's handshake, still acknowledging late pieces of message 3.
+        let responder: HandshakeResponder<Int>?
+    }
+
+    /// How long `connect` waits for the answer to its offer (ms).
+    static let answerWait = 5000
 
     public let identity: Identity
     public let dht: DHTService
@@ -86,6 +108,16 @@ public final class TransportNode: @unchecked Sendable {
     /// Agents of connections being set up (closed by `close` so that their checks end at once).
     private var settingUp: [ObjectIdentifier: IceAgent] = [:]
     private var setups = 0
+    /// Connections whose lost path is being resumed (or awaited).
+    private var resuming = Set<Int32>()
+    /// Offers being answered or answered in the last 30 s, by signal id and origin, with the answer
+    /// once sent: a repeated offer (its answer was lost) gets the same answer again.
+    private var answered: [OfferKey: (answer: [UInt8]?, at: UInt64)] = [:]
+
+    private struct OfferKey: Hashable {
+        var id: UInt64
+        var origin: Endpoint
+    }
     private var presence = PresenceStatus.online
     /// A pipe whose read end is readable exactly while something is ready (one byte in it).
     private var ready: [Int32] = [-1, -1]
@@ -94,6 +126,7 @@ public final class TransportNode: @unchecked Sendable {
     private var listenerStarted = false
     /// What this context announced in the DHT.
     public private(set) var announcedAddress: Endpoint?
+    private var inbox: OfflineInbox?
 
     public init(identity: Identity, configuration: TransportConfiguration,
                 log: @escaping @Sendable (String) -> Void = { _ in }) throws(Failure) {
@@ -125,10 +158,28 @@ public final class TransportNode: @unchecked Sendable {
         }
         let host = Self.announcedHost(bind: configuration.bindHost, toward: configuration.bootstrap.first)
         announcedAddress = Endpoint(host: host, port: dht.port)
-        do { _ = try dht.announce(identity, ip: host, port: dht.port) } catch {
+        do {
+            // A STORE is 5 datagrams: on a lossy path with few nodes around, try again when no node took it.
+            for attempt in 0..<3 {
+                let stored = try dht.announce(identity, ip: host, port: dht.port)?.stored ?? 0
+                if stored > 0 || configuration.bootstrap.isEmpty { break }
+                log("announce stored on no node (attempt \(attempt + 1) of 3)")
+            }
+        } catch {
             dht.stop()
             closeReady()
             throw .invalid("announce: \(error)")
+        }
+        do {
+            let inbox = try OfflineInbox(identity: identity, dht: dht, interval: configuration.offlinePollInterval, log: log,
+                                         onChange: { [weak self] in self?.updateReadiness() })
+            self.inbox = inbox
+            try inbox.start()
+        } catch {
+            inbox?.stop()
+            dht.stop()
+            closeReady()
+            throw error
         }
         let started = pthread_create(&listener, nil, { argument in
             guard let argument else { return nil }
@@ -136,6 +187,7 @@ public final class TransportNode: @unchecked Sendable {
             return nil
         }, Unmanaged.passUnretained(self).toOpaque())
         guard started == 0 else {
+            inbox?.stop()
             dht.stop()
             closeReady()
             throw .io("pthread_create: \(String(cString: strerror(started)))")
@@ -183,12 +235,38 @@ public final class TransportNode: @unchecked Sendable {
 
     /// Connects to `peer` (see the type's comment). Blocks up to the configured connect timeout.
     public func connect(_ peer: IdentityName) throws(Failure) -> Int32 {
-        let deadline = unixMilliseconds() + UInt64(configuration.connectTimeout)
-        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(unixMilliseconds()))) }
         guard monitor.locked({ running }) else { throw .closed }
         guard peer != identity.name else { throw .invalid("cannot connect to oneself") }
+        let token = Sodium.randomBytes(ConnectOffer.tokenSize)
+        let deadline = unixMilliseconds() + UInt64(configuration.connectTimeout)
+        // Under loss ICE can end with one side connected and the other failed, and the handshake
+        // then times out: a path that failed that way is tried again while time remains.
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let path = try openPath(to: peer, kind: .offer, token: token, deadline: deadline)
+                return try register(peer: peer, path: path, token: token, initiator: true, accepted: false)
+            } catch {
+                guard case .unreachable(let why) = error, !why.contains("refused"), attempt < 3,
+                      unixMilliseconds() + 1000 < deadline, monitor.locked({ running }) else { throw error }
+                log("connecting to \(peer): \(why); trying again")
+            }
+        }
+    }
+
+    /// A new path to `peer`: lookup, gathering, offer through the DHT (resent while unanswered),
+    /// ICE, the handshake as initiator. `kind` .resume asks the peer to attach it to connection `token`.
+    private func openPath(to peer: IdentityName, kind: ConnectOffer.Kind, token: [UInt8],
+                          deadline: UInt64) throws(Failure) -> Path {
+        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(unixMilliseconds()))) }
         var marks = [unixMilliseconds()]  // lookup, gathering, signaling, answer, ICE, handshake
-        guard let entry = dht.find(peer, timeout: remaining()) else {
+        // A lookup or a signal can fail on a lost datagram in a small network: each is tried 3 times.
+        var found: PeerEntry?
+        for _ in 0..<3 where found == nil && remaining() > 0 && monitor.locked({ running }) {
+            found = dht.find(peer, timeout: remaining())
+        }
+        guard let entry = found else {
             throw monitor.locked({ running }) ? .peerOffline("\(peer) has no entry in the DHT") : .closed
         }
         marks.append(unixMilliseconds())
@@ -205,31 +283,46 @@ public final class TransportNode: @unchecked Sendable {
             throw .io("gathering candidates: \(error)")
         }
         marks.append(unixMilliseconds())
-        let offer = ConnectOffer(kind: .offer, ufrag: credentials.ufrag, password: credentials.password, candidates: candidates)
-        guard let (signalID, holders) = dht.signal(peer, payload: offer.bytes, timeout: remaining()) else {
-            agent.close()
-            throw .closed
+        let offer = ConnectOffer(kind: kind, token: token, ufrag: credentials.ufrag, password: credentials.password,
+                                 candidates: candidates)
+        var signalled: (id: UInt64, holders: [Endpoint])?
+        for _ in 0..<3 where (signalled?.holders.isEmpty ?? true) && remaining() > 0 {
+            guard let attempt = dht.signal(peer, payload: offer.bytes, timeout: remaining()) else {
+                agent.close()
+                throw .closed
+            }
+            signalled = attempt
         }
-        guard !holders.isEmpty else {
+        guard let (signalID, holders) = signalled, !holders.isEmpty else {
             agent.close()
             throw .peerOffline("no node holding \(peer)'s entry could reach it")
         }
         marks.append(unixMilliseconds())
+        // The peer answers once it gathered its candidates (at most 3 s): an entry whose owner says
+        // nothing within 5 s belongs to a node that is gone (entries outlive their owners by up to
+        // 30 minutes).
         var answer: ConnectOffer?
-        while answer == nil, remaining() > 0 {
-            guard let delivery = dht.nextDelivery(signalID, timeout: min(remaining(), 500)) else {
+        let answerDeadline = unixMilliseconds() + UInt64(Self.answerWait)
+        var resend = unixMilliseconds() + 1000
+        while answer == nil, remaining() > 0, unixMilliseconds() < answerDeadline {
+            if unixMilliseconds() >= resend {
+                // The offer or the answer was lost (the holders' relaying is not acknowledged).
+                resend = unixMilliseconds() + 1000
+                dht.signal(peer, id: signalID, payload: offer.bytes, through: holders)
+            }
+            guard let delivery = dht.nextDelivery(signalID, timeout: min(remaining(), 250)) else {
                 if !monitor.locked({ running }) { break }
                 continue
             }
             answer = try? ConnectOffer(parsing: delivery.payload)
         }
-        guard let answer, answer.kind != .offer else {
+        guard let answer, answer.kind == .answer || answer.kind == .refusal else {
             agent.close()
             throw monitor.locked({ running }) ? .peerOffline("\(peer) did not answer the offer") : .closed
         }
         guard answer.kind == .answer else {
             agent.close()
-            throw .unreachable("\(peer) refused the connection (busy)")
+            throw .unreachable("\(peer) refused the connection (busy, or no such connection to resume)")
         }
         marks.append(unixMilliseconds())
         let fd: Int32
@@ -254,8 +347,85 @@ public final class TransportNode: @unchecked Sendable {
         }
         marks.append(unixMilliseconds())
         let phases = zip(marks.dropFirst(), marks).map { String($0 - $1) }.joined(separator: "/")
-        log("connected to \(peer) in \(marks[marks.count - 1] - marks[0]) ms (lookup/gathering/signal/answer/ICE/handshake \(phases) ms)")
-        return try register(peer: peer, fd: fd, session: session, agent: agent, responder: nil, accepted: false)
+        log("\(kind == .resume ? "new path" : "connected") to \(peer) in \(marks[marks.count - 1] - marks[0]) ms "
+            + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms)")
+        return Path(fd: fd, session: session, agent: agent, responder: nil)
+    }
+
+    /// The initiator's side of a lost path: new paths are tried until one works or the resume window
+    /// passes; then the connection is dead.
+    private func resume(_ id: Int32) {
+        let end = unixMilliseconds() + configuration.resumeWindow
+        while unixMilliseconds() < end, monitor.locked({ running }) {
+            guard let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost else { return }
+            do {
+                let path = try openPath(to: peer.name, kind: .resume, token: peer.token,
+                                        deadline: min(end, unixMilliseconds() + UInt64(configuration.connectTimeout)))
+                guard path.session.peerPublicKey == peer.peerKey else {
+                    Glibc.close(path.fd)
+                    path.agent.close()
+                    log("a new path to \(peer.name) ended at another key: refused")
+                    continue
+                }
+                if attach(path, to: id) { return }
+            } catch {
+                log("new path to \(peer.name) failed: \(error)")
+                usleep(500_000)
+            }
+        }
+        if let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost { peer.connection.abandon() }
+        monitor.locked { resuming.remove(id) }
+    }
+
+    /// Moves connection `id` to `path`; the old path's agent goes.
+    private func attach(_ path: Path, to id: Int32) -> Bool {
+        guard let peer = monitor.locked({ peers[id] }) else {
+            Glibc.close(path.fd)
+            path.agent.close()
+            return false
+        }
+        guard peer.connection.replacePath(fd: path.fd, sealer: path.session.sealer, opener: path.session.opener,
+                                          unopened: Self.unopened(path.responder)) else {
+            path.agent.close()
+            return false
+        }
+        monitor.locked {
+            peers[id]?.agent = path.agent
+            resuming.remove(id)
+        }
+        peer.agent.close()
+        log("connection \(id) to \(peer.name) moved to a new path")
+        return true
+    }
+
+    /// The responder's side of a lost path: the initiator resumes; if it has not within the window,
+    /// the connection is dead.
+    private func awaitResume(_ id: Int32) {
+        let end = unixMilliseconds() + configuration.resumeWindow
+        while unixMilliseconds() < end, monitor.locked({ running }) {
+            guard let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost else {
+                monitor.locked { resuming.remove(id) }
+                return
+            }
+            usleep(200_000)
+        }
+        if let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost { peer.connection.abandon() }
+        monitor.locked { resuming.remove(id) }
+    }
+
+    /// A connection changed (messages, end, lost path): readiness, and resuming a lost path.
+    private func connectionChanged(_ id: Int32) {
+        updateReadiness()
+        guard let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost,
+              monitor.locked({ running && resuming.insert(id).inserted }) else { return }
+        log("connection \(id) to \(peer.name): the path is lost; \(peer.initiator ? "resuming" : "waiting for the peer to resume")")
+        let started = spawn { [self] in
+            if peer.initiator { resume(id) } else { awaitResume(id) }
+        }
+        if !started {
+            peer.connection.abandon()
+            monitor.locked { resuming.remove(id) }
+        }
     }
 
     /// The next incoming connection, waiting up to `timeout` ms (negative: forever). When `fits`
@@ -311,6 +481,12 @@ public final class TransportNode: @unchecked Sendable {
         for peer in all { peer.connection.sendPresence(status) }
     }
 
+    /// Tests: the path of connection `id` stops carrying anything (its ICE agent goes away), as when
+    /// a NAT forgets the mapping or the network changes.
+    func breakPath(_ id: Int32) {
+        monitor.locked { peers[id] }?.agent.close()
+    }
+
     /// Ends connection `id`: waits up to `linger` ms for queued messages to be acknowledged, tells
     /// the peer, releases the path.
     public func disconnect(_ id: Int32, linger: Int = 2000) throws(Failure) {
@@ -326,6 +502,31 @@ public final class TransportNode: @unchecked Sendable {
     public func statistics(_ id: Int32) throws(Failure) -> ReliableConnection.Statistics {
         guard let statistics = try lookup(id).connection.statistics else { throw .closed }
         return statistics
+    }
+
+    // MARK: Offline delivery (docs/PROTOCOL.md §8)
+
+    /// Stores `message` (at most 4,096 bytes) in `peer`'s inbox in the DHT, sealed to the inbox's
+    /// keys and signed by this identity, for 7 days or until `peer` takes it.
+    public func sendOffline(_ peer: IdentityName, _ message: [UInt8]) throws(Failure) {
+        guard let inbox, monitor.locked({ running }) else { throw .closed }
+        guard peer != identity.name else { throw .invalid("cannot send to oneself") }
+        try inbox.send(message, to: peer)
+    }
+
+    /// The next message that waited in this identity's inbox, waiting up to `timeout` ms
+    /// (negative: forever). Each is handed out once, also across restarts.
+    public func receiveOffline(timeout: Int, fits: (IdentityName) -> Bool = { _ in true }) throws(Failure) -> OfflineDelivery {
+        guard let inbox else { throw .closed }
+        defer { updateReadiness() }
+        return try inbox.take(timeout: timeout < 0 ? Int(Int32.max) : timeout, fits: fits)
+    }
+
+    /// Fetches the inbox now (it is also fetched at start and every `offlinePollInterval`); returns
+    /// how many new messages wait.
+    public func fetchOffline() throws(Failure) -> Int {
+        guard let inbox, let count = inbox.fetchNow() else { throw .closed }
+        return count
     }
 
     /// Readable while `accept` or `receive` on some connection would not block (level-triggered).
@@ -356,6 +557,7 @@ public final class TransportNode: @unchecked Sendable {
             peer.connection.disconnect(linger: 200)
             peer.agent.close()
         }
+        inbox?.stop()
         dht.stop()
     }
 
@@ -401,35 +603,42 @@ public final class TransportNode: @unchecked Sendable {
         _ = monitor.locked { settingUp.removeValue(forKey: ObjectIdentifier(agent)) }
     }
 
-    private func register(peer: IdentityName, fd: Int32, session: SecureSession, agent: IceAgent,
-                          responder: HandshakeResponder<Int>?, accepted: Bool) throws(Failure) -> Int32 {
+    private static func unopened(_ responder: HandshakeResponder<Int>?) -> (([UInt8]) -> [[UInt8]])? {
+        responder.map { responder in
+            { datagram in
+                try? responder.receive(datagram, from: 0, now: unixMilliseconds())
+                return responder.takeDatagrams().map(\.1)
+            }
+        }
+    }
+
+    private func register(peer: IdentityName, path: Path, token: [UInt8], initiator: Bool, accepted: Bool) throws(Failure) -> Int32 {
+        final class IDBox: @unchecked Sendable { var id: Int32 = 0 }
+        let box = IDBox()
         let connection: TransportConnection
         do {
             connection = try TransportConnection(
-                fd: fd, sealer: session.sealer, opener: session.opener, configuration: configuration.reliable,
-                unopened: responder.map { responder in
-                    { datagram in
-                        try? responder.receive(datagram, from: 0, now: unixMilliseconds())
-                        return responder.takeDatagrams().map(\.1)
-                    }
-                },
-                onChange: { [weak self] in self?.updateReadiness() })
+                fd: path.fd, sealer: path.session.sealer, opener: path.session.opener, configuration: configuration.reliable,
+                unopened: Self.unopened(path.responder), resumable: true,
+                onChange: { [weak self] in self?.connectionChanged(box.id) })
         } catch {
-            Glibc.close(fd)
-            agent.close()
+            Glibc.close(path.fd)
+            path.agent.close()
             throw .io("\(error)")
         }
         let (id, status) = monitor.locked { () -> (Int32?, PresenceStatus) in
             guard running else { return (nil, presence) }
             let id = nextID
             nextID = nextID == Int32.max ? 1 : nextID + 1
-            peers[id] = Peer(name: peer, connection: connection, agent: agent)
+            box.id = id
+            peers[id] = Peer(name: peer, connection: connection, agent: path.agent, token: token,
+                             peerKey: path.session.peerPublicKey, initiator: initiator)
             if accepted { acceptQueue.append(id) }
             return (id, presence)
         }
         guard let id else {
             connection.close()
-            agent.close()
+            path.agent.close()
             throw .closed
         }
         if status != .online { connection.sendPresence(status) }
@@ -441,7 +650,7 @@ public final class TransportNode: @unchecked Sendable {
     /// Sets or clears the eventfd so that it is readable exactly while something is ready.
     private func updateReadiness() {
         monitor.locked {
-            let isReady = !acceptQueue.isEmpty || peers.values.contains { $0.connection.isReadable }
+            let isReady = !acceptQueue.isEmpty || peers.values.contains { $0.connection.isReadable } || inbox?.hasPending == true
             var byte: UInt8 = 1
             if isReady && !readySignalled {
                 _ = write(ready[1], &byte, 1)
@@ -457,17 +666,30 @@ public final class TransportNode: @unchecked Sendable {
     private func listen() {
         while monitor.locked({ running }) {
             guard let request = dht.nextSignal(timeout: 250) else { continue }
-            guard let offer = try? ConnectOffer(parsing: request.payload), offer.kind == .offer else {
+            guard let offer = try? ConnectOffer(parsing: request.payload), offer.kind == .offer || offer.kind == .resume else {
                 log("ignored a signal that is not a connection offer")
+                continue
+            }
+            let key = OfferKey(id: request.id, origin: request.origin)
+            let now = unixMilliseconds()
+            let repeated = monitor.locked { () -> (seen: Bool, answer: [UInt8]?) in
+                answered = answered.filter { $0.value.at + 30_000 > now }
+                guard let known = answered[key] else { return (false, nil) }
+                return (true, known.answer)
+            }
+            if repeated.seen {
+                if let answer = repeated.answer { dht.reply(to: request, payload: answer) }
                 continue
             }
             let admitted = monitor.locked { () -> Bool in
                 guard running, setups < configuration.maximumPendingSetups else { return false }
                 setups += 1
+                answered[key] = (nil, now)
                 return true
             }
             guard admitted else {
-                dht.reply(to: request, payload: ConnectOffer(kind: .refusal, ufrag: "-", password: "-", candidates: []).bytes)
+                dht.reply(to: request, payload: ConnectOffer(kind: .refusal, token: offer.token, ufrag: "-", password: "-",
+                                                             candidates: []).bytes)
                 continue
             }
             let started = spawn { [self] in
@@ -475,7 +697,7 @@ public final class TransportNode: @unchecked Sendable {
                     monitor.locked { setups -= 1 }
                     monitor.broadcast()
                 }
-                do { try self.answer(request, offer: offer) } catch { log("incoming connection failed: \(error)") }
+                do { try self.answer(request, offer: offer, key: key) } catch { log("incoming connection failed: \(error)") }
             }
             if !started {
                 monitor.locked { setups -= 1 }
@@ -484,9 +706,19 @@ public final class TransportNode: @unchecked Sendable {
         }
     }
 
-    private func answer(_ request: SignalRequest, offer: ConnectOffer) throws(Failure) {
+    private func answer(_ request: SignalRequest, offer: ConnectOffer, key: OfferKey) throws(Failure) {
         let deadline = unixMilliseconds() + UInt64(configuration.connectTimeout)
         func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(unixMilliseconds()))) }
+        // A resume names a connection of this side that the offering side made.
+        var resumed: (id: Int32, peer: Peer)?
+        if offer.kind == .resume {
+            resumed = monitor.locked { peers.first { !$0.value.initiator && $0.value.token == offer.token }.map { ($0.key, $0.value) } }
+            guard resumed != nil else {
+                dht.reply(to: request, payload: ConnectOffer(kind: .refusal, token: offer.token, ufrag: "-", password: "-",
+                                                             candidates: []).bytes)
+                throw .invalid("a new path was offered for a connection this side does not have")
+            }
+        }
         let agent = try makeAgent(controlling: false)
         defer { forget(agent) }
         let fd: Int32
@@ -494,8 +726,10 @@ public final class TransportNode: @unchecked Sendable {
             try agent.setRemoteCredentials(ufrag: offer.ufrag, password: offer.password)
             let candidates = try agent.gather()
             guard let local = agent.localCredentials else { throw NatError.invalid("closed") }
-            dht.reply(to: request, payload: ConnectOffer(kind: .answer, ufrag: local.ufrag, password: local.password,
-                                                         candidates: candidates).bytes)
+            let answer = ConnectOffer(kind: .answer, token: offer.token, ufrag: local.ufrag, password: local.password,
+                                      candidates: candidates).bytes
+            monitor.locked { answered[key] = (answer, unixMilliseconds()) }
+            dht.reply(to: request, payload: answer)
             for candidate in offer.candidates { try agent.addRemoteCandidate(candidate) }
             agent.timeoutMilliseconds = max(100, remaining())
             fd = try agent.establish()
@@ -510,13 +744,28 @@ public final class TransportNode: @unchecked Sendable {
             agent.close()
             throw .unreachable("handshake: \(error)")
         }
+        let path = Path(fd: fd, session: session, agent: agent, responder: responder)
+        if let (id, peer) = resumed {
+            // The new path must end at the key that made the connection.
+            guard session.peerPublicKey == peer.peerKey else {
+                Glibc.close(fd)
+                agent.close()
+                throw .unreachable("a new path for connection \(id) was offered by another key")
+            }
+            _ = attach(path, to: id)
+            return
+        }
         // The name is the initiator's claim: its own signed entry must carry the key it proved.
-        guard let entry = dht.find(session.peerName, timeout: max(1000, remaining())), entry.publicKey == session.peerPublicKey else {
+        var found: PeerEntry?
+        for _ in 0..<3 where found == nil && monitor.locked({ running }) {
+            found = dht.find(session.peerName, timeout: max(1000, remaining()))
+        }
+        guard let entry = found, entry.publicKey == session.peerPublicKey else {
             Glibc.close(fd)
             agent.close()
             throw .unreachable("\(session.peerName)'s DHT entry does not carry the key it signed the handshake with")
         }
-        _ = try register(peer: session.peerName, fd: fd, session: session, agent: agent, responder: responder, accepted: true)
+        _ = try register(peer: session.peerName, path: path, token: offer.token, initiator: false, accepted: true)
     }
 }
 

@@ -11,7 +11,7 @@ import Glibc
 /// peers are printed as "<peer> text". With --send it sends that one message and exits.
 struct Chat: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Chat as an identity: connect to a peer (--to) or wait for peers; stdin lines are sent, messages printed.",
+        abstract: "Chat as an identity: connect to a peer (--to) or wait for peers; stdin lines are sent, messages printed (also those that waited offline).",
         discussion: "Examples: dnat chat --as bob --bootstrap 127.0.0.1:4567 --port 0\n"
             + "          dnat chat --as alice --to bob --bootstrap 127.0.0.1:4567 --send 'hello'\n"
             + "Settings left out come from DNA_HOME, DNA_BOOTSTRAP, DNA_STUN_SERVER, DNA_TURN_* (network_transport.h).")
@@ -19,7 +19,7 @@ struct Chat: ParsableCommand {
     @Option(name: .customLong("as"), help: "The identity to act as (its key is made in the data directory on first use).")
     var identity: String
     @Option(help: "The peer to connect to (default: wait for peers).") var to: String?
-    @Option(help: "Send this one message to --to, wait for its acknowledgement, exit.") var send: String?
+    @Option(help: "Send this one message to --to (into its inbox in the DHT when it is offline), exit.") var send: String?
     @Option(help: "Nodes to join through, comma-separated host:port (default: $DNA_BOOTSTRAP).") var bootstrap: String?
     @Option(help: "UDP port of this identity's DHT node (0: any).") var port: UInt16 = 0
     @Option(help: "Address to bind (default: every interface).") var bind: String?
@@ -63,7 +63,17 @@ struct Chat: ParsableCommand {
         var names: [Int32: String] = [:]
         if let to {
             let id: Int32
-            do { id = try node.connect(try IdentityName(to)) } catch {
+            let peer = try IdentityName(to)
+            do throws(TransportNode.Failure) { id = try node.connect(peer) } catch {
+                if case .peerOffline = error, let send {
+                    // Offline: the message waits in the peer's inbox in the DHT.
+                    do { try node.sendOffline(peer, Array(send.utf8)) } catch {
+                        print("\(to) is offline and the message could not be stored: \(error)")
+                        throw ExitCode(1)
+                    }
+                    print("\(to) is offline: the message waits in its inbox in the DHT")
+                    return
+                }
                 print("cannot connect to \(to): \(error)")
                 throw ExitCode(1)
             }
@@ -85,6 +95,9 @@ struct Chat: ParsableCommand {
             descriptors[0].fd = inputOpen ? 0 : -1
             _ = poll(&descriptors, 2, 1000)
             if descriptors[1].revents != 0 {
+                while let waiting = try? node.receiveOffline(timeout: 0) {
+                    print("<\(waiting.sender), offline> \(String(decoding: waiting.message, as: UTF8.self))")
+                }
                 while let (id, peer) = try? node.accept(timeout: 0) {
                     names[id] = peer.description
                     print("\(peer) connected")

@@ -53,6 +53,7 @@ struct Demo: ParsableCommand {
         var nodeConfiguration = DHTServiceConfiguration()
         nodeConfiguration.bindHost = bind
         nodeConfiguration.dataDirectory = root + "/bootstrap"
+        nodeConfiguration.node.storesMail = false  // a bootstrap node keeps no offline messages (seed)
         let bootstrap: DHTService
         do { bootstrap = try DHTService(configuration: nodeConfiguration) { log.debug("bootstrap: \($0)") } } catch {
             throw ValidationError("cannot start the bootstrap node: \(error)")
@@ -72,10 +73,10 @@ struct Demo: ParsableCommand {
             print("[\(elapsed())] \(name) joined, announced \(node.announcedAddress?.description ?? "?"), key \(identity.fingerprint)")
             return node
         }
-        let bob = try start("bob")
-        defer { bob.close() }
         let alice = try start("alice")
         defer { alice.close() }
+        var bob = try start("bob")
+        defer { bob.close() }
 
         let connectStart = unixMilliseconds()
         let toBob = try alice.connect(try IdentityName("bob"))
@@ -121,6 +122,19 @@ struct Demo: ParsableCommand {
             failures += 1
             print("[\(elapsed())] bob did not see the connection close: \(end)")
         }
+
+        // Offline delivery: bob leaves; alice stores a message for him in the DHT; bob comes back.
+        bob.close()
+        print("[\(elapsed())] bob went offline")
+        let note = "left for you while you were offline"
+        try alice.sendOffline(try IdentityName("bob"), Array(note.utf8))
+        print("[\(elapsed())] alice stored a sealed, signed message in bob's inbox in the DHT")
+        bob = try start("bob")
+        let waiting = try bob.receiveOffline(timeout: 10_000)
+        print("[\(elapsed())] bob, back online, got an offline message from \(waiting.sender)")
+        failures += check(waiting.message, note, "bob")
+        if waiting.sender != (try IdentityName("alice")) { failures += 1 }
+
         if failures > 0 {
             print("demo: FAILED (\(failures) problems)")
             throw ExitCode(1)

@@ -7,7 +7,7 @@ import STUNServer
 /// `dnat node`: a long-running DHT node, also a STUN server on the same UDP port.
 struct Node: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a DHT node (a bootstrap node for others); it also answers STUN Binding requests on its port.",
+        abstract: "Run a DHT node (a bootstrap node for others); it also answers STUN Binding requests on its port. It keeps no offline messages.",
         discussion: "SIGINT or SIGTERM saves the state and exits 0; SIGUSR1 prints the statistics.")
 
     @Option(help: "UDP port (0: any free port).") var port: UInt16 = 4567
@@ -38,6 +38,7 @@ struct Node: ParsableCommand {
         configuration.bindHost = bind
         configuration.port = port
         configuration.dataDirectory = dataDir
+        configuration.node.storesMail = false  // bootstrap nodes keep no offline messages (seed)
         let service: DHTService
         do { service = try DHTService(configuration: configuration) { log.info($0) } } catch {
             throw ValidationError("cannot start the node: \(error)")

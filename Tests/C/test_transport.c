@@ -21,19 +21,20 @@ static int readable(int fd, int timeout_ms) {
 
 int main(void) {
     char dir_boot[] = "/tmp/dna-ctr-boot-XXXXXX", dir_a[] = "/tmp/dna-ctr-a-XXXXXX", dir_b[] = "/tmp/dna-ctr-b-XXXXXX";
-    char dir_c[] = "/tmp/dna-ctr-c-XXXXXX";
+    char dir_c[] = "/tmp/dna-ctr-c-XXXXXX", dir_f[] = "/tmp/dna-ctr-f-XXXXXX";
     char bootstrap[64], name[TRANSPORT_IDENTITY_MAX + 1], small[3];
     const char *nodes[2];
     dht_config_t dht_config;
     transport_config_t config;
     dht_context_t *boot;
-    transport_context_t *alice, *bob, *carol;
+    transport_context_t *alice, *bob, *carol, *frank;
     int alice_id = 0, bob_id = 0, other = 0, fd, status = -1, i;
     uint8_t *data = NULL, big[200000];
     size_t len = 0;
     uint32_t stream = 99;
+    uint64_t sent_at = 0;
 
-    if (!mkdtemp(dir_boot) || !mkdtemp(dir_a) || !mkdtemp(dir_b) || !mkdtemp(dir_c)) return 2;
+    if (!mkdtemp(dir_boot) || !mkdtemp(dir_a) || !mkdtemp(dir_b) || !mkdtemp(dir_c) || !mkdtemp(dir_f)) return 2;
     memset(&dht_config, 0, sizeof dht_config);
     dht_config.bind_ip = "127.0.0.1";
     dht_config.data_dir = dir_boot;
@@ -182,6 +183,42 @@ int main(void) {
         transport_free(carol);
         CHECK_EQ_INT(transport_receive(bob, bob_id, &data, &len, 5000), DNA_ERR_CLOSED);
     }
+    /* Offline delivery: frank comes online once (his inbox keys go into the DHT) and leaves; alice
+       stores a message for him; frank comes back and receives it, once, with alice's name. */
+    config.data_dir = dir_f;
+    frank = transport_init_with_config("frank", &config);
+    CHECK(frank != NULL);
+    CHECK_EQ_INT(transport_fetch_offline(frank), 0);
+    transport_free(frank);
+    CHECK_EQ_INT(transport_send_offline(alice, "frank", (const uint8_t *)"stored for later", 16), DNA_OK);
+    CHECK_EQ_INT(transport_send_offline(alice, "frank", big, TRANSPORT_OFFLINE_MAX + 1), DNA_ERR_TOO_LARGE);
+    CHECK_EQ_INT(transport_send_offline(alice, "nobody-announced-this", (const uint8_t *)"x", 1), DNA_ERR_PEER_OFFLINE);
+    CHECK_EQ_INT(transport_send_offline(NULL, "frank", (const uint8_t *)"x", 1), DNA_ERR_INVALID_ARGUMENT);
+    CHECK_EQ_INT(transport_send_offline(alice, NULL, (const uint8_t *)"x", 1), DNA_ERR_INVALID_ARGUMENT);
+    CHECK_EQ_INT(transport_send_offline(alice, "frank", NULL, 1), DNA_ERR_INVALID_ARGUMENT);
+    frank = transport_init_with_config("frank", &config);
+    CHECK(frank != NULL);
+    if (frank) {
+        CHECK(readable(transport_get_fd(frank), 10000));
+        CHECK_EQ_INT(transport_receive_offline(frank, small, sizeof small, &data, &len, &sent_at, 0), DNA_ERR_BUFFER_TOO_SMALL);
+        data = NULL;
+        CHECK_EQ_INT(transport_receive_offline(frank, name, sizeof name, &data, &len, &sent_at, 5000), DNA_OK);
+        CHECK(strcmp(name, "alice") == 0);
+        CHECK(len == 16 && data && memcmp(data, "stored for later", 16) == 0);
+        CHECK(sent_at + 60 > (uint64_t)time(NULL) && sent_at < (uint64_t)time(NULL) + 60);
+        dna_buffer_free(data);
+        CHECK(!readable(transport_get_fd(frank), 0));
+        CHECK_EQ_INT(transport_receive_offline(frank, name, sizeof name, &data, &len, NULL, 0), DNA_ERR_TIMEOUT);
+        CHECK_EQ_INT(transport_fetch_offline(frank), 0);
+        CHECK_EQ_INT(transport_receive_offline(NULL, name, sizeof name, &data, &len, NULL, 0), DNA_ERR_INVALID_ARGUMENT);
+        CHECK_EQ_INT(transport_receive_offline(frank, NULL, sizeof name, &data, &len, NULL, 0), DNA_ERR_INVALID_ARGUMENT);
+        CHECK_EQ_INT(transport_receive_offline(frank, name, 0, &data, &len, NULL, 0), DNA_ERR_INVALID_ARGUMENT);
+        CHECK_EQ_INT(transport_receive_offline(frank, name, sizeof name, NULL, &len, NULL, 0), DNA_ERR_INVALID_ARGUMENT);
+        CHECK_EQ_INT(transport_receive_offline(frank, name, sizeof name, &data, NULL, NULL, 0), DNA_ERR_INVALID_ARGUMENT);
+        transport_free(frank);
+    }
+    CHECK_EQ_INT(transport_fetch_offline(NULL), DNA_ERR_INVALID_ARGUMENT);
+
     setenv("DNA_PORT", "notaport", 1);
     CHECK(transport_init("dave") == NULL);
     CHECK_EQ_INT(dna_last_error(), DNA_ERR_INVALID_ARGUMENT);

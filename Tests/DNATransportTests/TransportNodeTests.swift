@@ -32,7 +32,7 @@ import Testing
         }
     }
 
-    static func trio() throws -> Trio {
+    static func trio(keepalive: UInt64? = nil) throws -> Trio {
         var dhtConfiguration = DHTServiceConfiguration()
         dhtConfiguration.bindHost = "127.0.0.1"
         dhtConfiguration.dataDirectory = temporaryDirectory()
@@ -42,6 +42,7 @@ import Testing
         configuration.bindHost = "127.0.0.1"
         configuration.bootstrap = [try #require(Endpoint(host: "127.0.0.1", port: bootstrap.port))]
         configuration.connectTimeout = 15_000
+        if let keepalive { configuration.reliable.keepaliveInterval = keepalive }
         configuration.dataDirectory = temporaryDirectory()
         let alice = try TransportNode(identity: try Identity(generating: try IdentityName("alice")), configuration: configuration)
         configuration.dataDirectory = temporaryDirectory()
@@ -100,6 +101,31 @@ import Testing
         #expect(throws: TransportNode.Failure.unknownConnection(id)) { try alice.send(id, [1]) }
     }
 
+    @Test func aLostPathIsReplacedAndNoMessageIsLost() throws {
+        // Pings after 300 ms of silence: a path that carries nothing is noticed within about 3.5 s.
+        let trio = try Self.trio(keepalive: 300)
+        defer { trio.close() }
+        let (alice, bob) = (trio.alice, trio.bob)
+        let id = try alice.connect(try IdentityName("bob"))
+        let (incoming, _) = try bob.accept(timeout: 10_000)
+        try alice.send(id, Array("before".utf8))
+        #expect(try bob.receive(incoming, timeout: 5000).bytes == Array("before".utf8))
+
+        // The path breaks (alice's ICE agent goes away); both sides keep queuing.
+        alice.breakPath(id)
+        for index in 0..<20 { try alice.send(id, Array("during \(index)".utf8)) }
+        try bob.send(incoming, Array("from bob during".utf8))
+        // Alice notices, finds bob again, offers a new path for the same connection.
+        for index in 0..<20 {
+            #expect(try bob.receive(incoming, timeout: 30_000).bytes == Array("during \(index)".utf8))
+        }
+        #expect(try alice.receive(id, timeout: 30_000).bytes == Array("from bob during".utf8))
+        try alice.send(id, Array("after".utf8))
+        #expect(try bob.receive(incoming, timeout: 5000).bytes == Array("after".utf8))
+        #expect(alice.connectionIDs == [id] && bob.connectionIDs == [incoming])   // the same connections
+        #expect(throws: TransportNode.Failure.timeout) { try bob.accept(timeout: 100) }  // no new one
+    }
+
     @Test func anIdentityNobodyAnnouncedIsOffline() throws {
         let trio = try Self.trio()
         defer { trio.close() }
@@ -116,8 +142,74 @@ import Testing
         #expect(throws: TransportNode.Failure.timeout) { try trio.bob.accept(timeout: 100) }
     }
 
+    @Test func offlineMessagesWaitInTheDHTAndArriveOnce() throws {
+        var dhtConfiguration = DHTServiceConfiguration()
+        dhtConfiguration.bindHost = "127.0.0.1"
+        dhtConfiguration.dataDirectory = Self.temporaryDirectory()
+        dhtConfiguration.node.storesMail = false  // as `dnat node`: bootstrap nodes keep no messages
+        let bootstrap = try DHTService(configuration: dhtConfiguration)
+        defer { bootstrap.stop() }
+        var configuration = TransportConfiguration()
+        configuration.bindHost = "127.0.0.1"
+        configuration.bootstrap = [try #require(Endpoint(host: "127.0.0.1", port: bootstrap.port))]
+        func start(_ identity: Identity, _ directory: String) throws -> TransportNode {
+            configuration.dataDirectory = directory
+            return try TransportNode(identity: identity, configuration: configuration)
+        }
+        let aliceIdentity = try Identity(generating: try IdentityName("alice"))
+        let bobIdentity = try Identity(generating: try IdentityName("bob"))
+        let alice = try start(aliceIdentity, Self.temporaryDirectory())
+        defer { alice.close() }
+        let bobDirectory = Self.temporaryDirectory()
+        // Bob comes online once (his inbox's key record goes into the DHT), then leaves.
+        var bob = try start(bobIdentity, bobDirectory)
+        #expect(try bob.fetchOffline() == 0)
+        bob.close()
+
+        let bobName = try IdentityName("bob")
+        try alice.sendOffline(bobName, Array("while you were away".utf8))
+        try alice.sendOffline(bobName, Array("and another".utf8))
+        #expect(bootstrap.perform { node, _ in node.mailCount } == 0)
+        #expect((alice.dht.perform { node, _ in node.mailCount } ?? 0) == 2)  // the only other node
+        #expect(throws: TransportNode.Failure.tooLarge(4097)) { try alice.sendOffline(bobName, [UInt8](repeating: 0, count: 4097)) }
+        let nobody = try IdentityName("nobody")
+        do throws(TransportNode.Failure) {
+            try alice.sendOffline(nobody, [1])
+            Issue.record("stored for an identity without an inbox")
+        } catch {
+            guard case .peerOffline = error else {
+                Issue.record("expected peerOffline, got \(error)")
+                return
+            }
+        }
+
+        // Back online: both arrive, in order, with the sender's identity, and the fd says so.
+        bob = try start(bobIdentity, bobDirectory)
+        var poller = pollfd(fd: bob.readinessDescriptor, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&poller, 1, 10_000) == 1)
+        let first = try bob.receiveOffline(timeout: 10_000)
+        #expect(first.sender == (try IdentityName("alice")) && first.senderKey == aliceIdentity.publicKey)
+        #expect(first.message == Array("while you were away".utf8))
+        #expect(try bob.receiveOffline(timeout: 10_000).message == Array("and another".utf8))
+        #expect(throws: TransportNode.Failure.timeout) { try bob.receiveOffline(timeout: 100) }
+        #expect(!Self.readable(bob.readinessDescriptor))
+        // Taken messages are deleted from the holders and never handed out again, even after a restart.
+        _ = try bob.fetchOffline()
+        bob.close()
+        #expect(trioHolds(bootstrap, alice) == 0)
+        bob = try start(bobIdentity, bobDirectory)
+        defer { bob.close() }
+        #expect(try bob.fetchOffline() == 0)
+        #expect(throws: TransportNode.Failure.timeout) { try bob.receiveOffline(timeout: 200) }
+    }
+
+    /// Messages the bootstrap node and alice's node still hold in inboxes.
+    func trioHolds(_ bootstrap: DHTService, _ alice: TransportNode) -> Int {
+        (bootstrap.perform { node, _ in node.mailCount } ?? -1) + (alice.dht.perform { node, _ in node.mailCount } ?? -1)
+    }
+
     @Test func offersRoundTripAndMalformedOnesAreRefused() throws {
-        let offer = ConnectOffer(kind: .offer, ufrag: "abcd", password: "0123456789abcdefghijkl",
+        let offer = ConnectOffer(kind: .resume, token: Array(1...16), ufrag: "abcd", password: "0123456789abcdefghijkl",
                                  candidates: [.init(ip: "192.0.2.1", port: 4000, kind: .local),
                                               .init(ip: "2001:db8::1", port: 5000, kind: .reflexive),
                                               .init(ip: "198.51.100.7", port: 3478, kind: .relay)])

@@ -20,9 +20,9 @@
  * Liveness: a PING after 25 s without traffic (it also keeps NAT mappings); a peer that misses 3
  * PONGs is dead: transport_receive returns DNA_ERR_CLOSED once its waiting messages are read.
  *
- * Readiness: transport_get_fd is readable (level-triggered) while transport_accept or
- * transport_receive on some connection would return at once: a connection waits to be accepted, a
- * message waits, or a connection ended (its receive reports DNA_ERR_CLOSED until it is
+ * Readiness: transport_get_fd is readable (level-triggered) while transport_accept,
+ * transport_receive_offline or transport_receive on some connection would return at once: a
+ * connection waits to be accepted, an offline message waits, a message waits, or a connection ended (its receive reports DNA_ERR_CLOSED until it is
  * disconnected). Poll it, then call those functions with timeout_ms 0.
  *
  * Threads: any function from any thread. Each context has its own threads: the DHT node's, one per
@@ -93,8 +93,8 @@ DNA_EXPORT transport_context_t *transport_init_with_config(const char *identity,
 
 /**
  * Connects to `peer_identity` (seed) and writes the new connection's id (> 0). Blocks up to
- * connect_timeout_ms. Errors: DNA_ERR_PEER_OFFLINE (no entry in the DHT, or no answer through it:
- * transport_send_offline is then the way), DNA_ERR_UNREACHABLE (the peer answered but no path or
+ * connect_timeout_ms. Errors: DNA_ERR_PEER_OFFLINE (no entry in the DHT, or no answer through it within 5 s:
+ * entries outlive a peer that left by up to 30 minutes; transport_send_offline is then the way), DNA_ERR_UNREACHABLE (the peer answered but no path or
  * handshake worked, or it refused being busy), DNA_ERR_INVALID_ARGUMENT (own identity, bad name),
  * DNA_ERR_CLOSED (the context is being freed).
  */
@@ -135,6 +135,41 @@ DNA_EXPORT int transport_receive(transport_context_t *ctx, int connection_id, ui
 /** transport_receive that also tells the message's stream (stream_out may be NULL). */
 DNA_EXPORT int transport_receive_stream(transport_context_t *ctx, int connection_id, uint32_t *stream_out,
                              uint8_t **data_out, size_t *data_len_out, int timeout_ms);
+
+/* The largest message transport_send_offline takes. */
+#define TRANSPORT_OFFLINE_MAX 4096
+
+/**
+ * Stores a message for `peer_identity` in the DHT, for when it cannot be reached (docs/PROTOCOL.md
+ * §8): sealed to the peer's inbox keys (X25519 + ML-KEM-768, published by the peer while online)
+ * so that only the peer can read it, signed by this identity, kept for 7 days by the k nodes
+ * closest to the peer's inbox key (bootstrap nodes keep none), at most 32 messages per sender per
+ * inbox on each node. Blocks for the lookups. The peer receives it with transport_receive_offline
+ * when it next comes online. Errors: DNA_ERR_TOO_LARGE above TRANSPORT_OFFLINE_MAX bytes;
+ * DNA_ERR_PEER_OFFLINE when the peer has no inbox in the DHT (it never came online, or not for 7
+ * days); DNA_ERR_UNREACHABLE when no node stored it (all full, or none reachable).
+ */
+DNA_EXPORT int transport_send_offline(transport_context_t *ctx, const char *peer_identity,
+                                      const uint8_t *ciphertext, size_t ciphertext_len);
+
+/**
+ * The next message that waited for this identity in the DHT, waiting up to timeout_ms (0: do not
+ * wait; negative: forever). The context fetches its inbox at start, every minute and on
+ * transport_fetch_offline; each message is opened, checked (the sender's signature; its name against
+ * its live DHT entry when it has one) and handed out exactly once, in the order they were sent, also
+ * across restarts (the ids of handed-out messages are kept in the data directory until they
+ * expire); then the holders are told to delete it. Writes the sender's identity (NUL-terminated;
+ * TRANSPORT_IDENTITY_MAX + 1 bytes always suffice, else DNA_ERR_BUFFER_TOO_SMALL and the message
+ * stays queued), a new buffer with the message (freed with dna_buffer_free; NULL when empty) and,
+ * when sent_at_out is not NULL, when it was sent (Unix seconds, the sender's clock). The readiness
+ * fd is readable while such a message waits. DNA_ERR_TIMEOUT if none.
+ */
+DNA_EXPORT int transport_receive_offline(transport_context_t *ctx, char *sender_out, size_t sender_cap,
+                                         uint8_t **data_out, size_t *data_len_out, uint64_t *sent_at_out,
+                                         int timeout_ms);
+
+/** Fetches the inbox now and waits for it; returns how many new messages are queued (>= 0). */
+DNA_EXPORT int transport_fetch_offline(transport_context_t *ctx);
 
 /** The readiness descriptor (see above); owned by the context: do not close it. */
 DNA_EXPORT int transport_get_fd(transport_context_t *ctx);

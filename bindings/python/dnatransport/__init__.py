@@ -681,6 +681,7 @@ class NatTraversal:
 
 TRANSPORT_IDENTITY_MAX = 255
 TRANSPORT_DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
+TRANSPORT_OFFLINE_MAX = 4096
 
 
 class Presence(enum.IntEnum):
@@ -774,6 +775,30 @@ class Transport:
         _check(lib.transport_receive(self._live(), int(connection), ctypes.byref(pointer), ctypes.byref(length),
                                      _timeout_arg(timeout_ms)), "receive")
         return take_buffer(pointer, length.value)
+
+    def send_offline(self, peer, data):
+        """Stores data (at most TRANSPORT_OFFLINE_MAX bytes) in peer's inbox in the DHT, sealed to the
+        peer and signed by this identity, for 7 days. Raises DNAError PEER_OFFLINE (no inbox),
+        UNREACHABLE (no node stored it), TOO_LARGE."""
+        buffer, pointer = _bytes_arg(data)
+        _check(lib.transport_send_offline(self._live(), _name_arg(peer), pointer, len(buffer) if buffer else 0),
+               "send_offline")
+
+    def receive_offline(self, timeout_ms=None):
+        """(sender, bytes, sent_at) of the next message that waited in this identity's inbox; each is
+        handed out once, also across restarts. Raises DNAError TIMEOUT."""
+        sender = ctypes.create_string_buffer(TRANSPORT_IDENTITY_MAX + 1)
+        pointer = _native.u8p()
+        length = ctypes.c_size_t(0)
+        sent_at = ctypes.c_uint64(0)
+        _check(lib.transport_receive_offline(self._live(), sender, len(sender), ctypes.byref(pointer),
+                                             ctypes.byref(length), ctypes.byref(sent_at), _timeout_arg(timeout_ms)),
+               "receive_offline")
+        return sender.value.decode("utf-8"), take_buffer(pointer, length.value), sent_at.value
+
+    def fetch_offline(self):
+        """Fetches the inbox now; the number of new messages waiting."""
+        return _check(lib.transport_fetch_offline(self._live()), "fetch_offline")
 
     def fileno(self):
         """The readiness descriptor (owned by the Transport)."""

@@ -204,3 +204,36 @@ def test_transport_init_from_environment(network, tmp_path):
     assert peer == "erin"
     assert bob.receive(incoming, timeout_ms=10000) == b"from the environment"
     assert child.wait(30) == 0
+
+
+def test_offline_messages_wait_for_the_peer(network):
+    alice = network("alice")
+    bob = network("bob")
+    assert bob.fetch_offline() == 0
+    bob.close()  # bob goes offline; his inbox keys stay in the DHT
+    started = time.monotonic()
+    alice.send_offline("bob", b"first")
+    alice.send_offline("bob", b"second")
+    stored = time.monotonic() - started
+    with pytest.raises(dna.DNAError) as caught:
+        alice.send_offline("bob", b"x" * (dna.TRANSPORT_OFFLINE_MAX + 1))
+    assert caught.value.code == dna.ErrorCode.TOO_LARGE
+    with pytest.raises(dna.DNAError) as caught:
+        alice.send_offline("nobody", b"x")
+    assert caught.value.code == dna.ErrorCode.PEER_OFFLINE
+
+    bob = network("bob")  # the same data directory: the same identity
+    selector = selectors.DefaultSelector()
+    selector.register(bob, selectors.EVENT_READ)
+    assert selector.select(timeout=10)
+    got = [bob.receive_offline(timeout_ms=5000) for _ in range(2)]
+    assert [(sender, data) for sender, data, _ in got] == [("alice", b"first"), ("alice", b"second")]
+    assert all(abs(sent_at - time.time()) < 60 for _, _, sent_at in got)
+    assert selector.select(timeout=0) == []
+    with pytest.raises(dna.DNAError) as caught:
+        bob.receive_offline(timeout_ms=0)
+    assert caught.value.code == dna.ErrorCode.TIMEOUT
+    assert bob.fetch_offline() == 0
+    selector.close()
+    # bob's node, one of the closest to his inbox, is gone: each store waits out its request timeouts.
+    assert stored < 10, f"storing two messages took {stored:.1f} s"

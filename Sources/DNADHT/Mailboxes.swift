@@ -1,0 +1,129 @@
+import DNACrypto
+
+/// What a driver asks an inbox holder (§8.3).
+public enum MailRequest: Sendable {
+    case put([UInt8])
+    case fetch(key: NodeID, skip: Int)
+    case delete([UInt8])
+}
+
+/// A holder's answer to a MailRequest.
+public enum MailAnswer: Sendable, Equatable {
+    case status(MailStatus)
+    case items(total: Int, items: [[UInt8]])
+    case deleted(Int)
+}
+
+/// A holder's inboxes (docs/PROTOCOL.md §8.3): per inbox key, the owner's key record and the sealed
+/// messages waiting for it, with the quotas that keep one sender, one inbox or the whole store bounded.
+struct Mailboxes {
+    struct Message {
+        var id: [UInt8]
+        var sender: [UInt8]   // SHA-256 of the sender's public key (the quota's unit)
+        var expires: UInt64   // Unix s
+        var wire: [UInt8]
+    }
+
+    struct Inbox {
+        var record: InboxKeyRecord?
+        var recordWire: [UInt8]?
+        var messages: [Message] = []
+        var isEmpty: Bool { record == nil && messages.isEmpty }
+    }
+
+    var perSender: Int
+    var perInbox: Int
+    var maximumBytes: Int
+    private(set) var inboxes: [NodeID: Inbox] = [:]
+    private(set) var bytes = 0
+
+    init(perSender: Int, perInbox: Int, maximumBytes: Int) {
+        self.perSender = perSender
+        self.perInbox = perInbox
+        self.maximumBytes = maximumBytes
+    }
+
+    var messageCount: Int { inboxes.values.reduce(0) { $0 + $1.messages.count } }
+
+    /// MAIL_PUT: a key record (only its owner's key may replace it, and only with a newer one) or a
+    /// sealed message (checked: structure, signature, times; deduplicated by id).
+    mutating func put(_ item: [UInt8], now: UInt64) -> MailStatus {
+        let seconds = now / 1000
+        guard item.count >= 2 else { return .invalid }
+        if item[1] == InboxKeyRecord.kind {
+            guard let record = try? InboxKeyRecord(parsing: item), record.created <= seconds + Offline.skew,
+                  let key = NodeID(bytes: record.inboxKey[...]) else { return .invalid }
+            var inbox = inboxes[key] ?? Inbox()
+            if let held = inbox.record {
+                guard held.ownerKey == record.ownerKey else { return .taken }
+                guard record.created > held.created else { return .duplicate }
+            }
+            guard bytes + item.count - (inbox.recordWire?.count ?? 0) <= maximumBytes else { return .quota }
+            bytes += item.count - (inbox.recordWire?.count ?? 0)
+            inbox.record = record
+            inbox.recordWire = item
+            inboxes[key] = inbox
+            return .stored
+        }
+        guard let message = try? OfflineMessage(parsing: item, now: seconds),
+              let key = NodeID(bytes: message.inboxKey[...]) else { return .invalid }
+        var inbox = inboxes[key] ?? Inbox()
+        if inbox.messages.contains(where: { $0.id == message.id }) { return .duplicate }
+        let sender = Sodium.sha256(message.senderKey)
+        guard inbox.messages.count < perInbox, inbox.messages.filter({ $0.sender == sender }).count < perSender,
+              bytes + item.count <= maximumBytes else { return .quota }
+        inbox.messages.append(Message(id: message.id, sender: sender, expires: message.expires, wire: item))
+        bytes += item.count
+        inboxes[key] = inbox
+        return .stored
+    }
+
+    /// MAIL_FETCH: the items from the `skip`-th (record first, then messages in arrival order), as
+    /// many as fit `budget` bytes (at least one), and how many there are in all.
+    func items(of key: NodeID, skip: Int, budget: Int, now: UInt64) -> (total: Int, items: [[UInt8]]) {
+        guard let inbox = inboxes[key] else { return (0, []) }
+        let all = (inbox.recordWire.map { [$0] } ?? []) + inbox.messages.filter { $0.expires > now / 1000 }.map(\.wire)
+        var out: [[UInt8]] = []
+        var used = 0
+        for item in all.dropFirst(skip) {
+            guard out.isEmpty || used + item.count <= budget, out.count < DHTMessage.maximumMailItems else { break }
+            out.append(item)
+            used += item.count
+        }
+        return (min(all.count, 0xFFFF), out)
+    }
+
+    /// MAIL_DELETE: removes the listed messages when the request is signed by the inbox's owner (the
+    /// key of the record held). Returns how many went, nil when refused.
+    mutating func delete(_ request: [UInt8], now: UInt64) -> Int? {
+        guard let deletion = try? InboxDeletion(parsing: request), let key = NodeID(bytes: deletion.inboxKey[...]),
+              var inbox = inboxes[key], let owner = inbox.record?.ownerKey,
+              (try? deletion.verify(ownerKey: owner, now: now / 1000)) != nil else { return nil }
+        let before = inbox.messages.count
+        inbox.messages.removeAll { message in
+            guard deletion.ids.contains(message.id) else { return false }
+            bytes -= message.wire.count
+            return true
+        }
+        inboxes[key] = inbox
+        return before - inbox.messages.count
+    }
+
+    /// Drops expired messages, and key records not renewed within the longest message lifetime.
+    mutating func sweep(now: UInt64) {
+        let seconds = now / 1000
+        for (key, var inbox) in inboxes {
+            inbox.messages.removeAll { message in
+                guard message.expires <= seconds else { return false }
+                bytes -= message.wire.count
+                return true
+            }
+            if let record = inbox.record, record.created + Offline.maximumLifetime + Offline.skew < seconds {
+                bytes -= inbox.recordWire?.count ?? 0
+                inbox.record = nil
+                inbox.recordWire = nil
+            }
+            inboxes[key] = inbox.isEmpty ? nil : inbox
+        }
+    }
+}

@@ -1,0 +1,65 @@
+@testable import DNACrypto
+import Testing
+
+/// Offline messages (docs/PROTOCOL.md §8): sealed to the inbox keys, signed by the sender; only the
+/// owner opens them; every change or truncation is refused.
+@Suite struct OfflineTests {
+    static let alice = try! Identity(generating: try! IdentityName("alice"))
+    static let bob = try! Identity(generating: try! IdentityName("bob"))
+    static let now: UInt64 = 1_800_000_000
+
+    @Test func aSealedMessageOpensOnlyWithTheOwnersKeys() throws {
+        let keys = try InboxKeys(identity: Self.bob)
+        // The keys derive from the identity: the same on every start.
+        #expect(try InboxKeys(identity: Self.bob).kemPublic == keys.kemPublic)
+        #expect(try InboxKeys(identity: Self.bob).x25519Public == keys.x25519Public)
+        let record = try InboxKeyRecord(identity: Self.bob, keys: keys, created: Self.now)
+        let parsedRecord = try InboxKeyRecord(parsing: record.bytes)
+        #expect(parsedRecord == record && parsedRecord.inboxKey == Offline.inboxKey(Self.bob.name))
+
+        let sealed = try OfflineMessage(sealing: Array("see you".utf8), from: Self.alice, to: parsedRecord, now: Self.now)
+        let parsed = try OfflineMessage(parsing: sealed.bytes, now: Self.now + 10)
+        #expect(parsed.senderKey == Self.alice.publicKey && parsed.inboxKey == Offline.inboxKey(Self.bob.name))
+        let opened = try parsed.open(with: keys)
+        #expect(opened.sender == Self.alice.name && opened.message == Array("see you".utf8))
+        // Alice's own inbox keys cannot open it.
+        #expect(throws: OfflineError.authenticationFailed) { try parsed.open(with: try InboxKeys(identity: Self.alice)) }
+    }
+
+    @Test func changesTruncationsAndTimesAreRefused() throws {
+        let keys = try InboxKeys(identity: Self.bob)
+        let record = try InboxKeyRecord(identity: Self.bob, keys: keys, created: Self.now)
+        let bytes = try OfflineMessage(sealing: [1, 2, 3], from: Self.alice, to: record, now: Self.now, lifetime: 3600).bytes
+        for position in stride(from: 0, to: bytes.count, by: 97) {
+            var changed = bytes
+            changed[position] ^= 0x01
+            #expect(throws: OfflineError.self) { try OfflineMessage(parsing: changed, now: Self.now) }
+        }
+        for length in stride(from: 0, to: bytes.count, by: 53) {
+            #expect(throws: OfflineError.self) { try OfflineMessage(parsing: Array(bytes.prefix(length)), now: Self.now) }
+        }
+        #expect(throws: OfflineError.expired) { try OfflineMessage(parsing: bytes, now: Self.now + 3600) }
+        #expect(throws: OfflineError.badTimes) { try OfflineMessage(parsing: bytes, now: Self.now - 700) }
+        #expect(throws: OfflineError.tooLarge(4097)) {
+            try OfflineMessage(sealing: [UInt8](repeating: 0, count: 4097), from: Self.alice, to: record, now: Self.now)
+        }
+        #expect(throws: OfflineError.badTimes) {
+            try OfflineMessage(sealing: [1], from: Self.alice, to: record, now: Self.now, lifetime: Offline.maximumLifetime + 1)
+        }
+        var badRecord = record.bytes
+        badRecord[20] ^= 1
+        #expect(throws: OfflineError.self) { try InboxKeyRecord(parsing: badRecord) }
+    }
+
+    @Test func deletionsVerifyOnlyWithTheOwnersKey() throws {
+        let ids = [[UInt8](repeating: 1, count: 16), [UInt8](repeating: 2, count: 16)]
+        let deletion = try InboxDeletion(owner: Self.bob, ids: ids, now: Self.now)
+        let parsed = try InboxDeletion(parsing: deletion.bytes)
+        #expect(parsed.ids == ids && parsed.inboxKey == Offline.inboxKey(Self.bob.name))
+        try parsed.verify(ownerKey: Self.bob.publicKey, now: Self.now)
+        #expect(throws: OfflineError.badSignature) { try parsed.verify(ownerKey: Self.alice.publicKey, now: Self.now) }
+        #expect(throws: OfflineError.badTimes) { try parsed.verify(ownerKey: Self.bob.publicKey, now: Self.now + 3600) }
+        #expect(throws: OfflineError.self) { try InboxDeletion(owner: Self.bob, ids: [], now: Self.now) }
+        #expect(throws: OfflineError.self) { try InboxDeletion(parsing: Array(deletion.bytes.dropLast())) }
+    }
+}
