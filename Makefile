@@ -52,6 +52,9 @@ bench: install-stage
 	dpkg -s python3-opendht >/dev/null 2>&1 || apt-get install -y --no-install-recommends python3-opendht
 	DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 PYTHONPATH=$(CURDIR)/bindings/python \
 		/usr/bin/python3 bench/dht_compare.py
+	# The transport end to end on loopback, beside raw UDP in the same process.
+	DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 PYTHONPATH=$(CURDIR)/bindings/python \
+		$(PYTHON) bench/transport_bench.py
 	# NAT traversal in the network lab (root): beside bare libnice (bench/nice_plain.c) and aioice (PyPI).
 	mkdir -p build
 	cc -O2 -o build/nice_plain bench/nice_plain.c $$(pkg-config --cflags --libs nice gio-2.0)

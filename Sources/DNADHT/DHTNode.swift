@@ -628,8 +628,10 @@ public final class DHTNode {
         for (transaction, request) in pending where request.deadline <= now {
             pending[transaction] = nil
             statistics.timeouts += 1
-            // A contact fails once per request that got no answer, not once per lost attempt.
-            if let expected = request.expected, request.isPing || request.attempt >= 2 { table.failed(expected) }
+            // A contact fails once per request that got no answer, not once per lost attempt, and
+            // not when pieces of its answer came (it is alive; the path lost one piece).
+            let answering = reassembly[Key(endpoint: request.endpoint, transaction: transaction)] != nil
+            if let expected = request.expected, request.isPing || request.attempt >= 2, !answering { table.failed(expected) }
             // A request (or a piece of its answer: a VALUE is 5 datagrams) that was lost is sent
             // again, up to twice (a small network has no other node to ask); pings are not: they
             // test liveness. A node that is gone thus costs 3 request timeouts.
@@ -780,7 +782,13 @@ public final class DHTNode {
         nextLookupID += 1
         let lookup = Lookup(id: lookupID, target: target, kind: kind, k: configuration.k)
         lookup.isSilent = silent
-        for contact in table.closest(to: target, count: configuration.k) { lookup.add(contact, round: 1) }
+        let initial = table.closest(to: target, count: configuration.k)
+        for contact in initial { lookup.add(contact, round: 1) }
+        // Every contact was lost (a lossy path, a network that went away and came back): the
+        // bootstrap nodes are pinged again now rather than at the next refresh.
+        if initial.isEmpty, !silent {
+            for endpoint in bootstrapNodes { ping(endpoint, expected: nil, now: now) }
+        }
         lookups[lookupID] = lookup
         advance(lookup, now: now)
         return lookupID

@@ -39,6 +39,8 @@ public final class TransportConnection: @unchecked Sendable {
     /// dead: messages wait until `replacePath` or `abandon`.
     private let resumable: Bool
     private var pathLost = false
+    /// When a message was last sent or delivered (Unix ms).
+    private var lastActivity = unixMilliseconds()
     /// The socket's other end is gone (I/O thread only).
     private var socketGone = false
     /// Called on the I/O thread for datagrams the record layer cannot open (a late handshake piece,
@@ -93,6 +95,7 @@ public final class TransportConnection: @unchecked Sendable {
             guard queuedEstimate == 0 || queuedEstimate + message.count <= configuration.maximumQueuedBytes else { return nil }
             outgoing.append((stream, message))
             queuedEstimate += message.count
+            lastActivity = unixMilliseconds()
             return .some(nil)
         }
         guard let outcome else { throw .full }
@@ -117,6 +120,12 @@ public final class TransportConnection: @unchecked Sendable {
 
     /// The peer stopped answering (missed pings) or closed the connection.
     public var isDead: Bool { monitor.locked { dead } }
+
+    /// This side closed it (close, disconnect).
+    public var isClosed: Bool { monitor.locked { !running } }
+
+    /// Milliseconds since a message was last sent or delivered on this connection.
+    public var idleFor: UInt64 { monitor.locked { unixMilliseconds() - min(unixMilliseconds(), lastActivity) } }
 
     /// The peer closed the connection with a CLOSE frame.
     public var isClosedByPeer: Bool { monitor.locked { peerClosed } }
@@ -298,6 +307,7 @@ public final class TransportConnection: @unchecked Sendable {
                     switch event {
                     case .message(let stream, let bytes):
                         inbox.append((stream, bytes))
+                        lastActivity = unixMilliseconds()
                         changed = true
                     case .dead:
                         if resumable { pathLost = true } else { dead = true }

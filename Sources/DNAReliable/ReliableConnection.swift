@@ -145,6 +145,12 @@ public final class ReliableConnection {
     private var rtt = RTTEstimator()
     private var rto: UInt64
     private var rtoDeadline: UInt64?
+    /// Tail loss probe (RFC 8985's TLP, QUIC's PTO): when nothing is acknowledged for 2 SRTT after
+    /// the last send, the newest packet in flight is sent again (at most twice before the RTO), so
+    /// that a lost last fragment is found in about 2 RTT instead of the RTO (at least 200 ms), and
+    /// without collapsing the window.
+    private var probeDeadline: UInt64?
+    private var probesSent = 0
     private var backoff: UInt64 = 1
 
     // MARK: Receiver
@@ -419,8 +425,20 @@ public final class ReliableConnection {
             }
         }
         backoff = 1
+        probesSent = 0
         detectLosses(now: now)
         rtoDeadline = inFlightCount == 0 ? nil : now + currentRTO
+        armProbe(now: now)
+    }
+
+    /// 2 SRTT (at least 10 ms) after now, while something is in flight and the RTO is later.
+    private func armProbe(now: UInt64) {
+        guard inFlightCount > 0, probesSent < 2, let srtt = rtt.smoothed else {
+            probeDeadline = nil
+            return
+        }
+        let when = now + UInt64(max(10, 2 * srtt))
+        probeDeadline = when < (rtoDeadline ?? UInt64.max) ? when : nil
     }
 
     /// The packet in flight with this number, if any.
@@ -506,11 +524,25 @@ public final class ReliableConnection {
     public var nextDeadline: UInt64? {
         guard !isDead else { return nil }
         let keepalive = pingSentAt.map { $0 + pingWait } ?? lastReceived + configuration.keepaliveInterval
-        return min(rtoDeadline ?? keepalive, keepalive)
+        return min(probeDeadline ?? keepalive, rtoDeadline ?? keepalive, keepalive)
     }
 
     public func handleTimeout(now: UInt64) {
         guard !isDead else { return }
+        if let deadline = probeDeadline, now >= deadline, inFlightCount > 0 {
+            // The newest packet in flight is taken as lost and sent again (no window reduction);
+            // its acknowledgement, or the next, reveals what else is missing.
+            probeDeadline = nil
+            probesSent += 1
+            var packet = nextPacket
+            while packet > lowestInFlight {
+                packet -= 1
+                if let sent = removeSent(packet) {
+                    requeue(sent)
+                    break
+                }
+            }
+        }
         if let deadline = rtoDeadline, now >= deadline, inFlightCount > 0 {
             // RTO: everything in flight is lost; one packet's window; the timer backs off.
             var packet = lowestInFlight
@@ -523,6 +555,7 @@ public final class ReliableConnection {
             recoveryStart = now
             backoff = min(backoff * 2, 64)
             rtoDeadline = nil
+            probeDeadline = nil
         }
         if let sent = pingSentAt, now >= sent + pingWait {
             missedPings += 1
@@ -590,6 +623,7 @@ public final class ReliableConnection {
             sent += 1
             if rtoDeadline == nil { rtoDeadline = now + currentRTO }
         }
+        if sent > 0 { armProbe(now: now) }
         if ackNeeded {
             ackNeeded = false
             outbox.append(ackFrame())

@@ -28,6 +28,9 @@ public struct TransportConfiguration: Sendable {
     /// A connection whose peer went silent (missed pings) gets a new path within this time (ms):
     /// the connecting side looks the peer up again and offers one; messages wait meanwhile.
     public var resumeWindow: UInt64 = 60_000
+    /// A connection that carried no message either way for this long is closed cleanly (CLOSE);
+    /// 0: never (the keepalives hold it open).
+    public var idleTimeout: UInt64 = 0
     /// The inbox (offline delivery) is fetched this often, besides at start and on request (ms).
     public var offlinePollInterval: UInt64 = 60_000
 
@@ -303,11 +306,11 @@ public final class TransportNode: @unchecked Sendable {
         // 30 minutes).
         var answer: ConnectOffer?
         let answerDeadline = unixMilliseconds() + UInt64(Self.answerWait)
-        var resend = unixMilliseconds() + 1000
+        var resend = unixMilliseconds() + 500
         while answer == nil, remaining() > 0, unixMilliseconds() < answerDeadline {
             if unixMilliseconds() >= resend {
                 // The offer or the answer was lost (the holders' relaying is not acknowledged).
-                resend = unixMilliseconds() + 1000
+                resend = unixMilliseconds() + 500
                 dht.signal(peer, id: signalID, payload: offer.bytes, through: holders)
             }
             guard let delivery = dht.nextDelivery(signalID, timeout: min(remaining(), 250)) else {
@@ -581,7 +584,8 @@ public final class TransportNode: @unchecked Sendable {
     private func makeAgent(controlling: Bool) throws(Failure) -> IceAgent {
         let agent: IceAgent
         do {
-            agent = try IceAgent(stun: stun)
+            // The transport watches the path itself (pings, §7.4) and replaces it (§7.7).
+            agent = try IceAgent(stun: stun, consentFreshness: false)
             if let server = configuration.turnServer {
                 try agent.setTurnServer(server, username: configuration.turnUsername ?? "", password: configuration.turnPassword ?? "")
             }
@@ -662,9 +666,24 @@ public final class TransportNode: @unchecked Sendable {
         }
     }
 
+    /// Closes the connections idle for longer than `idleTimeout` (checked by the listener every 250 ms).
+    private func closeIdleConnections() {
+        guard configuration.idleTimeout > 0 else { return }
+        let idle = monitor.locked { peers.filter {
+            !$0.value.connection.isDead && !$0.value.connection.isClosed && $0.value.connection.idleFor > configuration.idleTimeout
+        } }
+        for (id, peer) in idle {
+            log("connection \(id) to \(peer.name) idle for \(configuration.idleTimeout) ms: closing")
+            peer.connection.disconnect(linger: 0)
+            peer.agent.close()
+            updateReadiness()
+        }
+    }
+
     /// The listener thread: takes offers from the DHT and sets each up on its own thread.
     private func listen() {
         while monitor.locked({ running }) {
+            closeIdleConnections()
             guard let request = dht.nextSignal(timeout: 250) else { continue }
             guard let offer = try? ConnectOffer(parsing: request.payload), offer.kind == .offer || offer.kind == .resume else {
                 log("ignored a signal that is not a connection offer")

@@ -139,3 +139,49 @@ struct Chat: ParsableCommand {
         }
     }
 }
+
+/// `dnat send`: one message to a peer (into its inbox in the DHT when it is offline), then exit.
+struct Send: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send one message to a peer (stored in its inbox in the DHT when it is offline).",
+        discussion: "Same as dnat chat --as NAME --to PEER --send TEXT. Exit status 1 when the peer cannot be reached and the message could not be stored.")
+
+    @Option(name: .customLong("as"), help: "The identity to send as.") var identity: String
+    @Option(help: "The peer.") var to: String
+    @Argument(help: "The message.") var text: String
+    @Option(help: "Nodes to join through, comma-separated host:port (default: $DNA_BOOTSTRAP).") var bootstrap: String?
+    @Option(name: .customLong("data-dir"), help: "Keys and DHT state (default: $DNA_HOME or ~/.dna).") var dataDir: String?
+    @Option(help: "Address to bind (default: every interface).") var bind: String?
+
+    func run() throws {
+        var chat = try Chat.parse(["--as", identity, "--to", to, "--send", text])
+        chat.bootstrap = bootstrap
+        chat.dataDir = dataDir
+        chat.bind = bind
+        try chat.validate()
+        try chat.run()
+    }
+}
+
+/// `dnat listen`: wait for peers and print what they send (and what waited offline).
+struct Listen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Wait for peers as an identity; print their messages and those that waited in the inbox.",
+        discussion: "Same as dnat chat --as NAME. Runs until interrupted.")
+
+    @Option(name: .customLong("as"), help: "The identity to listen as.") var identity: String
+    @Option(help: "Nodes to join through, comma-separated host:port (default: $DNA_BOOTSTRAP).") var bootstrap: String?
+    @Option(name: .customLong("data-dir"), help: "Keys and DHT state (default: $DNA_HOME or ~/.dna).") var dataDir: String?
+    @Option(help: "Address to bind (default: every interface).") var bind: String?
+    @Option(help: "UDP port (0: any).") var port: UInt16 = 0
+
+    func run() throws {
+        var chat = try Chat.parse(["--as", identity])
+        chat.bootstrap = bootstrap
+        chat.dataDir = dataDir
+        chat.bind = bind
+        chat.port = port
+        try chat.validate()
+        try chat.run()
+    }
+}

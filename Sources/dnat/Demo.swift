@@ -69,7 +69,11 @@ struct Demo: ParsableCommand {
         func start(_ name: String) throws -> TransportNode {
             configuration.dataDirectory = root + "/" + name
             let identity = try IdentityStore(dataDirectory: configuration.dataDirectory).load(try IdentityName(name), create: true)
-            let node = try TransportNode(identity: identity, configuration: configuration) { log.info("\(name): \($0)") }
+            let node = try TransportNode(identity: identity, configuration: configuration) { message in
+                // The steps of a connection (lookup, gathering, signal, answer, ICE, handshake) with their times.
+                if message.hasPrefix("connected to") { print("  \(name): \(message)") }
+                log.info("\(name): \(message)")
+            }
             print("[\(elapsed())] \(name) joined, announced \(node.announcedAddress?.description ?? "?"), key \(identity.fingerprint)")
             return node
         }
@@ -114,6 +118,22 @@ struct Demo: ParsableCommand {
         }
         let round = Double(unixMilliseconds() - exchangeStart) / Double(messages)
         print("[\(elapsed())] \(messages) messages each way, \(String(format1(round))) ms per round trip")
+
+        // Throughput: 8 messages of 1 MiB on stream 2, timed from the first send to the last delivery.
+        let mebibyte = [UInt8](repeating: 0x5A, count: 1 << 20)
+        let bulkStart = unixMilliseconds()
+        for _ in 0..<8 { try alice.send(toBob, mebibyte, stream: 2) }
+        var bulk = 0
+        while bulk < 8 {
+            let got = try bob.receive(fromAlice, timeout: 30_000)
+            guard got.stream == 2, got.bytes == mebibyte else {
+                failures += 1
+                break
+            }
+            bulk += 1
+        }
+        let bulkMs = max(1, unixMilliseconds() - bulkStart)
+        print("[\(elapsed())] throughput: 8 MiB in \(bulkMs) ms, \(format1(8.0 * 1.048576 * 1000 / Double(bulkMs))) MB/s")
         try alice.disconnect(toBob)
         let end = Result { () throws(TransportNode.Failure) in try bob.receive(fromAlice, timeout: 5000) }
         if case .failure(.closed) = end {

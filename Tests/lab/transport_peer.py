@@ -38,6 +38,7 @@ def main():
     parser.add_argument("--offline", action="store_true")
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--size", type=int, default=100)
+    parser.add_argument("--pause", type=float, default=0.0, help="seconds between round trips")
     args = parser.parse_args()
 
     import dnatransport as dna
@@ -100,6 +101,7 @@ def main():
         rtts.append((time.monotonic() - sent) * 1000)
         echoed += 1
         in_order &= reply == i.to_bytes(8, "big") + payload
+        time.sleep(args.pause)
     for i in range(half, args.messages):
         transport.send(conn, i.to_bytes(8, "big") + payload)
     for i in range(half, args.messages):

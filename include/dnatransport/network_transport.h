@@ -17,8 +17,12 @@
  * seed calls it ciphertext (the messenger's end-to-end encryption); the transport adds its own
  * encryption and authentication hop by hop.
  *
- * Liveness: a PING after 25 s without traffic (it also keeps NAT mappings); a peer that misses 3
- * PONGs is dead: transport_receive returns DNA_ERR_CLOSED once its waiting messages are read.
+ * Liveness: a PING after 25 s without traffic (it also keeps NAT mappings). When the path stops
+ * carrying anything (3 PONGs missed, or its ICE agent failed), the connecting side opens a
+ * new path to the same identity (lookup, ICE, handshake) and the connection moves to it with its
+ * id, losing no message (docs/PROTOCOL.md §7.7); sends queue and receives wait meanwhile. After 60 s
+ * without a new path the connection is dead: transport_receive returns DNA_ERR_CLOSED once the
+ * messages that arrived before are read.
  *
  * Readiness: transport_get_fd is readable (level-triggered) while transport_accept,
  * transport_receive_offline or transport_receive on some connection would return at once: a
@@ -62,6 +66,9 @@ typedef struct {
     int          connect_timeout_ms; /* 0: 20000; the longest transport_connect blocks */
     int          send_timeout_ms;    /* 0: 10000; the longest transport_send waits while the send buffer is full */
     size_t       max_message_size;   /* 0: TRANSPORT_DEFAULT_MAX_MESSAGE (16 MiB); at most 1 GiB; both peers need it */
+    int          idle_timeout_ms;    /* 0: never; a connection that carried no message either way for this
+                                        long is closed cleanly (both sides' transport_receive then report
+                                        DNA_ERR_CLOSED) */
 } transport_config_t;
 
 #define TRANSPORT_DEFAULT_MAX_MESSAGE (16u * 1024u * 1024u)

@@ -237,3 +237,16 @@ def test_offline_messages_wait_for_the_peer(network):
     selector.close()
     # bob's node, one of the closest to his inbox, is gone: each store waits out its request timeouts.
     assert stored < 10, f"storing two messages took {stored:.1f} s"
+
+
+def test_idle_connections_close(network):
+    alice, bob = network("alice", idle_timeout_ms=500), network("bob")
+    conn = alice.connect("bob")
+    incoming, _ = bob.accept(timeout_ms=10000)
+    alice.send(conn, b"one")
+    assert bob.receive(incoming, timeout_ms=5000) == b"one"
+    time.sleep(1.0)  # nothing either way for longer than alice's 500 ms: she closes it cleanly
+    for transport, connection in ((alice, conn), (bob, incoming)):
+        with pytest.raises(dna.DNAError) as caught:
+            transport.receive(connection, timeout_ms=5000)
+        assert caught.value.code == dna.ErrorCode.CLOSED
