@@ -247,16 +247,8 @@ public final class ReliableConnection {
         missedPings = 0
         pingSentAt = nil
         lastReceived = now
-        var packet = lowestInFlight
-        while packet < nextPacket {
-            if let sent = removeSent(packet) { requeue(sent) }
-            packet += 1
-        }
-        slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
-        congestionWindow = configuration.fragmentSize
-        recoveryStart = now
+        loseEverythingInFlight(now: now)
         backoff = 1
-        rtoDeadline = nil
         ackNeeded = true
         pump(now: now)
     }
@@ -514,6 +506,21 @@ public final class ReliableConnection {
         }
     }
 
+    /// Every packet in flight is queued again, the window falls to one packet and ssthresh to half
+    /// the window (after an RTO, and on a new path).
+    private func loseEverythingInFlight(now: UInt64) {
+        var packet = lowestInFlight
+        while packet < nextPacket {
+            if let sent = removeSent(packet) { requeue(sent) }
+            packet += 1
+        }
+        slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
+        congestionWindow = configuration.fragmentSize
+        recoveryStart = now
+        rtoDeadline = nil
+        probeDeadline = nil
+    }
+
     private func requeue(_ sent: Sent) {
         retransmit.append((sent.stream, sent.message, sent.fragment))
         statistics.retransmissions += 1
@@ -545,17 +552,8 @@ public final class ReliableConnection {
         }
         if let deadline = rtoDeadline, now >= deadline, inFlightCount > 0 {
             // RTO: everything in flight is lost; one packet's window; the timer backs off.
-            var packet = lowestInFlight
-            while packet < nextPacket {
-                if let sent = removeSent(packet) { requeue(sent) }
-                packet += 1
-            }
-            slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
-            congestionWindow = configuration.fragmentSize
-            recoveryStart = now
+            loseEverythingInFlight(now: now)
             backoff = min(backoff * 2, 64)
-            rtoDeadline = nil
-            probeDeadline = nil
         }
         if let sent = pingSentAt, now >= sent + pingWait {
             missedPings += 1

@@ -18,15 +18,7 @@ import threading
 import time
 
 
-# The JSON lines go to the original stdout; anything else the process prints (GLib's debug log goes
-# to fd 1) is sent to stderr.
-_OUT = os.fdopen(os.dup(1), "w")
-os.dup2(2, 1)
-
-
-def emit(**fields):
-    _OUT.write(json.dumps(fields) + "\n")
-    _OUT.flush()
+from jsonlines import emit  # noqa: E402 (redirects fd 1 first)
 
 
 def read():

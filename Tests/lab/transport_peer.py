@@ -9,19 +9,12 @@ JSON line per event on stdout.
     --inbox:   -> {"event": "inbox", "messages": [[sender, text], ...]} (waits for --messages of them)
 """
 import argparse
-import json
 import os
 import sys
 import threading
 import time
 
-_OUT = os.fdopen(os.dup(1), "w")
-os.dup2(2, 1)
-
-
-def emit(**fields):
-    _OUT.write(json.dumps(fields) + "\n")
-    _OUT.flush()
+from jsonlines import emit  # noqa: E402 (redirects fd 1 first)
 
 
 def main():

@@ -230,20 +230,44 @@ def _name_arg(name):
     return name.encode("utf-8") if isinstance(name, str) else bytes(name)
 
 
-class Identity:
+class _Handle:
+    """A library handle owned by a Python object. close() frees it (so do leaving a `with` block and
+    garbage collection); a call after close() raises DNAError INVALID_ARGUMENT."""
+
+    _handle = None
+    _free_name = None  # the library's function that frees this kind of handle
+
+    def _live(self):
+        if not self._handle:
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, f"{type(self).__name__} is closed")
+        return self._handle
+
+    def close(self):
+        if self._handle:
+            getattr(lib, self._free_name)(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class Identity(_Handle):
     """An identity's ML-DSA-65 key pair, loaded from (or created in) data_dir/identities.
     Use as a context manager or call close(); the key stays in the library."""
+
+    _free_name = "dna_identity_free"
 
     def __init__(self, name, data_dir=None, create=True):
         self.name = name
         self._handle = lib.dna_identity_load(_path_arg(data_dir), _name_arg(name), 1 if create else 0)
         if not self._handle:
             raise DNAError(lib.dna_last_error(), f"Identity({name!r})")
-
-    def _live(self):
-        if not self._handle:
-            raise DNAError(ErrorCode.INVALID_ARGUMENT, "Identity is closed")
-        return self._handle
 
     @property
     def public_key(self):
@@ -261,19 +285,6 @@ class Identity:
         _check(lib.dna_identity_fingerprint(self._live(), out, _FINGERPRINT_SIZE), "fingerprint")
         return out.value.decode()
 
-    def close(self):
-        if self._handle:
-            lib.dna_identity_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
 def fingerprint(public_key):
@@ -338,16 +349,13 @@ SESSION_OVERHEAD = lib.dna_session_overhead()
 _PEER_CAPACITY = 256
 
 
-class _Handshake:
+class _Handshake(_Handle):
     """What initiators and responders share (dna_handshake_*). Times are milliseconds of a monotonic
     clock of your choice (e.g. int(time.monotonic() * 1000)). Nothing is sent: move the datagrams."""
 
-    _handle = None
+    _free_name = "dna_handshake_free"
 
-    def _live(self):
-        if not self._handle:
-            raise DNAError(ErrorCode.INVALID_ARGUMENT, "handshake is closed")
-        return self._handle
+    _handle = None
 
     def receive(self, datagram, now_ms, peer=None):
         """Feeds one datagram from the peer (peer: the sender's address string; required by a responder)."""
@@ -400,20 +408,6 @@ class _Handshake:
         _check(code, "take_session")
         return peer.value.decode(), Session(handle.value)
 
-    def close(self):
-        """Frees the handshake and erases its ephemeral secrets."""
-        if self._handle:
-            lib.dna_handshake_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
 class Initiator(_Handshake):
@@ -436,16 +430,13 @@ class Responder(_Handshake):
             raise DNAError(lib.dna_last_error(), "Responder")
 
 
-class Session:
+class Session(_Handle):
     """An established session: seal() frames for the peer, open() the peer's frames."""
+
+    _free_name = "dna_session_free"
 
     def __init__(self, handle):
         self._handle = handle
-
-    def _live(self):
-        if not self._handle:
-            raise DNAError(ErrorCode.INVALID_ARGUMENT, "session is closed")
-        return self._handle
 
     @property
     def peer(self):
@@ -483,25 +474,13 @@ class Session:
         return FrameHeader(header.magic, header.version, type_, header.sequence, header.payload_length,
                            header.checksum, bytes(header.reserved)), bytes(out[:length.value])
 
-    def close(self):
-        """Frees the session and erases its keys."""
-        if self._handle:
-            lib.dna_session_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
-class DHT:
+class DHT(_Handle):
     """A DHT node (dht_init): one UDP socket and one I/O thread. data_dir holds its node id, routing
     table, entries and the identities it announces. Calls block until the network answers."""
+
+    _free_name = "dht_free"
 
     def __init__(self, data_dir=None, port=0, bind_ip=None):
         self._keep = (None if bind_ip is None else bind_ip.encode(), _path_arg(data_dir))
@@ -509,11 +488,6 @@ class DHT:
         self._handle = lib.dht_init(ctypes.byref(config))
         if not self._handle:
             raise DNAError(lib.dna_last_error(), "DHT")
-
-    def _live(self):
-        if not self._handle:
-            raise DNAError(ErrorCode.INVALID_ARGUMENT, "DHT is closed")
-        return self._handle
 
     @property
     def port(self):
@@ -554,20 +528,6 @@ class DHT:
         _check(lib.dht_get_stats(self._live(), ctypes.byref(out)), "stats")
         return {name: getattr(out, name) for name, _ in out._fields_}
 
-    def close(self):
-        """Saves the state and stops the node."""
-        if self._handle:
-            lib.dht_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
 NAT_MAX_CANDIDATES = 32
@@ -597,20 +557,17 @@ class Candidate:
         return Candidate(c.ip.decode(), c.port, CandidateType(c.type))
 
 
-class NatTraversal:
+class NatTraversal(_Handle):
     """An ICE agent (nat_traversal_init) over libnice, with its own I/O thread. See nat_traversal.h
     for the flow: gather, exchange candidates and credentials with the peer, establish. establish()
     returns a connected datagram socket.socket to the peer (direct or through TURN)."""
+
+    _free_name = "nat_traversal_free"
 
     def __init__(self, stun_server=None):
         self._handle = lib.nat_traversal_init(None if stun_server is None else stun_server.encode())
         if not self._handle:
             raise DNAError(lib.dna_last_error(), "NatTraversal")
-
-    def _live(self):
-        if not self._handle:
-            raise DNAError(ErrorCode.INVALID_ARGUMENT, "NatTraversal is closed")
-        return self._handle
 
     def set_turn_server(self, server, username, password):
         """TURN "host:port" with long-term credentials; before gather()."""
@@ -663,20 +620,6 @@ class NatTraversal:
         _check(lib.nat_get_selected_pair(self._live(), ctypes.byref(local), ctypes.byref(remote)), "selected_pair")
         return Candidate._from_c(local), Candidate._from_c(remote)
 
-    def close(self):
-        """Releases the TURN allocation and stops the agent."""
-        if self._handle:
-            lib.nat_traversal_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
 TRANSPORT_IDENTITY_MAX = 255
@@ -696,7 +639,7 @@ def _timeout_arg(timeout_ms):
     return -1 if timeout_ms is None else int(timeout_ms)
 
 
-class Transport:
+class Transport(_Handle):
     """One identity on the network (transport_init): a DHT node that announces the identity, and its
     connections. Connections are ints; messages are bytes. Blocking calls release the GIL.
 
@@ -704,6 +647,8 @@ class Transport:
     network_transport.h); any argument given switches to transport_init_with_config, where the
     arguments left out still fall back to the environment. fileno() is readable while accept() or
     receive() on some connection would not block, so a Transport works with select/selectors."""
+
+    _free_name = "transport_free"
 
     def __init__(self, identity, data_dir=None, bootstrap=None, stun_server=None, turn_server=None,
                  turn_username=None, turn_password=None, bind_ip=None, port=0, connect_timeout_ms=0,
@@ -726,11 +671,6 @@ class Transport:
             self._handle = lib.transport_init_with_config(_name_arg(identity), ctypes.byref(config))
         if not self._handle:
             raise DNAError(lib.dna_last_error(), "Transport")
-
-    def _live(self):
-        if not self._handle:
-            raise DNAError(ErrorCode.INVALID_ARGUMENT, "Transport is closed")
-        return self._handle
 
     def connect(self, peer):
         """Connects to peer (an identity name): DHT lookup, signaling, ICE, handshake. Returns the
@@ -819,17 +759,3 @@ class Transport:
         """Ends the connection cleanly (waits up to 2 s for queued messages to be acknowledged)."""
         _check(lib.transport_disconnect(self._live(), int(connection)), "disconnect")
 
-    def close(self):
-        """Ends every connection and the DHT node."""
-        if getattr(self, "_handle", None):
-            lib.transport_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()

@@ -4,7 +4,7 @@ import subprocess
 import threading
 import time
 
-from test_dnat_node import DNAT, Node
+from test_dnat_node import DNAT, Node, wait_for_line
 
 
 class Chat:
@@ -21,12 +21,7 @@ class Chat:
             self.lines.append(line.rstrip("\n"))
 
     def wait_for(self, text, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in list(self.lines)):
-                return True
-            time.sleep(0.05)
-        raise AssertionError(f"no '{text}' in {self.lines}")
+        return wait_for_line(self.lines, text, timeout)
 
 
 def send(data_dir, bootstrap, *args):

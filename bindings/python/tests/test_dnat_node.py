@@ -21,6 +21,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for_line(lines, text, timeout=30):
+    """Waits until one of `lines` (filled by a reader thread) contains `text`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in line for line in list(lines)):
+            return True
+        time.sleep(0.05)
+    raise AssertionError(f"no '{text}' in {lines}")
+
+
 class Node:
     def __init__(self, data_dir, *args):
         self.port = free_port()
@@ -36,12 +46,7 @@ class Node:
             self.lines.append(line)
 
     def wait_for(self, text, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line for line in list(self.lines)):
-                return True
-            time.sleep(0.05)
-        raise AssertionError(f"no '{text}' in {self.lines}")
+        return wait_for_line(self.lines, text, timeout)
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -50,50 +55,34 @@ class Node:
         return code
 
 
-def stun_binding(port):
-    """A STUN Binding request (RFC 8489); returns the XOR-MAPPED-ADDRESS and the socket's own address."""
+def stun_binding(port, classic=False):
+    """A STUN Binding request; returns the mapped address the answer carries and the socket's own.
+    RFC 8489 (magic cookie): XOR-MAPPED-ADDRESS. classic: RFC 3489 (no cookie, as libnice's candidate
+    gathering sends): MAPPED-ADDRESS in the clear."""
+    cookie = b"" if classic else struct.pack(">I", 0x2112A442)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         s.settimeout(5)
-        transaction = os.urandom(12)
-        s.sendto(struct.pack(">HHI", 0x0001, 0, 0x2112A442) + transaction, ("127.0.0.1", port))
-        data, _ = s.recvfrom(2048)
-        kind, length, cookie = struct.unpack(">HHI", data[:8])
-        assert (kind, cookie, data[8:20]) == (0x0101, 0x2112A442, transaction)
-        offset = 20
-        while offset < 20 + length:
-            attribute, size = struct.unpack(">HH", data[offset:offset + 4])
-            value = data[offset + 4:offset + 4 + size]
-            if attribute == 0x0020:
-                family, xport = struct.unpack(">xBH", value[:4])
-                assert family == 0x01
-                address = bytes(a ^ b for a, b in zip(value[4:8], struct.pack(">I", 0x2112A442)))
-                return (socket.inet_ntoa(address), xport ^ 0x2112), s.getsockname()
-            offset += 4 + (size + 3) // 4 * 4
-    raise AssertionError("no XOR-MAPPED-ADDRESS")
-
-
-def classic_stun_binding(port):
-    """An RFC 3489 Binding request (no magic cookie), as libnice's candidate gathering sends: the
-    answer carries MAPPED-ADDRESS in the clear."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        s.settimeout(5)
-        transaction = os.urandom(16)
+        transaction = cookie + os.urandom(16 - len(cookie))
         s.sendto(struct.pack(">HH", 0x0001, 0) + transaction, ("127.0.0.1", port))
         data, _ = s.recvfrom(2048)
         kind, length = struct.unpack(">HH", data[:4])
         assert (kind, data[4:20]) == (0x0101, transaction)
+        wanted = 0x0001 if classic else 0x0020
         offset = 20
         while offset < 20 + length:
             attribute, size = struct.unpack(">HH", data[offset:offset + 4])
             value = data[offset + 4:offset + 4 + size]
-            if attribute == 0x0001:
-                family, mport = struct.unpack(">xBH", value[:4])
+            if attribute == wanted:
+                family, mapped_port = struct.unpack(">xBH", value[:4])
                 assert family == 0x01
-                return (socket.inet_ntoa(value[4:8]), mport), s.getsockname()
+                address = value[4:8]
+                if not classic:
+                    address = bytes(a ^ b for a, b in zip(address, cookie))
+                    mapped_port ^= 0x2112
+                return (socket.inet_ntoa(address), mapped_port), s.getsockname()
             offset += 4 + (size + 3) // 4 * 4
-    raise AssertionError("no MAPPED-ADDRESS")
+    raise AssertionError("no MAPPED-ADDRESS" if classic else "no XOR-MAPPED-ADDRESS")
 
 
 def test_node_serves_dht_and_stun_and_stops_cleanly(tmp_path):
@@ -102,7 +91,7 @@ def test_node_serves_dht_and_stun_and_stops_cleanly(tmp_path):
         first.wait_for("listening on UDP port")
         mapped, mine = stun_binding(first.port)
         assert mapped == mine
-        mapped, mine = classic_stun_binding(first.port)
+        mapped, mine = stun_binding(first.port, classic=True)
         assert mapped == mine
         second = Node(tmp_path / "b", "--bootstrap", f"127.0.0.1:{first.port}")
         second.wait_for("joined through")
