@@ -360,7 +360,7 @@ public final class TransportNode: @unchecked Sendable {
     private func resume(_ id: Int32) {
         let end = unixMilliseconds() + configuration.resumeWindow
         while unixMilliseconds() < end, monitor.locked({ running }) {
-            guard let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost else { return }
+            guard let peer = stillLost(id) else { return }
             do {
                 let path = try openPath(to: peer.name, kind: .resume, token: peer.token,
                                         deadline: min(end, unixMilliseconds() + UInt64(configuration.connectTimeout)))
@@ -370,14 +370,13 @@ public final class TransportNode: @unchecked Sendable {
                     log("a new path to \(peer.name) ended at another key: refused")
                     continue
                 }
-                if attach(path, to: id) { return }
+                _ = attach(path, to: id)  // the loop's check ends the work (or goes on if lost again)
             } catch {
                 log("new path to \(peer.name) failed: \(error)")
                 usleep(500_000)
             }
         }
-        if let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost { peer.connection.abandon() }
-        monitor.locked { resuming.remove(id) }
+        giveUp(id)
     }
 
     /// Moves connection `id` to `path`; the old path's agent goes.
@@ -392,10 +391,7 @@ public final class TransportNode: @unchecked Sendable {
             path.agent.close()
             return false
         }
-        monitor.locked {
-            peers[id]?.agent = path.agent
-            resuming.remove(id)
-        }
+        monitor.locked { peers[id]?.agent = path.agent }
         peer.agent.close()
         log("connection \(id) to \(peer.name) moved to a new path")
         return true
@@ -406,21 +402,37 @@ public final class TransportNode: @unchecked Sendable {
     private func awaitResume(_ id: Int32) {
         let end = unixMilliseconds() + configuration.resumeWindow
         while unixMilliseconds() < end, monitor.locked({ running }) {
-            guard let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost else {
-                monitor.locked { resuming.remove(id) }
-                return
-            }
+            guard stillLost(id) != nil else { return }
             usleep(200_000)
         }
+        giveUp(id)
+    }
+
+    /// The resume window passed (or the context is closing): a connection whose path is still lost is dead.
+    private func giveUp(_ id: Int32) {
         if let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost { peer.connection.abandon() }
-        monitor.locked { resuming.remove(id) }
+        _ = monitor.locked { resuming.remove(id) }
+    }
+
+    /// The connection while its path is still lost; else nil, and it leaves `resuming` in the same
+    /// step (so that a loss reported meanwhile starts a new resume instead of being missed).
+    private func stillLost(_ id: Int32) -> Peer? {
+        monitor.locked { () -> Peer? in
+            guard let peer = peers[id], peer.connection.isPathLost else {
+                resuming.remove(id)
+                return nil
+            }
+            return peer
+        }
     }
 
     /// A connection changed (messages, end, lost path): readiness, and resuming a lost path.
     private func connectionChanged(_ id: Int32) {
         updateReadiness()
-        guard let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost,
-              monitor.locked({ running && resuming.insert(id).inserted }) else { return }
+        guard let peer = monitor.locked({ () -> Peer? in
+            guard running, let peer = peers[id], peer.connection.isPathLost, resuming.insert(id).inserted else { return nil }
+            return peer
+        }) else { return }
         log("connection \(id) to \(peer.name): the path is lost; \(peer.initiator ? "resuming" : "waiting for the peer to resume")")
         let started = spawn { [self] in
             if peer.initiator { resume(id) } else { awaitResume(id) }
