@@ -146,13 +146,13 @@ public final class TransportNode: @unchecked Sendable {
             _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK)
             _ = fcntl(end, F_SETFD, FD_CLOEXEC)
         }
-        let closeReady = { [ready] in for end in ready { Glibc.close(end) } }
         var dhtConfiguration = DHTServiceConfiguration()
         dhtConfiguration.bindHost = configuration.bindHost
         dhtConfiguration.port = configuration.port
         dhtConfiguration.dataDirectory = configuration.dataDirectory
         do { dht = try DHTService(configuration: dhtConfiguration, log: log) } catch {
-            closeReady()
+            for end in ready { Glibc.close(end) }
+            ready = [-1, -1]  // (deinit, which runs when a fully initialized object throws, must not close them again)
             throw .io("\(error)")
         }
         dht.otherProtocol = { request, source in STUNServer.answer(request, from: source) }
@@ -170,7 +170,8 @@ public final class TransportNode: @unchecked Sendable {
             }
         } catch {
             dht.stop()
-            closeReady()
+            for end in ready { Glibc.close(end) }
+            ready = [-1, -1]  // (deinit, which runs when a fully initialized object throws, must not close them again)
             throw .invalid("announce: \(error)")
         }
         do {
@@ -181,7 +182,8 @@ public final class TransportNode: @unchecked Sendable {
         } catch {
             inbox?.stop()
             dht.stop()
-            closeReady()
+            for end in ready { Glibc.close(end) }
+            ready = [-1, -1]  // (deinit, which runs when a fully initialized object throws, must not close them again)
             throw error
         }
         let started = pthread_create(&listener, nil, { argument in
@@ -192,7 +194,8 @@ public final class TransportNode: @unchecked Sendable {
         guard started == 0 else {
             inbox?.stop()
             dht.stop()
-            closeReady()
+            for end in ready { Glibc.close(end) }
+            ready = [-1, -1]  // (deinit, which runs when a fully initialized object throws, must not close them again)
             throw .io("pthread_create: \(String(cString: strerror(started)))")
         }
         listenerStarted = true
@@ -200,7 +203,7 @@ public final class TransportNode: @unchecked Sendable {
 
     deinit {
         close()
-        for end in ready { Glibc.close(end) }
+        for end in ready where end >= 0 { Glibc.close(end) }
     }
 
     /// The address to put in the entry: the bound one, else the one the kernel would use toward the
