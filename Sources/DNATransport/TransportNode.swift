@@ -771,7 +771,7 @@ public final class TransportNode: @unchecked Sendable {
             agent.close()
             throw .unreachable("ICE: \(error)")
         }
-        let responder = HandshakeResponder<Int>(identity: identity)
+        let responder = HandshakeResponder<Int>(identity: identity, configuration: HandshakeOverPath.configuration)
         let session: SecureSession
         do { session = try HandshakeOverPath.respond(fd: fd, responder: responder, timeout: remaining()) } catch {
             Glibc.close(fd)
