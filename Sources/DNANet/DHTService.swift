@@ -44,6 +44,27 @@ package final class Monitor: @unchecked Sendable {
     }
 
     package func broadcast() { pthread_cond_broadcast(condition) }
+
+    /// Runs `body` on an I/O thread and waits (up to 60 s) for its result: `enqueue`, called with
+    /// the lock held, queues the command for that thread (false: the thread is stopping, nil is
+    /// returned); `wake` then wakes the thread. The DHT service and each connection use it.
+    package func perform<State, T>(enqueue: (@escaping (State, UInt64) -> Void) -> Bool, wake: () -> Void,
+                                   _ body: @escaping (State, UInt64) -> T) -> T? {
+        let box = ResultBox<T>()
+        let accepted = locked {
+            enqueue { state, now in
+                let value = body(state, now)
+                self.locked {
+                    box.value = value
+                    box.done = true
+                }
+                self.broadcast()
+            }
+        }
+        guard accepted else { return nil }
+        wake()
+        return wait(milliseconds: 60_000) { box.done ? box.value : nil }
+    }
 }
 
 /// Milliseconds of Unix time (the DHT's entries carry Unix seconds; its timers use the same clock).
@@ -155,22 +176,11 @@ public final class DHTService: @unchecked Sendable {
 
     /// Runs `body` on the I/O thread and waits for its result.
     public func perform<T>(_ body: @escaping (DHTNode, UInt64) -> T) -> T? {
-        let box = ResultBox<T>()
-        let accepted = monitor.locked { () -> Bool in
+        monitor.perform(enqueue: { command in
             guard running else { return false }
-            commands.append { node, now in
-                let value = body(node, now)
-                self.monitor.locked {
-                    box.value = value
-                    box.done = true
-                }
-                self.monitor.broadcast()
-            }
+            commands.append(command)
             return true
-        }
-        guard accepted else { return nil }
-        poke()
-        return monitor.wait(milliseconds: 60_000) { box.done ? box.value : nil }
+        }, wake: poke, body)
     }
 
     /// Starts a lookup on the I/O thread and waits up to `timeout` ms for its result.

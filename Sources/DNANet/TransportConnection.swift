@@ -208,22 +208,11 @@ public final class TransportConnection: @unchecked Sendable {
     }
 
     private func perform<T>(_ body: @escaping (ReliableConnection, UInt64) -> T) -> T? {
-        let box = ResultBox<T>()
-        let accepted = monitor.locked { () -> Bool in
+        monitor.perform(enqueue: { command in
             guard running else { return false }
-            commands.append { connection, now in
-                let value = body(connection, now)
-                self.monitor.locked {
-                    box.value = value
-                    box.done = true
-                }
-                self.monitor.broadcast()
-            }
+            commands.append(command)
             return true
-        }
-        guard accepted else { return nil }
-        poke()
-        return monitor.wait(milliseconds: 60_000) { box.done ? box.value : nil }
+        }, wake: poke, body)
     }
 
     private func poke() {
