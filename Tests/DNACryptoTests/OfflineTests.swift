@@ -51,6 +51,31 @@ import Testing
         #expect(throws: OfflineError.self) { try InboxKeyRecord(parsing: badRecord) }
     }
 
+    @Test func randomInboxItemsAreRefusedWithoutACrash() throws {
+        // Holders parse items from anyone: random bytes and random changes to valid items give a
+        // typed error (or, for an untouched signed part, parse), never a crash.
+        let keys = try InboxKeys(identity: Self.bob)
+        let record = try InboxKeyRecord(identity: Self.bob, keys: keys, created: Self.now).bytes
+        let message = try OfflineMessage(sealing: [7], from: Self.alice, to: try InboxKeyRecord(parsing: record), now: Self.now).bytes
+        let deletion = try InboxDeletion(owner: Self.bob, ids: [[UInt8](repeating: 3, count: 16)], now: Self.now).bytes
+        var x: UInt64 = 0xB0B
+        func next() -> UInt64 {
+            x = x &* 6364136223846793005 &+ 1442695040888963407
+            return x >> 17
+        }
+        for round in 0..<600 {
+            let base = [record, message, deletion][round % 3]
+            var bytes = round % 2 == 0 ? base : (0..<Int(next() % 64)).map { _ in UInt8(truncatingIfNeeded: next()) }
+            if round % 2 == 0 { bytes[Int(next() % UInt64(bytes.count))] ^= UInt8(truncatingIfNeeded: next() | 1) }
+            #expect(throws: OfflineError.self) { try InboxKeyRecord(parsing: bytes) }
+            #expect(throws: OfflineError.self) { try OfflineMessage(parsing: bytes, now: Self.now) }
+            if let parsed = try? InboxDeletion(parsing: bytes) {
+                // Only the ids or the signature bytes changed: the signature check refuses it.
+                #expect(throws: OfflineError.self) { try parsed.verify(ownerKey: Self.bob.publicKey, now: Self.now) }
+            }
+        }
+    }
+
     @Test func deletionsVerifyOnlyWithTheOwnersKey() throws {
         let ids = [[UInt8](repeating: 1, count: 16), [UInt8](repeating: 2, count: 16)]
         let deletion = try InboxDeletion(owner: Self.bob, ids: ids, now: Self.now)

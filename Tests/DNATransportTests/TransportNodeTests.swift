@@ -208,6 +208,31 @@ import Testing
         (bootstrap.perform { node, _ in node.mailCount } ?? -1) + (alice.dht.perform { node, _ in node.mailCount } ?? -1)
     }
 
+    @Test func randomSignalPayloadsAreRefusedWithoutACrash() {
+        // Offers arrive from anyone through the DHT: 20,000 random payloads (and random changes to
+        // a valid one) either parse or give a typed error.
+        var x: UInt64 = 0x0FFE
+        func next() -> UInt64 {
+            x = x &* 6364136223846793005 &+ 1442695040888963407
+            return x >> 17
+        }
+        let valid = ConnectOffer(kind: .offer, token: Array(1...16), ufrag: "abcd", password: "0123456789abcdefghijkl",
+                                 candidates: [.init(ip: "192.0.2.1", port: 4000, kind: .local)]).bytes
+        var parsed = 0
+        for round in 0..<20_000 {
+            var bytes: [UInt8]
+            if round % 2 == 0 {
+                bytes = (0..<Int(next() % 120)).map { _ in UInt8(truncatingIfNeeded: next()) }
+                if bytes.count > 1 { bytes[0] = 1 }  // get past the version check half the time
+            } else {
+                bytes = valid
+                bytes[Int(next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: next())
+            }
+            if (try? ConnectOffer(parsing: bytes)) != nil { parsed += 1 }
+        }
+        #expect(parsed > 0 && parsed < 20_000)
+    }
+
     @Test func offersRoundTripAndMalformedOnesAreRefused() throws {
         let offer = ConnectOffer(kind: .resume, token: Array(1...16), ufrag: "abcd", password: "0123456789abcdefghijkl",
                                  candidates: [.init(ip: "192.0.2.1", port: 4000, kind: .local),
