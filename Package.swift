@@ -37,7 +37,7 @@ let package = Package(
         .target(name: "DNAReliable", dependencies: ["DNAWire"]),
 
         // Drivers: sockets and the I/O thread that runs a core (the DHT's UDP socket).
-        .target(name: "DNANet", dependencies: ["DNADHT", "DNACrypto", "DNAWire", "DNAReliable"]),
+        .target(name: "DNANet", dependencies: ["DNADHT", "DNACrypto", "DNAWire", "DNAReliable", "CNice"]),
         // NAT traversal: libnice's ICE agent on its own GLib loop thread.
         .target(name: "DNANat", dependencies: ["DNANet", "DNADHT", "CNice"]),
         // The STUN Binding server of `dnat node` (libnice's STUN agent).

@@ -88,6 +88,24 @@ static inline GSource *dna_timer(GMainContext *ctx, guint ms, GSourceFunc fn, gp
     return source;
 }
 
+/* A source on ctx that calls fn(data) once its ready time (g_source_set_ready_time, monotonic
+   microseconds; 0 = at once, -1 = never) has come. The ready time is cleared before fn runs, so fn
+   sets the next one. Destroy it with g_source_destroy, then g_source_unref. */
+static gboolean dna_ready_dispatch(GSource *source, GSourceFunc callback, gpointer data) {
+    g_source_set_ready_time(source, -1);
+    if (callback)
+        callback(data);
+    return G_SOURCE_CONTINUE;
+}
+static GSourceFuncs dna_ready_funcs = { NULL, NULL, dna_ready_dispatch, NULL, NULL, NULL };
+static inline GSource *dna_ready_source(GMainContext *ctx, GSourceFunc fn, gpointer data) {
+    GSource *source = g_source_new(&dna_ready_funcs, sizeof(GSource));
+    g_source_set_callback(source, fn, data, NULL);
+    g_source_set_ready_time(source, -1);
+    g_source_attach(source, ctx);
+    return source;
+}
+
 /* The textual address of a NiceAddress (INET6_ADDRSTRLEN bytes at out). */
 static inline void dna_nice_address_text(const NiceAddress *address, char *out) {
     nice_address_to_string(address, out);

@@ -83,8 +83,13 @@ public struct IceStats: Sendable {
     public var dropped: UInt64 = 0
 }
 
-/// The ICE driver: one libnice agent (one stream, one component) on its own GLib loop thread, and
-/// a datagram socket pair whose application end carries the selected path's datagrams.
+/// The ICE driver: one libnice agent (one stream, one component) on a GLib loop thread. Two ways to
+/// carry the selected path's datagrams:
+/// - on a loop of its own (the C API's nat_*), a datagram socket pair whose application end
+///   `establish` returns;
+/// - on a loop shared with other agents (a transport context's one I/O thread), an `IcePath` from
+///   `establishPath`: sends go straight to nice_agent_send and datagrams straight from libnice's
+///   receive callback to the connection, on that thread (no socket pair, no thread hand-off).
 /// libnice state is touched on the loop thread only; the fields under `monitor` are shared.
 public final class IceAgent: @unchecked Sendable {
     public static let maxCandidates = 32
@@ -94,7 +99,9 @@ public final class IceAgent: @unchecked Sendable {
     /// How long libnice waits after the last pair failed before reporting FAILED.
     public static let idleMilliseconds: guint = 500
 
-    private let loop: GLibLoop
+    let loop: GLibLoop
+    /// The loop is this agent's own (stopped by close) rather than shared.
+    private let ownsLoop: Bool
     private var agent: OpaquePointer?  // NiceAgent*, loop thread
     private var streamID: guint = 0
     private var stunServer: (ip: String, port: UInt16)?
@@ -102,7 +109,11 @@ public final class IceAgent: @unchecked Sendable {
     /// Datagram socket pair: [0] the loop's end, [1] the application's.
     private var pair: [Int32] = [-1, -1]
     private var watch: UnsafeMutablePointer<GSource>?
-    private var receiveBuffer = [UInt8](repeating: 0, count: 65536)
+    private var receiveBuffer: [UInt8] = []
+    /// Path mode (loop thread): where datagrams go once the path is attached, and who hears of its end.
+    fileprivate var pathReceiver: ((UnsafeRawBufferPointer) -> Void)?
+    fileprivate var pathGone: (() -> Void)?
+    fileprivate var pathEnded = false
 
     // Shared with callers, under monitor.
     private let monitor = Monitor()
@@ -121,6 +132,9 @@ public final class IceAgent: @unchecked Sendable {
     private var closed = false
     private var closeDone = false
     private var counters = IceStats()
+    /// Path mode: datagrams that came before the path was attached (the handshake reads them).
+    fileprivate var early: [[UInt8]] = []
+    static let maxEarly = 256
     public private(set) var controlling = false
     public var timeoutMilliseconds = 10_000
 
@@ -133,7 +147,10 @@ public final class IceAgent: @unchecked Sendable {
     /// transport pings over it and replaces it, docs/PROTOCOL.md §7.7). Measured in the lab with 10%
     /// loss on both NAT routers: with consent checks libnice failed working paths about 30 s after
     /// selecting them (in both runs); without loss paths lasted (a 40 s run).
-    public init(stun: String?, consentFreshness: Bool = true) throws(NatError) {
+    ///
+    /// `loop`: a loop shared with other agents (path mode, `establishPath`); nil: a loop of its own
+    /// and a socket pair (`establish`).
+    public init(stun: String?, consentFreshness: Bool = true, loop shared: GLibLoop? = nil) throws(NatError) {
         self.consentFreshness = consentFreshness
         if let stun {
             guard let endpoint = resolve(stun).sorted(by: { $0.isIPv4 && !$1.isIPv4 }).first else {
@@ -141,18 +158,25 @@ public final class IceAgent: @unchecked Sendable {
             }
             stunServer = (endpoint.host, endpoint.port)
         }
-        loop = try GLibLoop()
-        var fds: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
-            throw .io("socketpair: \(String(cString: strerror(errno)))")
+        if let shared {
+            loop = shared
+            ownsLoop = false
+        } else {
+            do { loop = try GLibLoop() } catch { throw .io("\(error)") }
+            ownsLoop = true
+            var fds: [Int32] = [-1, -1]
+            guard socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) == 0 else {
+                throw .io("socketpair: \(String(cString: strerror(errno)))")
+            }
+            var size: Int32 = 4 << 20
+            for fd in fds {
+                _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+                _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            }
+            _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
+            pair = fds
+            receiveBuffer = [UInt8](repeating: 0, count: 65536)
         }
-        var size: Int32 = 4 << 20
-        for fd in fds {
-            _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        }
-        _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)
-        pair = fds
         let made: Bool = loop.sync { self.makeAgent() } ?? false
         guard made else {
             close()
@@ -250,8 +274,30 @@ public final class IceAgent: @unchecked Sendable {
     }
 
     /// Runs the checks until a pair works (the application's end of the datagram pair is returned,
-    /// owned by the caller from then on), the checks fail, or the timeout passes.
+    /// owned by the caller from then on), the checks fail, or the timeout passes. An agent on a loop
+    /// of its own only.
     public func establish() throws(NatError) -> Int32 {
+        guard ownsLoop else { throw .invalid("an agent on a shared loop gives a path (establishPath)") }
+        try runChecks()
+        let fd = monitor.locked { () -> Int32 in
+            let fd = pair[1]
+            pair[1] = -1
+            return fd
+        }
+        loop.sync { self.watchApplication() }
+        return fd
+    }
+
+    /// Runs the checks until a pair works, then returns the path over it (on the shared loop); the
+    /// agent must stay open while the path is used (closing it ends the path). An agent on a shared
+    /// loop only.
+    public func establishPath() throws(NatError) -> IcePath {
+        guard !ownsLoop else { throw .invalid("an agent on its own loop gives a socket (establish)") }
+        try runChecks()
+        return IcePath(agent: self)
+    }
+
+    private func runChecks() throws(NatError) {
         let timeout = try locked { () throws(NatError) -> Int in
             guard !established else { throw .invalid("already established") }
             guard gatheringStarted else { throw .invalid("no candidates gathered") }
@@ -274,14 +320,7 @@ public final class IceAgent: @unchecked Sendable {
         guard outcome == true else {
             throw .unreachable(outcome == nil ? "no candidate pair worked within \(timeout) ms" : "every candidate pair failed")
         }
-        let fd = monitor.locked { () -> Int32 in
-            established = true
-            let fd = pair[1]
-            pair[1] = -1
-            return fd
-        }
-        loop.sync { self.watchApplication() }
-        return fd
+        monitor.locked { established = true }
     }
 
     public var selectedPair: (local: IceCandidate, remote: IceCandidate)? { monitor.locked { selected } }
@@ -297,6 +336,13 @@ public final class IceAgent: @unchecked Sendable {
         monitor.broadcast()
         guard first else { return }
         let closing = loop.sync { () -> Bool in
+            // A path over this agent ends with it.
+            let gone = self.pathGone
+            self.pathReceiver = nil
+            self.pathGone = nil
+            self.monitor.locked { self.pathEnded = true }
+            self.monitor.broadcast()
+            gone?()
             if let watch = self.watch {
                 g_source_destroy(watch)
                 g_source_unref(watch)
@@ -313,14 +359,15 @@ public final class IceAgent: @unchecked Sendable {
             }, Unmanaged.passUnretained(self).toOpaque())
             return true
         }
-        if closing == true { _ = monitor.wait(milliseconds: 1000) { closeDone ? true : nil } }
+        // (On the loop thread itself the callback could not run while this waits.)
+        if closing == true, !loop.isCurrent { _ = monitor.wait(milliseconds: 1000) { closeDone ? true : nil } }
         loop.sync {
             guard let agent = self.agent else { return }
             nice_agent_remove_stream(agent, self.streamID)
             g_object_unref(UnsafeMutableRawPointer(agent))
             self.agent = nil
         }
-        loop.stop()
+        if ownsLoop { loop.stop() }
         for index in 0..<2 where pair[index] >= 0 {
             Glibc.close(pair[index])
             pair[index] = -1
@@ -398,7 +445,14 @@ public final class IceAgent: @unchecked Sendable {
             return established && newState == NICE_COMPONENT_STATE_FAILED.rawValue
         }
         monitor.broadcast()
-        if lostAfterEstablished {
+        if lostAfterEstablished, !ownsLoop {
+            let gone = pathGone
+            pathReceiver = nil
+            pathGone = nil
+            monitor.locked { pathEnded = true }
+            monitor.broadcast()
+            gone?()
+        } else if lostAfterEstablished {
             // The path is gone (consent lost): the application's send() now fails with ECONNREFUSED.
             if let watch {
                 g_source_destroy(watch)
@@ -491,8 +545,22 @@ public final class IceAgent: @unchecked Sendable {
         dna_candidate_list_free(list)
     }
 
-    /// A datagram from the peer: to the application's end, or dropped if it is full.
+    /// A datagram from the peer: to the path's receiver (or its early queue), or to the
+    /// application's end of the pair (dropped if it is full).
     private func received(_ buffer: UnsafeMutablePointer<gchar>, _ length: Int) {
+        if !ownsLoop {
+            if let pathReceiver {
+                pathReceiver(UnsafeRawBufferPointer(start: buffer, count: length))
+                return
+            }
+            let kept = monitor.locked { () -> Bool in
+                guard !pathEnded, early.count < Self.maxEarly else { return false }
+                early.append(Array(UnsafeRawBufferPointer(start: buffer, count: length)))
+                return true
+            }
+            if kept { monitor.broadcast() }
+            return
+        }
         guard pair[0] >= 0 else { return }
         let sent = send(pair[0], buffer, length, Int32(MSG_DONTWAIT))
         monitor.locked {
@@ -542,5 +610,74 @@ extension IceCandidate {
         }
         guard port != 0 else { return nil }
         self.init(ip: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), port: port, kind: kind)
+    }
+}
+
+/// The selected pair of an agent on a shared loop, as a DatagramPath: sends call nice_agent_send,
+/// datagrams come from libnice's receive callback, both on the loop thread (sends from another
+/// thread, the handshake's, are run there too).
+public final class IcePath: DatagramPath, @unchecked Sendable {
+    private let agent: IceAgent
+    public var loop: GLibLoop { agent.loop }
+
+    fileprivate init(agent: IceAgent) { self.agent = agent }
+
+    public func send(_ datagram: UnsafeRawBufferPointer) -> Bool {
+        guard agent.loop.isCurrent else {
+            let copy = Array(datagram)
+            return agent.loop.sync { copy.withUnsafeBytes { self.agent.sendOnLoop($0) } } ?? false
+        }
+        return agent.sendOnLoop(datagram)
+    }
+
+    public func receive(waitingUntil deadline: UInt64) -> [UInt8]? { agent.takeEarly(until: deadline) }
+
+    public func attach(receiver: @escaping (UnsafeRawBufferPointer) -> Void, gone: @escaping () -> Void) {
+        agent.attachPath(receiver: receiver, gone: gone)
+    }
+
+    public func close() { agent.loop.sync { self.agent.detachPath() } }
+}
+
+extension IceAgent {
+    /// Loop thread. False when the agent is closed.
+    fileprivate func sendOnLoop(_ datagram: UnsafeRawBufferPointer) -> Bool {
+        guard let agent, !pathEnded else { return false }
+        let sent = nice_agent_send(agent, streamID, 1, guint(datagram.count), datagram.baseAddress?.assumingMemoryBound(to: gchar.self))
+        return sent >= 0 || datagram.count == 0
+    }
+
+    fileprivate func takeEarly(until deadline: UInt64) -> [UInt8]? {
+        let now = unixMilliseconds()
+        return monitor.wait(milliseconds: Int(clamping: deadline > now ? deadline - now : 0)) { () -> [UInt8]?? in
+            if !early.isEmpty { return .some(early.removeFirst()) }
+            return closed || pathEnded ? .some(nil) : nil
+        } ?? nil
+    }
+
+    /// Loop thread: from now on datagrams go to `receiver`; those that waited go first.
+    fileprivate func attachPath(receiver: @escaping (UnsafeRawBufferPointer) -> Void, gone: @escaping () -> Void) {
+        let (waiting, ended) = monitor.locked { () -> ([[UInt8]], Bool) in
+            defer { early.removeAll() }
+            return (early, pathEnded || closed)
+        }
+        guard !ended else {
+            gone()
+            return
+        }
+        pathReceiver = receiver
+        pathGone = gone
+        for datagram in waiting { datagram.withUnsafeBytes { receiver($0) } }
+    }
+
+    /// Loop thread: stops delivering (datagrams that come later are dropped).
+    fileprivate func detachPath() {
+        pathReceiver = nil
+        pathGone = nil
+        monitor.locked {
+            pathEnded = true
+            early.removeAll()
+        }
+        monitor.broadcast()
     }
 }

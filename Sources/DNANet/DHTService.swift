@@ -1,3 +1,4 @@
+import CNice
 import DNACrypto
 import DNADHT
 import DNAWire

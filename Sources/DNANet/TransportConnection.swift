@@ -3,9 +3,10 @@ import DNAReliable
 import DNAWire
 import Glibc
 
-/// The driver of one connection: a connected datagram socket (the fd of an ICE path, or any UDP or
-/// AF_UNIX datagram socket), the record layer (§3) and a ReliableConnection (§7), run by one I/O
-/// thread. Other threads send and receive messages through it.
+/// The driver of one connection: a datagram path (an ICE path, or a connected socket), the record
+/// layer (§3) and a ReliableConnection (§7), run on the path's GLib loop thread, which a transport
+/// context shares among all its connections (no thread of its own, no socket between it and libnice).
+/// Other threads send and receive messages through it: they queue under its lock and wake the loop.
 public final class TransportConnection: @unchecked Sendable {
     public enum Failure: Error, Equatable, Sendable {
         case closed
@@ -14,20 +15,28 @@ public final class TransportConnection: @unchecked Sendable {
         case timeout
     }
 
-    // The path: replaced by `replacePath` (on the I/O thread only).
-    private var fd: Int32
+    private let loop: GLibLoop
+    // Loop thread only: the path (replaced by `replacePath`), the record layer, the reliable core.
+    private var path: DatagramPath
     private var sealer: RecordSealer
     private var opener: RecordOpener
     private let connection: ReliableConnection
-    private let monitor = Monitor()
-    private var commands: [(ReliableConnection, UInt64) -> Void] = []
-    private let configuration: ReliableConfiguration
-    /// Messages handed over by `send` (under the monitor), and those the connection's own buffer
-    /// could not take yet (I/O thread only).
-    private var outgoing: [(UInt32, [UInt8])] = []
+    private var alarm: LoopAlarm?
     private var backlog: [(UInt32, [UInt8])] = []
     private var backlogBytes = 0
-    /// Bytes sent and not yet acknowledged, as the I/O thread last counted (plus what came since).
+    /// The path's other end is gone.
+    private var pathGone = false
+    /// Called for datagrams the record layer cannot open (a late handshake piece, say); what it
+    /// returns is sent back.
+    private var unopened: (([UInt8]) -> [[UInt8]])?
+    private let configuration: ReliableConfiguration
+
+    // Shared, under the monitor.
+    private let monitor = Monitor()
+    private var commands: [(ReliableConnection, UInt64) -> Void] = []
+    /// Messages handed over by `send`, not yet taken by the loop.
+    private var outgoing: [(UInt32, [UInt8])] = []
+    /// Bytes sent and not yet acknowledged, as the loop last counted (plus what came since).
     private var queuedEstimate = 0
     private var inbox: [(stream: UInt32, bytes: [UInt8])] = []
     private var presence: PresenceStatus?
@@ -41,27 +50,20 @@ public final class TransportConnection: @unchecked Sendable {
     private var pathLost = false
     /// When a message was last sent or delivered (Unix ms).
     private var lastActivity = unixMilliseconds()
-    /// The socket's other end is gone (I/O thread only).
-    private var socketGone = false
-    /// Called on the I/O thread for datagrams the record layer cannot open (a late handshake piece,
-    /// say); what it returns is sent back.
-    private var unopened: (([UInt8]) -> [[UInt8]])?
-    /// Called on the I/O thread after messages arrived or the connection ended.
-    private let onChange: (() -> Void)?
-    private var wake: [Int32] = [-1, -1]
-    private var thread = pthread_t()
-    private var threadStarted = false
     /// Datagrams that failed to open (forged, replayed, garbage): counted and dropped.
-    public private(set) var refused = 0
+    private var refusedCount = 0
+    /// Called on the loop thread after messages arrived or the connection ended.
+    private let onChange: (() -> Void)?
 
-    /// Takes `fd` (closed by `close`). The sealer and opener are the session's two directions.
+    /// Takes `path` (closed by `close`). The sealer and opener are the session's two directions.
     /// `unopened` answers datagrams that are not records (the responder's handshake, still
     /// acknowledging pieces of message 3); `onChange` hears of arrivals and of the end.
-    public init(fd: Int32, sealer: RecordSealer, opener: RecordOpener,
+    public init(path: DatagramPath, sealer: RecordSealer, opener: RecordOpener,
                 configuration: ReliableConfiguration = ReliableConfiguration(),
                 unopened: (([UInt8]) -> [[UInt8]])? = nil, resumable: Bool = false,
-                onChange: (() -> Void)? = nil) throws(NetError) {
-        self.fd = fd
+                onChange: (() -> Void)? = nil) {
+        self.path = path
+        loop = path.loop
         self.unopened = unopened
         self.resumable = resumable
         self.onChange = onChange
@@ -69,21 +71,36 @@ public final class TransportConnection: @unchecked Sendable {
         self.opener = opener
         self.configuration = configuration
         connection = ReliableConnection(configuration: configuration, now: unixMilliseconds())
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        guard pipe(&wake) == 0 else { throw NetError("pipe") }
-        for end in wake { _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK) }
-        let started = pthread_create(&thread, nil, { argument in
-            guard let argument else { return nil }
-            Unmanaged<TransportConnection>.fromOpaque(argument).takeUnretainedValue().loop()
-            return nil
-        }, Unmanaged.passUnretained(self).toOpaque())
-        guard started == 0 else { throw NetError("pthread_create", started) }
-        threadStarted = true
+        let started = loop.sync { () -> Bool in
+            self.alarm = LoopAlarm(loop: self.loop) { [weak self] in self?.service() }
+            self.attach(path)
+            self.service()
+            return true
+        }
+        if started == nil { monitor.locked { running = false } }
+    }
+
+    /// A connection over a connected datagram socket (taken, closed by `close`), run on `loop`.
+    public convenience init(fd: Int32, loop: GLibLoop, sealer: RecordSealer, opener: RecordOpener,
+                            configuration: ReliableConfiguration = ReliableConfiguration(),
+                            unopened: (([UInt8]) -> [[UInt8]])? = nil, resumable: Bool = false,
+                            onChange: (() -> Void)? = nil) {
+        self.init(path: SocketPath(fd: fd, loop: loop), sealer: sealer, opener: opener, configuration: configuration,
+                  unopened: unopened, resumable: resumable, onChange: onChange)
     }
 
     deinit {
-        close()
-        for end in wake where end >= 0 { Glibc.close(end) }
+        // Normally closed already. Otherwise the path and alarm go on the loop thread, without
+        // `self` (it may not be retained while it deinitializes): both call back through weak or
+        // cancelled references only.
+        guard monitor.locked({ running }) else { return }
+        let alarm = self.alarm, path = self.path
+        let done = loop.sync { () -> Bool in
+            alarm?.cancel()
+            path.close()
+            return true
+        }
+        if done == nil { path.close() }
     }
 
     /// Queues a message on `stream` and returns at once; waits up to `timeout` ms only while the send
@@ -96,11 +113,12 @@ public final class TransportConnection: @unchecked Sendable {
             outgoing.append((stream, message))
             queuedEstimate += message.count
             lastActivity = unixMilliseconds()
+            // Only the first message of a batch wakes the loop; it takes them all.
+            if outgoing.count == 1 { alarm?.armNow() }
             return .some(nil)
         }
         guard let outcome else { throw .full }
         if let failure = outcome { throw failure }
-        poke()
     }
 
     /// The next delivered message, waiting up to `timeout` ms.
@@ -118,6 +136,9 @@ public final class TransportConnection: @unchecked Sendable {
     /// Messages waiting to be received.
     public var pending: Int { monitor.locked { inbox.count } }
 
+    /// Datagrams that failed to open (forged, replayed, garbage): counted and dropped.
+    public var refused: Int { monitor.locked { refusedCount } }
+
     /// The peer stopped answering (missed pings) or closed the connection.
     public var isDead: Bool { monitor.locked { dead } }
 
@@ -133,26 +154,26 @@ public final class TransportConnection: @unchecked Sendable {
     /// The peer went silent on a resumable connection: waiting for `replacePath` or `abandon`.
     public var isPathLost: Bool { monitor.locked { pathLost && !dead } }
 
-    /// Moves the connection to a new path (a new socket and session): what was in flight is sent
-    /// again over it, nothing queued is lost. The old socket is closed. False when the connection
-    /// ended meanwhile (the new socket is then closed too).
+    /// Moves the connection to a new path (on the same loop) and session: what was in flight is sent
+    /// again over it, nothing queued is lost. The old path is closed. False when the connection
+    /// ended meanwhile (the new path is then closed too).
     @discardableResult
-    public func replacePath(fd newFD: Int32, sealer newSealer: RecordSealer, opener newOpener: RecordOpener,
+    public func replacePath(_ newPath: DatagramPath, sealer newSealer: RecordSealer, opener newOpener: RecordOpener,
                             unopened newUnopened: (([UInt8]) -> [[UInt8]])?) -> Bool {
-        _ = fcntl(newFD, F_SETFL, fcntl(newFD, F_GETFL) | O_NONBLOCK)
         let done = perform { connection, now -> Bool in
-            guard self.monitor.locked({ !self.dead && !self.peerClosed }) else { return false }
-            Glibc.close(self.fd)
-            self.fd = newFD
-            self.socketGone = false
+            guard self.monitor.locked({ !self.dead && !self.peerClosed && self.running }) else { return false }
+            self.path.close()
+            self.path = newPath
+            self.pathGone = false
             self.sealer = newSealer
             self.opener = newOpener
             self.unopened = newUnopened
+            self.attach(newPath)
             connection.revive(now: now)
             self.monitor.locked { self.pathLost = false }
             return true
         } ?? false
-        if !done { Glibc.close(newFD) }
+        if !done { newPath.close() }
         return done
     }
 
@@ -187,130 +208,135 @@ public final class TransportConnection: @unchecked Sendable {
         return flushed
     }
 
-    /// Stops the I/O thread and closes the socket. Idempotent.
+    /// Stops the connection and closes its path. Idempotent.
     public func close() {
         let wasRunning = monitor.locked { () -> Bool in
             defer { running = false }
             return running
         }
         monitor.broadcast()
-        guard wasRunning, threadStarted else { return }
-        poke()
-        pthread_join(thread, nil)
-        Glibc.close(fd)
+        guard wasRunning else { return }
+        // The loop may have stopped already (the context went first): then nothing runs there.
+        let stopped = loop.sync { () -> Bool in
+            self.alarm?.cancel()
+            self.alarm = nil
+            self.path.close()
+            return true
+        }
+        if stopped == nil {
+            alarm = nil
+            path.close()
+        }
     }
 
-    // MARK: I/O thread
+    // MARK: Loop thread
 
-    /// Errors of a connected datagram socket whose other end (or path) is gone.
-    private static func isGone(_ code: Int32) -> Bool {
-        code == ECONNREFUSED || code == ECONNRESET || code == ENOTCONN || code == EPIPE
-    }
-
+    /// Runs `body` on the loop thread with the reliable core and waits for its result (inline on the
+    /// loop thread); nil when the connection is closed.
     private func perform<T>(_ body: @escaping (ReliableConnection, UInt64) -> T) -> T? {
-        monitor.perform(enqueue: { command in
+        if loop.isCurrent {
+            guard monitor.locked({ running }) else { return nil }
+            return body(connection, unixMilliseconds())
+        }
+        return monitor.perform(enqueue: { command in
             guard running else { return false }
             commands.append(command)
+            if commands.count == 1 { alarm?.armNow() }
             return true
-        }, wake: poke, body)
+        }, wake: {}, body)
     }
 
-    private func poke() {
-        var byte: UInt8 = 1
-        _ = write(wake[1], &byte, 1)
+    private func attach(_ path: DatagramPath) {
+        path.attach(receiver: { [weak self] datagram in self?.datagram(datagram) },
+                    gone: { [weak self] in
+                        guard let self else { return }
+                        self.pathGone = true
+                        self.alarm?.armNow()
+                    })
     }
 
-    private func loop() {
-        var descriptors = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wake[0], events: Int16(POLLIN), revents: 0)]
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while monitor.locked({ running }) {
-            // A socket whose other end went (the ICE layer lost the path) is not polled: it would
-            // report POLLHUP forever.
-            descriptors[0].fd = socketGone ? -1 : fd
-            let now = unixMilliseconds()
-            let deadline = connection.nextDeadline ?? now + 1000
-            _ = poll(&descriptors, 2, Int32(clamping: deadline > now ? min(deadline - now, 1000) : 0))
-            var drain = [UInt8](repeating: 0, count: 64)
-            while read(wake[0], &drain, 64) > 0 {}
-            let pending = monitor.locked { () -> [(ReliableConnection, UInt64) -> Void] in
-                defer { commands.removeAll() }
-                return commands
+    /// A datagram from the path: opened and handed to the reliable core. What it answers goes out
+    /// when the loop gets to the connection's alarm, after every datagram that came at once.
+    private func datagram(_ bytes: UnsafeRawBufferPointer) {
+        guard case .success(let (header, plaintext)) = Result(catching: { () throws(RecordError) in try opener.open(bytes) }) else {
+            if let unopened {
+                for answer in unopened(Array(bytes)) { _ = path.send(answer) }
+            } else {
+                monitor.locked { refusedCount += 1 }
             }
-            for command in pending { command(connection, unixMilliseconds()) }
-            let handed = monitor.locked { () -> [(UInt32, [UInt8])] in
-                defer { outgoing.removeAll(keepingCapacity: true) }
-                return outgoing
-            }
-            for item in handed { backlogBytes += item.1.count }
-            backlog += handed
-            var taken = 0
-            let sendTime = unixMilliseconds()
-            // While the path is lost the messages wait here (the connection takes none).
-            for (stream, message) in backlog where !connection.isDead {
-                do throws(ReliableError) { try connection.send(message, stream: stream, now: sendTime) } catch {
-                    if error == .full { break }
-                }
-                backlogBytes -= message.count
-                taken += 1
-            }
-            backlog.removeFirst(taken)
-            for _ in 0..<256 where !socketGone {
-                let length = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                if length < 0, Self.isGone(errno) { socketGone = true }
-                guard length > 0 else { break }
-                let opened = buffer.withUnsafeBytes { bytes in
-                    Result { () throws(RecordError) in try opener.open(UnsafeRawBufferPointer(rebasing: bytes[0..<length])) }
-                }
-                guard case .success(let (header, plaintext)) = opened else {
-                    if let unopened {
-                        for answer in unopened(Array(buffer[0..<length])) {
-                            _ = answer.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                        }
-                    } else {
-                        refused += 1
-                    }
-                    continue
-                }
-                connection.receive(header, payload: plaintext[...], now: unixMilliseconds())
-            }
-            let current = unixMilliseconds()
-            if let next = connection.nextDeadline, next <= current { connection.handleTimeout(now: current) }
-            for frame in connection.takeFrames() {
-                guard let sealed = try? sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1, plaintext: frame.payload) else { continue }
-                // Nothing acknowledges a CLOSE: three copies make its loss unlikely.
-                for _ in 0..<(frame.type == .close ? 3 : 1) where !socketGone {
-                    let sent = sealed.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-                    if sent < 0, Self.isGone(errno) { socketGone = true }
-                }
-            }
-            // The path is gone now rather than after three missed pings.
-            if socketGone { connection.pathFailed(now: unixMilliseconds()) }
-            let events = connection.takeEvents()
-            let queued = connection.queuedBytes + backlogBytes
-            let nowIdle = connection.isIdle && backlog.isEmpty
-            var changed = false
-            monitor.locked {
-                queuedEstimate = queued + outgoing.reduce(0) { $0 + $1.1.count }
-                idle = nowIdle
-                for event in events {
-                    switch event {
-                    case .message(let stream, let bytes):
-                        inbox.append((stream, bytes))
-                        lastActivity = unixMilliseconds()
-                        changed = true
-                    case .dead:
-                        if resumable { pathLost = true } else { dead = true }
-                        changed = true
-                    case .closed:
-                        dead = true
-                        peerClosed = true
-                        changed = true
-                    case .presence(let status): presence = status
-                    }
-                }
-            }
-            monitor.broadcast()
-            if changed { onChange?() }
+            return
         }
+        connection.receive(header, payload: plaintext[...], now: unixMilliseconds())
+        alarm?.armNow()
+    }
+
+    /// Takes what other threads queued, runs the timers, sends what the core has to send, hands
+    /// events over, and sets the alarm for the core's next deadline.
+    private func service() {
+        guard monitor.locked({ running }) else { return }
+        let (pending, handed) = monitor.locked { () -> ([(ReliableConnection, UInt64) -> Void], [(UInt32, [UInt8])]) in
+            defer {
+                commands.removeAll()
+                outgoing.removeAll(keepingCapacity: true)
+            }
+            return (commands, outgoing)
+        }
+        for command in pending { command(connection, unixMilliseconds()) }
+        for item in handed { backlogBytes += item.1.count }
+        backlog += handed
+        var taken = 0
+        let now = unixMilliseconds()
+        // While the path is lost the messages wait here (the connection takes none).
+        for (stream, message) in backlog where !connection.isDead {
+            do throws(ReliableError) { try connection.send(message, stream: stream, now: now) } catch {
+                if error == .full { break }
+            }
+            backlogBytes -= message.count
+            taken += 1
+        }
+        backlog.removeFirst(taken)
+        if let next = connection.nextDeadline, next <= now { connection.handleTimeout(now: now) }
+        for frame in connection.takeFrames() {
+            guard let sealed = try? sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1, plaintext: frame.payload) else { continue }
+            // Nothing acknowledges a CLOSE: three copies make its loss unlikely.
+            for _ in 0..<(frame.type == .close ? 3 : 1) where !pathGone {
+                if !path.send(sealed) { pathGone = true }
+            }
+        }
+        // The path is gone now rather than after three missed pings.
+        if pathGone { connection.pathFailed(now: unixMilliseconds()) }
+        let events = connection.takeEvents()
+        let queued = connection.queuedBytes + backlogBytes
+        let nowIdle = connection.isIdle && backlog.isEmpty
+        var changed = false
+        monitor.locked {
+            queuedEstimate = queued + outgoing.reduce(0) { $0 + $1.1.count }
+            idle = nowIdle
+            for event in events {
+                switch event {
+                case .message(let stream, let bytes):
+                    inbox.append((stream, bytes))
+                    lastActivity = unixMilliseconds()
+                    changed = true
+                case .dead:
+                    if resumable { pathLost = true } else { dead = true }
+                    changed = true
+                case .closed:
+                    dead = true
+                    peerClosed = true
+                    changed = true
+                case .presence(let status): presence = status
+                }
+            }
+            // Under the lock: a send that queued after the take above has armed it already, and
+            // this must not push its wake-up back to the core's deadline.
+            if outgoing.isEmpty, commands.isEmpty {
+                alarm?.arm(at: connection.nextDeadline)
+            } else {
+                alarm?.armNow()
+            }
+        }
+        monitor.broadcast()
+        if changed { onChange?() }
     }
 }

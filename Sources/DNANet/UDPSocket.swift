@@ -1,3 +1,4 @@
+import CNice
 import DNADHT
 import Glibc
 

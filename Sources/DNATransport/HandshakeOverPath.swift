@@ -2,7 +2,8 @@ import DNACrypto
 import DNANet
 import Glibc
 
-/// Runs the handshake (docs/PROTOCOL.md §4) over a connected datagram socket: the ICE path's fd.
+/// Runs the handshake (docs/PROTOCOL.md §4) over a datagram path (the ICE path), before a connection
+/// takes the path over.
 /// The state machines do the work; this only moves their datagrams and keeps their timers.
 enum HandshakeOverPath {
     /// The handshake's timers for a path ICE just proved: its first retransmission after 200 ms
@@ -21,7 +22,7 @@ enum HandshakeOverPath {
 
     /// The initiator's side. Returns once the responder has every piece of message 3, so that the
     /// first record it receives finds its session ready.
-    static func initiate(fd: Int32, identity: Identity, peer: IdentityName, publicKey: [UInt8],
+    static func initiate(path: DatagramPath, identity: Identity, peer: IdentityName, publicKey: [UInt8],
                          timeout: Int) throws(Failure) -> SecureSession {
         let end = unixMilliseconds() + UInt64(max(0, timeout))
         let initiator: HandshakeInitiator
@@ -30,13 +31,13 @@ enum HandshakeOverPath {
                                                now: unixMilliseconds(), configuration: configuration)
         } catch { throw Failure(description: "\(error)") }
         while true {
-            for datagram in initiator.takeDatagrams() { sendAll(fd, datagram) }
+            for datagram in initiator.takeDatagrams() { _ = path.send(datagram) }
             if initiator.isFinished, let session = initiator.session { return session }
             if let failure = initiator.failure { throw Failure(description: "\(failure)") }
             let now = unixMilliseconds()
             guard now < end else { throw Failure(description: "no answer within \(timeout) ms") }
             let wake = min(initiator.nextDeadline ?? end, end)
-            if let datagram = receive(fd, waitingUntil: wake), isHandshake(datagram) {
+            if let datagram = path.receive(waitingUntil: wake), isHandshake(datagram) {
                 do { try initiator.receive(datagram, now: unixMilliseconds()) } catch {
                     if case .unknownSession = error { continue }  // a stray datagram: ignored
                     throw Failure(description: "\(error)")
@@ -50,17 +51,17 @@ enum HandshakeOverPath {
     /// The responder's side, for the one initiator at the other end of `fd`. The responder object
     /// goes on answering late pieces of message 3 once the connection runs (TransportConnection's
     /// `unopened`).
-    static func respond(fd: Int32, responder: HandshakeResponder<Int>, timeout: Int) throws(Failure) -> SecureSession {
+    static func respond(path: DatagramPath, responder: HandshakeResponder<Int>, timeout: Int) throws(Failure) -> SecureSession {
         let end = unixMilliseconds() + UInt64(max(0, timeout))
         var lastError: HandshakeError?
         while true {
-            for (_, datagram) in responder.takeDatagrams() { sendAll(fd, datagram) }
+            for (_, datagram) in responder.takeDatagrams() { _ = path.send(datagram) }
             if let (_, session) = responder.takeSessions().first { return session }
             let now = unixMilliseconds()
             guard now < end else {
                 throw Failure(description: lastError.map { "\($0)" } ?? "no complete handshake within \(timeout) ms")
             }
-            if let datagram = receive(fd, waitingUntil: min(responder.nextDeadline ?? end, end)), isHandshake(datagram) {
+            if let datagram = path.receive(waitingUntil: min(responder.nextDeadline ?? end, end)), isHandshake(datagram) {
                 do { try responder.receive(datagram, from: 0, now: unixMilliseconds()) } catch { lastError = error }
             }
             if let deadline = responder.nextDeadline, unixMilliseconds() >= deadline {
@@ -74,21 +75,5 @@ enum HandshakeOverPath {
     /// retransmits at once): ignored here, its reliability layer sends it again.
     private static func isHandshake(_ datagram: [UInt8]) -> Bool {
         datagram.count >= 8 && datagram[6] == 0 && (datagram[7] == 0x10 || datagram[7] == 0x11)
-    }
-
-    private static func sendAll(_ fd: Int32, _ datagram: [UInt8]) {
-        _ = datagram.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
-    }
-
-    /// One datagram, or nil when none came before `deadline` (Unix ms).
-    private static func receive(_ fd: Int32, waitingUntil deadline: UInt64) -> [UInt8]? {
-        let now = unixMilliseconds()
-        var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let ready = poll(&descriptor, 1, Int32(clamping: deadline > now ? deadline - now : 0))
-        guard ready > 0 else { return nil }
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        let length = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
-        guard length > 0 else { return nil }
-        return Array(buffer.prefix(length))
     }
 }

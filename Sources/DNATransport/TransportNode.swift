@@ -88,7 +88,7 @@ public final class TransportNode: @unchecked Sendable {
 
     /// An ICE path with its session, before it belongs to a connection.
     private struct Path {
-        let fd: Int32
+        let link: IcePath
         let session: SecureSession
         let agent: IceAgent
         /// The responder's handshake, still acknowledging late pieces of message 3.
@@ -102,6 +102,8 @@ public final class TransportNode: @unchecked Sendable {
     public let dht: DHTService
     public let configuration: TransportConfiguration
     private let stun: String?
+    /// The context's I/O thread: every ICE agent and every connection of this context runs on it.
+    private let loop: GLibLoop
     private let log: @Sendable (String) -> Void
     private let monitor = Monitor()
     private var running = true
@@ -136,6 +138,7 @@ public final class TransportNode: @unchecked Sendable {
         self.identity = identity
         self.configuration = configuration
         self.log = log
+        do { loop = try GLibLoop() } catch { throw .io("\(error)") }
         // A loopback STUN server is left out: libnice's sockets are bound to the interfaces'
         // addresses, from which it cannot be reached (gathering would wait 2 s for nothing), and
         // it could not tell a reflexive address anyway.
@@ -331,12 +334,12 @@ public final class TransportNode: @unchecked Sendable {
             throw .unreachable("\(peer) refused the connection (busy, or no such connection to resume)")
         }
         marks.append(unixMilliseconds())
-        let fd: Int32
+        let link: IcePath
         do {
             try agent.setRemoteCredentials(ufrag: answer.ufrag, password: answer.password)
             for candidate in answer.candidates { try agent.addRemoteCandidate(candidate) }
             agent.timeoutMilliseconds = max(100, remaining())
-            fd = try agent.establish()
+            link = try agent.establishPath()
         } catch {
             agent.close()
             throw monitor.locked({ running }) ? .unreachable("ICE: \(error)") : .closed
@@ -344,10 +347,10 @@ public final class TransportNode: @unchecked Sendable {
         marks.append(unixMilliseconds())
         let session: SecureSession
         do {
-            session = try HandshakeOverPath.initiate(fd: fd, identity: identity, peer: peer, publicKey: entry.publicKey,
+            session = try HandshakeOverPath.initiate(path: link, identity: identity, peer: peer, publicKey: entry.publicKey,
                                                      timeout: remaining())
         } catch {
-            Glibc.close(fd)
+            link.close()
             agent.close()
             throw .unreachable("handshake: \(error)")
         }
@@ -355,7 +358,7 @@ public final class TransportNode: @unchecked Sendable {
         let phases = zip(marks.dropFirst(), marks).map { String($0 - $1) }.joined(separator: "/")
         log("\(kind == .resume ? "new path" : "connected") to \(peer) in \(marks[marks.count - 1] - marks[0]) ms "
             + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms)")
-        return Path(fd: fd, session: session, agent: agent, responder: nil)
+        return Path(link: link, session: session, agent: agent, responder: nil)
     }
 
     /// The initiator's side of a lost path: new paths are tried until one works or the resume window
@@ -368,7 +371,7 @@ public final class TransportNode: @unchecked Sendable {
                 let path = try openPath(to: peer.name, kind: .resume, token: peer.token,
                                         deadline: min(end, unixMilliseconds() + UInt64(configuration.connectTimeout)))
                 guard path.session.peerPublicKey == peer.peerKey else {
-                    Glibc.close(path.fd)
+                    path.link.close()
                     path.agent.close()
                     log("a new path to \(peer.name) ended at another key: refused")
                     continue
@@ -385,11 +388,11 @@ public final class TransportNode: @unchecked Sendable {
     /// Moves connection `id` to `path`; the old path's agent goes.
     private func attach(_ path: Path, to id: Int32) -> Bool {
         guard let peer = monitor.locked({ peers[id] }) else {
-            Glibc.close(path.fd)
+            path.link.close()
             path.agent.close()
             return false
         }
-        guard peer.connection.replacePath(fd: path.fd, sealer: path.session.sealer, opener: path.session.opener,
+        guard peer.connection.replacePath(path.link, sealer: path.session.sealer, opener: path.session.opener,
                                           unopened: Self.unopened(path.responder)) else {
             path.agent.close()
             return false
@@ -577,6 +580,7 @@ public final class TransportNode: @unchecked Sendable {
         }
         inbox?.stop()
         dht.stop()
+        loop.stop()
     }
 
     // MARK: Internals
@@ -600,7 +604,7 @@ public final class TransportNode: @unchecked Sendable {
         let agent: IceAgent
         do {
             // The transport watches the path itself (pings, §7.4) and replaces it (§7.7).
-            agent = try IceAgent(stun: stun, consentFreshness: false)
+            agent = try IceAgent(stun: stun, consentFreshness: false, loop: loop)
             if let server = configuration.turnServer {
                 try agent.setTurnServer(server, username: configuration.turnUsername ?? "", password: configuration.turnPassword ?? "")
             }
@@ -634,17 +638,10 @@ public final class TransportNode: @unchecked Sendable {
     private func register(peer: IdentityName, path: Path, token: [UInt8], initiator: Bool, accepted: Bool) throws(Failure) -> Int32 {
         final class IDBox: @unchecked Sendable { var id: Int32 = 0 }
         let box = IDBox()
-        let connection: TransportConnection
-        do {
-            connection = try TransportConnection(
-                fd: path.fd, sealer: path.session.sealer, opener: path.session.opener, configuration: configuration.reliable,
-                unopened: Self.unopened(path.responder), resumable: true,
-                onChange: { [weak self] in self?.connectionChanged(box.id) })
-        } catch {
-            Glibc.close(path.fd)
-            path.agent.close()
-            throw .io("\(error)")
-        }
+        let connection = TransportConnection(
+            path: path.link, sealer: path.session.sealer, opener: path.session.opener, configuration: configuration.reliable,
+            unopened: Self.unopened(path.responder), resumable: true,
+            onChange: { [weak self] in self?.connectionChanged(box.id) })
         let (id, status) = monitor.locked { () -> (Int32?, PresenceStatus) in
             guard running else { return (nil, presence) }
             let id = nextID
@@ -755,7 +752,7 @@ public final class TransportNode: @unchecked Sendable {
         }
         let agent = try makeAgent(controlling: false)
         defer { forget(agent) }
-        let fd: Int32
+        let link: IcePath
         do {
             try agent.setRemoteCredentials(ufrag: offer.ufrag, password: offer.password)
             let candidates = try agent.gather()
@@ -766,23 +763,23 @@ public final class TransportNode: @unchecked Sendable {
             dht.reply(to: request, payload: answer)
             for candidate in offer.candidates { try agent.addRemoteCandidate(candidate) }
             agent.timeoutMilliseconds = max(100, remaining())
-            fd = try agent.establish()
+            link = try agent.establishPath()
         } catch {
             agent.close()
             throw .unreachable("ICE: \(error)")
         }
         let responder = HandshakeResponder<Int>(identity: identity, configuration: HandshakeOverPath.configuration)
         let session: SecureSession
-        do { session = try HandshakeOverPath.respond(fd: fd, responder: responder, timeout: remaining()) } catch {
-            Glibc.close(fd)
+        do { session = try HandshakeOverPath.respond(path: link, responder: responder, timeout: remaining()) } catch {
+            link.close()
             agent.close()
             throw .unreachable("handshake: \(error)")
         }
-        let path = Path(fd: fd, session: session, agent: agent, responder: responder)
+        let path = Path(link: link, session: session, agent: agent, responder: responder)
         if let (id, peer) = resumed {
             // The new path must end at the key that made the connection.
             guard session.peerPublicKey == peer.peerKey else {
-                Glibc.close(fd)
+                link.close()
                 agent.close()
                 throw .unreachable("a new path for connection \(id) was offered by another key")
             }
@@ -795,7 +792,7 @@ public final class TransportNode: @unchecked Sendable {
             found = dht.find(session.peerName, timeout: max(1000, remaining()))
         }
         guard let entry = found, entry.publicKey == session.peerPublicKey else {
-            Glibc.close(fd)
+            link.close()
             agent.close()
             throw .unreachable("\(session.peerName)'s DHT entry does not carry the key it signed the handshake with")
         }

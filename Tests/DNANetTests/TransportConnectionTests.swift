@@ -15,11 +15,12 @@ import Testing
             _ = setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(4))
             _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(4))
         }
+        let loop = try GLibLoop()
         let forward = (0..<32).map { UInt8($0) }, backward = (0..<32).map { UInt8(100 + $0) }
-        let a = try TransportConnection(fd: fds[0], sealer: try RecordSealer(trafficSecret: forward, direction: .initiatorToResponder),
+        let a = TransportConnection(fd: fds[0], loop: loop, sealer: try RecordSealer(trafficSecret: forward, direction: .initiatorToResponder),
                                         opener: try RecordOpener(trafficSecret: backward, direction: .responderToInitiator),
                                         configuration: configuration)
-        let b = try TransportConnection(fd: fds[1], sealer: try RecordSealer(trafficSecret: backward, direction: .responderToInitiator),
+        let b = TransportConnection(fd: fds[1], loop: loop, sealer: try RecordSealer(trafficSecret: backward, direction: .responderToInitiator),
                                         opener: try RecordOpener(trafficSecret: forward, direction: .initiatorToResponder),
                                         configuration: configuration)
         return (a, b)
@@ -78,7 +79,8 @@ import Testing
         var fds: [Int32] = [-1, -1]
         #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0)
         let secret = (0..<32).map { UInt8($0) }
-        let b = try TransportConnection(fd: fds[1], sealer: try RecordSealer(trafficSecret: secret, direction: .responderToInitiator),
+        let loop = try GLibLoop()
+        let b = TransportConnection(fd: fds[1], loop: loop, sealer: try RecordSealer(trafficSecret: secret, direction: .responderToInitiator),
                                         opener: try RecordOpener(trafficSecret: secret, direction: .initiatorToResponder))
         defer { b.close() }
         let sealer = try RecordSealer(trafficSecret: secret, direction: .initiatorToResponder)

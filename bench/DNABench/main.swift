@@ -39,6 +39,18 @@ func fmt(_ x: Double, _ digits: Int = 2) -> String {
     return digits == 0 ? "\(Int(rounded))" : "\(rounded)"
 }
 
+if CommandLine.arguments.dropFirst().first == "connection-rtt" {
+    // For profiling: only the connection's round trips.
+    let times = (try? ConnectionBench.connectionRTT(count: 20_000)) ?? []
+    print("connection RTT p50 \(times.isEmpty ? 0 : times[times.count / 2]) us")
+    exit(0)
+}
+if CommandLine.arguments.dropFirst().first == "connection-bulk" {
+    // For profiling: 1 MiB messages one way.
+    let rate = (try? ConnectionBench.connectionRate(size: 1 << 20, count: 64)) ?? 0
+    print("connection 1 MiB messages: \(rate) msg/s")
+    exit(0)
+}
 print("DNA frame codec vs zlib crc32 (release build, best of 3 runs of 0.6 s each)")
 print("crc32 alone: one pass over the payload. A frame encode computes the checksum once and copies the")
 print("payload; a decode checks it once. An encode+decode pair therefore needs two crc32 passes: its")

@@ -1,21 +1,20 @@
 import CNice
-import DNANet
 import Glibc
 
 /// One thread running a private GLib main context: libnice does all its work, and calls back, there.
 /// Other threads hand it closures with `post` or `sync`.
-final class GLibLoop: @unchecked Sendable {
-    let context: OpaquePointer
+public final class GLibLoop: @unchecked Sendable {
+    public let context: OpaquePointer
     private let loop: OpaquePointer
     private var thread = pthread_t()
     private let monitor = Monitor()
     private var running = false
 
-    init() throws(NatError) {
-        guard let context = g_main_context_new() else { throw .io("g_main_context_new failed") }
+    public init() throws(NetError) {
+        guard let context = g_main_context_new() else { throw NetError("g_main_context_new", ENOMEM) }
         guard let loop = g_main_loop_new(context, 0) else {
             g_main_context_unref(context)
-            throw .io("g_main_loop_new failed")
+            throw NetError("g_main_loop_new", ENOMEM)
         }
         self.context = context
         self.loop = loop
@@ -30,7 +29,7 @@ final class GLibLoop: @unchecked Sendable {
         guard started == 0 else {
             g_main_loop_unref(loop)
             g_main_context_unref(context)
-            throw .io("pthread_create: \(started)")
+            throw NetError("pthread_create", started)
         }
         monitor.locked { running = true }
     }
@@ -42,10 +41,10 @@ final class GLibLoop: @unchecked Sendable {
     }
 
     /// True on the loop's own thread.
-    var isCurrent: Bool { monitor.locked { running } && pthread_equal(pthread_self(), thread) != 0 }
+    public var isCurrent: Bool { monitor.locked { running } && pthread_equal(pthread_self(), thread) != 0 }
 
     /// Runs `work` on the loop thread, later.
-    func post(_ work: @escaping () -> Void) {
+    public func post(_ work: @escaping () -> Void) {
         let box = Unmanaged.passRetained(Work(work)).toOpaque()
         dna_main_context_post(context, { data in
             guard let data else { return 0 }
@@ -57,7 +56,7 @@ final class GLibLoop: @unchecked Sendable {
     /// Runs `work` on the loop thread and waits for its result (inline when already on it); nil when
     /// the loop stopped before it ran (a call racing with the context's free).
     @discardableResult
-    func sync<T>(_ work: @escaping () -> T) -> T? {
+    public func sync<T>(_ work: @escaping () -> T) -> T? {
         if isCurrent { return work() }
         guard monitor.locked({ running }) else { return nil }
         let box = ResultBox<T>()
@@ -79,7 +78,7 @@ final class GLibLoop: @unchecked Sendable {
     }
 
     /// Quits the loop and joins its thread. Idempotent; not from the loop thread.
-    func stop() {
+    public func stop() {
         guard monitor.locked({ running }), !isCurrent else { return }
         g_main_loop_quit(loop)
         g_main_context_wakeup(context)
