@@ -333,6 +333,19 @@ public final class DHTService: @unchecked Sendable {
         return round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count
     }
 
+    /// Stores several inbox items for one `key`, in order, after one lookup; a holder that did not
+    /// answer is not asked again. Returns how many stored (or held) each.
+    public func putMail(_ items: [[UInt8]], key: NodeID) -> [Int]? {
+        guard var holders = closest(to: key) else { return nil }
+        var counts: [Int] = []
+        for item in items {
+            guard let round = mailRound(holders.map { ($0, .put(item)) }, local: .put(item), key: key, holders: holders) else { return nil }
+            counts.append(round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count)
+            holders = holders.filter { (round.remote[$0.endpoint] ?? nil) != nil }
+        }
+        return counts
+    }
+
     /// Every item the nodes closest to `key` (this one included) hold for it, each once; pages are
     /// fetched until each holder gave all it has.
     public func fetchMail(key: NodeID) -> [[UInt8]]? {

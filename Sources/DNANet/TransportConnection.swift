@@ -177,11 +177,26 @@ public final class TransportConnection: @unchecked Sendable {
         return done
     }
 
-    /// Gives up on a lost path: the connection is dead (receive reports the end).
-    public func abandon() {
-        monitor.locked { dead = true }
+    /// Gives up on a lost path: the connection is dead (receive reports the end, send refuses).
+    /// Returns every message the peer did not acknowledge, by stream and in order (those it had
+    /// not taken yet too), for the caller to carry another way (offline delivery).
+    @discardableResult
+    public func abandon() -> [(stream: UInt32, bytes: [UInt8])] {
+        let handed = monitor.locked { () -> [(UInt32, [UInt8])] in
+            dead = true
+            defer { outgoing.removeAll() }
+            return outgoing
+        }
         monitor.broadcast()
+        let left = perform { connection, _ -> [(stream: UInt32, bytes: [UInt8])] in
+            defer {
+                self.backlog.removeAll()
+                self.backlogBytes = 0
+            }
+            return connection.unacknowledged + self.backlog.map { (stream: $0.0, bytes: $0.1) }
+        } ?? []
         onChange?()
+        return left + handed.map { (stream: $0.0, bytes: $0.1) }
     }
 
     /// receive() would not block: a message is waiting or the connection ended.

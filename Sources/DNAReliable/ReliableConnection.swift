@@ -179,6 +179,10 @@ public final class ReliableConnection {
     private var lastReceived: UInt64
     private var pingSentAt: UInt64?
     private var missedPings = 0
+    /// RTOs since anything was last received: from the second, the peer is probed with pings
+    /// (dead after 3 missed ones), so a peer that vanishes mid-transfer is noticed in seconds, not
+    /// only after the keepalive interval.
+    private var silentTimeouts = 0
     private var pingNonce: UInt64 = 0
     private var pongsOwed: [UInt64] = []
     private var presenceToSend: PresenceStatus?
@@ -195,6 +199,9 @@ public final class ReliableConnection {
         public var duplicates = 0
         public var dropped = 0   // malformed frames, fragments beyond the window
         public var messagesDelivered = 0
+        /// RTO expiries and tail loss probes sent.
+        public var timeouts = 0
+        public var probes = 0
     }
 
     public init(configuration: ReliableConfiguration = ReliableConfiguration(), now: UInt64) {
@@ -245,6 +252,7 @@ public final class ReliableConnection {
         guard isDead else { return }
         isDead = false
         missedPings = 0
+        silentTimeouts = 0
         pingSentAt = nil
         lastReceived = now
         loseEverythingInFlight(now: now)
@@ -277,6 +285,7 @@ public final class ReliableConnection {
         guard !isDead else { return }
         lastReceived = now
         missedPings = 0
+        silentTimeouts = 0
         pingSentAt = nil
         switch header.type {
         case .data: receiveData(header, payload: payload, now: now)
@@ -541,6 +550,7 @@ public final class ReliableConnection {
             // its acknowledgement, or the next, reveals what else is missing.
             probeDeadline = nil
             probesSent += 1
+            statistics.probes += 1
             var packet = nextPacket
             while packet > lowestInFlight {
                 packet -= 1
@@ -554,6 +564,8 @@ public final class ReliableConnection {
             // RTO: everything in flight is lost; one packet's window; the timer backs off.
             loseEverythingInFlight(now: now)
             backoff = min(backoff * 2, 64)
+            silentTimeouts += 1
+            statistics.timeouts += 1
         }
         if let sent = pingSentAt, now >= sent + pingWait {
             missedPings += 1
@@ -564,7 +576,7 @@ public final class ReliableConnection {
                 return
             }
         }
-        if pingSentAt == nil, now >= lastReceived + configuration.keepaliveInterval || missedPings > 0 {
+        if pingSentAt == nil, now >= lastReceived + configuration.keepaliveInterval || missedPings > 0 || silentTimeouts >= 2 {
             pingNonce &+= 1
             pingSentAt = now
             outbox.append(Self.frame(.ping, reserved: .zero, payload: Self.be(pingNonce, 8)))
@@ -583,6 +595,17 @@ public final class ReliableConnection {
     public func takeEvents() -> [ReliableEvent] {
         defer { events.removeAll() }
         return events
+    }
+
+    /// Every message not wholly acknowledged yet (sent in part, or not at all), by stream in the
+    /// order streams were first used and by message order within each: what a driver hands to
+    /// another path (offline delivery) when the connection died. Partly acknowledged messages are
+    /// included whole.
+    public var unacknowledged: [(stream: UInt32, bytes: [UInt8])] {
+        streamOrder.flatMap { stream -> [(stream: UInt32, bytes: [UInt8])] in
+            guard let sendStream = streams[stream] else { return [] }
+            return sendStream.live.keys.sorted().compactMap { number in sendStream.live[number].map { (stream, $0.bytes) } }
+        }
     }
 
     /// Nothing queued, nothing in flight.

@@ -31,6 +31,8 @@ final class OfflineInbox: @unchecked Sendable {
     private let monitor = Monitor()
     private var running = true
     private var fetchRequested = true
+    /// Extra fetches (Unix ms) besides the regular interval (`fetchSoon`).
+    private var extraFetches: [UInt64] = []
     private var queue: [OfflineDelivery] = []
     /// Ids handed out (with their expiry, Unix s), persisted; and ids to delete from the holders.
     private var delivered: [[UInt8]: UInt64] = [:]
@@ -77,6 +79,14 @@ final class OfflineInbox: @unchecked Sendable {
 
     var hasPending: Bool { monitor.locked { !queue.isEmpty } }
 
+    /// Fetches again after each of `delays` (ms), besides the regular interval: a peer that found this
+    /// identity restarted stores what its connection had not delivered (§7.8) within seconds.
+    func fetchSoon(after delays: [UInt64]) {
+        let now = unixMilliseconds()
+        monitor.locked { extraFetches += delays.map { now + $0 } }
+        monitor.broadcast()
+    }
+
     /// Fetches now and waits for it; returns how many new messages were queued (nil: stopping).
     func fetchNow(timeout: Int = 30_000) -> Int? {
         // A fetch already under way may have missed what was stored since it began: wait for the next.
@@ -118,7 +128,12 @@ final class OfflineInbox: @unchecked Sendable {
     /// be in the DHT (its owner published it when online), signed by the key of the owner's live
     /// entry when there is one.
     func send(_ message: [UInt8], to peer: IdentityName) throws(TransportNode.Failure) {
-        guard message.count <= Offline.maximumMessage else { throw .tooLarge(message.count) }
+        if let failure = try send([message], to: peer).first ?? nil { throw failure }
+    }
+
+    /// `send` for several messages to one peer, in order, with one lookup of its inbox: the outcome of
+    /// each (nil: stored). Throws what fails them all (no inbox, closing).
+    func send(_ messages: [[UInt8]], to peer: IdentityName) throws(TransportNode.Failure) -> [TransportNode.Failure?] {
         guard let peerKey = NodeID(bytes: Offline.inboxKey(peer)) else { throw .invalid("inbox key") }
         guard let items = dht.firstMailPage(key: peerKey) else { throw .closed }
         let records = items.compactMap { try? InboxKeyRecord(parsing: $0) }.filter { $0.name == peer }
@@ -127,13 +142,26 @@ final class OfflineInbox: @unchecked Sendable {
         guard let record = usable.max(by: { $0.created < $1.created }) else {
             throw .peerOffline("\(peer) has no inbox in the DHT (it never came online with this version, or its record expired)")
         }
-        let sealed: OfflineMessage
-        do { sealed = try OfflineMessage(sealing: message, from: identity, to: record, now: unixMilliseconds() / 1000) } catch {
-            throw .invalid("sealing: \(error)")
+        var outcomes = [TransportNode.Failure?](repeating: nil, count: messages.count)
+        var sealed: [(index: Int, bytes: [UInt8])] = []
+        for (index, message) in messages.enumerated() {
+            guard message.count <= Offline.maximumMessage else {
+                outcomes[index] = .tooLarge(message.count)
+                continue
+            }
+            do { sealed.append((index, try OfflineMessage(sealing: message, from: identity, to: record, now: unixMilliseconds() / 1000).bytes)) } catch {
+                outcomes[index] = .invalid("sealing: \(error)")
+            }
         }
-        guard let stored = dht.putMail(sealed.bytes, key: peerKey) else { throw .closed }
-        guard stored > 0 else { throw .unreachable("no node of \(peer)'s inbox stored the message") }
-        log("stored a \(message.count)-byte message for \(peer) on \(stored) nodes")
+        guard let counts = dht.putMail(sealed.map(\.bytes), key: peerKey) else { throw .closed }
+        for ((index, _), stored) in zip(sealed, counts) {
+            if stored > 0 {
+                log("stored a \(messages[index].count)-byte message for \(peer) on \(stored) nodes")
+            } else {
+                outcomes[index] = .unreachable("no node of \(peer)'s inbox stored the message")
+            }
+        }
+        return outcomes
     }
 
     // MARK: The inbox thread
@@ -144,6 +172,7 @@ final class OfflineInbox: @unchecked Sendable {
             monitor.locked {
                 fetchRequested = false
                 fetchesStarted += 1
+                extraFetches.removeAll { $0 <= unixMilliseconds() }
             }
             let now = unixMilliseconds()
             if now >= nextPublish {
@@ -155,10 +184,12 @@ final class OfflineInbox: @unchecked Sendable {
             flushDeletions()
             monitor.locked { fetchesDone += 1 }
             monitor.broadcast()
-            let wait = min(interval, nextPublish - min(nextPublish, unixMilliseconds()))
+            let extra = monitor.locked { extraFetches.min() } ?? UInt64.max
+            let wait = min(interval, nextPublish - min(nextPublish, unixMilliseconds()), extra - min(extra, unixMilliseconds()))
             _ = monitor.wait(milliseconds: Int(wait)) { () -> Bool? in
                 if !running { return true }
-                return fetchRequested || !toDelete.isEmpty ? true : nil
+                let soonest = extraFetches.min() ?? UInt64.max
+                return fetchRequested || !toDelete.isEmpty || soonest <= unixMilliseconds() || soonest < extra ? true : nil
             }
         }
     }
@@ -205,7 +236,8 @@ final class OfflineInbox: @unchecked Sendable {
                                              sentAt: message.created, id: message.id))
             }
         }
-        fresh.sort { $0.sentAt < $1.sentAt }
+        // By the sending second; within one, as the holders keep them (in the order they came).
+        fresh = fresh.enumerated().sorted { ($0.element.sentAt, $0.offset) < ($1.element.sentAt, $1.offset) }.map(\.element)
         monitor.locked {
             queue += fresh
             for id in stale where !toDelete.contains(id) { toDelete.append(id) }

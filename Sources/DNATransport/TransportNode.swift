@@ -115,6 +115,11 @@ public final class TransportNode: @unchecked Sendable {
     private var setups = 0
     /// Connections whose lost path is being resumed (or awaited).
     private var resuming = Set<Int32>()
+    /// Dead connections whose unacknowledged messages went (or go) to the peer's inbox.
+    private var salvaged = Set<Int32>()
+    /// Held while a dead connection's messages are stored offline, and by sendOffline: the inbox
+    /// keeps them in the order they were sent.
+    private let offlineOrder = Monitor()
     /// Offers being answered or answered in the last 30 s, by signal id and origin, with the answer
     /// once sent: a repeated offer (its answer was lost) gets the same answer again.
     private var answered: [OfferKey: (answer: [UInt8]?, at: UInt64)] = [:]
@@ -365,6 +370,7 @@ public final class TransportNode: @unchecked Sendable {
     /// passes; then the connection is dead.
     private func resume(_ id: Int32) {
         let end = unixMilliseconds() + configuration.resumeWindow
+        var refusals = 0
         while unixMilliseconds() < end, monitor.locked({ running }) {
             guard let peer = stillLost(id) else { return }
             do {
@@ -379,6 +385,14 @@ public final class TransportNode: @unchecked Sendable {
                 _ = attach(path, to: id)  // the loop's check ends the work (or goes on if lost again)
             } catch {
                 log("new path to \(peer.name) failed: \(error)")
+                // A peer that restarted has no such connection and refuses the new path: the
+                // connection cannot come back (twice in a row: a busy peer refuses too).
+                if case .unreachable(let why) = error, why.contains("refused") {
+                    refusals += 1
+                    if refusals >= 2 { break }
+                } else {
+                    refusals = 0
+                }
                 usleep(500_000)
             }
         }
@@ -414,10 +428,47 @@ public final class TransportNode: @unchecked Sendable {
         giveUp(id)
     }
 
-    /// The resume window passed (or the context is closing): a connection whose path is still lost is dead.
+    /// The resume window passed, the peer refused the new path (it restarted), or the context is
+    /// closing: a connection whose path is still lost is dead, and what the peer did not
+    /// acknowledge goes to its inbox.
     private func giveUp(_ id: Int32) {
-        if let peer = monitor.locked({ peers[id] }), peer.connection.isPathLost { peer.connection.abandon() }
-        _ = monitor.locked { resuming.remove(id) }
+        // Holding the order lock from before the connection refuses sends: an application that
+        // turns to transport_send_offline then stores after these.
+        offlineOrder.locked {
+            let peer = monitor.locked { () -> Peer? in
+                guard let peer = peers[id], peer.connection.isPathLost else { return nil }
+                salvaged.insert(id)
+                return peer
+            }
+            let messages = peer?.connection.abandon() ?? []
+            _ = monitor.locked { resuming.remove(id) }
+            if let peer { salvage(messages, of: id, to: peer.name) }
+        }
+    }
+
+    /// The messages a dead connection's peer did not acknowledge go to its inbox in the DHT
+    /// (offline delivery, docs/PROTOCOL.md §8), each up to the inbox's 4,096 bytes; nothing while
+    /// the context is closing. Called on a thread of its own (the puts block).
+    private func salvage(_ messages: [(stream: UInt32, bytes: [UInt8])], of id: Int32, to peer: IdentityName) {
+        guard !messages.isEmpty, monitor.locked({ running }) else { return }
+        var stored = 0, tooLarge = 0, failed = 0
+        var outcomes: [Failure?] = []
+        do { outcomes = try storeOffline(peer, messages.map(\.bytes)) } catch {
+            failed = messages.count
+            log("connection \(id) to \(peer): its unacknowledged messages could not be stored offline: \(error)")
+        }
+        for outcome in outcomes {
+            switch outcome {
+            case nil: stored += 1
+            case .tooLarge?: tooLarge += 1
+            case let failure?:
+                failed += 1
+                log("connection \(id) to \(peer): an unacknowledged message could not be stored offline: \(failure)")
+            }
+        }
+        log("connection \(id) to \(peer) ended: of its \(messages.count) unacknowledged messages, \(stored) went to "
+            + "the peer's inbox (offline delivery), \(tooLarge) were too large for it (over \(Offline.maximumMessage) B), "
+            + "\(failed) could not be stored")
     }
 
     /// The connection while its path is still lost; else nil, and it leaves `resuming` in the same
@@ -435,6 +486,14 @@ public final class TransportNode: @unchecked Sendable {
     /// A connection changed (messages, end, lost path): readiness, and resuming a lost path.
     private func connectionChanged(_ id: Int32) {
         updateReadiness()
+        // The peer closed the connection (CLOSE) while messages were still unacknowledged.
+        if let closed = monitor.locked({ () -> Peer? in
+            guard running, let peer = peers[id], peer.connection.isClosedByPeer, salvaged.insert(id).inserted else { return nil }
+            return peer
+        }) {
+            _ = spawn { [self] in offlineOrder.locked { salvage(closed.connection.abandon(), of: id, to: closed.name) } }
+            return
+        }
         guard let peer = monitor.locked({ () -> Peer? in
             guard running, let peer = peers[id], peer.connection.isPathLost, resuming.insert(id).inserted else { return nil }
             return peer
@@ -513,8 +572,14 @@ public final class TransportNode: @unchecked Sendable {
     public func disconnect(_ id: Int32, linger: Int = 2000) throws(Failure) {
         guard let peer = monitor.locked({ () -> Peer? in
             acceptQueue.removeAll { $0 == id }
+            salvaged.remove(id)
             return peers.removeValue(forKey: id)
         }) else { throw .unknownConnection(id) }
+        if let statistics = peer.connection.statistics {
+            log("connection \(id) to \(peer.name) closing: \(statistics.packetsSent) packets sent, "
+                + "\(statistics.retransmissions) retransmitted, \(statistics.timeouts) RTOs, \(statistics.probes) probes; "
+                + "\(statistics.packetsReceived) received, \(statistics.duplicates) duplicates, \(statistics.messagesDelivered) messages delivered")
+        }
         peer.connection.disconnect(linger: linger)
         peer.agent.close()
         updateReadiness()
@@ -530,9 +595,18 @@ public final class TransportNode: @unchecked Sendable {
     /// Stores `message` (at most 4,096 bytes) in `peer`'s inbox in the DHT, sealed to the inbox's
     /// keys and signed by this identity, for 7 days or until `peer` takes it.
     public func sendOffline(_ peer: IdentityName, _ message: [UInt8]) throws(Failure) {
+        // After what a dead connection to the peer had not delivered (§7.8), if that is being stored.
+        try offlineOrder.locked { Result(catching: { () throws(Failure) in try storeOffline(peer, message) }) }.get()
+    }
+
+    private func storeOffline(_ peer: IdentityName, _ message: [UInt8]) throws(Failure) {
+        if let failure = try storeOffline(peer, [message]).first ?? nil { throw failure }
+    }
+
+    private func storeOffline(_ peer: IdentityName, _ messages: [[UInt8]]) throws(Failure) -> [Failure?] {
         guard let inbox, monitor.locked({ running }) else { throw .closed }
         guard peer != identity.name else { throw .invalid("cannot send to oneself") }
-        try inbox.send(message, to: peer)
+        return try inbox.send(messages, to: peer)
     }
 
     /// The next message that waited in this identity's inbox, waiting up to `timeout` ms
@@ -747,6 +821,9 @@ public final class TransportNode: @unchecked Sendable {
             guard resumed != nil else {
                 dht.reply(to: request, payload: ConnectOffer(kind: .refusal, token: offer.token, ufrag: "-", password: "-",
                                                              candidates: []).bytes)
+                // A connection of an earlier run of this identity: its peer gives up on it and stores
+                // what it had not delivered in this identity's inbox (§7.8); fetch soon after.
+                inbox?.fetchSoon(after: [3_000, 8_000, 20_000])
                 throw .invalid("a new path was offered for a connection this side does not have")
             }
         }

@@ -193,6 +193,24 @@ final class SimulatedPath {
         #expect(throws: ReliableError.closed) { try path.a.send([1], stream: 0, now: path.now) }
     }
 
+    @Test func aPeerThatVanishesMidTransferIsDeadInSecondsAndWhatItMissedIsKnown() throws {
+        let path = SimulatedPath()
+        try path.a.send([0], stream: 0, now: path.now)
+        #expect(path.run(limit: 5000) { path.messages(atA: false).count == 1 && path.a.isIdle })
+        path.cut = true
+        let cutAt = path.now
+        let missed: [(UInt32, [UInt8])] = [(0, [1]), (7, [2, 2]), (0, [3]), (7, []), (0, [UInt8](repeating: 4, count: 5000))]
+        for (stream, bytes) in missed { try path.a.send(bytes, stream: stream, now: path.now) }
+        #expect(path.run(limit: 120_000) { path.received[true]?.contains(.dead) == true })
+        let noticed = path.now - cutAt
+        // Two RTOs (200 + 400 ms), then three pings of 1 s each: not the 25 s keepalive.
+        #expect(noticed <= 5_000, "noticed after \(noticed) ms")
+        // By stream in first use, then message order; the acknowledged first message is not there.
+        let left = path.a.unacknowledged
+        #expect(left.map(\.stream) == [0, 0, 0, 7, 7])
+        #expect(left.map(\.bytes) == [[1], [3], [UInt8](repeating: 4, count: 5000), [2, 2], []])
+    }
+
     @Test func anIdleConnectionKeepsItsPathAliveWithPings() {
         let path = SimulatedPath()
         #expect(!path.run(limit: 300_000) { path.received[true]?.contains(.dead) == true || path.received[false]?.contains(.dead) == true })

@@ -32,7 +32,7 @@ import Testing
         }
     }
 
-    static func trio(keepalive: UInt64? = nil) throws -> Trio {
+    static func trio(keepalive: UInt64? = nil, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> Trio {
         var dhtConfiguration = DHTServiceConfiguration()
         dhtConfiguration.bindHost = "127.0.0.1"
         dhtConfiguration.dataDirectory = temporaryDirectory()
@@ -44,9 +44,11 @@ import Testing
         configuration.connectTimeout = 15_000
         if let keepalive { configuration.reliable.keepaliveInterval = keepalive }
         configuration.dataDirectory = temporaryDirectory()
-        let alice = try TransportNode(identity: try Identity(generating: try IdentityName("alice")), configuration: configuration)
+        let alice = try TransportNode(identity: try Identity(generating: try IdentityName("alice")), configuration: configuration,
+                                      log: { log("alice: \($0)") })
         configuration.dataDirectory = temporaryDirectory()
-        let bob = try TransportNode(identity: try Identity(generating: try IdentityName("bob")), configuration: configuration)
+        let bob = try TransportNode(identity: try Identity(generating: try IdentityName("bob")), configuration: configuration,
+                                    log: { log("bob: \($0)") })
         return Trio(bootstrap: bootstrap, alice: alice, bob: bob)
     }
 
@@ -124,6 +126,51 @@ import Testing
         #expect(try bob.receive(incoming, timeout: 5000).bytes == Array("after".utf8))
         #expect(alice.connectionIDs == [id] && bob.connectionIDs == [incoming])   // the same connections
         #expect(throws: TransportNode.Failure.timeout) { try bob.accept(timeout: 100) }  // no new one
+    }
+
+    @Test func whatAPeerThatRestartedNeverAcknowledgedReachesItsInbox() throws {
+        let trio = try Self.trio(log: { print("\(unixMilliseconds() % 100_000) \($0)") })
+        let (alice, bob) = (trio.alice, trio.bob)
+        defer { alice.close(); trio.bootstrap.stop() }
+        let id = try alice.connect(try IdentityName("bob"))
+        let (incoming, _) = try bob.accept(timeout: 10_000)
+        try alice.send(id, Array("live".utf8))
+        #expect(try bob.receive(incoming, timeout: 5000).bytes == Array("live".utf8))
+        // Bob's process dies: nothing more leaves it (no CLOSE), then it starts again (its keys and
+        // inbox from the same directory) without the connection.
+        bob.breakPath(incoming)
+        let bobDirectory = try #require(bob.configuration.dataDirectory)
+        let bobIdentity = bob.identity
+        bob.close()
+        // Entries carry last_seen in seconds: a restart within the same second would announce an
+        // entry no newer than the dead one's.
+        usleep(1_100_000)
+        var configuration = bob.configuration
+        configuration.dataDirectory = bobDirectory
+        let again = try TransportNode(identity: bobIdentity, configuration: configuration,
+                                      log: { print("\(unixMilliseconds() % 100_000) bob again: \($0)") })
+        defer { again.close() }
+        // Alice goes on sending: nothing is acknowledged, the peer is dead within seconds, the new
+        // path she offers is refused, and what bob never acknowledged goes to his inbox.
+        let started = unixMilliseconds()
+        let sent = (0..<5).map { Array("queued \($0)".utf8) } + [[UInt8](repeating: 9, count: 4096)]
+        for (index, message) in sent.enumerated() { try alice.send(id, message, stream: UInt32(index % 2)) }
+        var got: [[UInt8]] = []
+        while got.count < sent.count, unixMilliseconds() < started + 60_000 {
+            if let delivery = try? again.receiveOffline(timeout: 1000) {
+                #expect(delivery.sender == (try IdentityName("alice")))
+                got.append(delivery.message)
+            } else {
+                _ = try? again.fetchOffline()
+            }
+        }
+        print("unacknowledged messages in bob's inbox after \(unixMilliseconds() - started) ms")
+        // By stream (0 then 1), each in its order.
+        #expect(got.map { $0.count > 100 ? "\($0.count) B" : String(decoding: $0, as: UTF8.self) }
+            == ["queued 0", "queued 2", "queued 4", "queued 1", "queued 3", "4096 B"])
+        #expect(got == [sent[0], sent[2], sent[4], sent[1], sent[3], sent[5]])
+        #expect(throws: TransportNode.Failure.closed) { try alice.send(id, [1]) }
+        #expect(throws: TransportNode.Failure.closed) { try alice.receive(id, timeout: 1000) }
     }
 
     @Test func anIdentityNobodyAnnouncedIsOffline() throws {

@@ -7,14 +7,94 @@ JSON line per event on stdout.
                or {"event": "error", "code", "name", "ms"}
                --offline: stores --messages messages for NAME in the DHT instead -> {"event": "stored"}
     --inbox:   -> {"event": "inbox", "messages": [[sender, text], ...]} (waits for --messages of them)
+
+    --exchange N (with --listen or --to): both sides send N messages of exchange_message() at once on
+               streams 0-2 and check the other's, stream by stream -> {"event": "exchanged", "received",
+               "in_order", "duplicates", "bytes", "seconds"}
+    --listen --record: -> {"event": "got", "index"} for each message as it is read (no echo)
+    --to NAME --trickle N --interval S: sends message "trickle <i>" every S seconds; once the
+               connection ends, the rest with send_offline -> {"event": "sent", "live": k} (k sent live)
+    --collect: -> {"event": "offline", "sender", "text"} for each inbox message until stdin closes
 """
 import argparse
 import os
+import select
 import sys
 import threading
 import time
 
 from jsonlines import emit  # noqa: E402 (redirects fd 1 first)
+
+
+FIN_STREAM = 99
+
+
+def exchange_message(side, index):
+    """Message `index` of `side` ("a" or "b") and its stream: mostly small (0 to 1,499 bytes, some
+    empty), and one of 1 MiB every 2,000 (indexes 1000, 3000, ...)."""
+    if index % 2000 == 1000:
+        size = 1 << 20
+    elif index % 97 == 0:
+        size = 0
+    else:
+        size = (index * 7919) % 1500
+    unit = side.encode() + index.to_bytes(4, "big")
+    return index % 3, (unit * (size // len(unit) + 1))[:size]
+
+
+def exchange(transport, dna, conn, side, count):
+    """Sends `count` messages of `side` while reading the other side's `count`, then a FIN on its own
+    stream once everything arrived; ends when the other's FIN came. Returns the 'exchanged' event."""
+    other = "b" if side == "a" else "a"
+    expected = {}
+    for index in range(count):
+        stream, data = exchange_message(other, index)
+        expected.setdefault(stream, []).append(data)
+    failure = []
+
+    def sender():
+        for index in range(count):
+            stream, data = exchange_message(side, index)
+            while True:
+                try:
+                    transport.send(conn, data, stream=stream)
+                    break
+                except dna.DNAError as error:
+                    if error.code != dna.ErrorCode.TIMEOUT:  # the send buffer full: try again
+                        failure.append(f"send {index}: {error}")
+                        return
+
+    started = time.monotonic()
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    position = {stream: 0 for stream in expected}
+    received, in_order, duplicates, total, fin = 0, True, 0, 0, False
+    # The FIN travels on a stream of its own, so it may overtake the last messages of the others.
+    while not fin or received < count:
+        try:
+            stream, data = transport.receive_stream(conn, timeout_ms=120000)
+        except dna.DNAError as error:
+            failure.append(f"receive after {received}: {error}")
+            break
+        if stream == FIN_STREAM:
+            fin = True
+            continue
+        queue = expected.get(stream, [])
+        at = position.get(stream, 0)
+        if at < len(queue) and queue[at] == data:
+            position[stream] = at + 1
+        elif data in queue[:at]:
+            duplicates += 1
+        else:
+            in_order = False
+        received += 1
+        total += len(data)
+        if received == count:
+            transport.send(conn, b"fin", stream=FIN_STREAM)
+    thread.join()
+    return dict(event="exchanged", received=received, in_order=in_order and all(
+        position[s] == len(q) for s, q in expected.items()), duplicates=duplicates, bytes=total,
+        seconds=round(time.monotonic() - started, 2), failure=failure)
 
 
 def main():
@@ -32,6 +112,11 @@ def main():
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between round trips")
+    parser.add_argument("--exchange", type=int, default=0)
+    parser.add_argument("--record", action="store_true")
+    parser.add_argument("--trickle", type=int, default=0)
+    parser.add_argument("--interval", type=float, default=0.25)
+    parser.add_argument("--collect", action="store_true")
     args = parser.parse_args()
 
     import dnatransport as dna
@@ -45,9 +130,16 @@ def main():
         emit(event="ready")
 
         def echo(conn):
+            if args.exchange:
+                emit(**exchange(transport, dna, conn, "b", args.exchange))
+                return
             try:
                 while True:
-                    transport.send(conn, transport.receive(conn))
+                    data = transport.receive(conn)
+                    if args.record:
+                        emit(event="got", index=int(data.split()[-1]))
+                    else:
+                        transport.send(conn, data)
             except dna.DNAError:
                 pass
 
@@ -61,6 +153,18 @@ def main():
 
         threading.Thread(target=accept, daemon=True).start()
         sys.stdin.read()  # until the test closes stdin
+        transport.close()
+        return
+    if args.collect:
+        emit(event="ready")
+        while True:
+            if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
+                break  # the test closed stdin
+            try:
+                sender, data, _ = transport.receive_offline(timeout_ms=200)
+            except dna.DNAError:
+                continue
+            emit(event="offline", sender=sender, text=data.decode())
         transport.close()
         return
     if args.inbox:
@@ -83,6 +187,27 @@ def main():
         transport.close()
         return
     emit(event="connected", ms=round((time.monotonic() - started) * 1000, 1))
+    if args.exchange:
+        emit(**exchange(transport, dna, conn, "a", args.exchange))
+        transport.disconnect(conn)
+        transport.close()
+        return
+    if args.trickle:
+        live = args.trickle
+        for i in range(args.trickle):
+            if live == args.trickle:
+                try:
+                    transport.send(conn, f"trickle {i}".encode())
+                    time.sleep(args.interval)
+                    continue
+                except dna.DNAError as error:
+                    live = i
+                    emit(event="ended", index=i, name=dna.ErrorCode(error.code).name)
+            transport.send_offline(args.to, f"trickle {i}".encode())
+        emit(event="sent", live=live)
+        sys.stdin.read()  # until the test closes stdin: the transport may still be storing
+        transport.close()
+        return
     rtts, echoed, in_order = [], 0, True
     payload = os.urandom(max(0, args.size - 8))
     # Half the messages one at a time (round trips), half as a burst.

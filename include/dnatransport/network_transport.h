@@ -122,6 +122,10 @@ DNA_EXPORT int transport_accept(transport_context_t *ctx, int *connection_id_out
  * queued) cannot take the message, waits up to send_timeout_ms, then DNA_ERR_TIMEOUT (backpressure:
  * nothing was queued, try later). DNA_ERR_TOO_LARGE above max_message_size; DNA_ERR_CLOSED when the
  * connection ended; DNA_ERR_NOT_FOUND for an unknown connection id. An empty message is allowed.
+ * While the path is being re-established messages wait. When the connection dies with messages the
+ * peer never acknowledged (it was killed and restarted, stayed away past the 60 s resume window, or
+ * closed meanwhile), those of at most TRANSPORT_OFFLINE_MAX bytes go to its inbox as with
+ * transport_send_offline (docs/PROTOCOL.md §7.8): at least once at that boundary.
  */
 DNA_EXPORT int transport_send(transport_context_t *ctx, int connection_id, const uint8_t *ciphertext, size_t ciphertext_len);
 

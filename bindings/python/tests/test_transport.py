@@ -185,6 +185,68 @@ def test_many_threads_and_connections(network):
     assert errors == []
 
 
+def test_hundred_connections_and_eight_threads_sending_on_one_context(network):
+    """alice holds 100 connections to bob at once; 8 threads send on them at the same time, each on
+    its own 12 or 13 connections and all on connection 0 too: every message arrives once, each
+    thread's messages on a connection in the order it sent them."""
+    alice, bob = network("alice"), network("bob")
+    started = time.monotonic()
+    conns = [alice.connect("bob") for _ in range(100)]
+    incoming = {}
+    for _ in range(100):
+        conn, peer = bob.accept(timeout_ms=20000)
+        assert peer == "alice"
+        incoming[conn] = []
+    connected = time.monotonic() - started
+    assert len(set(conns)) == 100
+    errors = []
+
+    def sender(thread):
+        try:
+            mine = conns[thread::8]
+            for i in range(50):
+                for conn in mine:
+                    alice.send(conn, f"{thread} {conns.index(conn)} {i}".encode())
+                alice.send(conns[0], f"{thread} shared {i}".encode(), stream=1 + thread)
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=sender, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    # Each incoming connection gets 50 messages from its one thread, the first also 8 x 50 shared.
+    total, deadline = 0, time.monotonic() + 60
+    while total < 99 * 50 + 450 and time.monotonic() < deadline:
+        before = total
+        for conn, messages in incoming.items():
+            while True:
+                try:
+                    messages.append(bob.receive_stream(conn, timeout_ms=0))
+                except dna.DNAError as error:
+                    assert error.code == dna.ErrorCode.TIMEOUT
+                    break
+                total += 1
+        if total == before:
+            time.sleep(0.01)
+    counts = sorted(len(messages) for messages in incoming.values())
+    assert counts == [50] * 99 + [450], counts
+    for conn, messages in incoming.items():
+        own = [m.decode().split() for s, m in messages if s == 0]
+        assert len({(t, c) for t, c, _ in own}) == 1 and [int(i) for _, _, i in own] == list(range(50)), own[:5]
+        shared = [m.decode().split() for s, m in messages if s != 0]
+        for thread in range(8):
+            assert [int(i) for t, _, i in shared if int(t) == thread] in ([], list(range(50)))
+    with pytest.raises(dna.DNAError) as nothing:
+        bob.receive(next(iter(incoming)), timeout_ms=100)
+    assert nothing.value.code == dna.ErrorCode.TIMEOUT
+    print(f"100 connections to one peer in {connected:.2f} s")
+    for conn in conns:
+        alice.disconnect(conn)
+
+
 def test_transport_init_from_environment(network, tmp_path):
     """transport_init alone reads DNA_HOME, DNA_BOOTSTRAP and DNA_BIND (in a child process, so that
     this process's environment stays as it is)."""
