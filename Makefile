@@ -62,6 +62,9 @@ bench: install-stage
 	build/bench-venv/bin/python -m pip install --quiet aioice==0.13.0
 	NICE_PLAIN=$(CURDIR)/build/nice_plain DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 \
 		PYTHONPATH=$(CURDIR)/bindings/python build/bench-venv/bin/python bench/nat_bench.py
+	# The transport in the lab (root): RTT and throughput through the routers, beside raw UDP.
+	DNA_TEST_PREFIX=$(CURDIR)/build/stage DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 \
+		PYTHONPATH=$(CURDIR)/bindings/python build/bench-venv/bin/python bench/transport_lab_bench.py
 
 install-stage:
 	$(MAKE) install PREFIX=$(CURDIR)/build/stage

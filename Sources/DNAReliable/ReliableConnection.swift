@@ -48,8 +48,10 @@ public struct ReliableConfiguration: Sendable {
     /// Bytes the sender accepts before `send` says `.full` (backpressure).
     public var maximumQueuedBytes = 32 * 1024 * 1024
     public var initialWindowPackets = 10
-    /// RFC 6298 bounds; 200 ms instead of 1 s as the floor, as Linux TCP does.
-    public var minimumRTO: UInt64 = 200
+    /// RFC 6298 bounds, with a floor of 50 ms instead of 1 s (RFC 9002's PTO has none; the receiver
+    /// acknowledges at once, with no delayed-ACK timer to wait out): on a LAN or in the lab, under 10%
+    /// loss, 200 ms made RTOs take most of the time (2,000 messages: 19.4 s at 200 ms, 8.5 s at 50 ms).
+    public var minimumRTO: UInt64 = 50
     public var maximumRTO: UInt64 = 60_000
     public var initialRTO: UInt64 = 1000
     /// A PING after this long without anything received; 3 unanswered pings mean the peer is gone.
@@ -146,8 +148,8 @@ public final class ReliableConnection {
     private var rto: UInt64
     private var rtoDeadline: UInt64?
     /// Tail loss probe (RFC 8985's TLP, QUIC's PTO): when nothing is acknowledged for 2 SRTT after
-    /// the last send, the newest packet in flight is sent again (at most twice before the RTO), so
-    /// that a lost last fragment is found in about 2 RTT instead of the RTO (at least 200 ms), and
+    /// the last send, the newest packet in flight is sent again (at most 4 times before the RTO), so
+    /// that a lost last fragment is found in about 2 RTT instead of the RTO (at least 50 ms), and
     /// without collapsing the window.
     private var probeDeadline: UInt64?
     private var probesSent = 0
@@ -434,7 +436,7 @@ public final class ReliableConnection {
 
     /// 2 SRTT (at least 10 ms) after now, while something is in flight and the RTO is later.
     private func armProbe(now: UInt64) {
-        guard inFlightCount > 0, probesSent < 2, let srtt = rtt.smoothed else {
+        guard inFlightCount > 0, probesSent < 4, let srtt = rtt.smoothed else {
             probeDeadline = nil
             return
         }

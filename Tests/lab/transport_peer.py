@@ -227,7 +227,8 @@ def main():
         echoed += 1
         in_order &= reply == i.to_bytes(8, "big") + payload
     rtts.sort()
-    emit(event="done", echoed=echoed, in_order=in_order, rtt_ms=round(rtts[len(rtts) // 2], 3) if rtts else None)
+    emit(event="done", echoed=echoed, in_order=in_order, rtt_ms=round(rtts[len(rtts) // 2], 3) if rtts else None,
+         rtt_p99_ms=round(rtts[min(len(rtts) - 1, len(rtts) * 99 // 100)], 3) if rtts else None)
     transport.disconnect(conn)
     transport.close()
 
