@@ -335,7 +335,12 @@ public final class ReliableConnection {
             above = above.filter { $0 >= cumulative }
             while above.remove(cumulative) != nil { cumulative += 1 }
         }
-        var state = incoming[stream] ?? Incoming()
+        // Taken out of the table while it changes, and the message's partial state out of it: the
+        // buffer then has one owner and is written in place (a copy left in the table made every
+        // fragment copy the whole message: 1 MiB messages ran at a fifth of the rate of small ones).
+        let known = incoming[stream] != nil
+        var state = incoming.removeValue(forKey: stream) ?? Incoming()
+        defer { if known || !state.partial.isEmpty || state.nextToDeliver > 0 { incoming[stream] = state } }
         if message < state.nextToDeliver || state.complete[message] != nil
             || state.partial[message]?.received.contains(fragment) == true {
             markReceived(packet)
@@ -353,14 +358,17 @@ public final class ReliableConnection {
             state.partial[message] = Partial(length: length, count: count, buffer: [UInt8](repeating: 0, count: length))
             bufferedBytes += length
         }
-        guard var partial = state.partial[message], partial.length == length else { return drop() }
+        guard var partial = state.partial.removeValue(forKey: message) else { return drop() }
+        guard partial.length == length else {
+            state.partial[message] = partial
+            return drop()
+        }
         markReceived(packet)
         statistics.packetsReceived += 1
         let start = fragment * size
         partial.buffer.replaceSubrange(start..<start + data.count, with: data)
         partial.received.insert(fragment)
         if partial.received.count == partial.count {
-            state.partial[message] = nil
             state.complete[message] = partial.buffer
         } else {
             state.partial[message] = partial
@@ -371,7 +379,6 @@ public final class ReliableConnection {
             statistics.messagesDelivered += 1
             state.nextToDeliver += 1
         }
-        incoming[stream] = state
     }
 
     private func markReceived(_ packet: UInt64) {
