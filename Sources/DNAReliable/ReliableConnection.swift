@@ -340,7 +340,10 @@ public final class ReliableConnection {
         // fragment copy the whole message: 1 MiB messages ran at a fifth of the rate of small ones).
         let known = incoming[stream] != nil
         var state = incoming.removeValue(forKey: stream) ?? Incoming()
-        defer { if known || !state.partial.isEmpty || state.nextToDeliver > 0 { incoming[stream] = state } }
+        defer {
+            // Back unless it holds nothing (a fragment dropped on a stream not seen before).
+            if known || !state.partial.isEmpty || !state.complete.isEmpty || state.nextToDeliver > 0 { incoming[stream] = state }
+        }
         if message < state.nextToDeliver || state.complete[message] != nil
             || state.partial[message]?.received.contains(fragment) == true {
             markReceived(packet)

@@ -211,6 +211,21 @@ final class SimulatedPath {
         #expect(left.map(\.bytes) == [[1], [3], [UInt8](repeating: 4, count: 5000), [2, 2], []])
     }
 
+    @Test func aLaterMessageThatCompletesFirstOnANewStreamWaitsForTheEarlierOne() throws {
+        // Message 1 of a stream never seen before arrives whole before message 0 (its packet lost):
+        // it must be kept (it is acknowledged, so it is never sent again) and delivered after 0.
+        let a = ReliableConnection(now: 0), b = ReliableConnection(now: 0)
+        let decoder = FrameDecoder()
+        try a.send([1], stream: 5, now: 0)
+        try a.send([2], stream: 5, now: 0)
+        let frames = try a.takeFrames().map { try decoder.decode($0.bytes) }
+        #expect(frames.count == 2)
+        b.receive(frames[1].header, payload: frames[1].payload, now: 1)
+        #expect(b.takeEvents().isEmpty)
+        b.receive(frames[0].header, payload: frames[0].payload, now: 2)
+        #expect(b.takeEvents() == [.message(stream: 5, bytes: [1]), .message(stream: 5, bytes: [2])])
+    }
+
     @Test func anIdleConnectionKeepsItsPathAliveWithPings() {
         let path = SimulatedPath()
         #expect(!path.run(limit: 300_000) { path.received[true]?.contains(.dead) == true || path.received[false]?.contains(.dead) == true })
