@@ -61,7 +61,22 @@ def udp_throughput(size, total):
     b.connect(a.getsockname())
     b.settimeout(1.0)
     payload = os.urandom(size)
-    count = total // size
+
+    def receive():
+        try:
+            return len(b.recv(65536))
+        except socket.timeout:
+            return None
+
+    rate = batched_rate(lambda: a.send(payload), receive, size, total // size)
+    a.close()
+    b.close()
+    return rate
+
+
+def batched_rate(send, receive, size, count):
+    """Bytes per second one way: batches that fit 1 MiB (at most 64 messages) are sent, then received;
+    a receive returning None (lost) ends its batch."""
     batch = max(1, min(64, (1 << 20) // size))
     received = 0
     started = time.perf_counter()
@@ -69,36 +84,21 @@ def udp_throughput(size, total):
     while sent < count:
         now = min(batch, count - sent)
         for _ in range(now):
-            a.send(payload)
+            send()
         sent += now
         for _ in range(now):
-            try:
-                received += len(b.recv(65536))
-            except socket.timeout:
+            got = receive()
+            if got is None:
                 break
-    elapsed = time.perf_counter() - started
-    a.close()
-    b.close()
-    return received / elapsed
+            received += got
+    return received / (time.perf_counter() - started)
 
 
 def transport_throughput(alice, bob, conn, incoming, size, total):
-    """Bytes per second one way over the connection, in the same shape as udp_throughput: one thread
-    sends a batch, then receives it at the other end."""
+    """Bytes per second one way over the connection, in the same shape as udp_throughput."""
     payload = os.urandom(size)
-    count = max(1, total // size)
-    batch = max(1, min(64, (1 << 20) // size))
-    received = 0
-    started = time.perf_counter()
-    sent = 0
-    while sent < count:
-        now = min(batch, count - sent)
-        for _ in range(now):
-            alice.send(conn, payload)
-        sent += now
-        for _ in range(now):
-            received += len(bob.receive(incoming, timeout_ms=60000))
-    return received / (time.perf_counter() - started)
+    return batched_rate(lambda: alice.send(conn, payload), lambda: len(bob.receive(incoming, timeout_ms=60000)),
+                        size, max(1, total // size))
 
 
 def main():
