@@ -87,8 +87,10 @@ public struct DHTServiceConfiguration: Sendable {
     public init() {}
 }
 
-/// The DHT driver: one UDP socket and one I/O thread that alone runs the DHTNode state machine.
-/// Calls from other threads hand work to it and wait for the answer.
+/// The DHT driver: one UDP socket watched on a GLib loop, whose thread alone runs the DHTNode state
+/// machine. A transport context passes its own loop, so that the DHT, the ICE agents and the
+/// connections share its one I/O thread; alone (a bootstrap node, the dht_* API) the service runs its
+/// own. Calls from other threads hand work to the loop and wait for the answer.
 public final class DHTService: @unchecked Sendable {
     public let port: UInt16
     public let credential: NodeCredential
@@ -107,18 +109,31 @@ public final class DHTService: @unchecked Sendable {
     private var mailAnswers: [UInt64: [(Endpoint, MailAnswer?)]] = [:]
     private var nextMailOperation: UInt64 = 1
     private var running = true
-    private var wake: (read: Int32, write: Int32) = (-1, -1)
-    private var thread = pthread_t()
-    private var threadStarted = false
-    /// Entries this node re-announces (I/O thread only).
+    /// The loop the node runs on, and whether this service made it (then it stops it).
+    public let loop: GLibLoop
+    private let ownsLoop: Bool
+    // Loop thread only: the socket's watch, the alarm for the node's next deadline, the last save.
+    private var watch: UnsafeMutablePointer<GSource>?
+    private var alarm: LoopAlarm?
+    private var lastSave: UInt64
+    /// Entries this node re-announces (loop thread only).
     private var owned: [IdentityName: (identity: Identity, entry: PeerEntry)] = [:]
     private var nextAnnounce: UInt64
     /// Answers other protocols' datagrams on the same socket (the STUN server of `dnat node`).
     public var otherProtocol: (([UInt8], Endpoint) -> [UInt8]?)?
     private let logger: (String) -> Void
 
-    public init(configuration: DHTServiceConfiguration, log: @escaping (String) -> Void = { _ in }) throws(NetError) {
+    /// Binds the socket and starts the node on `loop` (nil: a loop of its own).
+    public init(configuration: DHTServiceConfiguration, loop: GLibLoop? = nil,
+                log: @escaping (String) -> Void = { _ in }) throws(NetError) {
         self.configuration = configuration
+        if let loop {
+            self.loop = loop
+            ownsLoop = false
+        } else {
+            self.loop = try GLibLoop()
+            ownsLoop = true
+        }
         logger = log
         dataDirectory = IdentityStore.dataDirectory(configuration.dataDirectory)
         let directory = dataDirectory + "/dht"
@@ -129,43 +144,75 @@ public final class DHTService: @unchecked Sendable {
         let now = unixMilliseconds()
         node = DHTNode(credential: credential, configuration: configuration.node, now: now)
         nextAnnounce = now + configuration.announceInterval
+        lastSave = now
         if let saved = try? Files.read(directory + "/state"), let state = try? DHTNode.SavedState(bytes: saved) {
             node.restore(state, now: now)
             log("restored \(state.contacts.count) contacts and \(state.entries.count) entries")
         }
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw NetError("pipe") }
-        for fd in fds {
-            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        let started = self.loop.sync { () -> Bool in
+            self.alarm = LoopAlarm(loop: self.loop) { [weak self] in self?.service() }
+            self.watch = dna_fd_watch(self.loop.context, self.socket.fd, { _, _, data in
+                guard let data else { return 0 }
+                Unmanaged<DHTService>.fromOpaque(data).takeUnretainedValue().readable()
+                return 1
+            }, Unmanaged.passUnretained(self).toOpaque())
+            self.service()
+            return true
         }
-        wake = (fds[0], fds[1])
-        let started = pthread_create(&thread, nil, { argument in
-            guard let argument else { return nil }
-            Unmanaged<DHTService>.fromOpaque(argument).takeUnretainedValue().loop()
-            return nil
-        }, Unmanaged.passUnretained(self).toOpaque())
-        guard started == 0 else { throw NetError("pthread_create", started) }
-        threadStarted = true
+        guard started == true else { throw NetError("the loop stopped", ECANCELED) }
         log("DHT node \(credential.id) on UDP port \(port)")
     }
 
     deinit {
-        stop()
-        if wake.read >= 0 { close(wake.read) }
-        if wake.write >= 0 { close(wake.write) }
+        // Normally stopped already. Otherwise the same, without `self` (it may not be retained
+        // while it deinitializes): the alarm calls back through a weak reference, and a watch
+        // callback running now ends before the detach below runs on the loop.
+        guard monitor.locked({ running }) else { return }
+        let alarm = self.alarm, watch = self.watch, node = self.node, file = dataDirectory + "/dht/state"
+        let detach = {
+            alarm?.cancel()
+            if let watch {
+                g_source_destroy(watch)
+                g_source_unref(watch)
+            }
+            try? Files.writeAtomically(file, node.savedState(now: unixMilliseconds()).bytes)
+        }
+        if loop.sync({ () -> Bool in
+            detach()
+            return true
+        }) == nil {
+            detach()
+        }
+        if ownsLoop { loop.stop() }
     }
 
-    /// Saves the state and ends the I/O thread. Idempotent.
+    /// Saves the state and takes the node off the loop (stopping the loop when it is the service's
+    /// own). Idempotent; not from the loop thread.
     public func stop() {
         let wasRunning = monitor.locked { () -> Bool in
             defer { running = false }
             return running
         }
-        guard wasRunning, threadStarted else { return }
-        poke()
-        pthread_join(thread, nil)
-        save()
+        monitor.broadcast()
+        guard wasRunning else { return }
+        let detach = {
+            self.alarm?.cancel()
+            self.alarm = nil
+            if let watch = self.watch {
+                g_source_destroy(watch)
+                g_source_unref(watch)
+                self.watch = nil
+            }
+            self.save()
+        }
+        // Once the loop stopped (its owner went first) nothing runs there: detach here.
+        if loop.sync({ () -> Bool in
+            detach()
+            return true
+        }) == nil {
+            detach()
+        }
+        if ownsLoop { loop.stop() }
     }
 
     private func save() {
@@ -175,18 +222,36 @@ public final class DHTService: @unchecked Sendable {
 
     // MARK: Calls from any thread
 
-    /// Runs `body` on the I/O thread and waits for its result.
+    /// Runs `body` on the loop thread and waits for its result (inline on the loop thread); nil
+    /// once stopped.
     public func perform<T>(_ body: @escaping (DHTNode, UInt64) -> T) -> T? {
-        monitor.perform(enqueue: { command in
+        if loop.isCurrent {
+            guard monitor.locked({ running }) else { return nil }
+            let value = body(node, unixMilliseconds())
+            alarm?.armNow()  // what the body queued goes out when the loop gets to the alarm
+            return value
+        }
+        return monitor.perform(enqueue: { command in
             guard running else { return false }
             commands.append(command)
+            if commands.count == 1 { alarm?.armNow() }
             return true
-        }, wake: poke, body)
+        }, wake: {}, body)
     }
 
-    /// Starts a lookup on the I/O thread and waits up to `timeout` ms for its result.
+    /// Waiting for the network on the loop thread would stop the loop that brings the answer.
+    private var mayWait: Bool {
+        if loop.isCurrent {
+            logger("a DHT request that waits for the network was made on the loop thread: refused")
+            return false
+        }
+        return true
+    }
+
+    /// Starts a lookup on the loop thread and waits up to `timeout` ms for its result (nil at once
+    /// when called on the loop thread).
     public func lookup(timeout: Int = 30_000, _ start: @escaping (DHTNode, UInt64) -> LookupID) -> LookupResult? {
-        guard let id = perform(start) else { return nil }
+        guard mayWait, let id = perform(start) else { return nil }
         let result = monitor.wait(milliseconds: timeout) { results[id] }
         _ = monitor.locked { results.removeValue(forKey: id) }
         return result
@@ -264,7 +329,8 @@ public final class DHTService: @unchecked Sendable {
 
     /// The next answer to signal `id` (in arrival order), waiting up to `timeout` ms.
     public func nextDelivery(_ id: UInt64, timeout: Int) -> SignalDelivery? {
-        monitor.wait(milliseconds: timeout) { () -> SignalDelivery? in
+        guard mayWait else { return nil }
+        return monitor.wait(milliseconds: timeout) { () -> SignalDelivery? in
             guard var queue = deliveries[id], !queue.isEmpty else { return nil }
             let first = queue.removeFirst()
             deliveries[id] = queue
@@ -274,7 +340,8 @@ public final class DHTService: @unchecked Sendable {
 
     /// The next signal for one of this node's identities, waiting up to `timeout` ms.
     public func nextSignal(timeout: Int) -> SignalRequest? {
-        monitor.wait(milliseconds: timeout) { () -> SignalRequest? in
+        guard mayWait else { return nil }
+        return monitor.wait(milliseconds: timeout) { () -> SignalRequest? in
             incomingSignals.isEmpty ? nil : incomingSignals.removeFirst()
         }
     }
@@ -305,6 +372,7 @@ public final class DHTService: @unchecked Sendable {
     /// ms for every answer. Nil when the service stopped.
     public func mailRound(_ requests: [(Contact, MailRequest)], local localRequest: MailRequest?, key: NodeID,
                           holders: [Contact], timeout: Int = 5000) -> MailRound? {
+        guard mayWait else { return nil }
         let operation = monitor.locked { () -> UInt64 in
             defer { nextMailOperation += 1 }
             mailAnswers[nextMailOperation] = []
@@ -399,12 +467,7 @@ public final class DHTService: @unchecked Sendable {
     public var routingTableSize: Int? { perform { node, _ in node.routingTableSize } }
     public var storedCount: Int? { perform { node, _ in node.storedCount } }
 
-    // MARK: The I/O thread
-
-    private func poke() {
-        var byte: UInt8 = 1
-        _ = write(wake.write, &byte, 1)
-    }
+    // MARK: The loop thread
 
     private func reannounce(_ node: DHTNode, now: UInt64) {
         nextAnnounce = now + configuration.announceInterval
@@ -417,74 +480,77 @@ public final class DHTService: @unchecked Sendable {
         }
     }
 
-    private func loop() {
-        var descriptors = [pollfd(fd: socket.fd, events: Int16(POLLIN), revents: 0),
-                           pollfd(fd: wake.read, events: Int16(POLLIN), revents: 0)]
-        var lastSave = unixMilliseconds()
-        while monitor.locked({ running }) {
-            let now = unixMilliseconds()
-            let deadline = min(node.nextDeadline ?? now + 1000, nextAnnounce)
-            let wait = Int32(clamping: deadline > now ? min(deadline - now, 1000) : 0)
-            _ = poll(&descriptors, 2, wait)
-            var drain = [UInt8](repeating: 0, count: 64)
-            while Glibc.read(wake.read, &drain, 64) > 0 {}
-            let pending = monitor.locked { () -> [(DHTNode, UInt64) -> Void] in
-                defer { commands.removeAll() }
-                return commands
+    /// The socket is readable: every datagram waiting (up to 1,000) goes to the node, then the node
+    /// is serviced.
+    private func readable() {
+        guard monitor.locked({ running }) else { return }
+        var received = 0
+        while received < 1000, let (datagram, from) = socket.receive() {
+            received += 1
+            if let other = otherProtocol, Self.isSTUN(datagram) {
+                if let answer = other(datagram, from) { socket.send(answer, to: from) }
+                continue
             }
-            var current = unixMilliseconds()
-            for command in pending { command(node, current) }
-            var received = 0
-            while received < 1000, let (datagram, from) = socket.receive() {
-                received += 1
-                current = unixMilliseconds()
-                if let other = otherProtocol, Self.isSTUN(datagram) {
-                    if let answer = other(datagram, from) { socket.send(answer, to: from) }
-                    continue
-                }
-                node.receive(datagram, from: from, now: current)
-            }
-            current = unixMilliseconds()
-            if let next = node.nextDeadline, next <= current { node.handleTimeout(now: current) }
-            if current >= nextAnnounce { reannounce(node, now: current) }
-            if current >= lastSave + configuration.node.refreshInterval {
-                lastSave = current
-                save()
-            }
-            for (to, datagram) in node.takeDatagrams() { socket.send(datagram, to: to) }
-            let events = node.takeEvents()
-            if !events.isEmpty {
-                monitor.locked {
-                    for event in events {
-                        switch event {
-                        case .lookupFinished(let id, let result): results[id] = result
-                        case .signalled(let request):
-                            // The same signal arrives through several holders at once: keep the first.
-                            // A copy a second later is the signaller sending again (its first, or the
-                            // answer, was lost): it is passed on.
-                            let now = unixMilliseconds()
-                            recentSignals.removeAll { $0.at + 500 < now }
-                            if !recentSignals.contains(where: { $0.request.id == request.id && $0.request.origin == request.origin
-                                && $0.request.payload == request.payload }) {
-                                incomingSignals.append(request)
-                                recentSignals.append((request, now))
-                            }
-                            if incomingSignals.count > 256 { incomingSignals.removeFirst() }
-                            if recentSignals.count > 256 { recentSignals.removeFirst() }
-                        case .mailAnswered(let operation, let from, let answer):
-                            if mailAnswers[operation] != nil { mailAnswers[operation]?.append((from, answer)) }
-                        case .delivered(let delivery):
-                            if deliveries[delivery.id]?.contains(where: { $0.payload == delivery.payload }) != true {
-                                deliveries[delivery.id, default: []].append(delivery)
-                            }
-                            if deliveries.count > 1000 { deliveries.removeAll() }
-                        }
+            node.receive(datagram, from: from, now: unixMilliseconds())
+        }
+        service()
+    }
+
+    /// Runs what other threads queued and the timers, sends what the node has to send, hands its
+    /// events over, and sets the alarm for the next deadline.
+    private func service() {
+        guard monitor.locked({ running }) else { return }
+        let pending = monitor.locked { () -> [(DHTNode, UInt64) -> Void] in
+            defer { commands.removeAll() }
+            return commands
+        }
+        for command in pending { command(node, unixMilliseconds()) }
+        let current = unixMilliseconds()
+        if let next = node.nextDeadline, next <= current { node.handleTimeout(now: current) }
+        if current >= nextAnnounce { reannounce(node, now: current) }
+        if current >= lastSave + configuration.node.refreshInterval {
+            lastSave = current
+            save()
+        }
+        for (to, datagram) in node.takeDatagrams() { socket.send(datagram, to: to) }
+        let events = node.takeEvents()
+        monitor.locked {
+            for event in events {
+                switch event {
+                case .lookupFinished(let id, let result): results[id] = result
+                case .signalled(let request):
+                    // The same signal arrives through several holders at once: keep the first.
+                    // A copy a second later is the signaller sending again (its first, or the
+                    // answer, was lost): it is passed on.
+                    let now = unixMilliseconds()
+                    recentSignals.removeAll { $0.at + 500 < now }
+                    if !recentSignals.contains(where: { $0.request.id == request.id && $0.request.origin == request.origin
+                        && $0.request.payload == request.payload }) {
+                        incomingSignals.append(request)
+                        recentSignals.append((request, now))
                     }
-                    if results.count > 1000 { results.removeAll() }
+                    if incomingSignals.count > 256 { incomingSignals.removeFirst() }
+                    if recentSignals.count > 256 { recentSignals.removeFirst() }
+                case .mailAnswered(let operation, let from, let answer):
+                    if mailAnswers[operation] != nil { mailAnswers[operation]?.append((from, answer)) }
+                case .delivered(let delivery):
+                    if deliveries[delivery.id]?.contains(where: { $0.payload == delivery.payload }) != true {
+                        deliveries[delivery.id, default: []].append(delivery)
+                    }
+                    if deliveries.count > 1000 { deliveries.removeAll() }
                 }
-                monitor.broadcast()
+            }
+            if results.count > 1000 { results.removeAll() }
+            // Under the lock: a command queued after the take above armed the alarm already, and
+            // this must not push its wake-up back.
+            if commands.isEmpty {
+                let deadline = min(node.nextDeadline ?? UInt64.max, nextAnnounce, lastSave + configuration.node.refreshInterval)
+                alarm?.arm(at: deadline)
+            } else {
+                alarm?.armNow()
             }
         }
+        if !events.isEmpty { monitor.broadcast() }
     }
 
     /// A STUN message: first two bits zero and either RFC 8489's magic cookie at bytes 4..7 or (an

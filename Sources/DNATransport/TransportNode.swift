@@ -158,7 +158,7 @@ public final class TransportNode: @unchecked Sendable {
         dhtConfiguration.bindHost = configuration.bindHost
         dhtConfiguration.port = configuration.port
         dhtConfiguration.dataDirectory = configuration.dataDirectory
-        do { dht = try DHTService(configuration: dhtConfiguration, log: log) } catch {
+        do { dht = try DHTService(configuration: dhtConfiguration, loop: loop, log: log) } catch {
             for end in ready { Glibc.close(end) }
             ready = [-1, -1]  // (deinit, which runs when a fully initialized object throws, must not close them again)
             throw .io("\(error)")

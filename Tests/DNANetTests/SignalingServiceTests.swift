@@ -45,6 +45,38 @@ import Testing
         #expect(bob.nextSignal(timeout: 300) == nil)  // one copy, however many holders forwarded it
     }
 
+    /// Services handed one loop run their nodes on its thread (a transport context's one I/O
+    /// thread), find each other through it, and refuse to wait for the network on it.
+    @Test func servicesSharingALoopRunOnItsThread() throws {
+        let loop = try GLibLoop()
+        var configuration = DHTServiceConfiguration()
+        configuration.bindHost = "127.0.0.1"
+        configuration.node.difficulty = 8
+        var services: [DHTService] = []
+        defer {
+            for service in services { service.stop() }
+            loop.stop()
+        }
+        for _ in 0..<3 {
+            configuration.dataDirectory = Self.temporaryDirectory()
+            services.append(try DHTService(configuration: configuration, loop: loop))
+        }
+        for service in services {
+            #expect(service.loop === loop)
+            #expect(service.perform { _, _ in loop.isCurrent } == true)
+        }
+        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
+        for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
+        #expect(services[2].routingTableSize == 2)
+        // A lookup from the loop thread would wait for the loop itself: it is refused at once.
+        let onLoop = loop.sync { () -> Bool in services[1].closest(to: services[0].credential.id, timeout: 5000) == nil }
+        #expect(onLoop == true)
+        #expect(services[1].closest(to: services[0].credential.id, timeout: 5000)?.isEmpty == false)
+        // Stopping one leaves the loop to the others.
+        services[2].stop()
+        #expect(services[1].routingTableSize != nil && services[2].routingTableSize == nil)
+    }
+
     @Test func aSignalForAnIdentityNobodyAnnouncedIsForwardedByNobody() throws {
         var configuration = DHTServiceConfiguration()
         configuration.bindHost = "127.0.0.1"

@@ -29,9 +29,10 @@
  * connection waits to be accepted, an offline message waits, a message waits, or a connection ended (its receive reports DNA_ERR_CLOSED until it is
  * disconnected). Poll it, then call those functions with timeout_ms 0.
  *
- * Threads: any function from any thread. Each context has its own threads: the DHT node's, one per
- * connection (record layer and reliability), libnice's loop per connection, and a listener for
- * incoming offers.
+ * Threads: any function from any thread. Each context has one I/O thread, a GLib main loop that
+ * alone runs its DHT node, its ICE agents (libnice) and every connection's record layer and
+ * reliability; calls hand work to it. Two helper threads wait on it without protocol state of
+ * their own: a listener that answers incoming offers, and the offline inbox's poller.
  *
  * Configuration from the environment (transport_init, and NULL fields of transport_config_t):
  *   DNA_HOME             data directory (default ~/.dna): keys, node id, routing table
