@@ -37,6 +37,12 @@ public struct DHTConfiguration: Sendable {
     public var mailPerSender = 32
     public var mailPerInbox = 1000
     public var mailBytes = 64 << 20
+    /// A holder stores the inbox items no MAIL_PUT brought for this long again on the nodes then
+    /// closest to the inbox key (checked at each refresh), so that they reach nodes that joined
+    /// since and outlive the holders that leave (Kademlia republishes hourly). At most
+    /// `mailRepublishLimit` items per inbox per refresh.
+    public var mailRepublishInterval: UInt64 = 3_600_000
+    public var mailRepublishLimit = 64
 
     public init() {}
 }
@@ -58,6 +64,10 @@ public struct LookupResult: Sendable {
     /// Signal: its id, and the holders that forwarded it to the key's owner.
     public var signalID: UInt64 = 0
     public var forwardedBy: [Endpoint] = []
+    /// Announce: how many of them already held an entry for the key as new as this one or newer
+    /// (counted in `stored` too). Signed by the same key (another key is refused outright): this
+    /// identity's own earlier announcement, or one a previous process made within the same second.
+    public var notNewer = 0
 }
 
 /// A signal for a key this node owns, forwarded by one of the key's holders (§5.6).
@@ -102,6 +112,8 @@ public struct DHTStatistics: Equatable, Sendable {
     public var refusedEntries = 0
     public var storedEntries = 0
     public var timeouts = 0
+    /// Inbox items this holder's republishing stored on a node that did not have them (§8.3).
+    public var mailRepublished = 0
 }
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
@@ -126,6 +138,8 @@ public final class DHTNode {
         case signal(LookupID?)
         /// A request of offline delivery (§8) made by the driver.
         case mail(UInt64)
+        /// A holder republishing inbox items: answers change nothing.
+        case republished
     }
 
     private struct Pending {
@@ -595,6 +609,7 @@ public final class DHTNode {
             guard let lookup = lookups[lookupID] else { return }
             if case .stored(let status) = message.body, status == .stored || status == .older {
                 lookup.result.stored += 1
+                if status == .older { lookup.result.notNewer += 1 }
                 if !lookup.isSilent { lookup.holders.append(source) }
             }
             lookup.storesInFlight -= 1
@@ -613,6 +628,8 @@ public final class DHTNode {
             default: answer = nil
             }
             events.append(.mailAnswered(operation: operation, from: source, answer: answer))
+        case .republished:
+            if case .mailStored(.stored) = message.body { statistics.mailRepublished += 1 }
         }
     }
 
@@ -669,6 +686,7 @@ public final class DHTNode {
                 }
             case .mail(let operation):
                 events.append(.mailAnswered(operation: operation, from: request.endpoint, answer: nil))
+            case .republished: break
             }
         }
         if let keepalive = nextKeepalive, now >= keepalive {
@@ -715,6 +733,13 @@ public final class DHTNode {
         for (key, stored) in store where now >= stored.storedAt + configuration.refreshInterval {
             store[key]?.storedAt = now
             startLookup(target: key, kind: .announce(stored.wire), now: now, silent: true)
+        }
+        // Inbox items likewise, hourly: to the k nodes now closest to the inbox key (§8.3).
+        if configuration.storesMail {
+            for (key, items) in mailboxes.dueForRepublishing(now: now, interval: configuration.mailRepublishInterval,
+                                                             limit: configuration.mailRepublishLimit) {
+                startLookup(target: key, kind: .republishMail(items), now: now, silent: true)
+            }
         }
         if storedBy.count > 10_000 { storedBy = storedBy.filter { $0.value > 0 } }
         if buckets.count > 10_000 { buckets.removeAll() }
@@ -821,6 +846,15 @@ public final class DHTNode {
                 }
                 if lookup.storesInFlight > 0 { return }
             }
+            if case .republishMail(let items) = lookup.kind {
+                for (contact, token) in lookup.storeTargets() {
+                    for item in items {
+                        lookup.result.messages += 1
+                        request(.mailPut(token: token, item: item), to: contact.endpoint, expected: contact.id,
+                                purpose: .republished, now: now)
+                    }
+                }
+            }
             finish(lookup, now: now)
         case .storing:
             if lookup.storesInFlight <= 0 { finish(lookup, now: now) }
@@ -871,6 +905,8 @@ final class Lookup {
         case nodes
         case value
         case announce([UInt8])
+        /// FIND_NODE, then MAIL_PUT of these inbox items to the k closest (a holder republishing).
+        case republishMail([[UInt8]])
         /// FIND_VALUE that sends the signal to the first holders it meets.
         case signal(UInt64, [UInt8])
     }
@@ -968,7 +1004,7 @@ final class Lookup {
             let token = tokens[candidate.contact.endpoint] ?? 0
             candidates[candidate.contact.id]?.token = token
             switch kind {
-            case .nodes, .announce: out.append((candidate.contact, .findNode(target: target, token: token)))
+            case .nodes, .announce, .republishMail: out.append((candidate.contact, .findNode(target: target, token: token)))
             case .value, .signal: out.append((candidate.contact, .findValue(key: target, token: token)))
             }
         }

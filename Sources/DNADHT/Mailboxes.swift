@@ -22,14 +22,23 @@ struct Mailboxes {
         var sender: [UInt8]   // SHA-256 of the sender's public key (the quota's unit)
         var expires: UInt64   // Unix s
         var wire: [UInt8]
+        /// When a MAIL_PUT of it last came (or this holder republished it), Unix ms.
+        var storedAt: UInt64
     }
 
     struct Inbox {
         var record: InboxKeyRecord?
         var recordWire: [UInt8]?
+        var recordStoredAt: UInt64 = 0
         var messages: [Message] = []
-        var isEmpty: Bool { record == nil && messages.isEmpty }
+        /// Ids the owner deleted, until the longest lifetime has passed (Unix s): a copy coming back
+        /// (a holder that missed the deletion republishing it) is not stored again.
+        var deleted: [[UInt8]: UInt64] = [:]
+        var isEmpty: Bool { record == nil && messages.isEmpty && deleted.isEmpty }
     }
+
+    /// Deleted ids kept per inbox.
+    static let maximumDeleted = 4096
 
     var perSender: Int
     var perInbox: Int
@@ -56,23 +65,35 @@ struct Mailboxes {
             var inbox = inboxes[key] ?? Inbox()
             if let held = inbox.record {
                 guard held.ownerKey == record.ownerKey else { return .taken }
-                guard record.created > held.created else { return .duplicate }
+                guard record.created > held.created else {
+                    if record.created == held.created {  // the same record again: another holder has it fresh
+                        inbox.recordStoredAt = now
+                        inboxes[key] = inbox
+                    }
+                    return .duplicate
+                }
             }
             guard bytes + item.count - (inbox.recordWire?.count ?? 0) <= maximumBytes else { return .quota }
             bytes += item.count - (inbox.recordWire?.count ?? 0)
             inbox.record = record
             inbox.recordWire = item
+            inbox.recordStoredAt = now
             inboxes[key] = inbox
             return .stored
         }
         guard let message = try? OfflineMessage(parsing: item, now: seconds),
               let key = NodeID(bytes: message.inboxKey[...]) else { return .invalid }
         var inbox = inboxes[key] ?? Inbox()
-        if inbox.messages.contains(where: { $0.id == message.id }) { return .duplicate }
+        if inbox.deleted[message.id] != nil { return .duplicate }
+        if let index = inbox.messages.firstIndex(where: { $0.id == message.id }) {
+            inbox.messages[index].storedAt = now
+            inboxes[key] = inbox
+            return .duplicate
+        }
         let sender = Sodium.sha256(message.senderKey)
         guard inbox.messages.count < perInbox, inbox.messages.filter({ $0.sender == sender }).count < perSender,
               bytes + item.count <= maximumBytes else { return .quota }
-        inbox.messages.append(Message(id: message.id, sender: sender, expires: message.expires, wire: item))
+        inbox.messages.append(Message(id: message.id, sender: sender, expires: message.expires, wire: item, storedAt: now))
         bytes += item.count
         inboxes[key] = inbox
         return .stored
@@ -105,8 +126,35 @@ struct Mailboxes {
             bytes -= message.wire.count
             return true
         }
+        let until = now / 1000 + Offline.maximumLifetime + Offline.skew
+        for id in deletion.ids where inbox.deleted.count < Self.maximumDeleted { inbox.deleted[id] = until }
         inboxes[key] = inbox
         return before - inbox.messages.count
+    }
+
+    /// What this holder should store again on the nodes now closest to each inbox key (Kademlia's
+    /// republishing, §2.5 of the paper): the items no MAIL_PUT brought for `interval` ms (a put
+    /// from another holder means that one republished them), at most `limit` per inbox, the record
+    /// first. They count as stored now.
+    mutating func dueForRepublishing(now: UInt64, interval: UInt64, limit: Int) -> [(key: NodeID, items: [[UInt8]])] {
+        var due: [(key: NodeID, items: [[UInt8]])] = []
+        for (key, var inbox) in inboxes {
+            var items: [[UInt8]] = []
+            if let wire = inbox.recordWire, inbox.recordStoredAt + interval <= now {
+                items.append(wire)
+                inbox.recordStoredAt = now
+            }
+            for index in inbox.messages.indices where items.count < limit {
+                let message = inbox.messages[index]
+                guard message.storedAt + interval <= now, message.expires > now / 1000 else { continue }
+                items.append(message.wire)
+                inbox.messages[index].storedAt = now
+            }
+            guard !items.isEmpty else { continue }
+            inboxes[key] = inbox
+            due.append((key, items))
+        }
+        return due
     }
 
     /// Drops expired messages, and key records not renewed within the longest message lifetime.
@@ -118,6 +166,7 @@ struct Mailboxes {
                 bytes -= message.wire.count
                 return true
             }
+            inbox.deleted = inbox.deleted.filter { $0.value > seconds }
             if let record = inbox.record, record.created + Offline.maximumLifetime + Offline.skew < seconds {
                 bytes -= inbox.recordWire?.count ?? 0
                 inbox.record = nil

@@ -272,17 +272,29 @@ public final class DHTService: @unchecked Sendable {
         return false
     }
 
-    /// Signs and announces an entry for `identity` at ip:port, and keeps re-announcing it.
+    /// Signs and announces an entry for `identity` at ip:port, and keeps re-announcing it. When
+    /// holders already have an entry as new (last_seen counts seconds: a process of this identity
+    /// that ended within the same second, at another address), it is signed again a second later
+    /// and announced again (up to 3 times), so that the new address replaces the old at once rather
+    /// than at the next re-announcement.
     public func announce(_ identity: Identity, ip: String, port: UInt16) throws(PeerEntryError) -> LookupResult? {
         let now = unixMilliseconds()
-        var entry = PeerEntry(identity: identity.name, nodeID: credential.id.bytes, ipAddress: ip, port: port,
-                              lastSeen: now / 1000)
-        try entry.sign(with: identity, now: now / 1000)
-        let signed = entry
-        return lookup { node, now in
-            self.owned[identity.name] = (identity, signed)
-            return node.announce(signed, now: now)
+        var lastSeen = now / 1000
+        var result: LookupResult?
+        for attempt in 0..<3 {
+            var entry = PeerEntry(identity: identity.name, nodeID: credential.id.bytes, ipAddress: ip, port: port,
+                                  lastSeen: lastSeen)
+            try entry.sign(with: identity, now: now / 1000)
+            let signed = entry
+            result = lookup { node, now in
+                self.owned[identity.name] = (identity, signed)
+                return node.announce(signed, now: now)
+            }
+            guard let notNewer = result?.notNewer, notNewer > 0, attempt < 2 else { break }
+            logger("\(notNewer) holders of \(identity.name)'s entry have one as new: announcing again with last_seen + 1")
+            lastSeen += 1
         }
+        return result
     }
 
     /// The freshest verified entry for `identity`: the local one if this node holds it, else a lookup.
@@ -473,7 +485,7 @@ public final class DHTService: @unchecked Sendable {
         nextAnnounce = now + configuration.announceInterval
         for (name, owned) in owned {
             var entry = owned.entry
-            entry.lastSeen = now / 1000
+            entry.lastSeen = max(now / 1000, owned.entry.lastSeen)  // never behind what `announce` signed
             guard (try? entry.sign(with: owned.identity, now: now / 1000)) != nil else { continue }
             self.owned[name] = (owned.identity, entry)
             node.announce(entry, now: now)

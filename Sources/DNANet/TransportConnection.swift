@@ -199,6 +199,12 @@ public final class TransportConnection: @unchecked Sendable {
         return left + handed.map { (stream: $0.0, bytes: $0.1) }
     }
 
+    /// Every message handed to `send` was acknowledged by the peer (none queued, none in flight).
+    public var isFullyAcknowledged: Bool {
+        guard monitor.locked({ outgoing.isEmpty }) else { return false }
+        return perform { connection, _ in connection.isIdle && self.backlog.isEmpty } ?? true
+    }
+
     /// receive() would not block: a message is waiting or the connection ended.
     public var isReadable: Bool { monitor.locked { !inbox.isEmpty || dead || !running } }
 

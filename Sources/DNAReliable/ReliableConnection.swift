@@ -57,8 +57,14 @@ public struct ReliableConfiguration: Sendable {
     /// A PING after this long without anything received; 3 unanswered pings mean the peer is gone.
     public var keepaliveInterval: UInt64 = 25_000
     public var missedPingsForDead = 3
-    /// The receiver acknowledges at once; the sender sends at most this many datagrams per call.
+    /// The sender sends at most this many datagrams per call.
     public var burst = 64
+    /// Delayed acknowledgement (as TCP's and QUIC's): an ACK goes out once this many packets arrived
+    /// unacknowledged, with the next DATA this side sends, at once on a gap or a duplicate, and
+    /// otherwise `acknowledgementDelay` ms after the first unacknowledged packet. One ACK per
+    /// packet made half the datagrams of a one-way stream ACKs.
+    public var acknowledgeEvery = 2
+    public var acknowledgementDelay: UInt64 = 1
 
     public init() {}
 }
@@ -174,6 +180,10 @@ public final class ReliableConnection {
     private var cumulative: UInt64 = 0       // every packet below it was received
     private var above = Set<UInt64>()        // received packets above cumulative
     private var ackNeeded = false
+    /// Packets received since the last ACK; when the ACK is due at the latest; whether it is due now.
+    private var arrivalsUnacknowledged = 0
+    private var ackDeadline: UInt64?
+    private var ackNow = false
     public private(set) var bufferedBytes = 0
 
     // MARK: Liveness
@@ -204,6 +214,8 @@ public final class ReliableConnection {
         /// RTO expiries and tail loss probes sent.
         public var timeouts = 0
         public var probes = 0
+        /// ACK frames sent (at most one per `takeFrames` after data arrived).
+        public var acknowledgementsSent = 0
     }
 
     public init(configuration: ReliableConfiguration = ReliableConfiguration(), now: UInt64) {
@@ -260,6 +272,7 @@ public final class ReliableConnection {
         loseEverythingInFlight(now: now)
         backoff = 1
         ackNeeded = true
+        ackNow = true
         pump(now: now)
     }
 
@@ -305,6 +318,7 @@ public final class ReliableConnection {
             guard payload.count == 1, let status = PresenceStatus(rawValue: payload[payload.startIndex]) else { return drop() }
             events.append(.presence(status))
             ackNeeded = true
+            ackNow = true
         default:
             drop()
         }
@@ -335,6 +349,11 @@ public final class ReliableConnection {
             above = above.filter { $0 >= cumulative }
             while above.remove(cumulative) != nil { cumulative += 1 }
         }
+        // In order: the ACK may wait. A gap (loss, reordering) or a duplicate (the ACK was lost)
+        // is acknowledged at once, for the sender's loss detection.
+        arrivalsUnacknowledged += 1
+        if packet != cumulative || !above.isEmpty { ackNow = true }
+        if ackDeadline == nil { ackDeadline = now + configuration.acknowledgementDelay }
         // Taken out of the table while it changes, and the message's partial state out of it: the
         // buffer then has one owner and is written in place (a copy left in the table made every
         // fragment copy the whole message: 1 MiB messages ran at a fifth of the rate of small ones).
@@ -552,7 +571,8 @@ public final class ReliableConnection {
     public var nextDeadline: UInt64? {
         guard !isDead else { return nil }
         let keepalive = pingSentAt.map { $0 + pingWait } ?? lastReceived + configuration.keepaliveInterval
-        return min(probeDeadline ?? keepalive, rtoDeadline ?? keepalive, keepalive)
+        let ack = ackNeeded ? ackDeadline ?? keepalive : keepalive
+        return min(probeDeadline ?? keepalive, rtoDeadline ?? keepalive, keepalive, ack)
     }
 
     public func handleTimeout(now: UInt64) {
@@ -602,6 +622,20 @@ public final class ReliableConnection {
     public func takeFrames() -> [OutgoingFrame] {
         defer { outbox.removeAll() }
         return outbox
+    }
+
+    /// Appends the ACK when it is due (see `acknowledgeEvery`): one covers every packet received
+    /// since the last.
+    private func acknowledgeIfDue(now: UInt64, sendingData: Bool) {
+        guard ackNeeded else { return }
+        guard ackNow || sendingData || arrivalsUnacknowledged >= configuration.acknowledgeEvery
+                || now >= (ackDeadline ?? now) else { return }
+        ackNeeded = false
+        ackNow = false
+        arrivalsUnacknowledged = 0
+        ackDeadline = nil
+        statistics.acknowledgementsSent += 1
+        outbox.append(ackFrame())
     }
 
     public func takeEvents() -> [ReliableEvent] {
@@ -657,10 +691,7 @@ public final class ReliableConnection {
             if rtoDeadline == nil { rtoDeadline = now + currentRTO }
         }
         if sent > 0 { armProbe(now: now) }
-        if ackNeeded {
-            ackNeeded = false
-            outbox.append(ackFrame())
-        }
+        acknowledgeIfDue(now: now, sendingData: sent > 0)
     }
 
     /// Retransmissions first; then new fragments, one per stream in turn (a long message on one

@@ -132,6 +132,9 @@ public final class TransportNode: @unchecked Sendable {
     /// A pipe whose read end is readable exactly while something is ready (one byte in it).
     private var ready: [Int32] = [-1, -1]
     private var readySignalled = false
+    /// The application asked for the descriptor: only then is it kept up to date (a write and a
+    /// read on it per message would otherwise cost every blocking receiver two system calls).
+    private var readinessWanted = false
     private var listener = pthread_t()
     private var listenerStarted = false
     /// What this context announced in the DHT.
@@ -491,6 +494,15 @@ public final class TransportNode: @unchecked Sendable {
             guard running, let peer = peers[id], peer.connection.isClosedByPeer, salvaged.insert(id).inserted else { return nil }
             return peer
         }) {
+            // Storing waits for the network, so it runs on a thread of its own, unless there is
+            // nothing to store (the usual clean close): then the connection ends here.
+            if closed.connection.isFullyAcknowledged {
+                let left = closed.connection.abandon()
+                if left.isEmpty { return }
+                // A send that came in between: stored as below.
+                _ = spawn { [self] in offlineOrder.locked { salvage(left, of: id, to: closed.name) } }
+                return
+            }
             _ = spawn { [self] in offlineOrder.locked { salvage(closed.connection.abandon(), of: id, to: closed.name) } }
             return
         }
@@ -578,7 +590,8 @@ public final class TransportNode: @unchecked Sendable {
         if let statistics = peer.connection.statistics {
             log("connection \(id) to \(peer.name) closing: \(statistics.packetsSent) packets sent, "
                 + "\(statistics.retransmissions) retransmitted, \(statistics.timeouts) RTOs, \(statistics.probes) probes; "
-                + "\(statistics.packetsReceived) received, \(statistics.duplicates) duplicates, \(statistics.messagesDelivered) messages delivered")
+                + "\(statistics.packetsReceived) received, \(statistics.duplicates) duplicates, \(statistics.messagesDelivered) messages delivered, "
+                + "\(statistics.acknowledgementsSent) ACKs sent")
         }
         peer.connection.disconnect(linger: linger)
         peer.agent.close()
@@ -624,8 +637,13 @@ public final class TransportNode: @unchecked Sendable {
         return count
     }
 
-    /// Readable while `accept` or `receive` on some connection would not block (level-triggered).
-    public var readinessDescriptor: Int32 { ready[0] }
+    /// Readable while `accept` or `receive` on some connection would not block (level-triggered;
+    /// kept up to date from the first time it is asked for).
+    public var readinessDescriptor: Int32 {
+        monitor.locked { readinessWanted = true }
+        updateReadiness()
+        return ready[0]
+    }
 
     /// Ids of the live connections.
     public var connectionIDs: [Int32] { monitor.locked { peers.keys.sorted() } }
@@ -740,6 +758,7 @@ public final class TransportNode: @unchecked Sendable {
     /// Sets or clears the eventfd so that it is readable exactly while something is ready.
     private func updateReadiness() {
         monitor.locked {
+            guard readinessWanted else { return }
             let isReady = !acceptQueue.isEmpty || peers.values.contains { $0.connection.isReadable } || inbox?.hasPending == true
             var byte: UInt8 = 1
             if isReady && !readySignalled {

@@ -45,6 +45,33 @@ import Testing
         #expect(bob.nextSignal(timeout: 300) == nil)  // one copy, however many holders forwarded it
     }
 
+    /// A process of an identity ends and another starts at a new address within the same second:
+    /// its entry (same last_seen) replaces the old one at once, signed a second later.
+    @Test func anEntryAnnouncedAgainWithinTheSameSecondReplacesTheOldAddress() throws {
+        var configuration = DHTServiceConfiguration()
+        configuration.bindHost = "127.0.0.1"
+        configuration.node.difficulty = 8
+        var services: [DHTService] = []
+        defer { for service in services { service.stop() } }
+        for _ in 0..<6 {
+            configuration.dataDirectory = Self.temporaryDirectory()
+            services.append(try DHTService(configuration: configuration))
+        }
+        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
+        for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
+        let identity = try Identity(generating: try IdentityName("carol"))
+        // Both in one second: wait for the start of a second first.
+        while unixMilliseconds() % 1000 > 200 { usleep(20_000) }
+        let first = try #require(try services[1].announce(identity, ip: "127.0.0.1", port: 5000))
+        let second = try #require(try services[2].announce(identity, ip: "127.0.0.1", port: 6000))
+        #expect(first.notNewer == 0 && first.stored >= 4)
+        #expect(second.notNewer == 0 && second.stored >= 4)  // after the re-signing, every holder took it
+        for service in services.dropFirst(3) {
+            let found = try #require(service.find(identity.name, timeout: 5000))
+            #expect(found.port == 6000)
+        }
+    }
+
     /// Services handed one loop run their nodes on its thread (a transport context's one I/O
     /// thread), find each other through it, and refuse to wait for the network on it.
     @Test func servicesSharingALoopRunOnItsThread() throws {

@@ -226,6 +226,45 @@ final class SimulatedPath {
         #expect(b.takeEvents() == [.message(stream: 5, bytes: [1]), .message(stream: 5, bytes: [2])])
     }
 
+    @Test func acknowledgementsWaitForASecondPacketTheDelayOrAReplyButNotAfterAGap() throws {
+        let a = ReliableConnection(now: 0), b = ReliableConnection(now: 0)
+        let decoder = FrameDecoder()
+        func acks(_ frames: [OutgoingFrame]) -> Int { frames.filter { $0.type == .ack }.count }
+        for index in 0..<6 { try a.send([UInt8(index)], stream: 0, now: 0) }
+        let data = try a.takeFrames().map { try decoder.decode($0.bytes) }
+        #expect(data.count == 6)
+        // One in-order packet: no ACK yet, but a deadline 1 ms later that brings it.
+        b.receive(data[0].header, payload: data[0].payload, now: 10)
+        #expect(acks(b.takeFrames()) == 0)
+        #expect(b.nextDeadline == 11)
+        b.handleTimeout(now: 11)
+        #expect(acks(b.takeFrames()) == 1)
+        // Two in order: one ACK for both.
+        b.receive(data[1].header, payload: data[1].payload, now: 12)
+        b.receive(data[2].header, payload: data[2].payload, now: 12)
+        #expect(acks(b.takeFrames()) == 1)
+        // A gap (packet 3 missing): acknowledged at once, with its range, for the sender's loss detection.
+        b.receive(data[4].header, payload: data[4].payload, now: 13)
+        #expect(acks(b.takeFrames()) == 1)
+        // A duplicate (the ACK was lost): at once too.
+        b.receive(data[4].header, payload: data[4].payload, now: 14)
+        #expect(acks(b.takeFrames()) == 1)
+        #expect(b.statistics.acknowledgementsSent == 4 && b.statistics.duplicates == 1)
+        // In order again (3 fills the gap; 5 follows): the next in-order packet waits, and goes
+        // with the DATA this side sends.
+        b.receive(data[3].header, payload: data[3].payload, now: 15)
+        _ = b.takeFrames()
+        b.receive(data[5].header, payload: data[5].payload, now: 16)
+        #expect(acks(b.takeFrames()) == 0)
+        try b.send([9], stream: 0, now: 16)
+        let reply = b.takeFrames()
+        #expect(acks(reply) == 1 && reply.contains { $0.type == .data })
+        // The sender sees everything acknowledged.
+        for frame in try reply.map({ try decoder.decode($0.bytes) }) { a.receive(frame.header, payload: frame.payload, now: 17) }
+        #expect(a.unacknowledged.isEmpty)
+        #expect(b.takeEvents().filter { if case .message = $0 { true } else { false } }.count == 6)
+    }
+
     @Test func anIdleConnectionKeepsItsPathAliveWithPings() {
         let path = SimulatedPath()
         #expect(!path.run(limit: 300_000) { path.received[true]?.contains(.dead) == true || path.received[false]?.contains(.dead) == true })
