@@ -37,8 +37,9 @@ struct Mailboxes {
         var isEmpty: Bool { record == nil && messages.isEmpty && deleted.isEmpty }
     }
 
-    /// Deleted ids kept per inbox.
+    /// Deleted ids kept per inbox; each counts this many bytes against `maximumBytes`.
     static let maximumDeleted = 4096
+    static let deletedIDCost = 32
 
     var perSender: Int
     var perInbox: Int
@@ -127,7 +128,11 @@ struct Mailboxes {
             return true
         }
         let until = now / 1000 + Offline.maximumLifetime + Offline.skew
-        for id in deletion.ids where inbox.deleted.count < Self.maximumDeleted { inbox.deleted[id] = until }
+        for id in deletion.ids where inbox.deleted[id] == nil && inbox.deleted.count < Self.maximumDeleted
+            && bytes + Self.deletedIDCost <= maximumBytes {
+            inbox.deleted[id] = until
+            bytes += Self.deletedIDCost
+        }
         inboxes[key] = inbox
         return before - inbox.messages.count
     }
@@ -166,7 +171,9 @@ struct Mailboxes {
                 bytes -= message.wire.count
                 return true
             }
-            inbox.deleted = inbox.deleted.filter { $0.value > seconds }
+            let kept = inbox.deleted.filter { $0.value > seconds }
+            bytes -= (inbox.deleted.count - kept.count) * Self.deletedIDCost
+            inbox.deleted = kept
             if let record = inbox.record, record.created + Offline.maximumLifetime + Offline.skew < seconds {
                 bytes -= inbox.recordWire?.count ?? 0
                 inbox.record = nil

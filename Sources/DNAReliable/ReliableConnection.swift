@@ -214,7 +214,7 @@ public final class ReliableConnection {
         /// RTO expiries and tail loss probes sent.
         public var timeouts = 0
         public var probes = 0
-        /// ACK frames sent (at most one per `takeFrames` after data arrived).
+        /// ACK frames sent (delayed: see `ReliableConfiguration.acknowledgeEvery`).
         public var acknowledgementsSent = 0
     }
 
