@@ -83,10 +83,11 @@ enum TransportSettings {
             configuration.port = port
         }
         if let c {
-            guard c.connect_timeout_ms >= 0, c.send_timeout_ms >= 0, c.idle_timeout_ms >= 0 else {
+            guard c.connect_timeout_ms >= 0, c.send_timeout_ms >= 0, c.idle_timeout_ms >= 0, c.resume_window_ms >= 0 else {
                 throw InvalidArgument("a timeout is negative")
             }
             configuration.idleTimeout = UInt64(c.idle_timeout_ms)
+            if c.resume_window_ms > 0 { configuration.resumeWindow = UInt64(c.resume_window_ms) }
             if c.connect_timeout_ms > 0 { configuration.connectTimeout = Int(c.connect_timeout_ms) }
             if c.send_timeout_ms > 0 { configuration.sendTimeout = Int(c.send_timeout_ms) }
             if c.max_message_size > 0 {

@@ -142,6 +142,10 @@ int main(void) {
     CHECK(transport_init_with_config("carol", &config) == NULL);
     CHECK_EQ_INT(dna_last_error(), DNA_ERR_INVALID_ARGUMENT);
     config.connect_timeout_ms = 0;
+    config.resume_window_ms = -5;
+    CHECK(transport_init_with_config("carol", &config) == NULL);
+    CHECK_EQ_INT(dna_last_error(), DNA_ERR_INVALID_ARGUMENT);
+    config.resume_window_ms = 0;
     config.turn_server = "127.0.0.1:3478";
     CHECK(transport_init_with_config("carol", &config) == NULL);  /* no username/password */
     CHECK_EQ_INT(dna_last_error(), DNA_ERR_INVALID_ARGUMENT);

@@ -70,6 +70,10 @@ typedef struct {
     int          idle_timeout_ms;    /* 0: never; a connection that carried no message either way for this
                                         long is closed cleanly (both sides' transport_receive then report
                                         DNA_ERR_CLOSED) */
+    int          resume_window_ms;   /* 0: 60000; how long a connection whose peer went silent waits
+                                        for a new path (messages wait meanwhile); after it the connection
+                                        ends (transport_receive: DNA_ERR_CLOSED) and what the peer did
+                                        not acknowledge goes to its inbox (offline delivery) */
 } transport_config_t;
 
 #define TRANSPORT_DEFAULT_MAX_MESSAGE (16u * 1024u * 1024u)

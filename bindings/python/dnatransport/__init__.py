@@ -652,10 +652,11 @@ class Transport(_Handle):
 
     def __init__(self, identity, data_dir=None, bootstrap=None, stun_server=None, turn_server=None,
                  turn_username=None, turn_password=None, bind_ip=None, port=0, connect_timeout_ms=0,
-                 send_timeout_ms=0, max_message_size=0, idle_timeout_ms=0):
+                 send_timeout_ms=0, max_message_size=0, idle_timeout_ms=0, resume_window_ms=0):
         explicit = (data_dir, bootstrap, stun_server, turn_server, turn_username, turn_password, bind_ip)
         if all(value is None for value in explicit) and not (port or connect_timeout_ms or send_timeout_ms
-                                                              or max_message_size or idle_timeout_ms):
+                                                              or max_message_size or idle_timeout_ms
+                                                              or resume_window_ms):
             self._handle = lib.transport_init(_name_arg(identity))
         else:
             def text(value):
@@ -667,7 +668,7 @@ class Transport(_Handle):
             config = _native.TransportConfigC(_path_arg(data_dir), nodes, text(stun_server), text(turn_server),
                                               text(turn_username), text(turn_password), text(bind_ip), int(port),
                                               int(connect_timeout_ms), int(send_timeout_ms), int(max_message_size),
-                                              int(idle_timeout_ms))
+                                              int(idle_timeout_ms), int(resume_window_ms))
             self._handle = lib.transport_init_with_config(_name_arg(identity), ctypes.byref(config))
         if not self._handle:
             raise DNAError(lib.dna_last_error(), "Transport")

@@ -83,7 +83,8 @@ class TransportConfigC(Structure):
     _fields_ = [("data_dir", c_char_p), ("bootstrap_nodes", POINTER(c_char_p)), ("stun_server", c_char_p),
                 ("turn_server", c_char_p), ("turn_username", c_char_p), ("turn_password", c_char_p),
                 ("bind_ip", c_char_p), ("port", c_uint16), ("connect_timeout_ms", c_int),
-                ("send_timeout_ms", c_int), ("max_message_size", c_size_t), ("idle_timeout_ms", c_int)]
+                ("send_timeout_ms", c_int), ("max_message_size", c_size_t), ("idle_timeout_ms", c_int),
+                ("resume_window_ms", c_int)]
 
 
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)

@@ -312,3 +312,61 @@ def test_idle_connections_close(network):
         with pytest.raises(dna.DNAError) as caught:
             transport.receive(connection, timeout_ms=5000)
         assert caught.value.code == dna.ErrorCode.CLOSED
+
+
+def test_a_silent_peer_ends_after_the_resume_window_and_its_messages_wait_in_its_inbox(network, tmp_path):
+    """bob (a child process) is killed: alice notices within seconds (pings after silent RTOs), tries
+    new paths for her resume_window_ms (1 s here, 60 s by default), then the connection ends and the
+    message bob never acknowledged waits in his inbox, where he finds it when he comes back."""
+    alice = network("alice", resume_window_ms=1000)
+    script = (
+        "import sys, dnatransport as dna\n"
+        "t = dna.Transport('bob')\n"
+        "print('ready', flush=True)\n"
+        "c, _ = t.accept(timeout_ms=20000)\n"
+        "print(t.receive(c, timeout_ms=10000).decode(), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    env = dict(os.environ, DNA_HOME=str(tmp_path / "bob"), DNA_BOOTSTRAP=",".join(network.bootstrap),
+               DNA_BIND="127.0.0.1")
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        conn = alice.connect("bob")
+        alice.send(conn, b"live")
+        assert child.stdout.readline().strip() == "live"
+        time.sleep(0.1)  # its acknowledgement (delayed at most 1 ms) reaches alice
+        child.kill()
+        child.wait(10)
+        started = time.monotonic()
+        alice.send(conn, b"never acknowledged")
+        with pytest.raises(dna.DNAError) as caught:
+            alice.receive(conn, timeout_ms=30000)
+        assert caught.value.code == dna.ErrorCode.CLOSED
+        ended = time.monotonic() - started
+        # About 4 s to notice, 1 s of window, the store: far from the default window's 60 s.
+        assert ended < 20, f"the connection ended {ended:.1f} s after the peer vanished"
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    bob = network("bob")  # back, from the same directory
+    # The store follows the end (transport_receive reports it first): bob asks until it is there.
+    deadline, got = time.monotonic() + 20, None
+    while got is None and time.monotonic() < deadline:
+        bob.fetch_offline()
+        try:
+            got = bob.receive_offline(timeout_ms=500)
+        except dna.DNAError as error:
+            assert error.code == dna.ErrorCode.TIMEOUT
+    assert got is not None and got[:2] == ("alice", b"never acknowledged")
+    with pytest.raises(dna.DNAError) as caught:
+        bob.receive_offline(timeout_ms=1000)
+    assert caught.value.code == dna.ErrorCode.TIMEOUT
+
+
+def test_a_negative_resume_window_is_refused(network):
+    with pytest.raises(dna.DNAError) as caught:
+        network("alice", resume_window_ms=-1)
+    assert caught.value.code == dna.ErrorCode.INVALID_ARGUMENT
