@@ -175,7 +175,7 @@ public final class DHTService: @unchecked Sendable {
                 g_source_destroy(watch)
                 g_source_unref(watch)
             }
-            try? Files.writeAtomically(file, node.savedState(now: unixMilliseconds()).bytes)
+            Self.states.write(Self.states.snapshot(node, file: file))
         }
         if loop.sync({ () -> Bool in
             detach()
@@ -216,8 +216,62 @@ public final class DHTService: @unchecked Sendable {
     }
 
     private func save() {
-        let state = node.savedState(now: unixMilliseconds())
-        try? Files.writeAtomically(dataDirectory + "/dht/state", state.bytes)
+        Self.states.write(Self.states.snapshot(node, file: dataDirectory + "/dht/state"))
+    }
+
+    /// The periodic save: the state is taken on the loop thread, and written (with an fsync, which
+    /// can take long on a busy disk) on a short-lived thread, so that the loop never waits for it.
+    private func saveInBackground() {
+        let snapshot = Self.states.snapshot(node, file: dataDirectory + "/dht/state")
+        let write = Unmanaged.passRetained(Work { Self.states.write(snapshot) })
+        var thread = pthread_t()
+        let started = pthread_create(&thread, nil, { argument in
+            guard let argument else { return nil }
+            Unmanaged<Work>.fromOpaque(argument).takeRetainedValue().run()
+            return nil
+        }, write.toOpaque())
+        if started == 0 {
+            pthread_detach(thread)
+        } else {
+            write.takeRetainedValue().run()  // no thread: written here
+        }
+    }
+
+    /// Writes of state files, one at a time; a snapshot older than the one last written to its
+    /// file is dropped (a background write must not overwrite the final save at stop).
+    private static let states = StateWriter()
+
+    private struct Snapshot: Sendable {
+        var file: String
+        var bytes: [UInt8]
+        var sequence: UInt64
+    }
+
+    private final class StateWriter: @unchecked Sendable {
+        private let monitor = Monitor()
+        private var taken: UInt64 = 0
+        private var written: [String: UInt64] = [:]
+
+        func snapshot(_ node: DHTNode, file: String) -> Snapshot {
+            let bytes = node.savedState(now: unixMilliseconds()).bytes
+            return monitor.locked {
+                taken += 1
+                return Snapshot(file: file, bytes: bytes, sequence: taken)
+            }
+        }
+
+        func write(_ snapshot: Snapshot) {
+            monitor.locked {
+                guard (written[snapshot.file] ?? 0) < snapshot.sequence else { return }
+                written[snapshot.file] = snapshot.sequence
+                try? Files.writeAtomically(snapshot.file, snapshot.bytes)
+            }
+        }
+    }
+
+    private final class Work {
+        let run: () -> Void
+        init(_ run: @escaping () -> Void) { self.run = run }
     }
 
     // MARK: Calls from any thread
@@ -522,7 +576,7 @@ public final class DHTService: @unchecked Sendable {
         if current >= nextAnnounce { reannounce(node, now: current) }
         if current >= lastSave + configuration.node.refreshInterval {
             lastSave = current
-            save()
+            saveInBackground()
         }
         for (to, datagram) in node.takeDatagrams() { socket.send(datagram, to: to) }
         let events = node.takeEvents()

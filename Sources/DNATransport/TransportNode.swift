@@ -516,7 +516,7 @@ public final class TransportNode: @unchecked Sendable {
         }
         if !started {
             peer.connection.abandon()
-            monitor.locked { resuming.remove(id) }
+            _ = monitor.locked { resuming.remove(id) }
         }
     }
 

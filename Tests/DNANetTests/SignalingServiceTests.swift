@@ -72,6 +72,35 @@ import Testing
         }
     }
 
+    /// The routing table is saved at each refresh while the node runs (written off the loop thread),
+    /// not only when it stops.
+    @Test func theStateIsSavedAtEachRefreshWhileRunning() throws {
+        var configuration = DHTServiceConfiguration()
+        configuration.bindHost = "127.0.0.1"
+        configuration.node.difficulty = 8
+        configuration.node.refreshInterval = 300
+        var services: [DHTService] = []
+        defer { for service in services { service.stop() } }
+        for _ in 0..<2 {
+            configuration.dataDirectory = Self.temporaryDirectory()
+            services.append(try DHTService(configuration: configuration))
+        }
+        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
+        #expect(services[1].bootstrap([seed]) == true)
+        func saved() -> DHTNode.SavedState? {
+            let fd = open(services[1].dataDirectory + "/dht/state", O_RDONLY)
+            guard fd >= 0 else { return nil }
+            defer { close(fd) }
+            var bytes = [UInt8](repeating: 0, count: 1 << 16)
+            let count = read(fd, &bytes, bytes.count)
+            guard count > 0 else { return nil }
+            return try? DHTNode.SavedState(bytes: Array(bytes.prefix(count)))
+        }
+        let deadline = unixMilliseconds() + 5000
+        while (saved()?.contacts.count ?? 0) < 1, unixMilliseconds() < deadline { usleep(50_000) }
+        #expect((saved()?.contacts.count ?? 0) >= 1)
+    }
+
     /// Services handed one loop run their nodes on its thread (a transport context's one I/O
     /// thread), find each other through it, and refuse to wait for the network on it.
     @Test func servicesSharingALoopRunOnItsThread() throws {
