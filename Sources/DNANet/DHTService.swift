@@ -166,24 +166,9 @@ public final class DHTService: @unchecked Sendable {
     deinit {
         // Normally stopped already. Otherwise the same, without `self` (it may not be retained
         // while it deinitializes): the alarm calls back through a weak reference, and a watch
-        // callback running now ends before the detach below runs on the loop.
+        // callback running now ends before the detach runs on the loop.
         guard monitor.locked({ running }) else { return }
-        let alarm = self.alarm, watch = self.watch, node = self.node, file = dataDirectory + "/dht/state"
-        let detach = {
-            alarm?.cancel()
-            if let watch {
-                g_source_destroy(watch)
-                g_source_unref(watch)
-            }
-            Self.states.write(Self.states.snapshot(node, file: file))
-        }
-        if loop.sync({ () -> Bool in
-            detach()
-            return true
-        }) == nil {
-            detach()
-        }
-        if ownsLoop { loop.stop() }
+        Self.detach(alarm: alarm, watch: watch, node: node, file: dataDirectory + "/dht/state", loop: loop, ownsLoop: ownsLoop)
     }
 
     /// Saves the state and takes the node off the loop (stopping the loop when it is the service's
@@ -195,28 +180,30 @@ public final class DHTService: @unchecked Sendable {
         }
         monitor.broadcast()
         guard wasRunning else { return }
-        let detach = {
-            self.alarm?.cancel()
-            self.alarm = nil
-            if let watch = self.watch {
-                g_source_destroy(watch)
-                g_source_unref(watch)
-                self.watch = nil
-            }
-            self.save()
-        }
-        // Once the loop stopped (its owner went first) nothing runs there: detach here.
-        if loop.sync({ () -> Bool in
-            detach()
-            return true
-        }) == nil {
-            detach()
-        }
-        if ownsLoop { loop.stop() }
+        Self.detach(alarm: alarm, watch: watch, node: node, file: dataDirectory + "/dht/state", loop: loop, ownsLoop: ownsLoop)
     }
 
-    private func save() {
-        Self.states.write(Self.states.snapshot(node, file: dataDirectory + "/dht/state"))
+    /// Cancels the alarm, destroys the socket's watch and saves the state, on the loop (or here
+    /// once the loop stopped: its owner went first, and nothing runs there), then stops the loop
+    /// when it is the service's own. Nothing runs on the node afterwards: every entry point checks
+    /// `running`, which the caller cleared or found cleared.
+    private static func detach(alarm: LoopAlarm?, watch: UnsafeMutablePointer<GSource>?, node: DHTNode, file: String,
+                               loop: GLibLoop, ownsLoop: Bool) {
+        let work = {
+            alarm?.cancel()
+            if let watch {
+                g_source_destroy(watch)
+                g_source_unref(watch)
+            }
+            states.write(states.snapshot(node, file: file))
+        }
+        if loop.sync({ () -> Bool in
+            work()
+            return true
+        }) == nil {
+            work()
+        }
+        if ownsLoop { loop.stop() }
     }
 
     /// The periodic save: the state is taken on the loop thread, and written (with an fsync, which
@@ -462,9 +449,7 @@ public final class DHTService: @unchecked Sendable {
 
     /// Stores an inbox item on the nodes closest to `key`; returns how many stored it (or held it).
     public func putMail(_ item: [UInt8], key: NodeID) -> Int? {
-        guard let holders = closest(to: key),
-              let round = mailRound(holders.map { ($0, .put(item)) }, local: .put(item), key: key, holders: holders) else { return nil }
-        return round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count
+        putMail([item], key: key)?.first
     }
 
     /// Stores several inbox items for one `key`, in order, after one lookup; a holder that did not

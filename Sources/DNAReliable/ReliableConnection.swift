@@ -48,8 +48,8 @@ public struct ReliableConfiguration: Sendable {
     /// Bytes the sender accepts before `send` says `.full` (backpressure).
     public var maximumQueuedBytes = 32 * 1024 * 1024
     public var initialWindowPackets = 10
-    /// RFC 6298 bounds, with a floor of 50 ms instead of 1 s (RFC 9002's PTO has none; the receiver
-    /// acknowledges at once, with no delayed-ACK timer to wait out): on a LAN or in the lab, under 10%
+    /// RFC 6298 bounds, with a floor of 50 ms instead of 1 s (RFC 9002's PTO has none; the receiver's
+    /// delayed ACK waits at most `acknowledgementDelay`, 1 ms): on a LAN or in the lab, under 10%
     /// loss, 200 ms made RTOs take most of the time (2,000 messages: 19.4 s at 200 ms, 8.5 s at 50 ms).
     public var minimumRTO: UInt64 = 50
     public var maximumRTO: UInt64 = 60_000
@@ -179,11 +179,12 @@ public final class ReliableConnection {
     private var incoming: [UInt32: Incoming] = [:]
     private var cumulative: UInt64 = 0       // every packet below it was received
     private var above = Set<UInt64>()        // received packets above cumulative
-    private var ackNeeded = false
-    /// Packets received since the last ACK; when the ACK is due at the latest; whether it is due now.
+    /// Packets received since the last ACK; when the ACK is due at the latest; whether it is due now
+    /// (also set without a packet: a presence, a new path).
     private var arrivalsUnacknowledged = 0
     private var ackDeadline: UInt64?
     private var ackNow = false
+    private var ackNeeded: Bool { arrivalsUnacknowledged > 0 || ackNow }
     public private(set) var bufferedBytes = 0
 
     // MARK: Liveness
@@ -271,7 +272,6 @@ public final class ReliableConnection {
         lastReceived = now
         loseEverythingInFlight(now: now)
         backoff = 1
-        ackNeeded = true
         ackNow = true
         pump(now: now)
     }
@@ -317,7 +317,6 @@ public final class ReliableConnection {
         case .presence:
             guard payload.count == 1, let status = PresenceStatus(rawValue: payload[payload.startIndex]) else { return drop() }
             events.append(.presence(status))
-            ackNeeded = true
             ackNow = true
         default:
             drop()
@@ -341,7 +340,6 @@ public final class ReliableConnection {
         guard length <= configuration.maximumMessageSize, fragment < count,
               data.count == min(size, length - fragment * size) else { return drop() }
         guard packet <= leastUnacked &+ 1_000_000, leastUnacked <= packet else { return drop() }
-        ackNeeded = true
         // The sender no longer waits for packets below leastUnacked (it resent their data in new
         // packets or had them acknowledged): forget them, so that this state stays bounded.
         if leastUnacked > cumulative {
@@ -630,7 +628,6 @@ public final class ReliableConnection {
         guard ackNeeded else { return }
         guard ackNow || sendingData || arrivalsUnacknowledged >= configuration.acknowledgeEvery
                 || now >= (ackDeadline ?? now) else { return }
-        ackNeeded = false
         ackNow = false
         arrivalsUnacknowledged = 0
         ackDeadline = nil

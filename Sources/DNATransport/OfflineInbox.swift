@@ -124,15 +124,10 @@ final class OfflineInbox: @unchecked Sendable {
         return delivery
     }
 
-    /// Seals `message` for `peer`'s inbox and stores it on the holders. The inbox's key record must
-    /// be in the DHT (its owner published it when online), signed by the key of the owner's live
-    /// entry when there is one.
-    func send(_ message: [UInt8], to peer: IdentityName) throws(TransportNode.Failure) {
-        if let failure = try send([message], to: peer).first ?? nil { throw failure }
-    }
-
-    /// `send` for several messages to one peer, in order, with one lookup of its inbox: the outcome of
-    /// each (nil: stored). Throws what fails them all (no inbox, closing).
+    /// Seals each message for `peer`'s inbox and stores them on the holders, in order, after one
+    /// lookup of the inbox: the outcome of each (nil: stored). Throws what fails them all (no inbox,
+    /// closing). The inbox's key record must be in the DHT (its owner published it when online),
+    /// signed by the key of the owner's live entry when there is one.
     func send(_ messages: [[UInt8]], to peer: IdentityName) throws(TransportNode.Failure) -> [TransportNode.Failure?] {
         guard let peerKey = NodeID(bytes: Offline.inboxKey(peer)) else { throw .invalid("inbox key") }
         guard let items = dht.firstMailPage(key: peerKey) else { throw .closed }

@@ -496,14 +496,9 @@ public final class TransportNode: @unchecked Sendable {
         }) {
             // Storing waits for the network, so it runs on a thread of its own, unless there is
             // nothing to store (the usual clean close): then the connection ends here.
-            if closed.connection.isFullyAcknowledged {
-                let left = closed.connection.abandon()
-                if left.isEmpty { return }
-                // A send that came in between: stored as below.
-                _ = spawn { [self] in offlineOrder.locked { salvage(left, of: id, to: closed.name) } }
-                return
-            }
-            _ = spawn { [self] in offlineOrder.locked { salvage(closed.connection.abandon(), of: id, to: closed.name) } }
+            let left = closed.connection.isFullyAcknowledged ? closed.connection.abandon() : nil
+            if left?.isEmpty == true { return }
+            _ = spawn { [self] in offlineOrder.locked { salvage(left ?? closed.connection.abandon(), of: id, to: closed.name) } }
             return
         }
         guard let peer = monitor.locked({ () -> Peer? in

@@ -43,13 +43,7 @@ import Testing
         configuration.k = 5
         configuration.refreshInterval = 60_000
         configuration.mailRepublishInterval = 120_000
-        let network = SimulatedNetwork(seed: 21, configuration: configuration)
-        let first = network.addNode(bootstrap: [])
-        for _ in 1..<30 {
-            network.addNode(bootstrap: [first])
-            network.run(for: 100)
-        }
-        network.run(for: 5_000)
+        let network = SimulationTests.network(30, seed: 21, configuration: configuration)
         let record = try InboxKeyRecord(identity: Self.bob, keys: try InboxKeys(identity: Self.bob), created: network.now / 1000)
         let key = try #require(NodeID(bytes: record.inboxKey))
         let message = try OfflineMessage(sealing: Array("hello".utf8), from: Self.alice, to: record, now: network.now / 1000).bytes
@@ -72,10 +66,7 @@ import Testing
             #expect(node.localMail(.put(message), key: key, closest: [], now: network.now) == .status(.stored))
         }
         // 60 nodes join; some of them are now among the 5 closest, and hold nothing yet.
-        for _ in 0..<60 {
-            network.addNode(bootstrap: [first])
-            network.run(for: 100)
-        }
+        network.grow(by: 60, through: network.order[0])
         let newcomers = closest(5).filter { !holders.contains($0) }
         #expect(!newcomers.isEmpty)
         #expect(newcomers.allSatisfy { held($0) == 0 })

@@ -92,13 +92,7 @@ import Testing
     @Test func withoutKeepalivesTheNatForgetsTheOwnerAndTheSignalIsLost() {
         var configuration = SimulationTests.configuration()
         configuration.keepaliveInterval = 3_600_000
-        let network = SimulatedNetwork(seed: 52, configuration: configuration)
-        let first = network.addNode(bootstrap: [])
-        for _ in 1..<120 {
-            network.addNode(bootstrap: [first])
-            network.run(for: 100)
-        }
-        network.run(for: 10_000)
+        let network = SimulationTests.network(120, seed: 52, configuration: configuration)
         let owner = network.order[100], signaller = network.order[110]
         network.natted = [owner]
         let identity = Announced.identities[40]

@@ -55,6 +55,14 @@ final class SimulatedNetwork {
         return endpoint
     }
 
+    /// Adds `count` nodes one after the other, each joining through `bootstrap`.
+    func grow(by count: Int, through bootstrap: Endpoint) {
+        for _ in 0..<count {
+            addNode(bootstrap: [bootstrap])
+            run(for: 100)
+        }
+    }
+
     func node(_ endpoint: Endpoint) -> DHTNode? { nodes[endpoint] }
 
     /// Sends what the node queued and schedules its next timer.

@@ -42,13 +42,10 @@ struct LookupStats: CustomStringConvertible {
     }
 
     /// Builds a network of `count` nodes that join one after the other through node 0.
-    static func network(_ count: Int, seed: UInt64) -> SimulatedNetwork {
-        let network = SimulatedNetwork(seed: seed, configuration: configuration())
+    static func network(_ count: Int, seed: UInt64, configuration: DHTConfiguration = configuration()) -> SimulatedNetwork {
+        let network = SimulatedNetwork(seed: seed, configuration: configuration)
         let first = network.addNode(bootstrap: [])
-        for _ in 1..<count {
-            network.addNode(bootstrap: [first])
-            network.run(for: 100)
-        }
+        network.grow(by: count - 1, through: first)
         network.run(for: 10_000)
         return network
     }

@@ -12,18 +12,32 @@ import Testing
         return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
     }
 
-    @Test func aSignalAndItsAnswerCrossTheDHT() throws {
+    /// `count` services on loopback (difficulty 8, each in a new directory; on `loop` when given),
+    /// the others bootstrapped through the first. The caller stops them.
+    static func services(_ count: Int, loop: GLibLoop? = nil,
+                         adjust: (inout DHTServiceConfiguration) -> Void = { _ in }) throws -> [DHTService] {
         var configuration = DHTServiceConfiguration()
         configuration.bindHost = "127.0.0.1"
         configuration.node.difficulty = 8
+        adjust(&configuration)
         var services: [DHTService] = []
-        defer { for service in services { service.stop() } }
-        for _ in 0..<12 {
-            configuration.dataDirectory = Self.temporaryDirectory()
-            services.append(try DHTService(configuration: configuration))
+        do {
+            for _ in 0..<count {
+                configuration.dataDirectory = temporaryDirectory()
+                services.append(try DHTService(configuration: configuration, loop: loop))
+            }
+        } catch {
+            for service in services { service.stop() }
+            throw error
         }
         let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
         for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
+        return services
+    }
+
+    @Test func aSignalAndItsAnswerCrossTheDHT() throws {
+        let services = try Self.services(12)
+        defer { for service in services { service.stop() } }
         let bob = services[5], alice = services[9]
         let name = try IdentityName("bob")
         let identity = try Identity(generating: name)
@@ -48,17 +62,8 @@ import Testing
     /// A process of an identity ends and another starts at a new address within the same second:
     /// its entry (same last_seen) replaces the old one at once, signed a second later.
     @Test func anEntryAnnouncedAgainWithinTheSameSecondReplacesTheOldAddress() throws {
-        var configuration = DHTServiceConfiguration()
-        configuration.bindHost = "127.0.0.1"
-        configuration.node.difficulty = 8
-        var services: [DHTService] = []
+        let services = try Self.services(6)
         defer { for service in services { service.stop() } }
-        for _ in 0..<6 {
-            configuration.dataDirectory = Self.temporaryDirectory()
-            services.append(try DHTService(configuration: configuration))
-        }
-        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
-        for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
         let identity = try Identity(generating: try IdentityName("carol"))
         // Both in one second: wait for the start of a second first.
         while unixMilliseconds() % 1000 > 200 { usleep(20_000) }
@@ -75,18 +80,8 @@ import Testing
     /// The routing table is saved at each refresh while the node runs (written off the loop thread),
     /// not only when it stops.
     @Test func theStateIsSavedAtEachRefreshWhileRunning() throws {
-        var configuration = DHTServiceConfiguration()
-        configuration.bindHost = "127.0.0.1"
-        configuration.node.difficulty = 8
-        configuration.node.refreshInterval = 300
-        var services: [DHTService] = []
+        let services = try Self.services(2) { $0.node.refreshInterval = 300 }
         defer { for service in services { service.stop() } }
-        for _ in 0..<2 {
-            configuration.dataDirectory = Self.temporaryDirectory()
-            services.append(try DHTService(configuration: configuration))
-        }
-        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
-        #expect(services[1].bootstrap([seed]) == true)
         func saved() -> DHTNode.SavedState? {
             let fd = open(services[1].dataDirectory + "/dht/state", O_RDONLY)
             guard fd >= 0 else { return nil }
@@ -105,24 +100,13 @@ import Testing
     /// thread), find each other through it, and refuse to wait for the network on it.
     @Test func servicesSharingALoopRunOnItsThread() throws {
         let loop = try GLibLoop()
-        var configuration = DHTServiceConfiguration()
-        configuration.bindHost = "127.0.0.1"
-        configuration.node.difficulty = 8
-        var services: [DHTService] = []
-        defer {
-            for service in services { service.stop() }
-            loop.stop()
-        }
-        for _ in 0..<3 {
-            configuration.dataDirectory = Self.temporaryDirectory()
-            services.append(try DHTService(configuration: configuration, loop: loop))
-        }
+        defer { loop.stop() }
+        let services = try Self.services(3, loop: loop)
+        defer { for service in services { service.stop() } }
         for service in services {
             #expect(service.loop === loop)
             #expect(service.perform { _, _ in loop.isCurrent } == true)
         }
-        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
-        for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
         #expect(services[2].routingTableSize == 2)
         // A lookup from the loop thread would wait for the loop itself: it is refused at once.
         let onLoop = loop.sync { () -> Bool in services[1].closest(to: services[0].credential.id, timeout: 5000) == nil }
@@ -134,17 +118,8 @@ import Testing
     }
 
     @Test func aSignalForAnIdentityNobodyAnnouncedIsForwardedByNobody() throws {
-        var configuration = DHTServiceConfiguration()
-        configuration.bindHost = "127.0.0.1"
-        configuration.node.difficulty = 8
-        var services: [DHTService] = []
+        let services = try Self.services(4)
         defer { for service in services { service.stop() } }
-        for _ in 0..<4 {
-            configuration.dataDirectory = Self.temporaryDirectory()
-            services.append(try DHTService(configuration: configuration))
-        }
-        let seed = try #require(Endpoint(host: "127.0.0.1", port: services[0].port))
-        for service in services.dropFirst() { #expect(service.bootstrap([seed]) == true) }
         let sent = try #require(services[2].signal(try IdentityName("nobody"), payload: [1], timeout: 10_000))
         #expect(sent.holders.isEmpty)
     }

@@ -27,7 +27,14 @@ def network(tmp_path):
         made.append(transport)
         return transport
 
+    def child(name, script, **popen):
+        """A child process running `script`, whose dna.Transport(name) takes everything from the DNA_*
+        environment: this network's bootstrap node, loopback, its data in the directory `name`."""
+        env = dict(os.environ, DNA_HOME=str(tmp_path / name), DNA_BOOTSTRAP=",".join(bootstrap), DNA_BIND="127.0.0.1")
+        return subprocess.Popen([sys.executable, "-c", script], env=env, **popen)
+
     factory.bootstrap = bootstrap
+    factory.child = child
     yield factory
     for transport in made:
         transport.close()
@@ -247,7 +254,7 @@ def test_hundred_connections_and_eight_threads_sending_on_one_context(network):
         alice.disconnect(conn)
 
 
-def test_transport_init_from_environment(network, tmp_path):
+def test_transport_init_from_environment(network):
     """transport_init alone reads DNA_HOME, DNA_BOOTSTRAP and DNA_BIND (in a child process, so that
     this process's environment stays as it is)."""
     bob = network("bob")
@@ -259,9 +266,7 @@ def test_transport_init_from_environment(network, tmp_path):
         "t.disconnect(c)\n"
         "t.close()\n"
     )
-    env = dict(os.environ, DNA_HOME=str(tmp_path / "erin"), DNA_BOOTSTRAP=",".join(network.bootstrap),
-               DNA_BIND="127.0.0.1")
-    child = subprocess.Popen([sys.executable, "-c", script], env=env)
+    child = network.child("erin", script)
     incoming, peer = bob.accept(timeout_ms=20000)
     assert peer == "erin"
     assert bob.receive(incoming, timeout_ms=10000) == b"from the environment"
@@ -314,7 +319,7 @@ def test_idle_connections_close(network):
         assert caught.value.code == dna.ErrorCode.CLOSED
 
 
-def test_a_silent_peer_ends_after_the_resume_window_and_its_messages_wait_in_its_inbox(network, tmp_path):
+def test_a_silent_peer_ends_after_the_resume_window_and_its_messages_wait_in_its_inbox(network):
     """bob (a child process) is killed: alice notices within seconds (pings after silent RTOs), tries
     new paths for her resume_window_ms (1 s here, 60 s by default), then the connection ends and the
     message bob never acknowledged waits in his inbox, where he finds it when he comes back."""
@@ -327,10 +332,7 @@ def test_a_silent_peer_ends_after_the_resume_window_and_its_messages_wait_in_its
         "print(t.receive(c, timeout_ms=10000).decode(), flush=True)\n"
         "sys.stdin.read()\n"
     )
-    env = dict(os.environ, DNA_HOME=str(tmp_path / "bob"), DNA_BOOTSTRAP=",".join(network.bootstrap),
-               DNA_BIND="127.0.0.1")
-    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    child = network.child("bob", script, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "ready"
         conn = alice.connect("bob")
