@@ -32,6 +32,8 @@ enum DNAErrorCode: Int32, CaseIterable {
     case replayed = -23
     case authentication = -24
     case misdirected = -25
+    case nameTaken = -26
+    case clockSkew = -27
 
     init(_ error: FrameError) {
         switch error {
@@ -112,6 +114,8 @@ enum DNAErrorCode: Int32, CaseIterable {
         case is InvalidArgument: self = .invalidArgument
         case is NothingQueued: self = .notFound
         case is Unreachable: self = .unreachable
+        case is NameTaken: self = .nameTaken
+        case is ClockSkew: self = .clockSkew
         case is Timeout: self = .timeout
         case is Closed: self = .closed
         case is IOFailure: self = .io
@@ -150,6 +154,8 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .replayed: "replayed or duplicate message"
         case .authentication: "message does not authenticate"
         case .misdirected: "handshake meant for another key"
+        case .nameTaken: "name held in the DHT by another key"
+        case .clockSkew: "clock too far off the DHT's holders"
         }
     }
 }

@@ -30,7 +30,7 @@ public func dht_init(_ config: UnsafePointer<dht_config_t>?) -> OpaquePointer? {
             throw InvalidArgument("bind_ip is not an IPv4 or IPv6 address")
         }
         let service: DHTService
-        do { service = try DHTService(configuration: configuration) { logger.info("\($0)") } } catch {
+        do { service = try DHTService(configuration: configuration, log: logLine) } catch {
             throw IOFailure(description: "\(error)")
         }
         // Every node answers STUN Binding requests on its port, as `dnat node` does: any node can be
@@ -50,10 +50,12 @@ public func dht_bootstrap(_ context: OpaquePointer?, _ nodes: UnsafeMutablePoint
         var index = 0
         while let node = nodes[index], index < 1024 {
             guard let text = String(validatingCString: node) else { throw InvalidArgument("a node is not UTF-8") }
-            endpoints += resolve(text)
+            endpoints += resolve(text).filter { $0.isReachable(learnedFrom: nil) }
             index += 1
         }
-        guard !endpoints.isEmpty else { throw InvalidArgument("no node of the list resolves to an address") }
+        guard !endpoints.isEmpty else {
+            throw InvalidArgument("no node of the list resolves to an address a node can have (PROTOCOL.md §5.1)")
+        }
         guard let joined = service.bootstrap(endpoints) else { throw Closed() }
         guard joined else { throw Unreachable() }
     }
@@ -71,7 +73,11 @@ public func dht_announce(_ context: OpaquePointer?, _ identity: UnsafePointer<CC
         guard port != 0 else { throw InvalidArgument("port is 0") }
         let key = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
         guard let result = try service.announce(key, ip: address, port: port) else { throw Timeout() }
-        guard result.stored > 0 else { throw Unreachable() }
+        if result.nameTaken { throw NameTaken() }
+        guard result.stored > 0 else {
+            if !result.clockOffsets.isEmpty { throw ClockSkew() }
+            throw Unreachable()
+        }
     }
 }
 
@@ -107,7 +113,15 @@ public func dht_refresh(_ context: OpaquePointer?) -> Int32 {
     cCall("dht_refresh") {
         let service = try Handle<CDHT>.borrow(context, "ctx").service
         guard service.statistics != nil else { throw Closed() }
-        service.refresh()
+        service.refreshBuckets()
+        // Each owned entry is announced again and waited for: one stored nowhere is an error.
+        for result in service.reannounceOwned().values {
+            guard let result else { throw Timeout() }
+            if result.nameTaken { throw NameTaken() }
+            if result.stored > 0 { continue }
+            if !result.clockOffsets.isEmpty { throw ClockSkew() }
+            throw Unreachable()
+        }
     }
 }
 
@@ -127,7 +141,8 @@ public func dht_get_stats(_ context: OpaquePointer?, _ statsOut: UnsafeMutablePo
         out.pointee = dht_stats_t(routing_table_size: UInt64(table), stored_entries: UInt64(stored), received: UInt64(s.received),
                                   sent: UInt64(s.sent), requests_answered: UInt64(s.requestsAnswered), dropped: UInt64(s.dropped),
                                   rate_limited: UInt64(s.rateLimited), refused_entries: UInt64(s.refusedEntries),
-                                  timeouts: UInt64(s.timeouts))
+                                  timeouts: UInt64(s.timeouts), refused_contacts: UInt64(s.refusedContacts),
+                                  refused_pieces: UInt64(s.refusedPieces))
     }
 }
 
@@ -138,7 +153,17 @@ public func dht_free(_ context: OpaquePointer?) {
     object.service.stop()
 }
 
+/// A line from the DHT or the transport: "warning: ..." at warning level (the application should
+/// hear of it: an entry stored nowhere, a clock off the network's), the rest at info.
+@Sendable func logLine(_ line: String) {
+    if line.hasPrefix("warning: ") { logger.warning("\(line.dropFirst(9))") } else { logger.info("\(line)") }
+}
+
 struct Unreachable: Error {}
+/// Holders refused an announced entry: a live entry of the name has another key (§5.2).
+struct NameTaken: Error {}
+/// Holders refused an announced entry for its time, and correcting by their clocks did not help (§5.2).
+struct ClockSkew: Error {}
 struct Timeout: Error {}
 struct IOFailure: Error, CustomStringConvertible { var description: String }
 

@@ -20,6 +20,7 @@ extension DNAErrorCode {
         case .nameTooLong: self = .bufferTooSmall
         case .invalid: self = .invalidArgument
         case .io: self = .io
+        case .nameTaken: self = .nameTaken
         }
     }
 }
@@ -108,7 +109,7 @@ private func startTransport(_ function: StaticString, _ identity: UnsafePointer<
         let name = try CArg.identity(identity)
         let configuration = try TransportSettings.make(config)
         let key = try IdentityStore(dataDirectory: configuration.dataDirectory).load(name, create: true)
-        let node = try TransportNode(identity: key, configuration: configuration) { logger.info("\($0)") }
+        let node = try TransportNode(identity: key, configuration: configuration, log: logLine)
         handle = Handle<TransportNode>.make(node)
     }
     return handle

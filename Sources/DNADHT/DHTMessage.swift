@@ -31,6 +31,10 @@ public enum StoreStatus: UInt8, Sendable {
     case badToken = 3
     case invalid = 4     // signature or field rules
     case quota = 5       // the sender stored too many entries here
+    /// The entry's last_seen is outside the holder's window (expired, or more than 600 s ahead of
+    /// its clock). On the wire the holder's Unix time follows (`Body.storedOutOfTime`), so that the
+    /// announcer learns how far its clock is off (§5.2).
+    case outOfTime = 6
 }
 
 /// Answers to SIGNAL.
@@ -63,6 +67,8 @@ struct DHTMessage: Equatable {
         case value(entry: [UInt8])
         case store(token: UInt64, entry: [UInt8])
         case stored(StoreStatus)
+        /// STORED with status 6 (`StoreStatus.outOfTime`) and the holder's Unix time in ms.
+        case storedOutOfTime(holderTime: UInt64)
         /// Signaling (§5.6): to a holder of `key`, forward `payload` to the key's owner.
         case signal(token: UInt64, key: NodeID, id: UInt64, payload: [UInt8])
         case signalAck(SignalStatus)
@@ -91,7 +97,7 @@ struct DHTMessage: Equatable {
             case .findValue: 5
             case .value: 6
             case .store: 7
-            case .stored: 8
+            case .stored, .storedOutOfTime: 8
             case .signal: 9
             case .signalAck: 10
             case .forward: 11
@@ -109,7 +115,7 @@ struct DHTMessage: Equatable {
         var isRequest: Bool {
             switch self {
             case .ping, .findNode, .findValue, .store, .signal, .mailPut, .mailFetch, .mailDelete: true
-            case .pong, .nodes, .value, .stored, .signalAck, .forward, .reply, .deliver, .mailStored, .mailItems, .mailDeleted: false
+            case .pong, .nodes, .value, .stored, .storedOutOfTime, .signalAck, .forward, .reply, .deliver, .mailStored, .mailItems, .mailDeleted: false
             }
         }
 
@@ -170,6 +176,10 @@ struct DHTMessage: Equatable {
             out += [UInt8(entry.count >> 8), UInt8(entry.count & 0xFF)] + entry
         case .stored(let status):
             out.append(status.rawValue)
+            if status == .outOfTime { u64(0) }  // (the time is given with .storedOutOfTime)
+        case .storedOutOfTime(let holderTime):
+            out.append(StoreStatus.outOfTime.rawValue)
+            u64(holderTime)
         case .signal(let token, let key, let id, let payload):
             u64(token)
             out += key.bytes
@@ -277,7 +287,7 @@ struct DHTMessage: Equatable {
             body = .store(token: token, entry: Array(try take(try u16())))
         case 8:
             guard let status = StoreStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
-            body = .stored(status)
+            body = status == .outOfTime ? .storedOutOfTime(holderTime: try u64()) : .stored(status)
         case 9:
             let token = try u64(), key = try id(), signalID = try u64()
             body = .signal(token: token, key: key, id: signalID, payload: try payload())

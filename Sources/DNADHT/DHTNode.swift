@@ -53,8 +53,11 @@ public typealias LookupID = Int
 public struct LookupResult: Sendable {
     /// The closest nodes that answered, nearest first.
     public var closest: [Contact]
-    /// FIND_VALUE: the freshest verified entry any of them held.
+    /// FIND_VALUE: the freshest verified entry of the key most of them held (§5.2: a name's
+    /// first-comer keeps it; a squatter's entry for the same name is outvoted).
     public var entry: PeerEntry?
+    /// FIND_VALUE: how many other keys than `entry`'s holders answered with for the name.
+    public var conflictingKeys = 0
     /// Announce: how many of the closest nodes stored the entry.
     public var stored = 0
     /// Depth of the lookup (the longest chain of answers it followed).
@@ -68,6 +71,16 @@ public struct LookupResult: Sendable {
     /// (counted in `stored` too). Signed by the same key (another key is refused outright): this
     /// identity's own earlier announcement, or one a previous process made within the same second.
     public var notNewer = 0
+    /// Announce: how many of the closest nodes refused it because a live entry of the name has
+    /// another key (status 2: the name is taken).
+    public var taken = 0
+    /// Announce: more holders refused the entry as taken than stored it. Readers follow the key
+    /// most holders answer with (§5.2), so they would not get this one: the name is another key's.
+    /// (Holders that stored it are nodes that joined after the name's owner announced.)
+    public var nameTaken: Bool { taken > stored }
+    /// Announce: for each node that refused the entry for its time (status 6), its Unix clock minus
+    /// this node's, in ms (§5.2).
+    public var clockOffsets: [Int64] = []
 }
 
 /// A signal for a key this node owns, forwarded by one of the key's holders (§5.6).
@@ -114,6 +127,12 @@ public struct DHTStatistics: Equatable, Sendable {
     public var timeouts = 0
     /// Inbox items this holder's republishing stored on a node that did not have them (§8.3).
     public var mailRepublished = 0
+    /// Contacts refused because no node could be reached at their address (§5.1, "Contacts"):
+    /// in answers, bootstrap lists and saved state.
+    public var refusedContacts = 0
+    /// Pieces of multi-datagram messages dropped: over a source's or a network's share of the
+    /// reassembly state, or over the source's rate (§5.1, §5.5).
+    public var refusedPieces = 0
 }
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
@@ -158,7 +177,20 @@ public final class DHTNode {
     }
 
     private var pending: [UInt64: Pending] = [:]
+    /// Partial multi-datagram messages (§5.1), and how many each source and each network holds.
     private var reassembly: [Key: (started: UInt64, buffer: Reassembly)] = [:]
+    /// Unix time minus the monotonic `now`, in ms (setUnixTime).
+    private var unixOffset: Int64 = 0
+    private var partialsBySource: [Endpoint: Int] = [:]
+    private var partialsByNetwork: [[UInt8]: Int] = [:]
+    /// How long a partial message is kept, in ms (§5.1).
+    static let reassemblyLifetime: UInt64 = 5000
+    /// Partial messages kept at once: in all, per source endpoint, per network (/24 or /64) (§5.1).
+    static let reassemblyLimit = 256
+    static let reassemblyPerSource = 4
+    static let reassemblyPerNetwork = 16
+    /// Rate-limit buckets kept at once; past it, buckets idle for 2 s (full again) are dropped.
+    static let rateBucketLimit = 10_000
     private struct Key: Hashable {
         var endpoint: Endpoint
         var transaction: UInt64
@@ -257,11 +289,11 @@ public final class DHTNode {
             return nil
         }
         switch request {
-        case .put(let item): return .status(mailboxes.put(item, now: now))
+        case .put(let item): return .status(mailboxes.put(item, now: now, unix: unix(now)))
         case .fetch(let key, let skip):
-            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, now: now)
+            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, unix: unix(now))
             return .items(total: total, items: items)
-        case .delete(let deletion): return mailboxes.delete(deletion, now: now).map { .deleted($0) } ?? .status(.invalid)
+        case .delete(let deletion): return mailboxes.delete(deletion, unix: unix(now)).map { .deleted($0) } ?? .status(.invalid)
         }
     }
 
@@ -270,16 +302,16 @@ public final class DHTNode {
         case .mailPut(let presented, let item):
             guard configuration.storesMail else { return .mailStored(.notHolder) }
             guard validToken(presented, for: source) else { return .mailStored(.badToken) }
-            return .mailStored(mailboxes.put(item, now: now))
+            return .mailStored(mailboxes.put(item, now: now, unix: unix(now)))
         case .mailFetch(let presented, let key, let skip):
             guard configuration.storesMail else { return .mailStored(.notHolder) }
             guard validToken(presented, for: source) else { return .mailStored(.badToken) }
-            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, now: now)
+            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, unix: unix(now))
             return .mailItems(total: total, items: items)
         case .mailDelete(let presented, let request):
             guard configuration.storesMail else { return .mailStored(.notHolder) }
             guard validToken(presented, for: source) else { return .mailStored(.badToken) }
-            guard let count = mailboxes.delete(request, now: now) else { return .mailStored(.invalid) }
+            guard let count = mailboxes.delete(request, unix: unix(now)) else { return .mailStored(.invalid) }
             return .mailDeleted(count: count)
         default:
             return nil
@@ -313,7 +345,9 @@ public final class DHTNode {
     /// Contacts the bootstrap nodes and looks up the own id to fill the table. Retried at each
     /// refresh while the table is short.
     @discardableResult
-    public func bootstrap(_ endpoints: [Endpoint], now: UInt64) -> LookupID {
+    public func bootstrap(_ given: [Endpoint], now: UInt64) -> LookupID {
+        let endpoints = given.filter { $0.isReachable(learnedFrom: nil) }
+        statistics.refusedContacts += given.count - endpoints.count
         bootstrapNodes = endpoints
         let lookupID = nextLookupID
         nextLookupID += 1
@@ -337,15 +371,35 @@ public final class DHTNode {
 
     /// Finds the freshest valid entry stored under `key` (FIND_VALUE, asking all of the k closest).
     @discardableResult
+    /// An entry this node holds itself (not its own) counts as one holder's answer (§5.2).
     public func findValue(_ key: NodeID, now: UInt64) -> LookupID {
-        startLookup(target: key, kind: .value, now: now)
+        let held = store[key].flatMap { alive($0.entry, now: now) && !isOwn($0) ? $0.entry : nil }
+        return startLookup(target: key, kind: .value, now: now, held: held)
     }
 
     /// Stores a signed entry on the k nodes closest to its key.
     @discardableResult
     public func announce(_ entry: PeerEntry, now: UInt64) -> LookupID {
-        startLookup(target: NodeID.key(of: entry.identity), kind: .announce(entry.wireBytes), now: now)
+        let key = NodeID.key(of: entry.identity), wire = entry.wireBytes
+        // The owner's node holds its own entry as well (§5.2): it is a node like the others, often
+        // among the closest to the key, and must refuse another key for the name as they do. (A
+        // node that holds a live entry of the name with another key keeps it: this announce is the
+        // squatter's, and its lookup reports the name taken.)
+        let local = Self.localSource
+        if verified(entry, wire: wire, now: now),
+           store[key].map({ !alive($0.entry, now: now) || ($0.entry.publicKey == entry.publicKey && $0.entry.lastSeen < entry.lastSeen) }) ?? true {
+            if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
+            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: now, owner: nil)
+            storedBy[local, default: 0] += 1
+        }
+        return startLookup(target: key, kind: .announce(wire), now: now)
     }
+
+    /// This node's own entry, held by its announce.
+    private func isOwn(_ stored: Stored) -> Bool { stored.from == Self.localSource && stored.entry.nodeID == id.bytes }
+
+    /// The source recorded for entries this node holds of its own accord (its own, restored ones).
+    static let localSource = Endpoint(address: [UInt8](repeating: 0, count: 16), port: 0)!
 
     /// Sends `payload` to the owner of `key` through up to `signalFanout` of the nodes holding its
     /// entry, met on a FIND_VALUE lookup (§5.6). The lookup's result names the holders that
@@ -438,21 +492,32 @@ public final class DHTNode {
             bytes = Array(piece.bytes)
         } else {
             let key = Key(endpoint: source, transaction: piece.transaction)
+            // A piece of an answer to a request of ours is expected; every other piece counts
+            // against its source's rate (§5.5), so that pieces cannot flood where requests cannot.
+            if pending[piece.transaction]?.endpoint != source, !allow(source, now: now) {
+                statistics.rateLimited += 1
+                statistics.refusedPieces += 1
+                return
+            }
             var entry = reassembly[key]
+            if let partial = entry, partial.started + Self.reassemblyLifetime <= now {
+                removePartial(key)
+                entry = nil
+            }
             if entry == nil {
-                if reassembly.count >= 64, let oldest = reassembly.min(by: { $0.value.started < $1.value.started }) {
-                    reassembly[oldest.key] = nil
-                }
                 guard let buffer = try? Reassembly(length: piece.length, count: piece.count,
                                                    maximumLength: DHTMessage.maximumSize, pieceSize: DHTDatagram.pieceSize) else {
                     statistics.dropped += 1
                     return
                 }
+                makeRoomForPartial(from: source)
                 entry = (now, buffer)
+                partialsBySource[source, default: 0] += 1
+                partialsByNetwork[source.network, default: 0] += 1
             }
             guard var (started, buffer) = entry,
                   (try? buffer.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)) != nil else {
-                reassembly[key] = nil
+                removePartial(key)
                 statistics.dropped += 1
                 return
             }
@@ -461,7 +526,7 @@ public final class DHTNode {
                 return
             }
             started = 0
-            reassembly[key] = nil
+            removePartial(key)
             bytes = message
         }
         let message: DHTMessage
@@ -493,6 +558,38 @@ public final class DHTNode {
         }
     }
 
+    /// Before a new partial message from `source` is kept: each source and each network gets a
+    /// bounded share of the reassembly state (§5.1). Over its share, the source's (or its network's)
+    /// oldest partial goes; when the whole table is full, the oldest partial of the network that
+    /// holds the most. A flood thus only ever displaces its own partial messages.
+    private func makeRoomForPartial(from source: Endpoint) {
+        func evictOldest(where belongs: (Key) -> Bool) {
+            guard let oldest = reassembly.filter({ belongs($0.key) }).min(by: { $0.value.started < $1.value.started }) else { return }
+            removePartial(oldest.key)
+            statistics.refusedPieces += 1
+        }
+        let network = source.network
+        if partialsBySource[source, default: 0] >= Self.reassemblyPerSource {
+            evictOldest { $0.endpoint == source }
+        } else if partialsByNetwork[network, default: 0] >= Self.reassemblyPerNetwork {
+            evictOldest { $0.endpoint.network == network }
+        }
+        if reassembly.count >= Self.reassemblyLimit, let busiest = partialsByNetwork.max(by: { $0.value < $1.value })?.key {
+            evictOldest { $0.endpoint.network == busiest }
+        }
+    }
+
+    private func removePartial(_ key: Key) {
+        guard reassembly.removeValue(forKey: key) != nil else { return }
+        let network = key.endpoint.network
+        let fromSource = partialsBySource[key.endpoint, default: 1] - 1, fromNetwork = partialsByNetwork[network, default: 1] - 1
+        partialsBySource[key.endpoint] = fromSource > 0 ? fromSource : nil
+        partialsByNetwork[network] = fromNetwork > 0 ? fromNetwork : nil
+    }
+
+    /// Partial messages held now (for tests and statistics).
+    var partialMessages: Int { reassembly.count }
+
     // MARK: Answers
 
     private func answer(_ request: DHTMessage, sender: NodeID, from source: Endpoint, requestSize: Int, now: UInt64) {
@@ -506,7 +603,9 @@ public final class DHTNode {
             body = .nodes(observed: source, token: token, held: nil,
                           contacts: table.closest(to: target, count: configuration.k, excluding: sender))
         case .findValue(let key, let presented):
-            let held = store[key].flatMap { alive($0.entry, now: now) ? $0 : nil }
+            // The owner's own copy of its entry is not offered (others hold it; it is kept only to
+            // refuse another key for the name, §5.2).
+            let held = store[key].flatMap { alive($0.entry, now: now) && !isOwn($0) ? $0 : nil }
             if let held, validToken(presented, for: source) {
                 body = .value(entry: held.wire)
             } else {
@@ -514,7 +613,8 @@ public final class DHTNode {
                               contacts: table.closest(to: key, count: configuration.k, excluding: sender))
             }
         case .store(let presented, let wire):
-            body = .stored(accept(wire, token: presented, from: source, sender: sender, now: now))
+            let status = accept(wire, token: presented, from: source, sender: sender, now: now)
+            body = status == .outOfTime ? .storedOutOfTime(holderTime: unix(now)) : .stored(status)
         case .signal(let presented, let key, let signalID, let payload):
             body = .signalAck(relay(key: key, id: signalID, payload: payload, token: presented, from: source, now: now))
         case .mailPut, .mailFetch, .mailDelete:
@@ -535,6 +635,12 @@ public final class DHTNode {
 
     private func accept(_ wire: [UInt8], token: UInt64, from source: Endpoint, sender: NodeID, now: UInt64) -> StoreStatus {
         guard validToken(token, for: source) else { return .badToken }
+        // An entry outside this holder's window is refused for its time, with this holder's time in
+        // the answer, so that an owner whose clock is off learns by how much (§5.2).
+        if let entry = try? PeerEntry(wire: wire), !alive(entry, now: now) || entry.lastSeen > unix(now) / 1000 + PeerEntry.maximumClockSkew {
+            statistics.refusedEntries += 1
+            return .outOfTime
+        }
         guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now) else {
             statistics.refusedEntries += 1
             return .invalid
@@ -569,12 +675,32 @@ public final class DHTNode {
     /// Fields, signature (through the process-wide cache), and not expired.
     private func verified(_ entry: PeerEntry, wire: [UInt8], now: UInt64) -> Bool {
         guard alive(entry, now: now) else { return false }
-        return VerifiedEntries.shared.check(entry, wire: wire, now: now / 1000)
+        return VerifiedEntries.shared.check(entry, wire: wire, now: unix(now) / 1000)
     }
 
+    /// Entries carry Unix seconds (§5.2): their lifetime is judged on the Unix clock.
     private func alive(_ entry: PeerEntry, now: UInt64) -> Bool {
-        entry.lastSeen &* 1000 &+ configuration.entryLifetime > now
+        entry.lastSeen &* 1000 &+ configuration.entryLifetime > unix(now)
     }
+
+    // MARK: Clocks
+
+    /// Sets the Unix time (ms) that corresponds to `now`. Every `now` this node is given is a
+    /// monotonic time in ms, for its timers and elapsed times; Unix time is used only where the
+    /// protocol carries it (entries' last_seen, mail lifetimes). The driver reads both clocks and
+    /// calls this before it hands the node anything; until then they are taken to agree (as in
+    /// simulations, whose one virtual clock is both).
+    public func setUnixTime(_ unixMilliseconds: UInt64, at now: UInt64) {
+        unixOffset = Int64(bitPattern: unixMilliseconds &- now)
+    }
+
+    /// The Unix time (ms) at monotonic time `now`, corrected by `clockCorrection`.
+    public func unix(_ now: UInt64) -> UInt64 { now &+ UInt64(bitPattern: unixOffset &+ clockCorrection) }
+
+    /// What this node adds to its Unix clock, in ms: set by the driver when the holders of its own
+    /// entry all refused it for its time and showed its clock to be off by that much (§5.2). It
+    /// applies to the entries this node signs and to its judgement of others' entries.
+    public var clockCorrection: Int64 = 0
 
     // MARK: Responses
 
@@ -612,6 +738,10 @@ public final class DHTNode {
                 if status == .older { lookup.result.notNewer += 1 }
                 if !lookup.isSilent { lookup.holders.append(source) }
             }
+            if case .stored(.taken) = message.body { lookup.result.taken += 1 }
+            if case .storedOutOfTime(let holderTime) = message.body {
+                lookup.result.clockOffsets.append(Int64(bitPattern: holderTime &- unix(now)))
+            }
             lookup.storesInFlight -= 1
             advance(lookup, now: now)
         case .signal(let lookupID):
@@ -637,8 +767,11 @@ public final class DHTNode {
 
     /// When `handleTimeout` must next run.
     public var nextDeadline: UInt64? {
-        let requests = min(pending.values.map(\.deadline).min() ?? nextRefresh, nextRefresh)
-        return nextKeepalive.map { min($0, requests) } ?? requests
+        var next = min(pending.values.map(\.deadline).min() ?? nextRefresh, nextRefresh)
+        if let keepalive = nextKeepalive { next = min(next, keepalive) }
+        // Partial messages expire on time even on an idle node (§5.1).
+        if let oldest = reassembly.values.map(\.started).min() { next = min(next, oldest + Self.reassemblyLifetime) }
+        return next
     }
 
     public func handleTimeout(now: UInt64) {
@@ -699,9 +832,9 @@ public final class DHTNode {
             nextSweep = now + 5000
             if !relays.isEmpty { relays = relays.filter { $0.value.expires > now } }
             if !outstanding.isEmpty { outstanding = outstanding.filter { $0.value.expires > now } }
-            mailboxes.sweep(now: now)
+            mailboxes.sweep(unix: unix(now))
         }
-        for (key, partial) in reassembly where partial.started + 5000 <= now { reassembly[key] = nil }
+        for (key, partial) in reassembly where partial.started + Self.reassemblyLifetime <= now { removePartial(key) }
         if now >= tokenRotatedAt + configuration.tokenRotation {
             previousTokenSecret = tokenSecret
             tokenSecret = Self.randomSecret(&random)
@@ -736,7 +869,7 @@ public final class DHTNode {
         }
         // Inbox items likewise, hourly: to the k nodes now closest to the inbox key (§8.3).
         if configuration.storesMail {
-            for (key, items) in mailboxes.dueForRepublishing(now: now, interval: configuration.mailRepublishInterval,
+            for (key, items) in mailboxes.dueForRepublishing(now: now, unix: unix(now), interval: configuration.mailRepublishInterval,
                                                              limit: configuration.mailRepublishLimit) {
                 startLookup(target: key, kind: .republishMail(items), now: now, silent: true)
             }
@@ -787,6 +920,11 @@ public final class DHTNode {
 
     private func allow(_ source: Endpoint, now: UInt64) -> Bool {
         let rate = configuration.requestsPerSecond
+        if buckets[source] == nil, buckets.count >= Self.rateBucketLimit {
+            // Buckets idle for 2 s are full again: forgetting them changes nothing.
+            buckets = buckets.filter { now - min(now, $0.value.at) < 2000 }
+            if buckets.count >= Self.rateBucketLimit { buckets.removeAll() }
+        }
         var bucket = buckets[source] ?? (2 * rate, now)
         bucket.tokens = min(2 * rate, bucket.tokens + Double(now - min(now, bucket.at)) / 1000 * rate)
         bucket.at = now
@@ -802,11 +940,13 @@ public final class DHTNode {
     // MARK: Lookups
 
     @discardableResult
-    private func startLookup(target: NodeID, kind: Lookup.Kind, now: UInt64, silent: Bool = false) -> LookupID {
+    private func startLookup(target: NodeID, kind: Lookup.Kind, now: UInt64, silent: Bool = false,
+                             held: PeerEntry? = nil) -> LookupID {
         let lookupID = nextLookupID
         nextLookupID += 1
         let lookup = Lookup(id: lookupID, target: target, kind: kind, k: configuration.k)
         lookup.isSilent = silent
+        if let held { lookup.vote(held, from: id) }
         let initial = table.closest(to: target, count: configuration.k)
         for contact in initial { lookup.add(contact, round: 1) }
         // Every contact was lost (a lossy path, a network that went away and came back): the
@@ -887,6 +1027,9 @@ public final class DHTNode {
         }
     }
 
+    /// A contact in an answer had an address no node can have (§5.1, "Contacts").
+    func refusedContact() { statistics.refusedContacts += 1 }
+
     /// Checks an entry a lookup received (the process-wide cache spares repeated signature checks).
     func acceptable(_ wire: [UInt8], key: NodeID, now: UInt64) -> PeerEntry? {
         guard let entry = try? PeerEntry(wire: wire), NodeID.key(of: entry.identity) == key,
@@ -963,7 +1106,7 @@ final class Lookup {
     }
 
     var isDone: Bool {
-        guard bootstrapPings <= 0, holderToAsk == nil else { return false }
+        guard bootstrapPings <= 0, holdersToAsk.isEmpty else { return false }
         if case .signal = kind {
             // Done once a holder forwarded it (or the search ran out), with no SIGNAL in flight.
             guard signalsInFlight == 0 else { return false }
@@ -980,13 +1123,14 @@ final class Lookup {
     /// FIND_VALUE ends once this many of the nearest candidates answered and the entry is verified.
     static let quorum = 8
 
-    /// FIND_VALUE: the answered candidate that said it holds an entry fresher than the best one
-    /// received, not asked again yet (the freshest first). Only it gets a second request.
-    private var holderToAsk: Candidate? {
-        guard case .value = kind else { return nil }
-        let best = result.entry?.lastSeen ?? 0
-        return candidates.values.filter { $0.state == .answered && !$0.askedAgain && ($0.held ?? 0) > best }
-            .max { ($0.held ?? 0) < ($1.held ?? 0) }
+    /// FIND_VALUE: the answered candidates that said they hold an entry fresher than the best one
+    /// received, not asked again yet (the freshest first); while holders answered with different
+    /// keys for the name, every one that said it holds an entry, so that each holder's key counts.
+    private var holdersToAsk: [Candidate] {
+        guard case .value = kind else { return [] }
+        let best = result.entry?.lastSeen ?? 0, contested = keys.count > 1
+        return candidates.values.filter { $0.state == .answered && !$0.askedAgain && $0.held != nil && (contested || ($0.held ?? 0) > best) }
+            .sorted { ($0.held ?? 0) > ($1.held ?? 0) }
     }
 
     /// The next requests to send, keeping at most α in flight.
@@ -994,9 +1138,9 @@ final class Lookup {
         var inFlight = candidates.values.filter { $0.state == .waiting }.count
         var out: [(Contact, DHTMessage.Body)] = []
         var chosen = nearest.filter { $0.state == .fresh }
-        if let holder = holderToAsk, !candidates.values.contains(where: { $0.state == .waiting && $0.askedAgain }) {
-            chosen.insert(holder, at: 0)
-        }
+        // One second request at a time; α at a time while the name is contested.
+        let again = candidates.values.filter { $0.state == .waiting && $0.askedAgain }.count
+        chosen.insert(contentsOf: holdersToAsk.prefix(max(0, (keys.count > 1 ? alpha : 1) - again)), at: 0)
         for candidate in chosen where inFlight < alpha {
             candidates[candidate.contact.id]?.state = .waiting
             if candidate.state == .answered { candidates[candidate.contact.id]?.askedAgain = true }
@@ -1022,22 +1166,52 @@ final class Lookup {
             case .value, .signal: candidate.held = held
             default: break
             }
-            for contact in contacts where contact.id != node.id { add(contact, round: candidate.round + 1) }
+            for contact in contacts where contact.id != node.id {
+                guard contact.endpoint.isReachable(learnedFrom: candidate.contact.endpoint) else {
+                    node.refusedContact()
+                    continue
+                }
+                add(contact, round: candidate.round + 1)
+            }
         case .value(let wire):
             if case .signal = kind {
                 candidate.held = 1  // it holds the entry (and answered with it: the token it was sent is good)
                 break
             }
-            if let entry = node.acceptable(wire, key: target, now: now),
-               result.entry.map({ entry.lastSeen > $0.lastSeen }) ?? true {
-                result.entry = entry
-            }
+            if let entry = node.acceptable(wire, key: target, now: now) { vote(entry, from: id) }
         default: break
         }
         candidates[id] = candidate
     }
 
     func failed(_ id: NodeID) { candidates[id]?.state = .failed }
+
+    /// FIND_VALUE: the verified entries received, by public key: which candidates answered with an
+    /// entry of that key, and the freshest one. Holders refuse a second key for a name while an
+    /// entry lives (first come, first served, §5.2), so the key most holders answered with is the
+    /// first-comer's; a squatter's entry is held only where it stores it itself.
+    private var keys: [(publicKey: [UInt8], holders: Set<NodeID>, freshest: PeerEntry)] = []
+
+    /// Counts `entry` from candidate `id` and makes the result the freshest entry of the key most
+    /// candidates answered with (on a tie, the key received first).
+    func vote(_ entry: PeerEntry, from id: NodeID) {
+        if let index = keys.firstIndex(where: { $0.publicKey == entry.publicKey }) {
+            keys[index].holders.insert(id)
+            if entry.lastSeen > keys[index].freshest.lastSeen { keys[index].freshest = entry }
+        } else {
+            if keys.count >= Self.maximumKeys { return }
+            keys.append((entry.publicKey, [id], entry))
+        }
+        var winner = keys[0]
+        for candidate in keys.dropFirst() where candidate.holders.count > winner.holders.count { winner = candidate }
+        if result.entry.map({ $0.publicKey != winner.freshest.publicKey || $0.lastSeen < winner.freshest.lastSeen }) ?? true {
+            result.entry = winner.freshest
+        }
+        result.conflictingKeys = keys.count - 1
+    }
+
+    /// Distinct keys a lookup keeps count of (a lookup has at most a few dozen candidates).
+    static let maximumKeys = 8
 
     func answeredClosest() -> [Contact] {
         nearest.filter { $0.state == .answered }.map(\.contact)
@@ -1150,10 +1324,16 @@ extension DHTNode {
 
     /// Loads a saved state: the contacts go into the table, the entries that still verify into the store.
     public func restore(_ state: SavedState, now: UInt64) {
-        for contact in state.contacts { _ = table.seen(contact, now: now) }
-        let local = Endpoint(address: [UInt8](repeating: 0, count: 16), port: 0)
+        for contact in state.contacts {
+            guard contact.endpoint.isReachable(learnedFrom: nil) else {
+                statistics.refusedContacts += 1
+                continue
+            }
+            _ = table.seen(contact, now: now)
+        }
+        let local = Self.localSource
         for wire in state.entries {
-            guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now), let local else { continue }
+            guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now) else { continue }
             let key = NodeID.key(of: entry.identity)
             if let held = store[key], held.entry.lastSeen >= entry.lastSeen { continue }
             store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: now)

@@ -66,4 +66,25 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     }
 
     var wire: [UInt8] { address + [UInt8(port >> 8), UInt8(port & 0xFF)] }
+
+    /// Whether a node could really be reached at this endpoint, for an address learnt from
+    /// `source` (another node's answer, a signal) or, when `source` is nil, from this node's own
+    /// configuration or saved state (PROTOCOL.md §5.1, "Contacts"). Refused: port 0; IPv4
+    /// 0.0.0.0/8 (this host, RFC 1122 §3.2.1.3), 224.0.0.0/4 (multicast, RFC 5771) and 240.0.0.0/4
+    /// (reserved, with the limited broadcast 255.255.255.255, RFC 919/RFC 1112 §4); IPv6 ::
+    /// (unspecified), ff00::/8 (multicast, RFC 4291 §2.7), fe80::/10 (link-local: meaningless without
+    /// a scope, which endpoints do not carry), ::/96 (IPv4-compatible, deprecated by RFC 4291
+    /// §2.5.5.1); loopback (127.0.0.0/8, ::1) unless `source` is itself loopback or nil.
+    public func isReachable(learnedFrom source: Endpoint?) -> Bool {
+        guard port != 0 else { return false }
+        if isLoopback { return source?.isLoopback ?? true }
+        if isIPv4 {
+            let first = address[12]
+            return first != 0 && first < 224
+        }
+        if address[0] == 0xFF { return false }
+        if address[0] == 0xFE, address[1] & 0xC0 == 0x80 { return false }
+        if address[0..<12].allSatisfy({ $0 == 0 }) { return false }  // ::, ::/96
+        return true
+    }
 }

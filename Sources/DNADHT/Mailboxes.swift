@@ -57,8 +57,9 @@ struct Mailboxes {
 
     /// MAIL_PUT: a key record (only its owner's key may replace it, and only with a newer one) or a
     /// sealed message (checked: structure, signature, times; deduplicated by id).
-    mutating func put(_ item: [UInt8], now: UInt64) -> MailStatus {
-        let seconds = now / 1000
+    /// `now`: monotonic ms (when it was stored, for republishing); `unix`: Unix ms (lifetimes).
+    mutating func put(_ item: [UInt8], now: UInt64, unix: UInt64) -> MailStatus {
+        let seconds = unix / 1000
         guard item.count >= 2 else { return .invalid }
         if item[1] == InboxKeyRecord.kind {
             guard let record = try? InboxKeyRecord(parsing: item), record.created <= seconds + Offline.skew,
@@ -102,9 +103,9 @@ struct Mailboxes {
 
     /// MAIL_FETCH: the items from the `skip`-th (record first, then messages in arrival order), as
     /// many as fit `budget` bytes (at least one), and how many there are in all.
-    func items(of key: NodeID, skip: Int, budget: Int, now: UInt64) -> (total: Int, items: [[UInt8]]) {
+    func items(of key: NodeID, skip: Int, budget: Int, unix: UInt64) -> (total: Int, items: [[UInt8]]) {
         guard let inbox = inboxes[key] else { return (0, []) }
-        let all = (inbox.recordWire.map { [$0] } ?? []) + inbox.messages.filter { $0.expires > now / 1000 }.map(\.wire)
+        let all = (inbox.recordWire.map { [$0] } ?? []) + inbox.messages.filter { $0.expires > unix / 1000 }.map(\.wire)
         var out: [[UInt8]] = []
         var used = 0
         for item in all.dropFirst(skip) {
@@ -117,7 +118,7 @@ struct Mailboxes {
 
     /// MAIL_DELETE: removes the listed messages when the request is signed by the inbox's owner (the
     /// key of the record held). Returns how many went, nil when refused.
-    mutating func delete(_ request: [UInt8], now: UInt64) -> Int? {
+    mutating func delete(_ request: [UInt8], unix now: UInt64) -> Int? {
         guard let deletion = try? InboxDeletion(parsing: request), let key = NodeID(bytes: deletion.inboxKey[...]),
               var inbox = inboxes[key], let owner = inbox.record?.ownerKey,
               (try? deletion.verify(ownerKey: owner, now: now / 1000)) != nil else { return nil }
@@ -141,7 +142,7 @@ struct Mailboxes {
     /// republishing, §2.5 of the paper): the items no MAIL_PUT brought for `interval` ms (a put
     /// from another holder means that one republished them), at most `limit` per inbox, the record
     /// first. They count as stored now.
-    mutating func dueForRepublishing(now: UInt64, interval: UInt64, limit: Int) -> [(key: NodeID, items: [[UInt8]])] {
+    mutating func dueForRepublishing(now: UInt64, unix: UInt64, interval: UInt64, limit: Int) -> [(key: NodeID, items: [[UInt8]])] {
         var due: [(key: NodeID, items: [[UInt8]])] = []
         for (key, var inbox) in inboxes {
             var items: [[UInt8]] = []
@@ -151,7 +152,7 @@ struct Mailboxes {
             }
             for index in inbox.messages.indices where items.count < limit {
                 let message = inbox.messages[index]
-                guard message.storedAt + interval <= now, message.expires > now / 1000 else { continue }
+                guard message.storedAt + interval <= now, message.expires > unix / 1000 else { continue }
                 items.append(message.wire)
                 inbox.messages[index].storedAt = now
             }
@@ -163,8 +164,8 @@ struct Mailboxes {
     }
 
     /// Drops expired messages, and key records not renewed within the longest message lifetime.
-    mutating func sweep(now: UInt64) {
-        let seconds = now / 1000
+    mutating func sweep(unix: UInt64) {
+        let seconds = unix / 1000
         for (key, var inbox) in inboxes {
             inbox.messages.removeAll { message in
                 guard message.expires <= seconds else { return false }

@@ -648,7 +648,7 @@ extension IceAgent {
     }
 
     fileprivate func takeEarly(until deadline: UInt64) -> [UInt8]? {
-        let now = unixMilliseconds()
+        let now = monotonicMilliseconds()
         return monitor.wait(milliseconds: Int(clamping: deadline > now ? deadline - now : 0)) { () -> [UInt8]?? in
             if !early.isEmpty { return .some(early.removeFirst()) }
             return closed || pathEnded ? .some(nil) : nil

@@ -13,7 +13,13 @@ package final class Monitor: @unchecked Sendable {
         mutex.initialize(to: pthread_mutex_t())
         condition.initialize(to: pthread_cond_t())
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
+        // Waits are timed on the monotonic clock: a step of the wall clock neither ends nor
+        // stretches them.
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
@@ -34,7 +40,7 @@ package final class Monitor: @unchecked Sendable {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         var deadline = timespec()
-        clock_gettime(CLOCK_REALTIME, &deadline)
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
         let total = Int(deadline.tv_nsec) + (milliseconds % 1000) * 1_000_000
         deadline.tv_sec += milliseconds / 1000 + total / 1_000_000_000
         deadline.tv_nsec = total % 1_000_000_000
@@ -68,11 +74,21 @@ package final class Monitor: @unchecked Sendable {
     }
 }
 
-/// Milliseconds of Unix time (the DHT's entries carry Unix seconds; its timers use the same clock).
+/// Milliseconds of Unix time: only for times the protocol carries (entries' last_seen, mail
+/// lifetimes), never for timers or elapsed times (monotonicMilliseconds).
 public func unixMilliseconds() -> UInt64 {
     var now = timespec()
     clock_gettime(CLOCK_REALTIME, &now)
-    return UInt64(now.tv_sec) * 1000 + UInt64(now.tv_nsec) / 1_000_000
+    return UInt64(max(0, now.tv_sec)) * 1000 + UInt64(max(0, now.tv_nsec)) / 1_000_000
+}
+
+/// Milliseconds on the monotonic clock (CLOCK_BOOTTIME: it also counts time suspended, so that
+/// timers due during a suspension fire on resume): every timer and elapsed time of the drivers.
+/// A step of the wall clock does not move it.
+public func monotonicMilliseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_BOOTTIME, &now)
+    return UInt64(max(0, now.tv_sec)) * 1000 + UInt64(max(0, now.tv_nsec)) / 1_000_000
 }
 
 public struct DHTServiceConfiguration: Sendable {
@@ -83,6 +99,8 @@ public struct DHTServiceConfiguration: Sendable {
     public var node = DHTConfiguration()
     /// Owners re-announce their entries this often (seed: every 5 minutes).
     public var announceInterval: UInt64 = 300_000
+    /// Added to the system's Unix clock (ms): a machine whose clock is off, in tests.
+    public var unixClockError: Int64 = 0
 
     public init() {}
 }
@@ -119,6 +137,10 @@ public final class DHTService: @unchecked Sendable {
     /// Entries this node re-announces (loop thread only).
     private var owned: [IdentityName: (identity: Identity, entry: PeerEntry)] = [:]
     private var nextAnnounce: UInt64
+    /// Periodic re-announcements in flight (loop thread only), and the wait before the next try
+    /// after one that no node stored (5 s, doubling up to the announce interval).
+    private var reannouncing: [LookupID: IdentityName] = [:]
+    private var reannounceBackoff: UInt64 = 0
     /// Answers other protocols' datagrams on the same socket (the STUN server of `dnat node`).
     public var otherProtocol: (([UInt8], Endpoint) -> [UInt8]?)?
     private let logger: (String) -> Void
@@ -141,8 +163,9 @@ public final class DHTService: @unchecked Sendable {
         credential = try Self.loadCredential(directory + "/node", difficulty: configuration.node.difficulty)
         socket = try UDPSocket(host: configuration.bindHost, port: configuration.port)
         port = socket.port
-        let now = unixMilliseconds()
+        let now = monotonicMilliseconds()
         node = DHTNode(credential: credential, configuration: configuration.node, now: now)
+        node.setUnixTime(unixMilliseconds() &+ UInt64(bitPattern: configuration.unixClockError), at: now)
         nextAnnounce = now + configuration.announceInterval
         lastSave = now
         if let saved = try? Files.read(directory + "/state"), let state = try? DHTNode.SavedState(bytes: saved) {
@@ -240,7 +263,7 @@ public final class DHTService: @unchecked Sendable {
         private var written: [String: UInt64] = [:]
 
         func snapshot(_ node: DHTNode, file: String) -> Snapshot {
-            let bytes = node.savedState(now: unixMilliseconds()).bytes
+            let bytes = node.savedState(now: monotonicMilliseconds()).bytes
             return monitor.locked {
                 taken += 1
                 return Snapshot(file: file, bytes: bytes, sequence: taken)
@@ -261,6 +284,14 @@ public final class DHTService: @unchecked Sendable {
         init(_ run: @escaping () -> Void) { self.run = run }
     }
 
+    /// The node's time now (monotonic ms), with the node told the Unix time that goes with it.
+    /// Loop thread only (or before the loop runs the node).
+    private func clock() -> UInt64 {
+        let now = monotonicMilliseconds()
+        node.setUnixTime(unixMilliseconds() &+ UInt64(bitPattern: configuration.unixClockError), at: now)
+        return now
+    }
+
     // MARK: Calls from any thread
 
     /// Runs `body` on the loop thread and waits for its result (inline on the loop thread); nil
@@ -268,7 +299,7 @@ public final class DHTService: @unchecked Sendable {
     public func perform<T>(_ body: @escaping (DHTNode, UInt64) -> T) -> T? {
         if loop.isCurrent {
             guard monitor.locked({ running }) else { return nil }
-            let value = body(node, unixMilliseconds())
+            let value = body(node, clock())
             alarm?.armNow()  // what the body queued goes out when the loop gets to the alarm
             return value
         }
@@ -318,8 +349,47 @@ public final class DHTService: @unchecked Sendable {
     /// that ended within the same second, at another address), it is signed again a second later
     /// and announced again (up to 3 times), so that the new address replaces the old at once rather
     /// than at the next re-announcement.
+    ///
+    /// When no holder stored it and holders refused it for its time (status 6), their clocks tell
+    /// how far this one is off: the node's clock correction is set to the median offset (up to
+    /// ±24 h), the entry is signed again on the corrected clock and announced again; the correction
+    /// is kept only if a holder then stores it (§5.2). A result with `stored` 0 and non-empty
+    /// `clockOffsets` is a clock that could not be reconciled.
+    /// An entry stored nowhere is announced again by the loop after 5 s, doubling up to the
+    /// announce interval, until some node stores it.
     public func announce(_ identity: Identity, ip: String, port: UInt16) throws(PeerEntryError) -> LookupResult? {
-        let now = unixMilliseconds()
+        let result = try announceCorrectingClock(identity, ip: ip, port: port)
+        if let result, result.stored == 0 { _ = perform { _, now in self.retryAnnouncementSoon(now: now) } }
+        return result
+    }
+
+    private func announceCorrectingClock(_ identity: Identity, ip: String, port: UInt16) throws(PeerEntryError) -> LookupResult? {
+        var result = try announceOnce(identity, ip: ip, port: port)
+        guard let refused = result, refused.stored == 0, !refused.clockOffsets.isEmpty else { return result }
+        let offsets = refused.clockOffsets.sorted()
+        let median = offsets[offsets.count / 2]
+        logger("warning: \(offsets.count) holders refused \(identity.name)'s entry for its time: this clock is \(-median / 1000) s "
+               + "off theirs (median)")
+        guard median.magnitude <= Self.maximumClockCorrection,
+              let previous = perform({ node, _ -> Int64 in
+                  defer { node.clockCorrection &+= median }
+                  return node.clockCorrection
+              }) else { return result }
+        result = try announceOnce(identity, ip: ip, port: port)
+        if (result?.stored ?? 0) > 0 {
+            logger("warning: \(identity.name)'s entry stored on \(result?.stored ?? 0) nodes with last_seen on the network's clock "
+                   + "(\((previous &+ median) / 1000) s from this machine's): fix this machine's clock")
+        } else {
+            _ = perform { node, _ in node.clockCorrection = previous }
+        }
+        return result
+    }
+
+    /// The largest clock correction the holders' times may make (ms): 24 hours.
+    public static let maximumClockCorrection: UInt64 = 86_400_000
+
+    private func announceOnce(_ identity: Identity, ip: String, port: UInt16) throws(PeerEntryError) -> LookupResult? {
+        guard let now = perform({ node, now in node.unix(now) }) else { return nil }
         var lastSeen = now / 1000
         var result: LookupResult?
         for attempt in 0..<3 {
@@ -338,19 +408,22 @@ public final class DHTService: @unchecked Sendable {
         return result
     }
 
-    /// The freshest verified entry for `identity`: the local one if this node holds it, else a lookup.
+    /// Announces every owned entry again now and waits for each (not from the loop thread):
+    /// what each announce gave (`LookupResult.stored` 0: stored nowhere), by name.
+    public func reannounceOwned() -> [IdentityName: LookupResult?] {
+        guard mayWait, let entries = perform({ _, _ in self.owned.values.map { $0 } }) else { return [:] }
+        var results: [IdentityName: LookupResult?] = [:]
+        for (identity, entry) in entries {
+            results[identity.name] = (try? announce(identity, ip: entry.ipAddress, port: entry.port)) ?? nil
+        }
+        return results
+    }
+
+    /// The verified entry for `identity` a lookup finds: the freshest of the key most holders
+    /// answered with, an entry this node holds counting as one of them (§5.2).
     public func find(_ identity: IdentityName, timeout: Int = 30_000) -> PeerEntry? {
         let key = NodeID.key(of: identity)
-        let box = ResultBox<PeerEntry>()
-        let found = lookup(timeout: timeout) { node, now in
-            box.value = node.localEntry(key, now: now)  // read on the I/O thread, before the lookup starts
-            return node.findValue(key, now: now)
-        }?.entry
-        let local = box.value
-        switch (local, found) {
-        case (let a?, let b?): return a.lastSeen >= b.lastSeen ? a : b
-        case (let a, let b): return a ?? b
-        }
+        return lookup(timeout: timeout) { node, now in node.findValue(key, now: now) }?.entry
     }
 
     /// Re-announces every owned entry with a fresh last_seen, and refreshes the buckets.
@@ -359,6 +432,12 @@ public final class DHTService: @unchecked Sendable {
             self.reannounce(node, now: now)
             node.refresh(now: now)
         }
+    }
+
+    /// Refreshes idle buckets (and what else the node does at its periodic refresh), without the
+    /// re-announcement (`reannounceOwned`).
+    public func refreshBuckets() {
+        _ = perform { node, now in node.refresh(now: now) }
     }
 
     // MARK: Signaling (docs/PROTOCOL.md §5.6)
@@ -524,10 +603,12 @@ public final class DHTService: @unchecked Sendable {
         nextAnnounce = now + configuration.announceInterval
         for (name, owned) in owned {
             var entry = owned.entry
-            entry.lastSeen = max(now / 1000, owned.entry.lastSeen)  // never behind what `announce` signed
-            guard (try? entry.sign(with: owned.identity, now: now / 1000)) != nil else { continue }
+            let seconds = node.unix(now) / 1000
+            entry.lastSeen = max(seconds, owned.entry.lastSeen)  // never behind what `announce` signed
+            guard (try? entry.sign(with: owned.identity, now: seconds)) != nil else { continue }
             self.owned[name] = (owned.identity, entry)
-            node.announce(entry, now: now)
+            reannouncing[node.announce(entry, now: now)] = name
+            if reannouncing.count > 1000 { reannouncing.removeAll() }
         }
     }
 
@@ -542,7 +623,7 @@ public final class DHTService: @unchecked Sendable {
                 if let answer = other(datagram, from) { socket.send(answer, to: from) }
                 continue
             }
-            node.receive(datagram, from: from, now: unixMilliseconds())
+            node.receive(datagram, from: from, now: clock())
         }
         service()
     }
@@ -555,8 +636,8 @@ public final class DHTService: @unchecked Sendable {
             defer { commands.removeAll() }
             return commands
         }
-        for command in pending { command(node, unixMilliseconds()) }
-        let current = unixMilliseconds()
+        for command in pending { command(node, clock()) }
+        let current = clock()
         if let next = node.nextDeadline, next <= current { node.handleTimeout(now: current) }
         if current >= nextAnnounce { reannounce(node, now: current) }
         if current >= lastSave + configuration.node.refreshInterval {
@@ -565,6 +646,7 @@ public final class DHTService: @unchecked Sendable {
         }
         for (to, datagram) in node.takeDatagrams() { socket.send(datagram, to: to) }
         let events = node.takeEvents()
+        checkReannouncements(events, now: current)
         monitor.locked {
             for event in events {
                 switch event {
@@ -573,7 +655,7 @@ public final class DHTService: @unchecked Sendable {
                     // The same signal arrives through several holders at once: keep the first.
                     // A copy a second later is the signaller sending again (its first, or the
                     // answer, was lost): it is passed on.
-                    let now = unixMilliseconds()
+                    let now = monotonicMilliseconds()
                     recentSignals.removeAll { $0.at + 500 < now }
                     if !recentSignals.contains(where: { $0.request.id == request.id && $0.request.origin == request.origin
                         && $0.request.payload == request.payload }) {
@@ -602,6 +684,38 @@ public final class DHTService: @unchecked Sendable {
             }
         }
         if !events.isEmpty { monitor.broadcast() }
+    }
+
+    /// A periodic re-announcement that no node stored is reported (warning) and tried again soon,
+    /// with backoff, rather than at the next period: the identity would drop out of the DHT once
+    /// its last stored entry expired.
+    private func checkReannouncements(_ events: [DHTEvent], now: UInt64) {
+        var failures: [String] = [], successes = 0
+        for case .lookupFinished(let id, let result) in events {
+            guard let name = reannouncing.removeValue(forKey: id) else { continue }
+            if result.stored > 0, !result.nameTaken {
+                successes += 1
+                continue
+            }
+            let offsets = result.clockOffsets.sorted()
+            let cause = result.nameTaken ? "the name is held by another key on \(result.taken) holders"
+                : offsets.isEmpty ? "no holder took it"
+                : "refused for its time: this clock is \(-offsets[offsets.count / 2] / 1000) s off the holders'"
+            failures.append("\(name) (\(cause))")
+        }
+        if failures.isEmpty {
+            if successes > 0 { reannounceBackoff = 0 }
+            return
+        }
+        retryAnnouncementSoon(now: now)
+        logger("warning: re-announce stored on no node: \(failures.joined(separator: ", ")); again in \(reannounceBackoff / 1000) s")
+    }
+
+    /// The owned entries are announced again after the backoff (loop thread).
+    private func retryAnnouncementSoon(now: UInt64) {
+        reannounceBackoff = min(max(5_000, reannounceBackoff * 2), configuration.announceInterval)
+        nextAnnounce = min(nextAnnounce, now + reannounceBackoff)
+        alarm?.armNow()
     }
 
     /// A STUN message: first two bits zero and either RFC 8489's magic cookie at bytes 4..7 or (an

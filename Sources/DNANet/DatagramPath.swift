@@ -54,7 +54,7 @@ public final class LoopAlarm: @unchecked Sendable {
             g_source_set_ready_time(source, -1)
             return
         }
-        let now = unixMilliseconds()
+        let now = monotonicMilliseconds()
         g_source_set_ready_time(source, deadline <= now ? 0 : g_get_monotonic_time() + gint64(deadline - now) * 1000)
     }
 
@@ -111,7 +111,7 @@ public final class SocketPath: DatagramPath, @unchecked Sendable {
     }
 
     public func receive(waitingUntil deadline: UInt64) -> [UInt8]? {
-        let now = unixMilliseconds()
+        let now = monotonicMilliseconds()
         var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         guard poll(&descriptor, 1, Int32(clamping: deadline > now ? deadline - now : 0)) > 0 else { return nil }
         var bytes = [UInt8](repeating: 0, count: 65536)

@@ -49,7 +49,7 @@ public final class TransportConnection: @unchecked Sendable {
     private let resumable: Bool
     private var pathLost = false
     /// When a message was last sent or delivered (Unix ms).
-    private var lastActivity = unixMilliseconds()
+    private var lastActivity = monotonicMilliseconds()
     /// Datagrams that failed to open (forged, replayed, garbage): counted and dropped.
     private var refusedCount = 0
     /// Called on the loop thread after messages arrived or the connection ended.
@@ -70,7 +70,7 @@ public final class TransportConnection: @unchecked Sendable {
         self.sealer = sealer
         self.opener = opener
         self.configuration = configuration
-        connection = ReliableConnection(configuration: configuration, now: unixMilliseconds())
+        connection = ReliableConnection(configuration: configuration, now: monotonicMilliseconds())
         let started = loop.sync { () -> Bool in
             self.alarm = LoopAlarm(loop: self.loop) { [weak self] in self?.service() }
             self.attach(path)
@@ -112,7 +112,7 @@ public final class TransportConnection: @unchecked Sendable {
             guard queuedEstimate == 0 || queuedEstimate + message.count <= configuration.maximumQueuedBytes else { return nil }
             outgoing.append((stream, message))
             queuedEstimate += message.count
-            lastActivity = unixMilliseconds()
+            lastActivity = monotonicMilliseconds()
             // Only the first message of a batch wakes the loop; it takes them all.
             if outgoing.count == 1 { alarm?.armNow() }
             return .some(nil)
@@ -146,7 +146,7 @@ public final class TransportConnection: @unchecked Sendable {
     public var isClosed: Bool { monitor.locked { !running } }
 
     /// Milliseconds since a message was last sent or delivered on this connection.
-    public var idleFor: UInt64 { monitor.locked { unixMilliseconds() - min(unixMilliseconds(), lastActivity) } }
+    public var idleFor: UInt64 { monitor.locked { monotonicMilliseconds() - min(monotonicMilliseconds(), lastActivity) } }
 
     /// The peer closed the connection with a CLOSE frame.
     public var isClosedByPeer: Bool { monitor.locked { peerClosed } }
@@ -257,7 +257,7 @@ public final class TransportConnection: @unchecked Sendable {
     private func perform<T>(_ body: @escaping (ReliableConnection, UInt64) -> T) -> T? {
         if loop.isCurrent {
             guard monitor.locked({ running }) else { return nil }
-            return body(connection, unixMilliseconds())
+            return body(connection, monotonicMilliseconds())
         }
         return monitor.perform(enqueue: { command in
             guard running else { return false }
@@ -287,7 +287,7 @@ public final class TransportConnection: @unchecked Sendable {
             }
             return
         }
-        connection.receive(header, payload: plaintext[...], now: unixMilliseconds())
+        connection.receive(header, payload: plaintext[...], now: monotonicMilliseconds())
         alarm?.armNow()
     }
 
@@ -302,11 +302,11 @@ public final class TransportConnection: @unchecked Sendable {
             }
             return (commands, outgoing)
         }
-        for command in pending { command(connection, unixMilliseconds()) }
+        for command in pending { command(connection, monotonicMilliseconds()) }
         for item in handed { backlogBytes += item.1.count }
         backlog += handed
         var taken = 0
-        let now = unixMilliseconds()
+        let now = monotonicMilliseconds()
         // While the path is lost the messages wait here (the connection takes none).
         for (stream, message) in backlog where !connection.isDead {
             do throws(ReliableError) { try connection.send(message, stream: stream, now: now) } catch {
@@ -325,7 +325,7 @@ public final class TransportConnection: @unchecked Sendable {
             }
         }
         // The path is gone now rather than after three missed pings.
-        if pathGone { connection.pathFailed(now: unixMilliseconds()) }
+        if pathGone { connection.pathFailed(now: monotonicMilliseconds()) }
         let events = connection.takeEvents()
         let queued = connection.queuedBytes + backlogBytes
         let nowIdle = connection.isIdle && backlog.isEmpty
@@ -337,7 +337,7 @@ public final class TransportConnection: @unchecked Sendable {
                 switch event {
                 case .message(let stream, let bytes):
                     inbox.append((stream, bytes))
-                    lastActivity = unixMilliseconds()
+                    lastActivity = monotonicMilliseconds()
                     changed = true
                 case .dead:
                     if resumable { pathLost = true } else { dead = true }

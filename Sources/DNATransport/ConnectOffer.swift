@@ -58,6 +58,13 @@ struct ConnectOffer: Equatable {
         self.candidates = candidates
     }
 
+    /// The candidates at which a node could really be reached, for an offer that came through
+    /// `holder` (PROTOCOL.md §5.1, "Contacts"): ICE never sends its checks to 0.0.0.0, multicast,
+    /// broadcast or, unless the offer came over loopback, a loopback address.
+    func reachableCandidates(learnedFrom holder: Endpoint) -> [IceCandidate] {
+        candidates.filter { Endpoint(host: $0.ip, port: $0.port)?.isReachable(learnedFrom: holder) ?? false }
+    }
+
     struct Malformed: Error, CustomStringConvertible {
         var description: String
     }

@@ -24,26 +24,26 @@ enum HandshakeOverPath {
     /// first record it receives finds its session ready.
     static func initiate(path: DatagramPath, identity: Identity, peer: IdentityName, publicKey: [UInt8],
                          timeout: Int) throws(Failure) -> SecureSession {
-        let end = unixMilliseconds() + UInt64(max(0, timeout))
+        let end = monotonicMilliseconds() + UInt64(max(0, timeout))
         let initiator: HandshakeInitiator
         do {
             initiator = try HandshakeInitiator(identity: identity, responderName: peer, responderPublicKey: publicKey,
-                                               now: unixMilliseconds(), configuration: configuration)
+                                               now: monotonicMilliseconds(), configuration: configuration)
         } catch { throw Failure(description: "\(error)") }
         while true {
             for datagram in initiator.takeDatagrams() { _ = path.send(datagram) }
             if initiator.isFinished, let session = initiator.session { return session }
             if let failure = initiator.failure { throw Failure(description: "\(failure)") }
-            let now = unixMilliseconds()
+            let now = monotonicMilliseconds()
             guard now < end else { throw Failure(description: "no answer within \(timeout) ms") }
             let wake = min(initiator.nextDeadline ?? end, end)
             if let datagram = path.receive(waitingUntil: wake), isHandshake(datagram) {
-                do { try initiator.receive(datagram, now: unixMilliseconds()) } catch {
+                do { try initiator.receive(datagram, now: monotonicMilliseconds()) } catch {
                     if case .unknownSession = error { continue }  // a stray datagram: ignored
                     throw Failure(description: "\(error)")
                 }
-            } else if let deadline = initiator.nextDeadline, unixMilliseconds() >= deadline {
-                do { try initiator.handleTimeout(now: unixMilliseconds()) } catch { throw Failure(description: "\(error)") }
+            } else if let deadline = initiator.nextDeadline, monotonicMilliseconds() >= deadline {
+                do { try initiator.handleTimeout(now: monotonicMilliseconds()) } catch { throw Failure(description: "\(error)") }
             }
         }
     }
@@ -52,20 +52,20 @@ enum HandshakeOverPath {
     /// goes on answering late pieces of message 3 once the connection runs (TransportConnection's
     /// `unopened`).
     static func respond(path: DatagramPath, responder: HandshakeResponder<Int>, timeout: Int) throws(Failure) -> SecureSession {
-        let end = unixMilliseconds() + UInt64(max(0, timeout))
+        let end = monotonicMilliseconds() + UInt64(max(0, timeout))
         var lastError: HandshakeError?
         while true {
             for (_, datagram) in responder.takeDatagrams() { _ = path.send(datagram) }
             if let (_, session) = responder.takeSessions().first { return session }
-            let now = unixMilliseconds()
+            let now = monotonicMilliseconds()
             guard now < end else {
                 throw Failure(description: lastError.map { "\($0)" } ?? "no complete handshake within \(timeout) ms")
             }
             if let datagram = path.receive(waitingUntil: min(responder.nextDeadline ?? end, end)), isHandshake(datagram) {
-                do { try responder.receive(datagram, from: 0, now: unixMilliseconds()) } catch { lastError = error }
+                do { try responder.receive(datagram, from: 0, now: monotonicMilliseconds()) } catch { lastError = error }
             }
-            if let deadline = responder.nextDeadline, unixMilliseconds() >= deadline {
-                responder.handleTimeout(now: unixMilliseconds())
+            if let deadline = responder.nextDeadline, monotonicMilliseconds() >= deadline {
+                responder.handleTimeout(now: monotonicMilliseconds())
             }
         }
     }

@@ -82,7 +82,7 @@ final class OfflineInbox: @unchecked Sendable {
     /// Fetches again after each of `delays` (ms), besides the regular interval: a peer that found this
     /// identity restarted stores what its connection had not delivered (§7.8) within seconds.
     func fetchSoon(after delays: [UInt64]) {
-        let now = unixMilliseconds()
+        let now = monotonicMilliseconds()
         monitor.locked { extraFetches += delays.map { now + $0 } }
         monitor.broadcast()
     }
@@ -167,9 +167,9 @@ final class OfflineInbox: @unchecked Sendable {
             monitor.locked {
                 fetchRequested = false
                 fetchesStarted += 1
-                extraFetches.removeAll { $0 <= unixMilliseconds() }
+                extraFetches.removeAll { $0 <= monotonicMilliseconds() }
             }
-            let now = unixMilliseconds()
+            let now = monotonicMilliseconds()
             if now >= nextPublish {
                 // Every 5 minutes, so that nodes that joined near the inbox key get the record too;
                 // every 5 s while no node took it (alone, or only bootstrap nodes around).
@@ -180,11 +180,11 @@ final class OfflineInbox: @unchecked Sendable {
             monitor.locked { fetchesDone += 1 }
             monitor.broadcast()
             let extra = monitor.locked { extraFetches.min() } ?? UInt64.max
-            let wait = min(interval, nextPublish - min(nextPublish, unixMilliseconds()), extra - min(extra, unixMilliseconds()))
+            let wait = min(interval, nextPublish - min(nextPublish, monotonicMilliseconds()), extra - min(extra, monotonicMilliseconds()))
             _ = monitor.wait(milliseconds: Int(wait)) { () -> Bool? in
                 if !running { return true }
                 let soonest = extraFetches.min() ?? UInt64.max
-                return fetchRequested || !toDelete.isEmpty || soonest <= unixMilliseconds() || soonest < extra ? true : nil
+                return fetchRequested || !toDelete.isEmpty || soonest <= monotonicMilliseconds() || soonest < extra ? true : nil
             }
         }
     }

@@ -59,6 +59,8 @@ public final class TransportNode: @unchecked Sendable {
         case nameTooLong(Int)
         case invalid(String)
         case io(String)
+        /// Holders refused this identity's entry: the name is held by another key (§5.2).
+        case nameTaken(String)
 
         public var description: String {
             switch self {
@@ -71,6 +73,7 @@ public final class TransportNode: @unchecked Sendable {
             case .nameTooLong(let needed): "the peer's name needs \(needed) bytes"
             case .invalid(let why): why
             case .io(let why): why
+            case .nameTaken(let name): "\(name) is held in the DHT by another key"
             }
         }
     }
@@ -175,10 +178,23 @@ public final class TransportNode: @unchecked Sendable {
         do {
             // A STORE is 5 datagrams: on a lossy path with few nodes around, try again when no node took it.
             for attempt in 0..<3 {
-                let stored = try dht.announce(identity, ip: host, port: dht.port)?.stored ?? 0
+                let result = try dht.announce(identity, ip: host, port: dht.port)
+                let stored = result?.stored ?? 0
+                if let result, result.nameTaken {
+                    // First come, first served: another key holds the name while its entry lives.
+                    log("warning: \(result.taken) holders refused the entry (\(result.stored) stored it): \(identity.name) is held by another key")
+                    throw Failure.nameTaken("\(identity.name)")
+                }
                 if stored > 0 || configuration.bootstrap.isEmpty { break }
-                log("announce stored on no node (attempt \(attempt + 1) of 3)")
+                let offsets = (result?.clockOffsets ?? []).sorted()
+                log("warning: announce stored on no node (attempt \(attempt + 1) of 3)"
+                    + (offsets.isEmpty ? "" : ": refused for its time, this clock is \(-offsets[offsets.count / 2] / 1000) s off the holders'"))
             }
+        } catch let taken as Failure {
+            dht.stop()
+            for end in ready { Glibc.close(end) }
+            ready = [-1, -1]
+            throw taken
         } catch {
             dht.stop()
             for end in ready { Glibc.close(end) }
@@ -255,7 +271,7 @@ public final class TransportNode: @unchecked Sendable {
         guard monitor.locked({ running }) else { throw .closed }
         guard peer != identity.name else { throw .invalid("cannot connect to oneself") }
         let token = Sodium.randomBytes(ConnectOffer.tokenSize)
-        let deadline = unixMilliseconds() + UInt64(configuration.connectTimeout)
+        let deadline = monotonicMilliseconds() + UInt64(configuration.connectTimeout)
         // Under loss ICE can end with one side connected and the other failed, and the handshake
         // then times out: a path that failed that way is tried again while time remains.
         var attempt = 0
@@ -266,7 +282,7 @@ public final class TransportNode: @unchecked Sendable {
                 return try register(peer: peer, path: path, token: token, initiator: true, accepted: false)
             } catch {
                 guard case .unreachable(let why) = error, !why.contains("refused"), attempt < 3,
-                      unixMilliseconds() + 1000 < deadline, monitor.locked({ running }) else { throw error }
+                      monotonicMilliseconds() + 1000 < deadline, monitor.locked({ running }) else { throw error }
                 log("connecting to \(peer): \(why); trying again")
             }
         }
@@ -276,8 +292,8 @@ public final class TransportNode: @unchecked Sendable {
     /// ICE, the handshake as initiator. `kind` .resume asks the peer to attach it to connection `token`.
     private func openPath(to peer: IdentityName, kind: ConnectOffer.Kind, token: [UInt8],
                           deadline: UInt64) throws(Failure) -> Path {
-        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(unixMilliseconds()))) }
-        var marks = [unixMilliseconds()]  // lookup, gathering, signaling, answer, ICE, handshake
+        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(monotonicMilliseconds()))) }
+        var marks = [monotonicMilliseconds()]  // lookup, gathering, signaling, answer, ICE, handshake
         // A lookup or a signal can fail on a lost datagram in a small network: each is tried 3 times.
         var found: PeerEntry?
         for _ in 0..<3 where found == nil && remaining() > 0 && monitor.locked({ running }) {
@@ -286,7 +302,7 @@ public final class TransportNode: @unchecked Sendable {
         guard let entry = found else {
             throw monitor.locked({ running }) ? .peerOffline("\(peer) has no entry in the DHT") : .closed
         }
-        marks.append(unixMilliseconds())
+        marks.append(monotonicMilliseconds())
         let agent = try makeAgent(controlling: true)
         defer { forget(agent) }
         let candidates: [IceCandidate]
@@ -299,7 +315,7 @@ public final class TransportNode: @unchecked Sendable {
             agent.close()
             throw .io("gathering candidates: \(error)")
         }
-        marks.append(unixMilliseconds())
+        marks.append(monotonicMilliseconds())
         let offer = ConnectOffer(kind: kind, token: token, ufrag: credentials.ufrag, password: credentials.password,
                                  candidates: candidates)
         var signalled: (id: UInt64, holders: [Endpoint])?
@@ -314,17 +330,18 @@ public final class TransportNode: @unchecked Sendable {
             agent.close()
             throw .peerOffline("no node holding \(peer)'s entry could reach it")
         }
-        marks.append(unixMilliseconds())
+        marks.append(monotonicMilliseconds())
         // The peer answers once it gathered its candidates (at most 3 s): an entry whose owner says
         // nothing within 5 s belongs to a node that is gone (entries outlive their owners by up to
         // 30 minutes).
         var answer: ConnectOffer?
-        let answerDeadline = unixMilliseconds() + UInt64(Self.answerWait)
-        var resend = unixMilliseconds() + 500
-        while answer == nil, remaining() > 0, unixMilliseconds() < answerDeadline {
-            if unixMilliseconds() >= resend {
+        var answerHolder: Endpoint?
+        let answerDeadline = monotonicMilliseconds() + UInt64(Self.answerWait)
+        var resend = monotonicMilliseconds() + 500
+        while answer == nil, remaining() > 0, monotonicMilliseconds() < answerDeadline {
+            if monotonicMilliseconds() >= resend {
                 // The offer or the answer was lost (the holders' relaying is not acknowledged).
-                resend = unixMilliseconds() + 500
+                resend = monotonicMilliseconds() + 500
                 dht.signal(peer, id: signalID, payload: offer.bytes, through: holders)
             }
             guard let delivery = dht.nextDelivery(signalID, timeout: min(remaining(), 250)) else {
@@ -332,8 +349,9 @@ public final class TransportNode: @unchecked Sendable {
                 continue
             }
             answer = try? ConnectOffer(parsing: delivery.payload)
+            answerHolder = delivery.holder
         }
-        guard let answer, answer.kind == .answer || answer.kind == .refusal else {
+        guard let answer, let answerHolder, answer.kind == .answer || answer.kind == .refusal else {
             agent.close()
             throw monitor.locked({ running }) ? .peerOffline("\(peer) did not answer the offer") : .closed
         }
@@ -341,18 +359,18 @@ public final class TransportNode: @unchecked Sendable {
             agent.close()
             throw .unreachable("\(peer) refused the connection (busy, or no such connection to resume)")
         }
-        marks.append(unixMilliseconds())
+        marks.append(monotonicMilliseconds())
         let link: IcePath
         do {
             try agent.setRemoteCredentials(ufrag: answer.ufrag, password: answer.password)
-            for candidate in answer.candidates { try agent.addRemoteCandidate(candidate) }
+            for candidate in answer.reachableCandidates(learnedFrom: answerHolder) { try agent.addRemoteCandidate(candidate) }
             agent.timeoutMilliseconds = max(100, remaining())
             link = try agent.establishPath()
         } catch {
             agent.close()
             throw monitor.locked({ running }) ? .unreachable("ICE: \(error)") : .closed
         }
-        marks.append(unixMilliseconds())
+        marks.append(monotonicMilliseconds())
         let session: SecureSession
         do {
             session = try HandshakeOverPath.initiate(path: link, identity: identity, peer: peer, publicKey: entry.publicKey,
@@ -362,7 +380,7 @@ public final class TransportNode: @unchecked Sendable {
             agent.close()
             throw .unreachable("handshake: \(error)")
         }
-        marks.append(unixMilliseconds())
+        marks.append(monotonicMilliseconds())
         let phases = zip(marks.dropFirst(), marks).map { String($0 - $1) }.joined(separator: "/")
         log("\(kind == .resume ? "new path" : "connected") to \(peer) in \(marks[marks.count - 1] - marks[0]) ms "
             + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms)")
@@ -372,13 +390,13 @@ public final class TransportNode: @unchecked Sendable {
     /// The initiator's side of a lost path: new paths are tried until one works or the resume window
     /// passes; then the connection is dead.
     private func resume(_ id: Int32) {
-        let end = unixMilliseconds() + configuration.resumeWindow
+        let end = monotonicMilliseconds() + configuration.resumeWindow
         var refusals = 0
-        while unixMilliseconds() < end, monitor.locked({ running }) {
+        while monotonicMilliseconds() < end, monitor.locked({ running }) {
             guard let peer = stillLost(id) else { return }
             do {
                 let path = try openPath(to: peer.name, kind: .resume, token: peer.token,
-                                        deadline: min(end, unixMilliseconds() + UInt64(configuration.connectTimeout)))
+                                        deadline: min(end, monotonicMilliseconds() + UInt64(configuration.connectTimeout)))
                 guard path.session.peerPublicKey == peer.peerKey else {
                     path.link.close()
                     path.agent.close()
@@ -423,8 +441,8 @@ public final class TransportNode: @unchecked Sendable {
     /// The responder's side of a lost path: the initiator resumes; if it has not within the window,
     /// the connection is dead.
     private func awaitResume(_ id: Int32) {
-        let end = unixMilliseconds() + configuration.resumeWindow
-        while unixMilliseconds() < end, monitor.locked({ running }) {
+        let end = monotonicMilliseconds() + configuration.resumeWindow
+        while monotonicMilliseconds() < end, monitor.locked({ running }) {
             guard stillLost(id) != nil else { return }
             usleep(200_000)
         }
@@ -716,7 +734,7 @@ public final class TransportNode: @unchecked Sendable {
     private static func unopened(_ responder: HandshakeResponder<Int>?) -> (([UInt8]) -> [[UInt8]])? {
         responder.map { responder in
             { datagram in
-                try? responder.receive(datagram, from: 0, now: unixMilliseconds())
+                try? responder.receive(datagram, from: 0, now: monotonicMilliseconds())
                 return responder.takeDatagrams().map(\.1)
             }
         }
@@ -790,7 +808,7 @@ public final class TransportNode: @unchecked Sendable {
                 continue
             }
             let key = OfferKey(id: request.id, origin: request.origin)
-            let now = unixMilliseconds()
+            let now = monotonicMilliseconds()
             let repeated = monitor.locked { () -> (seen: Bool, answer: [UInt8]?) in
                 answered = answered.filter { $0.value.at + 30_000 > now }
                 guard let known = answered[key] else { return (false, nil) }
@@ -826,8 +844,8 @@ public final class TransportNode: @unchecked Sendable {
     }
 
     private func answer(_ request: SignalRequest, offer: ConnectOffer, key: OfferKey) throws(Failure) {
-        let deadline = unixMilliseconds() + UInt64(configuration.connectTimeout)
-        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(unixMilliseconds()))) }
+        let deadline = monotonicMilliseconds() + UInt64(configuration.connectTimeout)
+        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(monotonicMilliseconds()))) }
         // A resume names a connection of this side that the offering side made.
         var resumed: (id: Int32, peer: Peer)?
         if offer.kind == .resume {
@@ -850,9 +868,9 @@ public final class TransportNode: @unchecked Sendable {
             guard let local = agent.localCredentials else { throw NatError.invalid("closed") }
             let answer = ConnectOffer(kind: .answer, token: offer.token, ufrag: local.ufrag, password: local.password,
                                       candidates: candidates).bytes
-            monitor.locked { answered[key] = (answer, unixMilliseconds()) }
+            monitor.locked { answered[key] = (answer, monotonicMilliseconds()) }
             dht.reply(to: request, payload: answer)
-            for candidate in offer.candidates { try agent.addRemoteCandidate(candidate) }
+            for candidate in offer.reachableCandidates(learnedFrom: request.holder) { try agent.addRemoteCandidate(candidate) }
             agent.timeoutMilliseconds = max(100, remaining())
             link = try agent.establishPath()
         } catch {

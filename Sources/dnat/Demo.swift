@@ -47,8 +47,8 @@ struct Demo: ParsableCommand {
             temporary = true
         }
         defer { if temporary { removeTree(root) } }
-        let started = unixMilliseconds()
-        func elapsed() -> String { "\(unixMilliseconds() - started) ms" }
+        let started = monotonicMilliseconds()
+        func elapsed() -> String { "\(monotonicMilliseconds() - started) ms" }
 
         var nodeConfiguration = DHTServiceConfiguration()
         nodeConfiguration.bindHost = bind
@@ -82,10 +82,10 @@ struct Demo: ParsableCommand {
         var bob = try start("bob")
         defer { bob.close() }
 
-        let connectStart = unixMilliseconds()
+        let connectStart = monotonicMilliseconds()
         let toBob = try alice.connect(try IdentityName("bob"))
         let (fromAlice, peer) = try bob.accept(timeout: 10_000)
-        print("[\(elapsed())] alice connected to bob in \(unixMilliseconds() - connectStart) ms; bob accepted \(peer)")
+        print("[\(elapsed())] alice connected to bob in \(monotonicMilliseconds() - connectStart) ms; bob accepted \(peer)")
 
         let big = (0..<attachment).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }
         if attachment > 0 { try alice.send(toBob, big, stream: 1) }
@@ -101,7 +101,7 @@ struct Demo: ParsableCommand {
                 print("[\(elapsed())] bob got the \(got.bytes.count)-byte attachment on stream 1 \(got.bytes == big ? "intact" : "CORRUPT")")
             }
         }
-        let exchangeStart = unixMilliseconds()
+        let exchangeStart = monotonicMilliseconds()
         for index in 0..<messages {
             let text = "message \(index + 1) from alice"
             try alice.send(toBob, Array(text.utf8))
@@ -116,12 +116,12 @@ struct Demo: ParsableCommand {
             failures += intact ? 0 : 1
             print("[\(elapsed())] bob got the \(got.bytes.count)-byte attachment on stream \(got.stream) \(intact ? "intact" : "CORRUPT")")
         }
-        let round = Double(unixMilliseconds() - exchangeStart) / Double(messages)
+        let round = Double(monotonicMilliseconds() - exchangeStart) / Double(messages)
         print("[\(elapsed())] \(messages) messages each way, \(String(format1(round))) ms per round trip")
 
         // Throughput: 8 messages of 1 MiB on stream 2, timed from the first send to the last delivery.
         let mebibyte = [UInt8](repeating: 0x5A, count: 1 << 20)
-        let bulkStart = unixMilliseconds()
+        let bulkStart = monotonicMilliseconds()
         for _ in 0..<8 { try alice.send(toBob, mebibyte, stream: 2) }
         var bulk = 0
         while bulk < 8 {
@@ -132,7 +132,7 @@ struct Demo: ParsableCommand {
             }
             bulk += 1
         }
-        let bulkMs = max(1, unixMilliseconds() - bulkStart)
+        let bulkMs = max(1, monotonicMilliseconds() - bulkStart)
         print("[\(elapsed())] throughput: 8 MiB in \(bulkMs) ms, \(format1(8.0 * 1.048576 * 1000 / Double(bulkMs))) MB/s")
         try alice.disconnect(toBob)
         let end = Result { () throws(TransportNode.Failure) in try bob.receive(fromAlice, timeout: 5000) }

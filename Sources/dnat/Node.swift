@@ -40,7 +40,11 @@ struct Node: ParsableCommand {
         configuration.dataDirectory = dataDir
         configuration.node.storesMail = false  // bootstrap nodes keep no offline messages (seed)
         let service: DHTService
-        do { service = try DHTService(configuration: configuration) { log.info($0) } } catch {
+        do {
+            service = try DHTService(configuration: configuration) { line in
+                if line.hasPrefix("warning: ") { log.warning(String(line.dropFirst(9))) } else { log.info(line) }
+            }
+        } catch {
             throw ValidationError("cannot start the node: \(error)")
         }
         service.otherProtocol = { request, source in
@@ -58,14 +62,15 @@ struct Node: ParsableCommand {
             case nil: return
             }
         }
-        var nextStats = statsInterval > 0 ? time(nil) + statsInterval : Int.max
+        func seconds() -> Int { Int(monotonicMilliseconds() / 1000) }
+        var nextStats = statsInterval > 0 ? seconds() + statsInterval : Int.max
         var timeout = timespec(tv_sec: 1, tv_nsec: 0)
         while true {
             var info = siginfo_t()
             let signal = sigtimedwait(&signals, &info, &timeout)
-            if signal == SIGUSR1 || time(nil) >= nextStats {
+            if signal == SIGUSR1 || seconds() >= nextStats {
                 log.info(statistics(service))
-                if statsInterval > 0 { nextStats = time(nil) + statsInterval }
+                if statsInterval > 0 { nextStats = seconds() + statsInterval }
             }
             if signal == SIGINT || signal == SIGTERM {
                 log.info("signal \(signal): saving state and stopping")
@@ -80,7 +85,8 @@ struct Node: ParsableCommand {
         guard let s = service.statistics else { return "stopped" }
         return "stats: routing table \(service.routingTableSize ?? 0), entries stored \(service.storedCount ?? 0), "
             + "received \(s.received), sent \(s.sent), requests answered \(s.requestsAnswered), dropped \(s.dropped), "
-            + "rate limited \(s.rateLimited), refused entries \(s.refusedEntries), timeouts \(s.timeouts)"
+            + "rate limited \(s.rateLimited), refused entries \(s.refusedEntries), refused contacts \(s.refusedContacts), "
+            + "refused pieces \(s.refusedPieces), timeouts \(s.timeouts)"
     }
 }
 

@@ -44,6 +44,12 @@ int main(void) {
     CHECK_EQ_INT(dht_refresh(a), DNA_OK);
     CHECK_EQ_INT(dht_get_stats(b, &stats), DNA_OK);
     CHECK(stats.routing_table_size == 1 && stats.stored_entries == 1 && stats.received > 0 && stats.sent > 0);
+    CHECK(stats.refused_contacts == 0 && stats.refused_pieces == 0);
+    /* A bootstrap list of addresses no node can have is refused (0.0.0.0, broadcast): nothing is sent there. */
+    {
+        const char *unreachable[] = {"0.0.0.0:4567", "255.255.255.255:4567", NULL};
+        CHECK_EQ_INT(dht_bootstrap(b, unreachable), DNA_ERR_INVALID_ARGUMENT);
+    }
 
     /* Arguments. */
     CHECK_EQ_INT(dht_bootstrap(b, none), DNA_ERR_INVALID_ARGUMENT);

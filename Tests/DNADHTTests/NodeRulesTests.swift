@@ -36,8 +36,10 @@ import Testing
         }
         for (to, datagram) in node.takeDatagrams() where to == client {
             guard let piece = try? DHTDatagram.parse(datagram),
-                  let message = try? DHTMessage(parsing: Array(piece.bytes), transaction: piece.transaction),
-                  case .stored(let status) = message.body else { continue }
+                  let message = try? DHTMessage(parsing: Array(piece.bytes), transaction: piece.transaction)
+                  else { continue }
+            if case .storedOutOfTime = message.body { return .outOfTime }
+            guard case .stored(let status) = message.body else { continue }
             return status
         }
         return nil
@@ -63,7 +65,7 @@ import Testing
         var forged = Self.entry(Self.bob, lastSeen: now)
         forged.signature[100] ^= 1
         #expect(Self.store(forged.wireBytes, at: target, in: network, from: client) == .invalid)
-        #expect(Self.store(Self.entry(Self.bob, lastSeen: now + 3600).wireBytes, at: target, in: network, from: client) == .invalid)
+        #expect(Self.store(Self.entry(Self.bob, lastSeen: now + 3600).wireBytes, at: target, in: network, from: client) == .outOfTime)
         #expect(Self.store(Array(good.wireBytes.dropLast()), at: target, in: network, from: client) == .invalid)
         #expect(Self.store(good.wireBytes + [0], at: target, in: network, from: client) == .invalid)
         #expect(node.statistics.refusedEntries >= 5)

@@ -28,6 +28,8 @@ final class SimulatedNetwork {
     var random: SimRandom
     private var heap = EventHeap()
     private(set) var delivered = 0
+    /// Datagrams the nodes sent, by destination.
+    private(set) var sent: [Endpoint: Int] = [:]
     private(set) var events: [Endpoint: [DHTEvent]] = [:]
     let configuration: DHTConfiguration
 
@@ -69,6 +71,7 @@ final class SimulatedNetwork {
     func flush(_ endpoint: Endpoint) {
         guard let node = nodes[endpoint] else { return }
         for (to, datagram) in node.takeDatagrams() {
+            sent[to, default: 0] += 1
             if natted.contains(endpoint) { mappings[endpoint, default: [:]][to] = now }
             let delay = 10 + random.next() % 50
             heap.push(now + delay, .deliver(from: endpoint, to: to, datagram: datagram))
@@ -193,4 +196,17 @@ struct EventHeap {
         }
         return (top.time, top.event)
     }
+}
+
+/// Tests whose one clock is both the monotonic and the Unix one (as the simulation's is).
+extension Mailboxes {
+    mutating func put(_ item: [UInt8], now: UInt64) -> MailStatus { put(item, now: now, unix: now) }
+    func items(of key: NodeID, skip: Int, budget: Int, now: UInt64) -> (total: Int, items: [[UInt8]]) {
+        items(of: key, skip: skip, budget: budget, unix: now)
+    }
+    mutating func delete(_ request: [UInt8], now: UInt64) -> Int? { delete(request, unix: now) }
+    mutating func dueForRepublishing(now: UInt64, interval: UInt64, limit: Int) -> [(key: NodeID, items: [[UInt8]])] {
+        dueForRepublishing(now: now, unix: now, interval: interval, limit: limit)
+    }
+    mutating func sweep(now: UInt64) { sweep(unix: now) }
 }

@@ -77,6 +77,40 @@ import Testing
         }
     }
 
+    /// Nodes whose Unix clock is an hour behind, an hour ahead, and 11 minutes ahead of the others':
+    /// each announce is first refused for its time (no holder would store it), corrected by the
+    /// holders' clocks and stored; each node then finds the others' entries. A clock off by more
+    /// than a day cannot be corrected: its announce says so (clockOffsets, DNA_ERR_CLOCK_SKEW).
+    @Test func nodesWhoseClocksAreOffAnnounceAndFindOnTheHoldersClock() throws {
+        let honest = try Self.services(6)
+        var skewed: [DHTService] = []
+        defer { for service in honest + skewed { service.stop() } }
+        let seed = try #require(Endpoint(host: "127.0.0.1", port: honest[0].port))
+        for error: Int64 in [-3_600_000, 3_600_000, 660_000, -2 * 86_400_000] {
+            var configuration = DHTServiceConfiguration()
+            configuration.bindHost = "127.0.0.1"
+            configuration.node.difficulty = 8
+            configuration.dataDirectory = Self.temporaryDirectory()
+            configuration.unixClockError = error
+            let service = try DHTService(configuration: configuration)
+            skewed.append(service)
+            #expect(service.bootstrap([seed]) == true)
+        }
+        let owner = try Identity(generating: try IdentityName("dave"))
+        #expect((try honest[1].announce(owner, ip: "127.0.0.1", port: 7000))?.stored ?? 0 >= 4)
+        for (index, service) in skewed.prefix(3).enumerated() {
+            let identity = try Identity(generating: try IdentityName("skewed\(index)"))
+            let result = try #require(try service.announce(identity, ip: "127.0.0.1", port: 7001))
+            #expect(result.stored >= 4, "clock \(index): stored on \(result.stored)")
+            // (The skewed nodes that have not announced yet still refuse it for its time.)
+            #expect(result.clockOffsets.count <= 3, "\(result.clockOffsets)")
+            #expect(service.find(owner.name, timeout: 5000)?.port == 7000, "clock \(index) finds dave")
+            #expect(honest[2].find(identity.name, timeout: 5000)?.port == 7001, "dave's side finds clock \(index)")
+        }
+        let hopeless = try #require(try skewed[3].announce(try Identity(generating: try IdentityName("erin")), ip: "127.0.0.1", port: 7002))
+        #expect(hopeless.stored == 0 && !hopeless.clockOffsets.isEmpty)
+    }
+
     /// The routing table is saved at each refresh while the node runs (written off the loop thread),
     /// not only when it stops.
     @Test func theStateIsSavedAtEachRefreshWhileRunning() throws {

@@ -84,6 +84,10 @@ typedef struct {
     uint64_t rate_limited;        /* requests over a source's rate */
     uint64_t refused_entries;     /* forged, expired, taken or over quota */
     uint64_t timeouts;            /* requests that got no answer */
+    uint64_t refused_contacts;    /* contacts at addresses no node can have (0.0.0.0, multicast, broadcast,
+                                     loopback learnt from elsewhere...): never asked (PROTOCOL.md §5.1) */
+    uint64_t refused_pieces;      /* pieces of multi-datagram messages over a source's rate or its (or its
+                                     network's) share of the reassembly state (PROTOCOL.md §5.1) */
 } dht_stats_t;
 
 /**
@@ -98,7 +102,9 @@ DNA_EXPORT dht_context_t *dht_init(const dht_config_t *config);
  * Joins the network through the given nodes (seed). nodes: (in) NULL-terminated array of
  * "host:port" strings ("[v6]:port" for IPv6; names are resolved). Pings them, then looks up the
  * own id; retries with backoff (0.5, 1, 2, 4 s) until some node answers. Blocks up to about 15 s.
- * Returns DNA_OK, DNA_ERR_UNREACHABLE (no node answered), DNA_ERR_INVALID_ARGUMENT (none resolves).
+ * Addresses no node can have (0.0.0.0, multicast, broadcast: PROTOCOL.md §5.1) are skipped.
+ * Returns DNA_OK, DNA_ERR_UNREACHABLE (no node answered), DNA_ERR_INVALID_ARGUMENT (none resolves to
+ * an address a node can have).
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_bootstrap(dht_context_t *ctx, const char **nodes);
 
@@ -107,6 +113,10 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_bootstrap(dht_context_t *ctx, const char **no
  * context's data_dir (created on first use) and stores it on the k nodes closest to
  * SHA-256(identity). The context re-announces it every 5 minutes while it runs. Blocks up to 30 s.
  * Returns DNA_OK (stored on at least one node), DNA_ERR_UNREACHABLE (no node stored it),
+ * DNA_ERR_NAME_TAKEN (no node stored it and holders said a live entry of the name has another key:
+ * first come, first served, PROTOCOL.md §5.2), DNA_ERR_CLOCK_SKEW (no node stored it and holders
+ * refused it for its time: this machine's clock is off theirs by more than 10 minutes and correcting
+ * by their times did not help; the correction applied when it does help is logged at warning level),
  * DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT (bad name, address or port 0), DNA_ERR_KEY_FILE,
  * DNA_ERR_KEY_PERMISSIONS, DNA_ERR_IO.
  */
@@ -127,8 +137,10 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_find_peer_entry(dht_context_t *ctx, const cha
 
 /**
  * Re-announces every identity announced through this context with a fresh last_seen and refreshes
- * idle buckets (seed: every 5 minutes; the context also does it by itself). Returns DNA_OK,
- * DNA_ERR_CLOSED, DNA_ERR_INVALID_ARGUMENT.
+ * idle buckets (seed: every 5 minutes; the context also does it by itself). Waits for each
+ * announce (up to 30 s each, as dht_announce). Returns DNA_OK (every entry stored on at least one
+ * node), DNA_ERR_UNREACHABLE / DNA_ERR_NAME_TAKEN / DNA_ERR_CLOCK_SKEW (an entry stored nowhere, as
+ * dht_announce), DNA_ERR_TIMEOUT, DNA_ERR_CLOSED, DNA_ERR_INVALID_ARGUMENT.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_refresh(dht_context_t *ctx);
 

@@ -60,6 +60,10 @@ extern "C" {
 #define DNA_ERR_REPLAYED          (-23) /* a message or frame that was already received */
 #define DNA_ERR_AUTHENTICATION    (-24) /* a sealed message does not authenticate: modified, forged or another key's */
 #define DNA_ERR_MISDIRECTED       (-25) /* a handshake meant for another identity's key */
+#define DNA_ERR_NAME_TAKEN        (-26) /* the identity's name is held in the DHT by another key (first come,
+                                           first served: PROTOCOL.md §5.2); its entry was stored nowhere */
+#define DNA_ERR_CLOCK_SKEW        (-27) /* holders refused an entry for its time (this clock is off theirs by
+                                           more than they accept, and their times could not correct it) */
 
 /* Log levels, from most to least verbose. */
 #define DNA_LOG_TRACE    0

@@ -95,8 +95,9 @@ typedef enum {
  * the identity's key from the data directory (making it on first use), starts the DHT node, joins
  * through the bootstrap nodes and announces the identity's signed entry. Returns NULL on failure
  * (dna_last_error(): DNA_ERR_INVALID_ARGUMENT for a bad name or variable, DNA_ERR_IO when the port
- * cannot be bound, DNA_ERR_KEY_FILE ...). When no bootstrap node answers, the context still starts
- * and the DHT retries at each refresh. Free with transport_free.
+ * cannot be bound, DNA_ERR_KEY_FILE, DNA_ERR_NAME_TAKEN when the DHT holds a live entry of the name
+ * with another key ...). When no bootstrap node answers, the context still starts and the DHT
+ * retries at each refresh. Free with transport_free.
  */
 DNA_EXPORT transport_context_t *transport_init(const char *identity);
 

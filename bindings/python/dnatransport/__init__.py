@@ -48,6 +48,8 @@ class ErrorCode(enum.IntEnum):
     REPLAYED = -23
     AUTHENTICATION = -24
     MISDIRECTED = -25
+    NAME_TAKEN = -26
+    CLOCK_SKEW = -27
 
 
 class MessageType(enum.IntEnum):

@@ -70,7 +70,7 @@ class DHTStatsC(Structure):
     """dht_stats_t"""
     _fields_ = [(name, c_uint64) for name in ("routing_table_size", "stored_entries", "received", "sent",
                                               "requests_answered", "dropped", "rate_limited", "refused_entries",
-                                              "timeouts")]
+                                              "timeouts", "refused_contacts", "refused_pieces")]
 
 
 class IceCandidateC(Structure):

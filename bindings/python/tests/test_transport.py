@@ -372,3 +372,44 @@ def test_a_negative_resume_window_is_refused(network):
     with pytest.raises(dna.DNAError) as caught:
         network("alice", resume_window_ms=-1)
     assert caught.value.code == dna.ErrorCode.INVALID_ARGUMENT
+
+
+def test_a_second_key_claiming_a_live_name_is_refused_and_the_owner_stays_reachable(network, tmp_path):
+    """Six nodes; alice (key K1) online. A second process claims "alice" with another key (K2): its
+    transport_init and dht_announce report the name as taken, and bob still reaches the real alice
+    every time (issue 15, case 5)."""
+    extra = []
+    try:
+        for i in range(3):
+            node = dna.DHT(data_dir=str(tmp_path / f"node{i}"), bind_ip="127.0.0.1")
+            node.bootstrap(network.bootstrap)
+            extra.append(node)
+        alice, bob = network("alice"), network("bob")
+
+        def exchange(round_):
+            conn = bob.connect("alice")
+            incoming, peer = alice.accept(timeout_ms=10000)
+            assert peer == "bob"
+            bob.send(conn, b"ping %d" % round_)
+            assert alice.receive(incoming, timeout_ms=5000) == b"ping %d" % round_
+            bob.disconnect(conn)
+            alice.disconnect(incoming)
+
+        for round_ in range(2):
+            exchange(round_)
+        with pytest.raises(dna.DNAError) as caught:
+            dna.Transport("alice", data_dir=str(tmp_path / "squatter"), bootstrap=network.bootstrap, bind_ip="127.0.0.1")
+        assert caught.value.code == dna.ErrorCode.NAME_TAKEN, caught.value
+        # A squatter with a bare DHT node: its announce is refused, and the entry its own node now
+        # holds is outvoted by the holders of alice's.
+        squatter = dna.DHT(data_dir=str(tmp_path / "squatter-node"), bind_ip="127.0.0.1")
+        extra.append(squatter)
+        squatter.bootstrap(network.bootstrap)
+        with pytest.raises(dna.DNAError) as caught:
+            squatter.announce("alice", "127.0.0.1", squatter.port)
+        assert caught.value.code == dna.ErrorCode.NAME_TAKEN, caught.value
+        for round_ in range(2, 6):
+            exchange(round_)
+    finally:
+        for node in extra:
+            node.close()
