@@ -11,7 +11,7 @@ STAGE      := $(CURDIR)/build/stage
 DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv \
                 iproute2 nftables coturn
 
-.PHONY: all build install install-stage deps test bench clean
+.PHONY: all build install install-stage wheel deps test bench clean
 
 all: build
 
@@ -69,5 +69,9 @@ bench: install-stage
 install-stage:
 	$(MAKE) install PREFIX=$(CURDIR)/build/stage
 
+# A platform wheel of the Python binding with the library inside (pip install dist/dnatransport-*.whl).
+wheel: install-stage
+	$(PYTHON) bindings/python/make_wheel.py $(STAGE)/lib/libdnatransport.so.$(SOVERSION) dist
+
 clean:
-	rm -rf .build build
+	rm -rf .build build dist

@@ -56,7 +56,7 @@ let package = Package(
                     // FoundationEssentials (from swift-crypto) needs these static archives too; -z defs
                     // makes any symbol left unresolved a link error instead of a load-time failure.
                     "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
-                    "-Xlinker", "-lswiftSynchronization", "-Xlinker", "-l_FoundationICU", "-Xlinker", "-lCoreFoundation", "-Xlinker", "-z", "-Xlinker", "defs",
+                    "-Xlinker", "-lswiftSynchronization", "-Xlinker", "-z", "-Xlinker", "defs",
                     "-Xlinker", "-soname=libdnatransport.so.1",
                     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DNACABI/dnatransport.map",
                 ])
@@ -65,7 +65,17 @@ let package = Package(
 
         .executableTarget(
             name: "dnat",
-            dependencies: ["DNAWire", "DNADHT", "DNANet", "DNACrypto", "DNATransport", "STUNServer", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["DNAWire", "DNADHT", "DNANet", "DNACrypto", "DNATransport", "STUNServer", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            linkerSettings: [
+                // The Swift runtime inside (as in the library): `dnat` runs where the toolchain is not
+                // installed (bootstrap servers). FoundationEssentials (swift-crypto, ArgumentParser) needs
+                // the archives below as well; -z defs makes a missing one a link error.
+                .unsafeFlags([
+                    "-static-stdlib", "-use-ld=lld",
+                    "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
+                    "-Xlinker", "-lswiftSynchronization", "-Xlinker", "-z", "-Xlinker", "defs",
+                ])
+            ]
         ),
         .executableTarget(
             name: "DNABench",

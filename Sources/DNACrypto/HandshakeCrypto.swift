@@ -1,6 +1,5 @@
 import Crypto
 internal import CSodium
-import Foundation
 
 /// X25519 from libsodium.
 enum X25519 {

@@ -1,5 +1,4 @@
 import Crypto
-import Foundation
 
 /// An identity: a name and its ML-DSA-65 key pair (FIPS 204, pure mode, empty context).
 public final class Identity: Sendable {

@@ -281,7 +281,7 @@ public final class TransportNode: @unchecked Sendable {
                 let path = try openPath(to: peer, kind: .offer, token: token, deadline: deadline)
                 return try register(peer: peer, path: path, token: token, initiator: true, accepted: false)
             } catch {
-                guard case .unreachable(let why) = error, !why.contains("refused"), attempt < 3,
+                guard case .unreachable(let why) = error, !mentions(why, "refused"), attempt < 3,
                       monotonicMilliseconds() + 1000 < deadline, monitor.locked({ running }) else { throw error }
                 log("connecting to \(peer): \(why); trying again")
             }
@@ -408,7 +408,7 @@ public final class TransportNode: @unchecked Sendable {
                 log("new path to \(peer.name) failed: \(error)")
                 // A peer that restarted has no such connection and refuses the new path: the
                 // connection cannot come back (twice in a row: a busy peer refuses too).
-                if case .unreachable(let why) = error, why.contains("refused") {
+                if case .unreachable(let why) = error, mentions(why, "refused") {
                     refusals += 1
                     if refusals >= 2 { break }
                 } else {
@@ -930,4 +930,13 @@ func spawn(_ body: @escaping () -> Void) -> Bool {
     }
     pthread_detach(thread)
     return true
+}
+
+/// True when `word` occurs in `text`. `String.contains(_: String)` lives in _StringProcessing, whose
+/// one object file brings the regex engine (1.3 MB) into the statically linked library.
+func mentions(_ text: String, _ word: String) -> Bool {
+    let haystack = Array(text.utf8), needle = Array(word.utf8)
+    guard !needle.isEmpty else { return true }
+    guard haystack.count >= needle.count else { return false }
+    return (0...(haystack.count - needle.count)).contains { haystack[$0..<$0 + needle.count].elementsEqual(needle) }
 }

@@ -7,16 +7,23 @@ from ctypes import (CFUNCTYPE, POINTER, Structure, c_char_p, c_int, c_size_t, c_
 
 SONAME = "libdnatransport.so.1"
 DEFAULT_PREFIX = "/usr/local"
+# A wheel carries the library here, beside this module.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def locate(environ=None, default_prefix=DEFAULT_PREFIX):
-    """The path of the library: $DNATRANSPORT_LIBRARY, then pkg-config's libdir, then the default prefix.
+def locate(environ=None, default_prefix=DEFAULT_PREFIX, package_dir=PACKAGE_DIR):
+    """The path of the library: the copy inside this package (a wheel bundles one), then
+    $DNATRANSPORT_LIBRARY, then pkg-config's libdir, then the default prefix.
     Returns (path, tried) where tried lists every place looked at."""
     environ = os.environ if environ is None else environ
     tried = []
+    bundled = os.path.join(package_dir, SONAME)
+    if os.path.exists(bundled):
+        return bundled, [f"bundled: {bundled}"]
+    tried.append(f"bundled: {bundled}")
     explicit = environ.get("DNATRANSPORT_LIBRARY")
     if explicit:
-        return explicit, [f"DNATRANSPORT_LIBRARY={explicit}"]
+        return explicit, tried + [f"DNATRANSPORT_LIBRARY={explicit}"]
     try:
         out = subprocess.run(["pkg-config", "--variable=libdir", "dnatransport"], capture_output=True,
                              text=True, env=dict(environ), timeout=10)

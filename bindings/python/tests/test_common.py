@@ -69,21 +69,29 @@ def test_library_location_order(tmp_path):
     fake = tmp_path / "lib" / _native.SONAME
     fake.parent.mkdir()
     fake.write_bytes(b"")
-    # The environment variable wins.
-    path, _ = _native.locate({"DNATRANSPORT_LIBRARY": "/x/lib.so", "PATH": os.environ["PATH"]})
+    empty = tmp_path / "package"
+    empty.mkdir()
+    # A copy inside the package (as a wheel carries it) wins over everything else.
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / _native.SONAME).write_bytes(b"")
+    path, _ = _native.locate({"DNATRANSPORT_LIBRARY": "/x/lib.so", "PATH": os.environ["PATH"]}, package_dir=str(bundle))
+    assert path == str(bundle / _native.SONAME)
+    # Then the environment variable.
+    path, _ = _native.locate({"DNATRANSPORT_LIBRARY": "/x/lib.so", "PATH": os.environ["PATH"]}, package_dir=str(empty))
     assert path == "/x/lib.so"
     # Then pkg-config (the test run points PKG_CONFIG_PATH at the staged install).
     path, tried = _native.locate({"PATH": os.environ["PATH"], "PKG_CONFIG_PATH": os.environ["PKG_CONFIG_PATH"]},
-                                 default_prefix=str(tmp_path))
+                                 default_prefix=str(tmp_path), package_dir=str(empty))
     assert path == os.path.join(os.environ["DNA_TEST_PREFIX"], "lib", _native.SONAME), tried
     # Then the default prefix.
     path, tried = _native.locate({"PATH": os.environ["PATH"], "PKG_CONFIG_PATH": str(tmp_path)},
-                                 default_prefix=str(tmp_path))
+                                 default_prefix=str(tmp_path), package_dir=str(empty))
     assert path == str(fake), tried
     # Nothing anywhere: None, with every place tried.
     path, tried = _native.locate({"PATH": os.environ["PATH"], "PKG_CONFIG_PATH": str(tmp_path)},
-                                 default_prefix=str(tmp_path / "none"))
-    assert path is None and len(tried) == 2
+                                 default_prefix=str(tmp_path / "none"), package_dir=str(empty))
+    assert path is None and len(tried) == 3
 
 
 def test_environment_variable_selects_the_library_and_a_bad_one_is_a_clear_error():
