@@ -11,7 +11,7 @@ STAGE      := $(CURDIR)/build/stage
 DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv \
                 iproute2 nftables coturn
 
-.PHONY: all build install install-stage wheel deps test bench clean
+.PHONY: all build install install-stage wheel deps test bench soak clean
 
 all: build
 
@@ -65,6 +65,11 @@ bench: install-stage
 	# The transport in the lab (root): RTT and throughput through the routers, beside raw UDP.
 	DNA_TEST_PREFIX=$(CURDIR)/build/stage DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 \
 		PYTHONPATH=$(CURDIR)/bindings/python build/bench-venv/bin/python bench/transport_lab_bench.py
+
+# Long versions of timing tests: a reader that never reads for 60 s (issue 20), with the sender's
+# transport_send timing out all along and both sides' buffered bytes within their buffers.
+soak:
+	DNA_SOAK_SECONDS=60 $(SWIFT) test --filter 'TransportNodeTests/aReaderThatNeverReads'
 
 install-stage:
 	$(MAKE) install PREFIX=$(CURDIR)/build/stage

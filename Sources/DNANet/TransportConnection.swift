@@ -38,7 +38,15 @@ public final class TransportConnection: @unchecked Sendable {
     private var outgoing: [(UInt32, [UInt8])] = []
     /// Bytes sent and not yet acknowledged, as the loop last counted (plus what came since).
     private var queuedEstimate = 0
-    private var inbox: [(stream: UInt32, bytes: [UInt8])] = []
+    /// Streams with messages queued or not acknowledged, as the loop last counted (plus what came
+    /// since): the last eighth of the send buffer is only for the others (§7.2).
+    private var busyStreams = Set<UInt32>()
+    /// Delivered messages not yet taken, by stream; `receive` takes the streams in turn.
+    private var inbox = Inbox()
+    /// Messages the application took, for the loop to tell the core (it frees the receive window).
+    private var takes: [(UInt32, Int)] = []
+    /// Bytes the core holds for the application (`ReliableConnection.bufferedBytes`), as the loop last counted.
+    private var heldEstimate = 0
     private var presence: PresenceStatus?
     private var running = true
     private var dead = false
@@ -104,14 +112,19 @@ public final class TransportConnection: @unchecked Sendable {
     }
 
     /// Queues a message on `stream` and returns at once; waits up to `timeout` ms only while the send
-    /// buffer (messages not yet acknowledged) is full. Messages from one thread keep their order.
+    /// buffer (messages not yet acknowledged) is full: its first seven eighths take any message, the
+    /// rest only one on a stream with nothing queued or unacknowledged (§7.2). Messages from one
+    /// thread keep their order.
     public func send(_ message: [UInt8], stream: UInt32 = 0, timeout: Int = 10_000) throws(Failure) {
         guard message.count <= configuration.maximumMessageSize else { throw .tooLarge(message.count) }
+        let limit = configuration.maximumQueuedBytes
         let outcome = monitor.wait(milliseconds: max(0, timeout)) { () -> Failure?? in
             if !running || dead { return .some(.closed) }
-            guard queuedEstimate == 0 || queuedEstimate + message.count <= configuration.maximumQueuedBytes else { return nil }
+            guard queuedEstimate == 0 || queuedEstimate + message.count <= limit - limit / 8
+                    || !busyStreams.contains(stream) && queuedEstimate + message.count <= limit else { return nil }
             outgoing.append((stream, message))
             queuedEstimate += message.count
+            busyStreams.insert(stream)
             lastActivity = monotonicMilliseconds()
             // Only the first message of a batch wakes the loop; it takes them all.
             if outgoing.count == 1 { alarm?.armNow() }
@@ -121,10 +134,17 @@ public final class TransportConnection: @unchecked Sendable {
         if let failure = outcome { throw failure }
     }
 
-    /// The next delivered message, waiting up to `timeout` ms.
+    /// The next delivered message, waiting up to `timeout` ms. Streams with messages waiting are
+    /// taken in turn (one message each), so a stream's message waits behind at most one message of
+    /// each other stream, however much those hold. Taking a message frees its room in the receive
+    /// window (§7.2).
     public func receive(timeout: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8]) {
         let got = monitor.wait(milliseconds: timeout) { () -> (UInt32, [UInt8])?? in
-            if !inbox.isEmpty { return .some(inbox.removeFirst()) }
+            if let message = inbox.next() {
+                takes.append((message.0, message.1.count))
+                if takes.count == 1 { alarm?.armNow() }
+                return .some(message)
+            }
             if dead || !running { return .some(nil) }
             return nil
         }
@@ -135,6 +155,12 @@ public final class TransportConnection: @unchecked Sendable {
 
     /// Messages waiting to be received.
     public var pending: Int { monitor.locked { inbox.count } }
+
+    /// Bytes held for this connection, as its loop thread last counted: `send`, messages queued or
+    /// sent and not acknowledged (at most `maximumQueuedBytes`, or one larger message);
+    /// `receive`, the charges (length + 64 B) of messages received and not yet taken with
+    /// `receive`, partly reassembled ones included (at most `receiveBuffer`, or one larger message).
+    public var buffered: (send: Int, receive: Int) { monitor.locked { (queuedEstimate, heldEstimate) } }
 
     /// Datagrams that failed to open (forged, replayed, garbage): counted and dropped.
     public var refused: Int { monitor.locked { refusedCount } }
@@ -206,7 +232,7 @@ public final class TransportConnection: @unchecked Sendable {
     }
 
     /// receive() would not block: a message is waiting or the connection ended.
-    public var isReadable: Bool { monitor.locked { !inbox.isEmpty || dead || !running } }
+    public var isReadable: Bool { monitor.locked { inbox.count > 0 || dead || !running } }
 
     public var peerPresence: PresenceStatus? { monitor.locked { presence } }
 
@@ -295,27 +321,39 @@ public final class TransportConnection: @unchecked Sendable {
     /// events over, and sets the alarm for the core's next deadline.
     private func service() {
         guard monitor.locked({ running }) else { return }
-        let (pending, handed) = monitor.locked { () -> ([(ReliableConnection, UInt64) -> Void], [(UInt32, [UInt8])]) in
+        let (pending, handed, took) = monitor.locked { () -> ([(ReliableConnection, UInt64) -> Void], [(UInt32, [UInt8])], [(UInt32, Int)]) in
             defer {
                 commands.removeAll()
                 outgoing.removeAll(keepingCapacity: true)
+                takes.removeAll(keepingCapacity: true)
             }
-            return (commands, outgoing)
+            return (commands, outgoing, takes)
         }
         for command in pending { command(connection, monotonicMilliseconds()) }
+        let now = monotonicMilliseconds()
+        for (stream, length) in took { connection.taken(stream: stream, length: length, now: now) }
         for item in handed { backlogBytes += item.1.count }
         backlog += handed
-        var taken = 0
-        let now = monotonicMilliseconds()
-        // While the path is lost the messages wait here (the connection takes none).
-        for (stream, message) in backlog where !connection.isDead {
-            do throws(ReliableError) { try connection.send(message, stream: stream, now: now) } catch {
-                if error == .full { break }
+        // While the path is lost the messages wait here (the connection takes none). A stream whose
+        // message the core refused keeps its order; the others go on.
+        if !backlog.isEmpty && !connection.isDead {
+            var blocked = Set<UInt32>(), kept: [(UInt32, [UInt8])] = []
+            for (stream, message) in backlog {
+                if blocked.contains(stream) {
+                    kept.append((stream, message))
+                    continue
+                }
+                do throws(ReliableError) { try connection.send(message, stream: stream, now: now) } catch {
+                    if error == .full {
+                        blocked.insert(stream)
+                        kept.append((stream, message))
+                        continue
+                    }
+                }
+                backlogBytes -= message.count
             }
-            backlogBytes -= message.count
-            taken += 1
+            backlog = kept
         }
-        backlog.removeFirst(taken)
         if let next = connection.nextDeadline, next <= now { connection.handleTimeout(now: now) }
         for frame in connection.takeFrames() {
             guard let sealed = try? sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1, plaintext: frame.payload) else { continue }
@@ -328,15 +366,21 @@ public final class TransportConnection: @unchecked Sendable {
         if pathGone { connection.pathFailed(now: monotonicMilliseconds()) }
         let events = connection.takeEvents()
         let queued = connection.queuedBytes + backlogBytes
+        let held = connection.bufferedBytes
+        var busy = connection.streamsWithMessages
+        for (stream, _) in backlog { busy.insert(stream) }
         let nowIdle = connection.isIdle && backlog.isEmpty
         var changed = false
         monitor.locked {
             queuedEstimate = queued + outgoing.reduce(0) { $0 + $1.1.count }
+            for (stream, _) in outgoing { busy.insert(stream) }
+            busyStreams = busy
+            heldEstimate = held
             idle = nowIdle
             for event in events {
                 switch event {
                 case .message(let stream, let bytes):
-                    inbox.append((stream, bytes))
+                    inbox.append(stream, bytes)
                     lastActivity = monotonicMilliseconds()
                     changed = true
                 case .dead:
@@ -359,5 +403,49 @@ public final class TransportConnection: @unchecked Sendable {
         }
         monitor.broadcast()
         if changed { onChange?() }
+    }
+}
+
+/// Delivered messages by stream, taken in turn: each stream a FIFO, the streams with messages
+/// waiting in a rotation (a stream goes to the back after each message it gives).
+private struct Inbox {
+    private var queues: [UInt32: (items: [[UInt8]], head: Int)] = [:]
+    private var order: [UInt32] = []
+    private var orderHead = 0
+    private(set) var count = 0
+
+    mutating func append(_ stream: UInt32, _ bytes: [UInt8]) {
+        if queues[stream] == nil {
+            queues[stream] = ([], 0)
+            order.append(stream)
+        }
+        queues[stream]?.items.append(bytes)
+        count += 1
+    }
+
+    mutating func next() -> (UInt32, [UInt8])? {
+        while orderHead < order.count {
+            let stream = order[orderHead]
+            orderHead += 1
+            if orderHead >= 64 && 2 * orderHead >= order.count {
+                order.removeFirst(orderHead)
+                orderHead = 0
+            }
+            guard var queue = queues.removeValue(forKey: stream), queue.head < queue.items.count else { continue }
+            let bytes = queue.items[queue.head]
+            queue.items[queue.head] = []
+            queue.head += 1
+            count -= 1
+            if queue.head < queue.items.count {
+                if queue.head >= 64 && 2 * queue.head >= queue.items.count {
+                    queue.items.removeFirst(queue.head)
+                    queue.head = 0
+                }
+                queues[stream] = queue
+                order.append(stream)
+            }
+            return (stream, bytes)
+        }
+        return nil
     }
 }

@@ -43,9 +43,13 @@ public struct ReliableConfiguration: Sendable {
     /// tag and TURN's overhead a datagram stays under 1,200 bytes.
     public var fragmentSize = 1100
     public var maximumMessageSize = 16 * 1024 * 1024
-    /// Bytes the receiver holds (out of order, partly reassembled or not yet read); advertised as the window.
+    /// Bytes the receiver holds for messages its application has not taken (partly reassembled,
+    /// waiting for an earlier one, or delivered and not yet `taken`), each charged its length plus
+    /// `ReliableConnection.messageCharge`; advertised in every ACK (§7.2). Its last eighth is kept
+    /// for a stream's next message to be taken, so that one stream cannot hold up the others.
     public var receiveBuffer = 32 * 1024 * 1024
-    /// Bytes the sender accepts before `send` says `.full` (backpressure).
+    /// Bytes of messages the sender holds (queued, or sent and not wholly acknowledged) before `send`
+    /// says `.full` (backpressure); the last eighth only for a stream that holds nothing (§7.2).
     public var maximumQueuedBytes = 32 * 1024 * 1024
     public var initialWindowPackets = 10
     /// RFC 6298 bounds, with a floor of 50 ms instead of 1 s (RFC 9002's PTO has none; the receiver's
@@ -99,25 +103,30 @@ public final class ReliableConnection {
         }
     }
 
-    /// A stream's messages: those with fragments never sent (FIFO from `head`), and every message
-    /// not wholly acknowledged yet, by number.
+    /// A stream's messages: those with fragments never sent (FIFO from `head`; a slot is emptied as
+    /// soon as its message's last fragment is sent, so a message is held only while it is queued or
+    /// not wholly acknowledged), and every message not wholly acknowledged yet, by number.
     private final class SendStream {
-        var unsent: [Outgoing] = []
+        var unsent: [Outgoing?] = []
         var head = 0
         var live: [UInt64: Outgoing] = [:]
         var nextNumber: UInt64 = 0
+        /// Messages the peer's application took on this stream (its ACKs say; 0 until they do).
+        var takenByPeer: UInt64 = 0
 
         /// The next never-sent fragment, in message order; a message's first only if `admit` lets it start.
         func takeFragment(admit: (Outgoing) -> Bool) -> (Outgoing, Int)? {
-            while head < unsent.count, unsent[head].nextFragment >= unsent[head].fragmentCount { head += 1 }
-            if head > 1024 {
-                unsent.removeFirst(head)
-                head = 0
-            }
-            guard head < unsent.count else { return nil }
-            let message = unsent[head]
+            guard head < unsent.count, let message = unsent[head] else { return nil }
             if message.nextFragment == 0 && !admit(message) { return nil }
             message.nextFragment += 1
+            if message.nextFragment >= message.fragmentCount {
+                unsent[head] = nil
+                head += 1
+                if head >= 64 && 2 * head >= unsent.count {
+                    unsent.removeFirst(head)
+                    head = 0
+                }
+            }
             return (message, message.nextFragment - 1)
         }
     }
@@ -143,12 +152,25 @@ public final class ReliableConnection {
     private var nextPacket: UInt64 = 0
     private var largestAcked: UInt64?
     public private(set) var queuedBytes = 0
-    /// Bytes of messages whose first fragment was sent and which are not wholly acknowledged.
-    private var startedBytes = 0
+    /// Streams with a message queued or not wholly acknowledged (the send buffer's last eighth is
+    /// for the others).
+    public private(set) var streamsWithMessages = Set<UInt32>()
+    /// Charges of every message started (its first fragment sent), since the connection began, and
+    /// of every message the peer's application took (as its latest ACK says): the difference is
+    /// what the peer may hold for this connection (§7.2).
+    private var startedCharges: UInt64 = 0
+    private var peerTakenCharges: UInt64 = 0
+    /// Flow control blocked a new message with nothing in flight: PINGs (which the peer answers
+    /// with an ACK carrying its window) go out at `persistDeadline` until the window opens, in
+    /// case the ACK that opened it was lost (TCP's persist timer, RFC 9293 §3.8.6.1).
+    private var flowBlocked = false
+    private var persistDeadline: UInt64?
+    private var persistBackoff: UInt64 = 1
     public private(set) var bytesInFlight = 0
     public private(set) var congestionWindow: Int
     private var slowStartThreshold = Int.max
     private var recoveryStart: UInt64 = 0
+    /// The receive buffer the peer advertises (this side's own until its first ACK).
     private var peerWindow: Int
     private var rtt = RTTEstimator()
     private var rto: UInt64
@@ -172,6 +194,9 @@ public final class ReliableConnection {
 
     private struct Incoming {
         var nextToDeliver: UInt64 = 0
+        /// Messages the application took (`taken`), in order: those from here to `nextToDeliver`
+        /// are delivered and still held.
+        var taken: UInt64 = 0
         var partial: [UInt64: Partial] = [:]
         var complete: [UInt64: [UInt8]] = [:]
     }
@@ -184,8 +209,18 @@ public final class ReliableConnection {
     private var arrivalsUnacknowledged = 0
     private var ackDeadline: UInt64?
     private var ackNow = false
-    private var ackNeeded: Bool { arrivalsUnacknowledged > 0 || ackNow }
+    /// The application took a message since the last ACK: an ACK with the new window is due.
+    private var windowUpdate = false
+    private var ackNeeded: Bool { arrivalsUnacknowledged > 0 || ackNow || windowUpdate }
+    /// Charges (length + `messageCharge`) of the messages held for the application: partly
+    /// reassembled, complete and waiting for an earlier one, or delivered and not yet `taken`.
+    /// At most `receiveBuffer`, or one larger message alone.
     public private(set) var bufferedBytes = 0
+    /// Charges of every message the application took, since the connection began (sent in ACKs).
+    private var takenCharges: UInt64 = 0
+    /// The streams the application last took from (the newest last, at most 16): their counts of
+    /// messages taken go in every ACK.
+    private var recentlyTaken: [UInt32] = []
 
     // MARK: Liveness
 
@@ -234,7 +269,9 @@ public final class ReliableConnection {
     public func send(_ message: [UInt8], stream: UInt32, now: UInt64) throws(ReliableError) {
         guard !isDead else { throw .closed }
         guard message.count <= configuration.maximumMessageSize else { throw .tooLarge(message.count) }
-        guard queuedBytes + message.count <= configuration.maximumQueuedBytes || queuedBytes == 0 else { throw .full }
+        let limit = configuration.maximumQueuedBytes
+        guard queuedBytes == 0 || queuedBytes + message.count <= limit - limit / 8
+                || (streams[stream]?.live.isEmpty ?? true) && queuedBytes + message.count <= limit else { throw .full }
         let sendStream: SendStream
         if let existing = streams[stream] {
             sendStream = existing
@@ -249,6 +286,7 @@ public final class ReliableConnection {
         let outgoing = Outgoing(number: number, bytes: message, fragmentCount: count)
         sendStream.unsent.append(outgoing)
         sendStream.live[number] = outgoing
+        streamsWithMessages.insert(stream)
         queuedBytes += message.count
         pump(now: now)
     }
@@ -308,6 +346,9 @@ public final class ReliableConnection {
         case .ping:
             guard payload.count == 8 else { return drop() }
             pongsOwed.append(Self.u64(payload, at: payload.startIndex))
+            // A flow-blocked sender probes with PINGs: the answer carries the window (once the
+            // application took anything; until then the first ACK's window stands).
+            if takenCharges > 0 { ackNow = true }
         case .pong: break
         case .close:
             guard payload.isEmpty else { return drop() }
@@ -368,15 +409,16 @@ public final class ReliableConnection {
             return
         }
         if state.partial[message] == nil {
-            // Flow control: a new message must fit the receive buffer (the first one always may, so
-            // that a message as large as the buffer still gets through). A sender that keeps the rule
-            // (see nextFragment) never meets this; one that does not has its fragment dropped unacknowledged.
-            guard bufferedBytes + length <= configuration.receiveBuffer || bufferedBytes == 0 else {
+            // Flow control: a new message must fit the receive buffer (when nothing is held any
+            // message may, so that one larger than the buffer still gets through). A sender that keeps
+            // the rule (see nextFragment) never meets this; one that does not has its fragment dropped
+            // unacknowledged.
+            guard bufferedBytes + Self.charge(length) <= configuration.receiveBuffer || bufferedBytes == 0 else {
                 statistics.dropped += 1
                 return
             }
             state.partial[message] = Partial(length: length, count: count, buffer: [UInt8](repeating: 0, count: length))
-            bufferedBytes += length
+            bufferedBytes += Self.charge(length)
         }
         guard var partial = state.partial.removeValue(forKey: message) else { return drop() }
         guard partial.length == length else {
@@ -395,7 +437,6 @@ public final class ReliableConnection {
         }
         while let next = state.complete.removeValue(forKey: state.nextToDeliver) {
             events.append(.message(stream: stream, bytes: next))
-            bufferedBytes -= next.count
             statistics.messagesDelivered += 1
             state.nextToDeliver += 1
         }
@@ -412,19 +453,39 @@ public final class ReliableConnection {
     }
 
     private func receiveAck(_ payload: ArraySlice<UInt8>, now: UInt64) {
-        // payload: cumulative (8) | window (4) | range count (1) | (first (8) | last (8))*
-        guard payload.count >= 13 else { return drop() }
+        // payload: cumulative (8) | window (4) | taken (8) | range count (1) | (first (8) | last (8))*
+        //          | stream count (1) | (stream (4) | messages taken (8))*
+        guard payload.count >= 22 else { return drop() }
         let base = payload.startIndex
         let acked = Self.u64(payload, at: base)
-        peerWindow = Int(Self.u32(payload, at: base + 8))
-        let count = Int(payload[base + 12])
-        guard payload.count == 13 + 16 * count, acked <= nextPacket else { return drop() }
+        let window = Int(Self.u32(payload, at: base + 8))
+        let taken = Self.u64(payload, at: base + 12)
+        let count = Int(payload[base + 20])
+        let streamsAt = base + 21 + 16 * count
+        guard payload.count >= 21 + 16 * count + 1, acked <= nextPacket else { return drop() }
+        let streamCount = Int(payload[streamsAt])
+        guard streamCount <= 16, payload.count == 21 + 16 * count + 1 + 12 * streamCount else { return drop() }
         var ranges: [ClosedRange<UInt64>] = []
         for index in 0..<count {
-            let first = Self.u64(payload, at: base + 13 + 16 * index), last = Self.u64(payload, at: base + 21 + 16 * index)
+            let first = Self.u64(payload, at: base + 21 + 16 * index), last = Self.u64(payload, at: base + 29 + 16 * index)
             guard first <= last, last < nextPacket else { return drop() }
             ranges.append(first...last)
         }
+        // The window: counts only grow (an older ACK arriving late changes nothing). A peer that
+        // claims more than was sent only hurts itself (its buffer may overflow: it drops).
+        let before = (peerWindow, peerTakenCharges)
+        peerWindow = window
+        peerTakenCharges = max(peerTakenCharges, min(taken, startedCharges))
+        for index in 0..<streamCount {
+            let at = streamsAt + 1 + 12 * index
+            guard let stream = streams[Self.u32(payload, at: at)] else { continue }
+            let messages = min(Self.u64(payload, at: at + 4), stream.nextNumber)
+            if messages > stream.takenByPeer {
+                stream.takenByPeer = messages
+                persistBackoff = 1
+            }
+        }
+        if (peerWindow, peerTakenCharges) != before { persistBackoff = 1 }
         var newlyAcked: [(UInt64, Sent)] = []
         var packet = lowestInFlight
         while packet < acked {
@@ -502,8 +563,8 @@ public final class ReliableConnection {
         message.acknowledgedCount += 1
         if message.acknowledgedCount == message.fragmentCount {
             queuedBytes -= message.bytes.count
-            startedBytes -= message.bytes.count
             stream.live[sent.message] = nil
+            if stream.live.isEmpty { streamsWithMessages.remove(sent.stream) }
         }
     }
 
@@ -570,7 +631,7 @@ public final class ReliableConnection {
         guard !isDead else { return nil }
         let keepalive = pingSentAt.map { $0 + pingWait } ?? lastReceived + configuration.keepaliveInterval
         let ack = ackNeeded ? ackDeadline ?? keepalive : keepalive
-        return min(probeDeadline ?? keepalive, rtoDeadline ?? keepalive, keepalive, ack)
+        return min(probeDeadline ?? keepalive, rtoDeadline ?? keepalive, keepalive, ack, persistDeadline ?? keepalive)
     }
 
     public func handleTimeout(now: UInt64) {
@@ -606,7 +667,13 @@ public final class ReliableConnection {
                 return
             }
         }
-        if pingSentAt == nil, now >= lastReceived + configuration.keepaliveInterval || missedPings > 0 || silentTimeouts >= 2 {
+        var persist = false
+        if let deadline = persistDeadline, now >= deadline {
+            persistDeadline = nil
+            persistBackoff = min(persistBackoff * 2, 16)
+            persist = true
+        }
+        if pingSentAt == nil, now >= lastReceived + configuration.keepaliveInterval || missedPings > 0 || silentTimeouts >= 2 || persist {
             pingNonce &+= 1
             pingSentAt = now
             outbox.append(Self.frame(.ping, reserved: .zero, payload: Self.be(pingNonce, 8)))
@@ -629,6 +696,7 @@ public final class ReliableConnection {
         guard ackNow || sendingData || arrivalsUnacknowledged >= configuration.acknowledgeEvery
                 || now >= (ackDeadline ?? now) else { return }
         ackNow = false
+        windowUpdate = false
         arrivalsUnacknowledged = 0
         ackDeadline = nil
         statistics.acknowledgementsSent += 1
@@ -651,6 +719,34 @@ public final class ReliableConnection {
         }
     }
 
+    /// Messages whose contents the sender still holds (queued or not yet wholly acknowledged):
+    /// never more than `unacknowledged.count`, so memory held for sent data is bounded by what is
+    /// unacknowledged (at most `maximumQueuedBytes`, or one larger message).
+    public var retainedMessages: Int {
+        streams.values.reduce(0) { total, stream in
+            total + stream.live.count + stream.unsent.filter { $0.map { stream.live[$0.number] !== $0 } ?? false }.count
+        }
+    }
+
+    /// The application took the next delivered message of `stream` (`length` bytes): its charge
+    /// leaves the receive buffer and the peer hears of the larger window in an ACK within
+    /// `acknowledgementDelay` ms (§7.2). Messages are taken in each stream's order; a call for a
+    /// stream with nothing delivered is ignored.
+    public func taken(stream: UInt32, length: Int, now: UInt64) {
+        guard var state = incoming[stream], state.taken < state.nextToDeliver else { return }
+        state.taken += 1
+        incoming[stream] = state
+        let charge = Self.charge(length)
+        bufferedBytes = max(0, bufferedBytes - charge)
+        takenCharges &+= UInt64(charge)
+        if let index = recentlyTaken.lastIndex(of: stream) { recentlyTaken.remove(at: index) }
+        recentlyTaken.append(stream)
+        if recentlyTaken.count > 16 { recentlyTaken.removeFirst() }
+        windowUpdate = true
+        if ackDeadline == nil { ackDeadline = now + configuration.acknowledgementDelay }
+        pump(now: now)
+    }
+
     /// Nothing queued, nothing in flight.
     public var isIdle: Bool { queuedBytes == 0 && inFlightCount == 0 }
 
@@ -662,6 +758,7 @@ public final class ReliableConnection {
             presenceToSend = nil
         }
         var sent = 0
+        flowBlocked = false
         while sent < configuration.burst, bytesInFlight + configuration.fragmentSize <= congestionWindow,
               let (stream, message, fragment) = nextFragment() {
             guard let outgoing = streams[stream]?.live[message] else { continue }
@@ -688,6 +785,13 @@ public final class ReliableConnection {
             if rtoDeadline == nil { rtoDeadline = now + currentRTO }
         }
         if sent > 0 { armProbe(now: now) }
+        if flowBlocked && inFlightCount == 0 && !isDead {
+            if persistDeadline == nil {
+                persistDeadline = now + min(configuration.maximumRTO, max(configuration.minimumRTO, rto) * persistBackoff)
+            }
+        } else {
+            persistDeadline = nil
+        }
         acknowledgeIfDue(now: now, sendingData: sent > 0)
     }
 
@@ -709,12 +813,20 @@ public final class ReliableConnection {
         for offset in 0..<streamOrder.count {
             let index = (roundRobin + offset) % streamOrder.count
             let stream = streamOrder[index]
-            // Flow control: the receiver reserves a whole message at its first fragment and frees it
-            // when complete, so the sender starts a message only while the messages it started and
-            // has not seen wholly acknowledged fit the receiver's buffer (or none is outstanding).
-            guard let (message, fragment) = streams[stream]?.takeFragment(admit: { message in
-                guard self.startedBytes == 0 || self.startedBytes + message.bytes.count <= self.peerWindow else { return false }
-                self.startedBytes += message.bytes.count
+            // Flow control (§7.2): the receiver holds a message from its first fragment until its
+            // application takes it, so the sender starts one only while the messages it started and
+            // the peer did not report taken fit the peer's buffer: its first seven eighths for any
+            // message, the whole for the stream's next message to be taken (all earlier ones on the
+            // stream were taken), anything when nothing is outstanding.
+            guard let sendStream = streams[stream], let (message, fragment) = sendStream.takeFragment(admit: { message in
+                let outstanding = self.startedCharges - self.peerTakenCharges
+                let charge = UInt64(Self.charge(message.bytes.count)), window = UInt64(max(0, self.peerWindow))
+                guard outstanding == 0 || outstanding + charge <= window - window / 8
+                        || sendStream.takenByPeer >= message.number && outstanding + charge <= window else {
+                    self.flowBlocked = true
+                    return false
+                }
+                self.startedCharges += charge
                 return true
             }) else { continue }
             roundRobin = index + 1
@@ -731,14 +843,21 @@ public final class ReliableConnection {
         }
         // The newest ranges matter most for loss detection: keep the last 32.
         ranges = Array(ranges.suffix(32))
-        var payload = Self.be(cumulative, 8) + Self.be(min(window, UInt64(UInt32.max)), 4) + [UInt8(ranges.count)]
+        var payload = Self.be(cumulative, 8) + Self.be(min(window, UInt64(UInt32.max)), 4) + Self.be(takenCharges, 8) + [UInt8(ranges.count)]
         for (first, last) in ranges { payload += Self.be(first, 8) + Self.be(last, 8) }
+        payload.append(UInt8(recentlyTaken.count))
+        for stream in recentlyTaken { payload += Self.be(UInt64(stream), 4) + Self.be(incoming[stream]?.taken ?? 0, 8) }
         return Self.frame(.ack, reserved: .zero, payload: payload)
     }
 
     // MARK: Bytes
 
     static let dataHeaderSize = 28
+
+    /// What a message costs in a receive buffer besides its bytes (its bookkeeping), so that empty
+    /// messages are bounded too: a message of n bytes is charged n + 64 (§7.2).
+    public static let messageCharge = 64
+    static func charge(_ length: Int) -> Int { length + messageCharge }
 
     static func frame(_ type: MessageType, reserved: FrameReserved, payload: [UInt8]) -> OutgoingFrame {
         OutgoingFrame(type: type, word0: reserved.word0, word1: reserved.word1, payload: payload)

@@ -572,6 +572,13 @@ public final class TransportNode: @unchecked Sendable {
         }
     }
 
+    /// Bytes connection `id` holds (see `TransportConnection.buffered`): `send`, queued or not
+    /// acknowledged, at most `reliable.maximumQueuedBytes` (or one larger message); `receive`,
+    /// arrived and not yet taken with `receive`, at most `reliable.receiveBuffer` (or one larger message).
+    public func buffered(_ id: Int32) throws(Failure) -> (send: Int, receive: Int) {
+        try lookup(id).connection.buffered
+    }
+
     /// The peer's last pushed status (online until it pushes another).
     public func peerPresence(_ id: Int32) throws(Failure) -> PresenceStatus {
         try lookup(id).connection.peerPresence ?? .online

@@ -21,6 +21,10 @@ final class SimulatedPath {
     /// Messages delivered at a (true) and b (false), counted as they come.
     private(set) var messageCount: [Bool: Int] = [true: 0, false: 0]
     private(set) var datagrams = 0
+    /// Whether the application at a (true) or b (false) takes each message as it is delivered; when
+    /// not, delivered messages wait in `unread` until `read`.
+    var reading: [Bool: Bool] = [true: true, false: true]
+    private(set) var unread: [Bool: [(UInt32, Int)]] = [true: [], false: []]
     private let decoder = FrameDecoder()
 
     init(configuration: ReliableConfiguration = ReliableConfiguration()) {
@@ -52,7 +56,16 @@ final class SimulatedPath {
             let events = connection.takeEvents()
             received[connection === a, default: []] += events
             messageCount[connection === a, default: 0] += events.filter { if case .message = $0 { true } else { false } }.count
+            for case .message(let stream, let bytes) in events { unread[connection === a, default: []].append((stream, bytes.count)) }
+            if reading[connection === a] == true { read(atA: connection === a) }
         }
+    }
+
+    /// The application at a (true) or b (false) takes every message delivered so far.
+    func read(atA: Bool) {
+        let connection = atA ? a : b
+        for (stream, length) in unread[atA] ?? [] { connection.taken(stream: stream, length: length, now: now) }
+        unread[atA] = []
     }
 
     /// Runs until `condition` or `limit` ms of virtual time.
@@ -179,6 +192,92 @@ final class SimulatedPath {
         })
         #expect(peak <= 64 * 1024 + (1 << 20))  // the buffer, or one message larger than it
         #expect(path.b.statistics.dropped == 0)  // the sender kept within the buffer
+    }
+
+    @Test func aReaderThatStopsReadingStopsTheSenderWithinOneWindow() throws {
+        var configuration = ReliableConfiguration()
+        configuration.receiveBuffer = 1 << 20
+        configuration.maximumQueuedBytes = 64 << 20
+        let path = SimulatedPath(configuration: configuration)
+        path.reading[false] = false
+        for index in 0..<100 { try path.a.send([UInt8](repeating: UInt8(index), count: 64 * 1024), stream: 1, now: path.now) }
+        path.run(limit: 10_000)
+        // b's application took nothing: b holds at most its buffer, the rest waits at a.
+        let delivered = path.messages(atA: false).count
+        #expect(delivered <= 16, "\(delivered) messages of 64 KiB delivered into a 1 MiB buffer")
+        #expect(path.b.bufferedBytes <= 1 << 20)
+        #expect(path.b.statistics.dropped == 0)
+        #expect(path.a.queuedBytes >= (100 - 16) * 64 * 1024)
+        // Reading again opens the window: everything arrives, in order.
+        path.reading[false] = true
+        path.read(atA: false)
+        #expect(path.run(limit: 60_000) { path.messages(atA: false).count == 100 && path.a.isIdle })
+        #expect(path.messages(atA: false).map { $0.1.first } == (0..<100).map { UInt8($0) })
+        #expect(path.b.bufferedBytes == 0)
+    }
+
+    @Test func aSmallMessageOnAnotherStreamPassesAWindowThatOneStreamFilled() throws {
+        var configuration = ReliableConfiguration()
+        configuration.receiveBuffer = 1 << 20
+        configuration.maximumQueuedBytes = 4 << 20
+        let path = SimulatedPath(configuration: configuration)
+        path.reading[false] = false
+        // Stream 1 fills the receiver's buffer and the sender's: more is refused.
+        var queued = 0
+        while queued < 200 {
+            do { try path.a.send([UInt8](repeating: 1, count: 64 * 1024), stream: 1, now: path.now) } catch { break }
+            queued += 1
+        }
+        #expect(queued < 200)
+        path.run(limit: 5_000)
+        #expect(path.messages(atA: false).count < queued)
+        // A small message on stream 2 is taken by the sender and delivered all the same.
+        try path.a.send(Array("small".utf8), stream: 2, now: path.now)
+        let sentAt = path.now
+        #expect(path.run(limit: 5_000) { path.messages(atA: false).contains { $0.0 == 2 } })
+        #expect(path.now - sentAt < 200, "the small message took \(path.now - sentAt) ms")
+        #expect(path.b.bufferedBytes <= 1 << 20)
+        // Once read, stream 2 may send again while stream 1 is still held up.
+        let before = path.messages(atA: false).count
+        path.read(atA: false)
+        #expect(path.run(limit: 5_000) { path.messages(atA: false).count >= before + 8 })
+        try path.a.send(Array("again".utf8), stream: 2, now: path.now)
+        #expect(path.run(limit: 5_000) { path.messages(atA: false).filter { $0.0 == 2 }.count == 2 })
+    }
+
+    @Test func aLostWindowUpdateDoesNotStallTheSender() throws {
+        var configuration = ReliableConfiguration()
+        configuration.receiveBuffer = 256 * 1024
+        let path = SimulatedPath(configuration: configuration)
+        path.reading[false] = false
+        for _ in 0..<20 { try path.a.send([UInt8](repeating: 5, count: 64 * 1024), stream: 0, now: path.now) }
+        path.run(limit: 2_000)
+        #expect(path.messages(atA: false).count < 20)
+        // The reader takes everything while the path drops all: the window updates are lost.
+        path.cut = true
+        path.read(atA: false)
+        path.reading[false] = true
+        path.run(limit: 100)
+        path.cut = false
+        #expect(path.run(limit: 20_000) { path.messages(atA: false).count == 20 })
+        #expect(path.received[true]?.contains(.dead) != true)
+    }
+
+    @Test func theSenderKeepsOnlyWhatIsNotAcknowledged() throws {
+        let path = SimulatedPath()
+        for index in 0..<3000 { try path.a.send([UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 100), stream: UInt32(index % 2), now: path.now) }
+        #expect(path.run(limit: 60_000) { path.a.isIdle })
+        #expect(path.a.retainedMessages == 0)
+        // Mid-transfer too: never more messages than those not yet acknowledged.
+        for index in 0..<2000 { try path.a.send([UInt8](repeating: 1, count: 1000), stream: UInt32(index % 2), now: path.now) }
+        var worst = 0, steps = 0
+        path.run(limit: 60_000) {
+            steps += 1
+            if steps % 64 == 0 { worst = max(worst, path.a.retainedMessages - path.a.unacknowledged.count) }
+            return path.a.isIdle
+        }
+        #expect(worst == 0)
+        #expect(path.a.retainedMessages == 0)
     }
 
     @Test func aDeadPeerIsNoticedAfterThreeUnansweredPings() throws {

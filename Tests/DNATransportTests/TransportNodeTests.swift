@@ -32,7 +32,8 @@ import Testing
         }
     }
 
-    static func trio(keepalive: UInt64? = nil, log: @escaping @Sendable (String) -> Void = { _ in }) throws -> Trio {
+    static func trio(keepalive: UInt64? = nil, log: @escaping @Sendable (String) -> Void = { _ in },
+                     configure: (inout TransportConfiguration) -> Void = { _ in }) throws -> Trio {
         var dhtConfiguration = DHTServiceConfiguration()
         dhtConfiguration.bindHost = "127.0.0.1"
         dhtConfiguration.dataDirectory = temporaryDirectory()
@@ -43,6 +44,7 @@ import Testing
         configuration.bootstrap = [try #require(Endpoint(host: "127.0.0.1", port: bootstrap.port))]
         configuration.connectTimeout = 15_000
         if let keepalive { configuration.reliable.keepaliveInterval = keepalive }
+        configure(&configuration)
         configuration.dataDirectory = temporaryDirectory()
         let alice = try TransportNode(identity: try Identity(generating: try IdentityName("alice")), configuration: configuration,
                                       log: { log("alice: \($0)") })
@@ -101,6 +103,76 @@ import Testing
         try bob.disconnect(incoming)
         #expect(!Self.readable(bob.readinessDescriptor))
         #expect(throws: TransportNode.Failure.unknownConnection(id)) { try alice.send(id, [1]) }
+    }
+
+    /// Resident memory of this process (both nodes), in bytes.
+    static func residentBytes() -> Int {
+        let fd = open("/proc/self/statm", O_RDONLY)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 128)
+        let count = read(fd, &buffer, buffer.count)
+        guard count > 0 else { return 0 }
+        let fields = String(decoding: buffer[..<count], as: UTF8.self).split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    @Test func aReaderThatNeverReadsStopsTheSenderAndASmallMessageStillPasses() throws {
+        let buffer = 4 << 20
+        let trio = try Self.trio(configure: { configuration in
+            configuration.reliable.receiveBuffer = buffer
+            configuration.reliable.maximumQueuedBytes = buffer
+            configuration.sendTimeout = 300
+        })
+        defer { trio.close() }
+        let (alice, bob) = (trio.alice, trio.bob)
+        let id = try alice.connect(try IdentityName("bob"))
+        let (incoming, _) = try bob.accept(timeout: 10_000)
+        let before = Self.residentBytes()
+        // Bob reads nothing: alice's sends of 256 KiB on stream 1 soon time out.
+        let message = { (index: Int) in [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 256 * 1024) }
+        var sent = 0, timedOut = false, peak = (alice: 0, bob: 0, resident: 0)
+        // 3 s here; `make soak` sets DNA_SOAK_SECONDS=60.
+        let seconds = getenv("DNA_SOAK_SECONDS").flatMap { UInt64(String(cString: $0)) } ?? 3
+        let started = unixMilliseconds()
+        while sent < 400 && unixMilliseconds() - started < seconds * 1000 {
+            do {
+                try alice.send(id, message(sent), stream: 1)
+                sent += 1
+            } catch {
+                #expect(error == TransportNode.Failure.timeout)
+                timedOut = true
+            }
+            peak = (max(peak.alice, try alice.buffered(id).send), max(peak.bob, try bob.buffered(incoming).receive),
+                    max(peak.resident, Self.residentBytes()))
+        }
+        print("sent \(sent) x 256 KiB before timing out: \(timedOut); held: alice \(peak.alice), bob \(peak.bob); "
+              + "resident \(before >> 20) MiB before, at most \((peak.resident) >> 20) MiB")
+        #expect(timedOut)
+        #expect(sent * 256 * 1024 <= 2 * buffer + buffer / 8)  // bob's buffer, alice's, and no more
+        #expect(peak.alice <= buffer && peak.bob <= buffer)
+        #expect(peak.resident - before <= 2 * buffer + (32 << 20), "resident grew by \((peak.resident - before) >> 20) MiB")
+        // A small message on stream 2 is taken at once and read right after the first of stream 1.
+        let held = try bob.buffered(incoming).receive, sentAt = unixMilliseconds()
+        try alice.send(id, Array("small".utf8), stream: 2)
+        #expect(unixMilliseconds() - sentAt < 300)
+        // Bob's transport holds it within milliseconds (the window kept room for it) ...
+        let deadline = unixMilliseconds() + 5_000
+        while try bob.buffered(incoming).receive == held && unixMilliseconds() < deadline { usleep(5_000) }
+        print("the small message reached bob's transport in \(unixMilliseconds() - sentAt) ms")
+        // ... and his reads take the streams in turn: it comes second, not after 4 MiB of stream 1.
+        var reads: [(UInt32, [UInt8])] = []
+        while reads.count < 2, let got = try? bob.receive(incoming, timeout: 2_000) { reads.append((got.stream, got.bytes)) }
+        #expect(reads.map(\.0).contains(2), "the small message was not among bob's first reads: \(reads.map(\.0))")
+        // Bob reads everything: each message once, in order, and alice can send again.
+        var stream1 = reads.filter { $0.0 == 1 }.map(\.1)
+        while stream1.count < sent, let got = try? bob.receive(incoming, timeout: 10_000) {
+            if got.stream == 1 { stream1.append(got.bytes) }
+        }
+        #expect(stream1 == (0..<sent).map(message))
+        try alice.send(id, message(sent), stream: 1)
+        #expect(try bob.receive(incoming, timeout: 10_000).bytes == message(sent))
     }
 
     @Test func aLostPathIsReplacedAndNoMessageIsLost() throws {

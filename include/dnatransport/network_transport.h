@@ -77,8 +77,12 @@ typedef struct {
 } transport_config_t;
 
 #define TRANSPORT_DEFAULT_MAX_MESSAGE (16u * 1024u * 1024u)
-/* A connection's unacknowledged and queued bytes; transport_send waits while they would pass it. */
+/* A connection's unacknowledged and queued bytes; transport_send waits while they would pass it
+ * (its last eighth only takes a message on a stream with nothing queued or unacknowledged). */
 #define TRANSPORT_SEND_BUFFER (32u * 1024u * 1024u)
+/* What a peer holds for a connection of messages its application has not taken (each charged its
+ * length + 64 B); a reader that stops reading stops the sender within it (docs/PROTOCOL.md §7.2). */
+#define TRANSPORT_RECEIVE_BUFFER (32u * 1024u * 1024u)
 /* The longest identity name (bytes of UTF-8); peer_identity_out of transport_accept needs one more. */
 #define TRANSPORT_IDENTITY_MAX 255
 
@@ -126,7 +130,10 @@ DNA_EXPORT int transport_accept(transport_context_t *ctx, int *connection_id_out
  * Queues a message on stream 0 (seed) and returns: DNA_OK means queued, not yet delivered. The bytes
  * are copied. While the connection's send buffer (TRANSPORT_SEND_BUFFER bytes unacknowledged or
  * queued) cannot take the message, waits up to send_timeout_ms, then DNA_ERR_TIMEOUT (backpressure:
- * nothing was queued, try later). DNA_ERR_TOO_LARGE above max_message_size; DNA_ERR_CLOSED when the
+ * nothing was queued, try later). The send buffer drains only as the peer's application reads: the
+ * peer holds at most TRANSPORT_RECEIVE_BUFFER of messages it has not taken with transport_receive,
+ * so a peer that stops reading makes transport_send time out once both buffers are full; a small
+ * message on another stream still passes (docs/PROTOCOL.md §7.2). DNA_ERR_TOO_LARGE above max_message_size; DNA_ERR_CLOSED when the
  * connection ended; DNA_ERR_NOT_FOUND for an unknown connection id. An empty message is allowed.
  * While the path is being re-established messages wait. When the connection dies with messages the
  * peer never acknowledged (it was killed and restarted, stayed away past the 60 s resume window, or
@@ -140,7 +147,9 @@ DNA_EXPORT int transport_send_stream(transport_context_t *ctx, int connection_id
                           const uint8_t *data, size_t data_len);
 
 /**
- * The next message of the connection, from any stream, in each stream's order (seed), waiting up to
+ * The next message of the connection, from any stream, in each stream's order (seed); the streams
+ * with messages waiting take turns, one message each (docs/PROTOCOL.md §7.2). Taking a message
+ * frees its room in the receive window (TRANSPORT_RECEIVE_BUFFER). Waits up to
  * timeout_ms (0: do not wait; negative: forever). *ciphertext_out is a new buffer of
  * *ciphertext_len_out bytes (NULL for an empty message), freed with dna_buffer_free. DNA_ERR_TIMEOUT
  * if none came; DNA_ERR_CLOSED once the connection ended (the peer disconnected or went silent) and
