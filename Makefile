@@ -16,8 +16,8 @@ DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config b
 all: build
 
 build:
-	$(SWIFT) build -c release --product dnatransport
-	$(SWIFT) build -c release --product dnat
+	DNATRANSPORT_SHIP=1 $(SWIFT) build -c release --product dnatransport
+	DNATRANSPORT_SHIP=1 $(SWIFT) build -c release --product dnat
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/dnatransport $(DESTDIR)$(PREFIX)/bin

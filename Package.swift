@@ -4,6 +4,17 @@
 // Layers (dependencies point one way): DNAWire -> ... -> DNACABI (the C shell). Only drivers do I/O.
 import PackageDescription
 
+/// Static archives that FoundationEssentials (from swift-crypto and ArgumentParser) needs beside the
+/// Swift runtime, for -static-stdlib links; `-z defs` makes a missing one a link error. Builds with
+/// -enable-testing (the test runs) keep internal symbols that reach CoreFoundation and ICU, so those
+/// two are offered to the linker, except in the shipped build (`make build`/`install` set
+/// DNATRANSPORT_SHIP=1): offered there, they are pulled in through weak references and the stripped
+/// library grows from 17 to 59 MB (Tests/abi/test_size.py).
+let shipping = Context.environment["DNATRANSPORT_SHIP"] == "1"
+let staticFoundationArchives = [
+    "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims", "-Xlinker", "-lswiftSynchronization",
+] + (shipping ? [] : ["-Xlinker", "-lCoreFoundation", "-Xlinker", "-l_FoundationICU"]) + ["-Xlinker", "-z", "-Xlinker", "defs"]
+
 let package = Package(
     name: "dnatransport",
     products: [
@@ -53,10 +64,7 @@ let package = Package(
             linkerSettings: [
                 .unsafeFlags([
                     "-static-stdlib", "-use-ld=lld",
-                    // FoundationEssentials (from swift-crypto) needs these static archives too; -z defs
-                    // makes any symbol left unresolved a link error instead of a load-time failure.
-                    "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
-                    "-Xlinker", "-lswiftSynchronization", "-Xlinker", "-z", "-Xlinker", "defs",
+                ] + staticFoundationArchives + [
                     "-Xlinker", "-soname=libdnatransport.so.1",
                     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DNACABI/dnatransport.map",
                 ])
@@ -70,11 +78,7 @@ let package = Package(
                 // The Swift runtime inside (as in the library): `dnat` runs where the toolchain is not
                 // installed (bootstrap servers). FoundationEssentials (swift-crypto, ArgumentParser) needs
                 // the archives below as well; -z defs makes a missing one a link error.
-                .unsafeFlags([
-                    "-static-stdlib", "-use-ld=lld",
-                    "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims",
-                    "-Xlinker", "-lswiftSynchronization", "-Xlinker", "-z", "-Xlinker", "defs",
-                ])
+                .unsafeFlags(["-static-stdlib", "-use-ld=lld"] + staticFoundationArchives)
             ]
         ),
         .executableTarget(
