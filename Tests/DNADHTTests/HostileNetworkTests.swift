@@ -259,7 +259,12 @@ import Testing
         #expect(announced.stored == 0 && announced.taken > 0, "stored \(announced.stored), taken \(announced.taken)")
         // A squatting node that serves its own, fresher K2 entry to every FIND_VALUE.
         let liar = Endpoint(host: "10.201.0.1", port: 4000)!
-        let credential = NodeCredential.generate(difficulty: network.configuration.difficulty)
+        // Its id near alice's key, so that lookups for her ask it (a random id is among the 8 nearest
+        // that answer a FIND_VALUE only now and then).
+        var credential = NodeCredential.generate(difficulty: network.configuration.difficulty)
+        while credential.id.commonPrefix(with: NodeID.key(of: alice.name)) < 8 {
+            credential = NodeCredential.generate(difficulty: network.configuration.difficulty)
+        }
         var fresh = claim
         fresh.lastSeen += 60
         try fresh.sign(with: squatter, now: fresh.lastSeen)
