@@ -83,7 +83,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "DNABench",
-            dependencies: ["DNAWire", "DNACrypto", "DNANet", "DNAReliable", "CZlib", "CSodium", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "DNAReliable", "CZlib", "CSodium", .product(name: "Crypto", package: "swift-crypto")],
             path: "bench/DNABench"
         ),
 

@@ -166,6 +166,8 @@ public final class DHTNode {
         var expected: NodeID?
         var sentAt: UInt64
         var deadline: UInt64
+        /// A lookup's request: when the lookup stops waiting for it (§5.4, soft timeout); nil after.
+        var softDeadline: UInt64?
         var purpose: Purpose
         var body: DHTMessage.Body
         var attempt = 0
@@ -201,6 +203,39 @@ public final class DHTNode {
     var requestTimeout: UInt64 {
         guard let srtt = rtt.smoothed else { return 1000 }
         return UInt64(min(5000, max(250, srtt + 4 * rtt.variation)))
+    }
+
+    /// How long a lookup waits for a request's answer before it asks the next candidate too, in ms
+    /// (docs/PROTOCOL.md §5.4; the "short timeout" of libtorrent's and OpenDHT's lookups): SRTT +
+    /// 4 RTTVAR (RFC 6298) without the request timeout's 250 ms floor, at least `softTimeoutFloor`,
+    /// at most the request timeout; half the request timeout (500 ms) before any sample. The request
+    /// itself still runs to its (hard) timeout and retries, and a late answer still counts.
+    var softTimeout: UInt64 {
+        guard let srtt = rtt.smoothed else { return requestTimeout / 2 }
+        return min(requestTimeout, UInt64(max(Double(Self.softTimeoutFloor), srtt + 4 * rtt.variation)))
+    }
+
+    /// The soft timeout's floor, in ms: above a loaded machine's scheduling delays on loopback.
+    static let softTimeoutFloor: UInt64 = 50
+
+    /// Contacts left unanswered (a ping, every attempt of a request, or a lookup's request it went on
+    /// without), with when (ms): a lookup asks them only after every other candidate (§5.4). Forgotten when they answer, after `refreshInterval`, and
+    /// all at once past `recentlyFailedLimit` (after the expired ones).
+    private var recentlyFailed: [NodeID: UInt64] = [:]
+    static let recentlyFailedLimit = 4096
+
+    /// Whether a request to `id` went unanswered within the last refresh interval.
+    func failedRecently(_ id: NodeID, now: UInt64) -> Bool {
+        guard let at = recentlyFailed[id] else { return false }
+        return now < at + configuration.refreshInterval
+    }
+
+    private func rememberFailure(_ id: NodeID, now: UInt64) {
+        if recentlyFailed[id] == nil, recentlyFailed.count >= Self.recentlyFailedLimit {
+            recentlyFailed = recentlyFailed.filter { now < $0.value + configuration.refreshInterval }
+            if recentlyFailed.count >= Self.recentlyFailedLimit { recentlyFailed.removeAll() }
+        }
+        recentlyFailed[id] = now
     }
 
     // Storage.
@@ -352,7 +387,9 @@ public final class DHTNode {
         let lookupID = nextLookupID
         nextLookupID += 1
         let lookup = Lookup(id: lookupID, target: id, kind: .nodes, k: configuration.k)
-        for contact in table.closest(to: id, count: configuration.k) { lookup.add(contact, round: 1) }
+        for contact in table.closest(to: id, count: configuration.k) {
+            lookup.add(contact, round: 1, suspect: failedRecently(contact.id, now: now))
+        }
         lookups[lookupID] = lookup
         lookup.bootstrapPings = endpoints.count
         lookup.isJoin = true
@@ -713,6 +750,7 @@ public final class DHTNode {
         }
         pending[message.transaction] = nil
         rtt.add(sample: Double(now - request.sentAt))
+        if !recentlyFailed.isEmpty { recentlyFailed[sender] = nil }
         if let oldest = table.seen(Contact(id: sender, endpoint: source), now: now) {
             ping(oldest.endpoint, expected: oldest.id, now: now)
         }
@@ -767,7 +805,7 @@ public final class DHTNode {
 
     /// When `handleTimeout` must next run.
     public var nextDeadline: UInt64? {
-        var next = min(pending.values.map(\.deadline).min() ?? nextRefresh, nextRefresh)
+        var next = min(pending.values.map { min($0.deadline, $0.softDeadline ?? .max) }.min() ?? nextRefresh, nextRefresh)
         if let keepalive = nextKeepalive { next = min(next, keepalive) }
         // Partial messages expire on time even on an idle node (§5.1).
         if let oldest = reassembly.values.map(\.started).min() { next = min(next, oldest + Self.reassemblyLifetime) }
@@ -775,23 +813,48 @@ public final class DHTNode {
     }
 
     public func handleTimeout(now: UInt64) {
-        for (transaction, request) in pending where request.deadline <= now {
+        for (transaction, request) in pending where request.deadline <= now || (request.softDeadline ?? .max) <= now {
+            // Soft timeout (§5.4): the lookup stops counting the request against its α and asks the
+            // next candidate; the request keeps its deadline and retries, and an answer still counts.
+            if let soft = request.softDeadline, soft <= now {
+                pending[transaction]?.softDeadline = nil
+                if case .lookup(let lookupID, let candidate) = request.purpose, let lookup = lookups[lookupID] {
+                    lookup.stalled(candidate)
+                    advance(lookup, now: now)
+                }
+            }
+            guard request.deadline <= now else { continue }
             pending[transaction] = nil
             statistics.timeouts += 1
             // A contact fails once per request that got no answer, not once per lost attempt, and
             // not when pieces of its answer came (it is alive; the path lost one piece).
             let answering = reassembly[Key(endpoint: request.endpoint, transaction: transaction)] != nil
-            if let expected = request.expected, request.isPing || request.attempt >= 2, !answering { table.failed(expected) }
             // A request (or a piece of its answer: a VALUE is 5 datagrams) that was lost is sent
             // again, up to twice (a small network has no other node to ask); pings are not: they
-            // test liveness. A node that is gone thus costs 3 request timeouts.
-            if request.attempt < 2, !request.isPing {
+            // test liveness. A lookup's request only while the lookup waits for it (§5.4): pieces of
+            // the answer came, it asked a holder again for its entry, or it has no other candidate
+            // to ask and nothing else in flight. Otherwise it asks others, and a node that is gone
+            // costs it one request and one soft timeout.
+            var again = request.attempt < 2 && !request.isPing
+            if again, case .lookup(let lookupID, let candidate) = request.purpose {
+                again = lookups[lookupID].map { answering || $0.waitsFor(candidate) } ?? false
+            }
+            // Every attempt unanswered (or a ping): one failure. A lookup's request left after one
+            // attempt only makes the contact asked last: on a lossy path a live contact loses one
+            // request in five, and its routing table entry should not go for that.
+            if let expected = request.expected, !again, !answering {
+                if request.isPing || request.attempt >= 2 { table.failed(expected) }
+                rememberFailure(expected, now: now)
+            }
+            if again {
                 var again = request
                 again.attempt += 1
                 again.sentAt = now
                 again.deadline = now + requestTimeout
+                again.softDeadline = nil
                 let retry = newTransaction()
                 pending[retry] = again
+                if case .lookup(let lookupID, _) = request.purpose { lookups[lookupID]?.result.messages += 1 }
                 send(DHTMessage(transaction: retry, salt: credential.salt, body: request.body), to: request.endpoint)
                 continue
             }
@@ -896,8 +959,10 @@ public final class DHTNode {
 
     private func request(_ body: DHTMessage.Body, to endpoint: Endpoint, expected: NodeID?, purpose: Purpose, now: UInt64) {
         let transaction = newTransaction()
-        pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now,
-                                       deadline: now + requestTimeout, purpose: purpose, body: body)
+        var soft: UInt64?
+        if case .lookup = purpose { soft = now + softTimeout }
+        pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now, deadline: now + requestTimeout,
+                                       softDeadline: soft, purpose: purpose, body: body)
         send(DHTMessage(transaction: transaction, salt: credential.salt, body: body), to: endpoint)
     }
 
@@ -948,7 +1013,7 @@ public final class DHTNode {
         lookup.isSilent = silent
         if let held { lookup.vote(held, from: id) }
         let initial = table.closest(to: target, count: configuration.k)
-        for contact in initial { lookup.add(contact, round: 1) }
+        for contact in initial { lookup.add(contact, round: 1, suspect: failedRecently(contact.id, now: now)) }
         // Every contact was lost (a lossy path, a network that went away and came back): the
         // bootstrap nodes are pinged again now rather than at the next refresh.
         if initial.isEmpty, !silent {
@@ -1042,7 +1107,8 @@ public final class DHTNode {
 }
 
 /// One iterative lookup: the candidates nearest the target, α requests in flight, until the k
-/// nearest that are alive have all answered.
+/// nearest that are alive have all answered. A request unanswered after the soft timeout no longer
+/// counts against α, nor among the k nearest (§5.4); candidates that failed recently come last.
 final class Lookup {
     enum Kind {
         case nodes
@@ -1056,7 +1122,8 @@ final class Lookup {
 
     enum Phase { case searching, storing, finished }
 
-    enum State { case fresh, waiting, answered, failed }
+    /// `stalled`: asked, no answer within the soft timeout, the request still running (§5.4).
+    enum State { case fresh, waiting, stalled, answered, failed }
 
     struct Candidate {
         var contact: Contact
@@ -1066,6 +1133,8 @@ final class Lookup {
         /// FIND_VALUE: the last_seen of the entry it holds, which it sends only to a requester with a token.
         var held: UInt64?
         var askedAgain = false
+        /// A request to it went unanswered recently (`DHTNode.failedRecently`): asked last.
+        var suspect = false
     }
 
     let id: LookupID
@@ -1095,14 +1164,18 @@ final class Lookup {
         self.k = k
     }
 
-    func add(_ contact: Contact, round: Int) {
+    func add(_ contact: Contact, round: Int, suspect: Bool = false) {
         guard candidates[contact.id] == nil else { return }
-        candidates[contact.id] = Candidate(contact: contact, round: round)
+        candidates[contact.id] = Candidate(contact: contact, round: round, suspect: suspect)
     }
 
-    /// The k nearest candidates that have not failed.
+    /// The k nearest candidates that have neither failed nor stalled; those that failed recently
+    /// and have not answered this lookup come after all others.
     private var nearest: [Candidate] {
-        Array(candidates.values.filter { $0.state != .failed }.sorted { ($0.contact.id ^ target) < ($1.contact.id ^ target) }.prefix(k))
+        Array(candidates.values.filter { $0.state != .failed && $0.state != .stalled }.sorted { a, b in
+            let lastA = a.suspect && a.state != .answered, lastB = b.suspect && b.state != .answered
+            return lastA != lastB ? lastB : (a.contact.id ^ target) < (b.contact.id ^ target)
+        }.prefix(k))
     }
 
     var isDone: Bool {
@@ -1117,7 +1190,13 @@ final class Lookup {
         // any of them holding a fresher one (a Sybil would have to be all of them to hide it).
         if case .value = kind, result.entry != nil, near.count >= Self.quorum,
            near.prefix(Self.quorum).allSatisfy({ $0.state == .answered }) { return true }
-        return near.allSatisfy { $0.state == .answered } && !candidates.values.contains { $0.state == .waiting }
+        guard near.allSatisfy({ $0.state == .answered }), !candidates.values.contains(where: { $0.state == .waiting }) else {
+            return false
+        }
+        // Stalled requests are not waited for once k candidates answered; with fewer (a small
+        // network, or one that lost its answers) their retries may still bring the only answers,
+        // unless they go to contacts that failed recently.
+        return near.count >= k || !candidates.values.contains { $0.state == .stalled && !$0.suspect }
     }
 
     /// FIND_VALUE ends once this many of the nearest candidates answered and the entry is verified.
@@ -1171,7 +1250,7 @@ final class Lookup {
                     node.refusedContact()
                     continue
                 }
-                add(contact, round: candidate.round + 1)
+                add(contact, round: candidate.round + 1, suspect: node.failedRecently(contact.id, now: now))
             }
         case .value(let wire):
             if case .signal = kind {
@@ -1185,6 +1264,22 @@ final class Lookup {
     }
 
     func failed(_ id: NodeID) { candidates[id]?.state = .failed }
+
+    /// Whether the request to `id`, unanswered at its timeout, is worth sending again (§5.4): the
+    /// lookup asked it again for a fresher entry it said it holds, or it has no fresh candidate
+    /// among its nearest and nothing else in flight (only stalled requests could still answer).
+    func waitsFor(_ id: NodeID) -> Bool {
+        guard phase == .searching, let candidate = candidates[id] else { return false }
+        if candidate.askedAgain { return true }
+        return !candidates.values.contains { $0.state == .waiting } && !nearest.contains { $0.state == .fresh }
+    }
+
+    /// The request to `id` passed its soft timeout (§5.4): it leaves the α in flight and the k nearest
+    /// until it answers. A holder asked again goes back to having answered (its first answer stands).
+    func stalled(_ id: NodeID) {
+        guard let candidate = candidates[id], candidate.state == .waiting else { return }
+        candidates[id]?.state = candidate.askedAgain ? .answered : .stalled
+    }
 
     /// FIND_VALUE: the verified entries received, by public key: which candidates answered with an
     /// entry of that key, and the freshest one. Holders refuse a second key for a name while an

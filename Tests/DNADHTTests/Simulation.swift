@@ -31,6 +31,8 @@ final class SimulatedNetwork {
     /// Datagrams the nodes sent, by destination.
     private(set) var sent: [Endpoint: Int] = [:]
     private(set) var events: [Endpoint: [DHTEvent]] = [:]
+    /// When each lookup finished (virtual ms), by the node that ran it.
+    private(set) var finishedAt: [Endpoint: [LookupID: UInt64]] = [:]
     let configuration: DHTConfiguration
 
     init(seed: UInt64, configuration: DHTConfiguration) {
@@ -76,7 +78,9 @@ final class SimulatedNetwork {
             let delay = 10 + random.next() % 50
             heap.push(now + delay, .deliver(from: endpoint, to: to, datagram: datagram))
         }
-        events[endpoint, default: []] += node.takeEvents()
+        let new = node.takeEvents()
+        for case .lookupFinished(let id, _) in new { finishedAt[endpoint, default: [:]][id] = now }
+        events[endpoint, default: []] += new
         if let deadline = node.nextDeadline { heap.push(max(deadline, now), .timer(endpoint)) }
     }
 
@@ -141,7 +145,10 @@ final class SimulatedNetwork {
         return id
     }
 
-    func clearEvents() { events.removeAll() }
+    func clearEvents() {
+        events.removeAll()
+        finishedAt.removeAll()
+    }
 }
 
 /// Deterministic randomness for the simulation (SplitMix64).

@@ -139,7 +139,7 @@ struct LookupStats: CustomStringConvertible {
         #expect(network.dead.count > 500)
         let churned = Self.lookups(entries, in: network, count: 2000)
         print("DHT simulation, 2,000 nodes, 10% loss, \(network.dead.count) killed: \(churned)")
-        #expect(churned.successRate >= 0.99, "\(churned)")
+        #expect(churned.successRate >= 0.999, "\(churned)")  // issue 15's bar (100% before and after the soft timeouts)
     }
 }
 

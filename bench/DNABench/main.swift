@@ -51,6 +51,11 @@ if CommandLine.arguments.dropFirst().first == "connection-bulk" {
     print("connection 1 MiB messages: \(rate) msg/s")
     exit(0)
 }
+if CommandLine.arguments.dropFirst().first == "dht-churn" {
+    // Only the DHT lookups before and after 30% of the nodes are killed.
+    DHTChurnBench.run()
+    exit(0)
+}
 print("DNA frame codec vs zlib crc32 (release build, best of 3 runs of 0.6 s each)")
 print("crc32 alone: one pass over the payload. A frame encode computes the checksum once and copies the")
 print("payload; a decode checks it once. An encode+decode pair therefore needs two crc32 passes: its")
@@ -241,4 +246,5 @@ do {
     exit(1)
 }
 ConnectionBench.run()
+DHTChurnBench.run()
 if sink == 42 { print("") }  // keep the work observable
