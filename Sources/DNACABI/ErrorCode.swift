@@ -34,6 +34,7 @@ enum DNAErrorCode: Int32, CaseIterable {
     case misdirected = -25
     case nameTaken = -26
     case clockSkew = -27
+    case refused = -28
 
     init(_ error: FrameError) {
         switch error {
@@ -156,6 +157,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .misdirected: "handshake meant for another key"
         case .nameTaken: "name held in the DHT by another key"
         case .clockSkew: "clock too far off the DHT's holders"
+        case .refused: "the peer refused the connection"
         }
     }
 }

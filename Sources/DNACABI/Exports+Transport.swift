@@ -21,6 +21,7 @@ extension DNAErrorCode {
         case .invalid: self = .invalidArgument
         case .io: self = .io
         case .nameTaken: self = .nameTaken
+        case .refused: self = .refused
         }
     }
 }
@@ -276,6 +277,19 @@ public func transport_get_presence(_ context: OpaquePointer?, _ connectionID: In
         let node = try Handle<TransportNode>.borrow(context, "ctx")
         let out = try CArg.required(statusOut, "status_out")
         out.pointee = Int32(try node.peerPresence(connectionID).rawValue)
+    }
+}
+
+@_cdecl("transport_get_announce_state")
+public func transport_get_announce_state(_ context: OpaquePointer?,
+                                         _ stateOut: UnsafeMutablePointer<transport_announce_state_t>?) -> Int32 {
+    cCall("transport_get_announce_state") {
+        let node = try Handle<TransportNode>.borrow(context, "ctx")
+        let out = try CArg.required(stateOut, "state_out")
+        let state = try node.announcement()
+        out.pointee = transport_announce_state_t(
+            announced: state.isAnnounced() ? 1 : 0, holders: Int32(clamping: state.holders),
+            stored_ms_ago: state.storedAgo ?? UInt64.max, failed_attempts: Int32(clamping: state.failedAttempts))
     }
 }
 

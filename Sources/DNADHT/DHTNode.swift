@@ -363,6 +363,14 @@ public final class DHTNode {
     public var id: NodeID { credential.id }
     public var routingTableSize: Int { table.count }
     public var storedCount: Int { store.count }
+
+    /// Drops the entry held at `key`, as a holder that restarted with empty storage would have
+    /// none (tests, operators).
+    public func forget(_ key: NodeID) {
+        guard let held = store.removeValue(forKey: key) else { return }
+        storedBy[held.from, default: 1] -= 1
+        if storedBy[held.from] == 0 { storedBy[held.from] = nil }
+    }
     public var knownContacts: [Contact] { table.contacts }
 
     public func takeDatagrams() -> [(Endpoint, [UInt8])] {

@@ -105,6 +105,28 @@ public struct DHTServiceConfiguration: Sendable {
     public init() {}
 }
 
+/// What became of an identity's announcements (docs/PROTOCOL.md §5.2): peers find it while a holder
+/// keeps an entry it stored, for the entry lifetime (30 minutes) after that STORE.
+public struct AnnouncementState: Equatable, Sendable {
+    /// Holders that stored the latest announcement any holder stored (0: none ever did).
+    public var holders = 0
+    /// When a holder last stored the entry (monotonic ms, `monotonicMilliseconds`); nil: never.
+    public var storedAt: UInt64?
+    /// Announcements in a row no holder stored since then (they are retried after 5 s, doubling up to
+    /// the announce interval).
+    public var failedAttempts = 0
+    /// When this state was read (monotonic ms).
+    public var now: UInt64 = 0
+
+    /// A holder stored the entry within `lifetime` ms (the entry lifetime, 30 minutes): peers can find it.
+    public func isAnnounced(lifetime: UInt64 = DHTConfiguration().entryLifetime) -> Bool {
+        storedAt.map { now < $0 + lifetime } ?? false
+    }
+
+    /// Milliseconds since a holder last stored the entry; nil: never.
+    public var storedAgo: UInt64? { storedAt.map { now >= $0 ? now - $0 : 0 } }
+}
+
 /// The DHT driver: one UDP socket watched on a GLib loop, whose thread alone runs the DHTNode state
 /// machine. A transport context passes its own loop, so that the DHT, the ICE agents and the
 /// connections share its one I/O thread; alone (a bootstrap node, the dht_* API) the service runs its
@@ -127,6 +149,8 @@ public final class DHTService: @unchecked Sendable {
     private var mailAnswers: [UInt64: [(Endpoint, MailAnswer?)]] = [:]
     private var nextMailOperation: UInt64 = 1
     private var running = true
+    /// Tests: datagrams it returns false for are not sent, as a firewall rule would drop them.
+    private var outgoingFilter: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Bool)?
     /// The loop the node runs on, and whether this service made it (then it stops it).
     public let loop: GLibLoop
     private let ownsLoop: Bool
@@ -134,6 +158,8 @@ public final class DHTService: @unchecked Sendable {
     private var watch: UnsafeMutablePointer<GSource>?
     private var alarm: LoopAlarm?
     private var lastSave: UInt64
+    /// What became of each owned entry's announcements (loop thread only).
+    private var announcements: [IdentityName: AnnouncementState] = [:]
     /// Entries this node re-announces (loop thread only).
     private var owned: [IdentityName: (identity: Identity, entry: PeerEntry)] = [:]
     private var nextAnnounce: UInt64
@@ -401,6 +427,7 @@ public final class DHTService: @unchecked Sendable {
                 self.owned[identity.name] = (identity, signed)
                 return node.announce(signed, now: now)
             }
+            _ = perform { _, now in self.record(identity.name, result, now: now) }
             guard let notNewer = result?.notNewer, notNewer > 0, attempt < 2 else { break }
             logger("\(notNewer) holders of \(identity.name)'s entry have one as new: announcing again with last_seen + 1")
             lastSeen += 1
@@ -594,6 +621,17 @@ public final class DHTService: @unchecked Sendable {
     }
 
     public var statistics: DHTStatistics? { perform { node, _ in node.statistics } }
+
+    /// Tests: from now on only the datagrams `filter` returns true for leave this node (nil: all),
+    /// as a firewall rule on the path would let them through.
+    public func filterOutgoing(_ filter: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Bool)?) {
+        monitor.locked { outgoingFilter = filter }
+    }
+
+    /// Drops the entry this node holds for `identity` (DHTNode.forget).
+    public func forgetEntry(of identity: IdentityName) {
+        _ = perform { node, _ in node.forget(NodeID.key(of: identity)) }
+    }
     public var routingTableSize: Int? { perform { node, _ in node.routingTableSize } }
     public var storedCount: Int? { perform { node, _ in node.storedCount } }
 
@@ -644,7 +682,8 @@ public final class DHTService: @unchecked Sendable {
             lastSave = current
             saveInBackground()
         }
-        for (to, datagram) in node.takeDatagrams() { socket.send(datagram, to: to) }
+        let filter = monitor.locked { outgoingFilter }
+        for (to, datagram) in node.takeDatagrams() where filter?(datagram, to) ?? true { socket.send(datagram, to: to) }
         let events = node.takeEvents()
         checkReannouncements(events, now: current)
         monitor.locked {
@@ -693,6 +732,7 @@ public final class DHTService: @unchecked Sendable {
         var failures: [String] = [], successes = 0
         for case .lookupFinished(let id, let result) in events {
             guard let name = reannouncing.removeValue(forKey: id) else { continue }
+            record(name, result, now: now)
             if result.stored > 0, !result.nameTaken {
                 successes += 1
                 continue
@@ -709,6 +749,30 @@ public final class DHTService: @unchecked Sendable {
         }
         retryAnnouncementSoon(now: now)
         logger("warning: re-announce stored on no node: \(failures.joined(separator: ", ")); again in \(reannounceBackoff / 1000) s")
+    }
+
+    /// Counts an announcement of `name` (loop thread); nil: the node stopped.
+    private func record(_ name: IdentityName, _ result: LookupResult?, now: UInt64) {
+        guard let result else { return }
+        var state = announcements[name] ?? AnnouncementState()
+        if result.stored > 0 && !result.nameTaken {
+            state.holders = result.stored
+            state.storedAt = now
+            state.failedAttempts = 0
+        } else {
+            state.failedAttempts += 1
+        }
+        announcements[name] = state
+    }
+
+    /// What became of the announcements of `identity`, an identity this node announced (nil: it
+    /// announced none, or the node stopped).
+    public func announcement(of identity: IdentityName) -> AnnouncementState? {
+        perform { _, now -> AnnouncementState? in
+            guard var state = self.announcements[identity] else { return nil }
+            state.now = now
+            return state
+        } ?? nil
     }
 
     /// The owned entries are announced again after the backoff (loop thread).

@@ -51,6 +51,11 @@ public final class TransportConnection: @unchecked Sendable {
     private var running = true
     private var dead = false
     private var peerClosed = false
+    private var peerCloseReason: CloseReason?
+    /// A record from the peer was opened (monitor); `heardLocally` is the loop thread's copy, so
+    /// that only the first datagram takes the lock for it.
+    private var heard = false
+    private var heardLocally = false
     private var idle = true
     /// With `resumable`, a silent peer makes the path lost (`isPathLost`) rather than the connection
     /// dead: messages wait until `replacePath` or `abandon`.
@@ -177,6 +182,36 @@ public final class TransportConnection: @unchecked Sendable {
     /// The peer closed the connection with a CLOSE frame.
     public var isClosedByPeer: Bool { monitor.locked { peerClosed } }
 
+    /// Why the peer closed the connection, if its CLOSE said (a refusal, §7.5).
+    public var closeReason: CloseReason? { monitor.locked { peerCloseReason } }
+
+    /// What the peer said of a connection this side just opened (§7.5): anything authenticated
+    /// from it accepts it; a CLOSE refuses it.
+    public enum PeerDecision: Equatable, Sendable {
+        case accepted
+        case refused(CloseReason?)
+        /// The path failed, or this side closed the connection.
+        case gone
+    }
+
+    /// Waits up to `timeout` ms for the peer's first record; PINGs the peer (`solicit`) at the start and
+    /// every `interval` ms meanwhile (ms), since the peer may be busy deciding. nil: no word yet.
+    public func awaitPeer(timeout: Int, interval: Int = 250) -> PeerDecision? {
+        let end = monotonicMilliseconds() + UInt64(max(0, timeout))
+        while true {
+            _ = perform { connection, now in connection.solicit(now: now) }
+            let left = Int(Int64(end) - Int64(monotonicMilliseconds()))
+            let decision = monitor.wait(milliseconds: max(0, min(interval, left))) { () -> PeerDecision? in
+                if peerClosed { return .refused(peerCloseReason) }
+                if heard { return .accepted }
+                if !running || dead || pathLost { return .gone }
+                return nil
+            }
+            if let decision { return decision }
+            if monotonicMilliseconds() >= end { return nil }
+        }
+    }
+
     /// The peer went silent on a resumable connection: waiting for `replacePath` or `abandon`.
     public var isPathLost: Bool { monitor.locked { pathLost && !dead } }
 
@@ -244,13 +279,14 @@ public final class TransportConnection: @unchecked Sendable {
 
     /// A clean end: waits up to `linger` ms for every queued message to be acknowledged, then tells
     /// the peer (CLOSE) and closes. Returns whether everything queued was acknowledged.
+    /// `reason` refuses a connection the peer has not seen accepted (§7.5).
     @discardableResult
-    public func disconnect(linger: Int = 2000) -> Bool {
+    public func disconnect(linger: Int = 2000, reason: CloseReason? = nil) -> Bool {
         let flushed = monitor.wait(milliseconds: max(0, linger)) { () -> Bool? in
             if dead || !running { return false }
             return idle && outgoing.isEmpty ? true : nil
         } ?? false
-        _ = perform { connection, now in connection.close(now: now) }
+        _ = perform { connection, now in connection.close(now: now, reason: reason) }
         close()
         return flushed
     }
@@ -314,6 +350,12 @@ public final class TransportConnection: @unchecked Sendable {
             return
         }
         connection.receive(header, payload: plaintext[...], now: monotonicMilliseconds())
+        // A CLOSE is no acceptance: it refuses (§7.5), once the loop reported it.
+        if !heardLocally && header.type != .close {
+            heardLocally = true
+            monitor.locked { heard = true }
+            monitor.broadcast()
+        }
         alarm?.armNow()
     }
 
@@ -389,6 +431,7 @@ public final class TransportConnection: @unchecked Sendable {
                 case .closed:
                     dead = true
                     peerClosed = true
+                    peerCloseReason = connection.closeReason
                     changed = true
                 case .presence(let status): presence = status
                 }

@@ -19,7 +19,8 @@ public enum ReliableEvent: Equatable, Sendable {
     case message(stream: UInt32, bytes: [UInt8])
     /// The peer answered none of 3 keepalive pings: the path is gone.
     case dead
-    /// The peer closed the connection (a CLOSE frame); nothing more will arrive.
+    /// The peer closed the connection (a CLOSE frame); nothing more will arrive. Its reason, if it
+    /// gave one, is `ReliableConnection.closeReason`.
     case closed
     /// The peer's presence (DNA_MSG_PRESENCE).
     case presence(PresenceStatus)
@@ -27,6 +28,22 @@ public enum ReliableEvent: Equatable, Sendable {
 
 public enum PresenceStatus: UInt8, Sendable {
     case online = 0, away = 1, busy = 2, offline = 3
+}
+
+/// Why a side refused a connection it had completed the handshake for: the one byte a CLOSE may
+/// carry (docs/PROTOCOL.md §7.5, §7.6). An empty CLOSE is a clean end.
+public enum CloseReason: UInt8, Sendable, CustomStringConvertible {
+    /// The accepting side found no signed entry of the initiator's name in the DHT.
+    case noEntry = 1
+    /// The initiator's entry in the DHT carries another key than the one it proved.
+    case otherKey = 2
+
+    public var description: String {
+        switch self {
+        case .noEntry: "it found no entry of this identity in the DHT (its announcement is stored nowhere)"
+        case .otherKey: "this identity's entry in the DHT carries another key than the one this side proved"
+        }
+    }
 }
 
 public enum ReliableError: Error, Equatable, Sendable {
@@ -235,6 +252,8 @@ public final class ReliableConnection {
     private var pongsOwed: [UInt64] = []
     private var presenceToSend: PresenceStatus?
     public private(set) var isDead = false
+    /// The reason the peer's CLOSE gave (nil: a clean end, or no CLOSE).
+    public private(set) var closeReason: CloseReason?
 
     private var outbox: [OutgoingFrame] = []
     private var events: [ReliableEvent] = []
@@ -324,11 +343,27 @@ public final class ReliableConnection {
 
     /// Ends the connection from this side: a CLOSE frame goes out (the driver sends it a few times,
     /// since nothing acknowledges it) and the state machine stops. Unacknowledged data is abandoned:
-    /// a driver that wants it delivered waits for `isIdle` first.
-    public func close(now: UInt64) {
+    /// a driver that wants it delivered waits for `isIdle` first. `reason` refuses a connection
+    /// the peer has not seen accepted (§7.5); a clean end gives none.
+    public func close(now: UInt64, reason: CloseReason? = nil) {
         guard !isDead else { return }
         isDead = true
-        outbox.append(Self.frame(.close, reserved: .zero, payload: []))
+        outbox.append(Self.closeFrame(reason: reason))
+    }
+
+    /// A CLOSE: empty, or the one byte of a refusal's reason (§7.6).
+    public static func closeFrame(reason: CloseReason?) -> OutgoingFrame {
+        frame(.close, reserved: .zero, payload: reason.map { [$0.rawValue] } ?? [])
+    }
+
+    /// Sends a PING now, outside the keepalive's count (a missing PONG makes nothing dead): the
+    /// initiator asks with it whether the peer accepted the connection (§7.5), and the peer's
+    /// answer, any frame, says it did.
+    public func solicit(now: UInt64) {
+        guard !isDead else { return }
+        pingNonce &+= 1
+        outbox.append(Self.frame(.ping, reserved: .zero, payload: Self.be(pingNonce, 8)))
+        pump(now: now)
     }
 
     // MARK: Input from the network
@@ -351,7 +386,9 @@ public final class ReliableConnection {
             if takenCharges > 0 { ackNow = true }
         case .pong: break
         case .close:
-            guard payload.isEmpty else { return drop() }
+            guard payload.count <= 1 else { return drop() }
+            // A reason this version does not know still ends the connection.
+            closeReason = payload.first.flatMap(CloseReason.init(rawValue:))
             isDead = true
             events.append(.closed)
             return

@@ -61,6 +61,8 @@ public final class TransportNode: @unchecked Sendable {
         case io(String)
         /// Holders refused this identity's entry: the name is held by another key (§5.2).
         case nameTaken(String)
+        /// The peer completed the handshake, then refused the connection (§7.5), for this reason.
+        case refused(String)
 
         public var description: String {
             switch self {
@@ -74,6 +76,7 @@ public final class TransportNode: @unchecked Sendable {
             case .invalid(let why): why
             case .io(let why): why
             case .nameTaken(let name): "\(name) is held in the DHT by another key"
+            case .refused(let why): "refused: \(why)"
             }
         }
     }
@@ -115,6 +118,8 @@ public final class TransportNode: @unchecked Sendable {
     private var nextID: Int32 = 1
     /// Agents of connections being set up (closed by `close` so that their checks end at once).
     private var settingUp: [ObjectIdentifier: IceAgent] = [:]
+    /// Connections made and not yet registered, with the box their callback reads their id from.
+    private var idBoxes: [ObjectIdentifier: IDBox] = [:]
     private var setups = 0
     /// Connections whose lost path is being resumed (or awaited).
     private var resuming = Set<Int32>()
@@ -266,23 +271,47 @@ public final class TransportNode: @unchecked Sendable {
 
     // MARK: Connections
 
-    /// Connects to `peer` (see the type's comment). Blocks up to the configured connect timeout.
+    /// Connects to `peer` (see the type's comment). Blocks up to the configured connect timeout,
+    /// until the peer accepted the connection (§7.5): `.refused` when it refused it after the
+    /// handshake (its cause: this identity's entry was not found in the DHT, or carries another key).
     public func connect(_ peer: IdentityName) throws(Failure) -> Int32 {
         guard monitor.locked({ running }) else { throw .closed }
         guard peer != identity.name else { throw .invalid("cannot connect to oneself") }
         let token = Sodium.randomBytes(ConnectOffer.tokenSize)
         let deadline = monotonicMilliseconds() + UInt64(configuration.connectTimeout)
+        func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(monotonicMilliseconds()))) }
         // Under loss ICE can end with one side connected and the other failed, and the handshake
-        // then times out: a path that failed that way is tried again while time remains.
+        // then times out: a path that failed that way is tried again while time remains. A peer
+        // that found no entry of this identity is tried again once it has been announced again.
         var attempt = 0
+        var reannounced = false
         while true {
             attempt += 1
-            do {
+            do throws(Failure) {
                 let path = try openPath(to: peer, kind: .offer, token: token, deadline: deadline)
-                return try register(peer: peer, path: path, token: token, initiator: true, accepted: false)
+                let connection = makeConnection(path)
+                switch connection.awaitPeer(timeout: remaining()) {
+                case .accepted?:
+                    return try register(peer: peer, connection: connection, path: path, token: token, initiator: true, accepted: false)
+                case .refused(let reason)?:
+                    discard(connection, path)
+                    let why = "\(peer) refused the connection: \(reason.map { "\($0)" } ?? "no reason given")"
+                    log("warning: \(why)")
+                    // Holders dropped this identity's entry, or never took it: announce it again now
+                    // (and wait for that), then offer again if a holder took it.
+                    guard reason == .noEntry, !reannounced, remaining() > 2000,
+                          (dht.reannounceOwned()[identity.name]??.stored ?? 0) > 0 else { throw Failure.refused(why) }
+                    reannounced = true
+                    attempt -= 1
+                    continue
+                case .gone?, nil:
+                    discard(connection, path)
+                    throw Failure.unreachable(monitor.locked({ running })
+                        ? "\(peer) did not accept the connection after the handshake" : "closed")
+                }
             } catch {
                 guard case .unreachable(let why) = error, !mentions(why, "refused"), attempt < 3,
-                      monotonicMilliseconds() + 1000 < deadline, monitor.locked({ running }) else { throw error }
+                      remaining() > 1000, monitor.locked({ running }) else { throw error }
                 log("connecting to \(peer): \(why); trying again")
             }
         }
@@ -579,6 +608,13 @@ public final class TransportNode: @unchecked Sendable {
         try lookup(id).connection.buffered
     }
 
+    /// What became of this identity's announcements (`DHTService.announcement`): whether peers can
+    /// find it, since when, on how many holders.
+    public func announcement() throws(Failure) -> AnnouncementState {
+        guard monitor.locked({ running }), let state = dht.announcement(of: identity.name) else { throw .closed }
+        return state
+    }
+
     /// The peer's last pushed status (online until it pushes another).
     public func peerPresence(_ id: Int32) throws(Failure) -> PresenceStatus {
         try lookup(id).connection.peerPresence ?? .online
@@ -747,15 +783,36 @@ public final class TransportNode: @unchecked Sendable {
         }
     }
 
-    private func register(peer: IdentityName, path: Path, token: [UInt8], initiator: Bool, accepted: Bool) throws(Failure) -> Int32 {
-        final class IDBox: @unchecked Sendable { var id: Int32 = 0 }
+    /// A connection over `path`, not yet known to the application (`register`): its changes reach
+    /// `connectionChanged` once it is.
+    private func makeConnection(_ path: Path) -> TransportConnection {
         let box = IDBox()
         let connection = TransportConnection(
             path: path.link, sealer: path.session.sealer, opener: path.session.opener, configuration: configuration.reliable,
             unopened: Self.unopened(path.responder), resumable: true,
-            onChange: { [weak self] in self?.connectionChanged(box.id) })
+            onChange: { [weak self] in
+                let id = box.id
+                if id != 0 { self?.connectionChanged(id) }
+            })
+        monitor.locked { idBoxes[ObjectIdentifier(connection)] = box }
+        return connection
+    }
+
+    private final class IDBox: @unchecked Sendable { var id: Int32 = 0 }
+
+    /// Closes a connection that was never registered, and its path.
+    private func discard(_ connection: TransportConnection, _ path: Path) {
+        _ = monitor.locked { idBoxes.removeValue(forKey: ObjectIdentifier(connection)) }
+        connection.close()
+        path.agent.close()
+    }
+
+    /// Gives `connection` an id and hands it to the application. The accepting side announces its
+    /// presence at once: that first record tells the initiator the connection was accepted (§7.5).
+    private func register(peer: IdentityName, connection: TransportConnection, path: Path, token: [UInt8], initiator: Bool,
+                          accepted: Bool) throws(Failure) -> Int32 {
         let (id, status) = monitor.locked { () -> (Int32?, PresenceStatus) in
-            guard running else { return (nil, presence) }
+            guard running, let box = idBoxes.removeValue(forKey: ObjectIdentifier(connection)) else { return (nil, presence) }
             let id = nextID
             nextID = nextID == Int32.max ? 1 : nextID + 1
             box.id = id
@@ -769,9 +826,10 @@ public final class TransportNode: @unchecked Sendable {
             path.agent.close()
             throw .closed
         }
-        if status != .online { connection.sendPresence(status) }
+        if accepted || status != .online { connection.sendPresence(status) }
         monitor.broadcast()
-        updateReadiness()
+        // Something may have happened before it had its id (the peer closed it already).
+        connectionChanged(id)
         return id
     }
 
@@ -908,11 +966,35 @@ public final class TransportNode: @unchecked Sendable {
             found = dht.find(session.peerName, timeout: max(1000, remaining()))
         }
         guard let entry = found, entry.publicKey == session.peerPublicKey else {
+            let reason: CloseReason = found == nil ? .noEntry : .otherKey
+            refuse(link, session: session, reason: reason)
             link.close()
             agent.close()
-            throw .unreachable("\(session.peerName)'s DHT entry does not carry the key it signed the handshake with")
+            throw .refused("\(session.peerName) \(found == nil ? "has no entry in the DHT" : "proved another key than its DHT entry's")")
         }
-        _ = try register(peer: session.peerName, path: path, token: offer.token, initiator: false, accepted: true)
+        let connection = makeConnection(path)
+        _ = try register(peer: session.peerName, connection: connection, path: path, token: offer.token, initiator: false, accepted: true)
+    }
+
+    /// Tells the initiator why its connection is refused (§7.5): a sealed CLOSE with the reason,
+    /// three times, then once for each record it sends within 2 s (its PINGs ask for the decision),
+    /// at most 10 more.
+    private func refuse(_ link: IcePath, session: SecureSession, reason: CloseReason) {
+        let frame = ReliableConnection.closeFrame(reason: reason)
+        func sendClose() {
+            guard let sealed = try? session.sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1,
+                                                         plaintext: frame.payload) else { return }
+            _ = link.send(sealed)
+        }
+        for _ in 0..<3 { sendClose() }
+        let end = monotonicMilliseconds() + 2000
+        var answered = 0
+        while answered < 10, monitor.locked({ running }), let datagram = link.receive(waitingUntil: end) {
+            // A record (not a late handshake piece, which the initiator sent before it finished).
+            guard datagram.count >= 8, datagram[6] != 0 || (datagram[7] != 0x10 && datagram[7] != 0x11) else { continue }
+            sendClose()
+            answered += 1
+        }
     }
 }
 

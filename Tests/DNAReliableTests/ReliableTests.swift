@@ -280,6 +280,35 @@ final class SimulatedPath {
         #expect(path.a.retainedMessages == 0)
     }
 
+    @Test func aCloseCarriesItsReasonAndASolicitedPingKillsNothing() throws {
+        let a = ReliableConnection(now: 0), b = ReliableConnection(now: 0)
+        let decoder = FrameDecoder()
+        // Solicited PINGs that go unanswered do not count as missed keepalive pings.
+        for time in stride(from: UInt64(0), to: 10_000, by: 250) {
+            a.solicit(now: time)
+            a.handleTimeout(now: time)
+        }
+        #expect(!a.isDead && a.takeEvents().isEmpty)
+        let pings = a.takeFrames().filter { $0.type == .ping }
+        #expect(pings.count == 40)
+        // The peer answers a solicited ping with a PONG.
+        let ping = try decoder.decode(pings[0].bytes)
+        b.receive(ping.header, payload: ping.payload, now: 1)
+        #expect(b.takeFrames().map(\.type) == [.pong])
+        // A refusal: a CLOSE with one byte of reason; an unknown reason still closes; two bytes are malformed.
+        b.close(now: 2, reason: .noEntry)
+        let close = try decoder.decode(b.takeFrames()[0].bytes)
+        #expect(close.header.type == .close && Array(close.payload) == [1])
+        a.receive(close.header, payload: close.payload, now: 3)
+        #expect(a.takeEvents() == [.closed] && a.closeReason == .noEntry && a.isDead)
+        for (payload, closes) in [([UInt8](), true), ([9], true), ([1, 2], false)] {
+            let c = ReliableConnection(now: 0)
+            let frame = try decoder.decode(try FrameEncoder.encode(type: .close, sequence: 0, reserved: .zero, payload: payload))
+            c.receive(frame.header, payload: frame.payload, now: 1)
+            #expect(c.isDead == closes && c.closeReason == nil, "CLOSE with \(payload)")
+        }
+    }
+
     @Test func aDeadPeerIsNoticedAfterThreeUnansweredPings() throws {
         let path = SimulatedPath()
         try path.a.send([1, 2, 3], stream: 0, now: path.now)

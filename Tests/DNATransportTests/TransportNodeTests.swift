@@ -247,6 +247,58 @@ import Testing
         #expect(throws: TransportNode.Failure.closed) { try alice.receive(id, timeout: 1000) }
     }
 
+    @Test func aPeerThatFindsNoEntryOfTheInitiatorRefusesAndConnectSaysWhy() throws {
+        let trio = try Self.trio(log: { print("\(unixMilliseconds() % 100_000) \($0)") })
+        defer { trio.close() }
+        let (alice, bob) = (trio.alice, trio.bob)
+        // Alice's entry is stored nowhere: the holders dropped it and her large datagrams (STOREs of
+        // her 5.3 KB entry) are lost on the way, as with the lab's nft rule; lookups still work.
+        alice.dht.filterOutgoing { datagram, _ in datagram.count <= 1000 }
+        for node in [trio.bootstrap, bob.dht, alice.dht] { node.forgetEntry(of: alice.identity.name) }
+        let bobName = try IdentityName("bob")
+        let started = unixMilliseconds()
+        do throws(TransportNode.Failure) {
+            _ = try alice.connect(bobName)
+            Issue.record("connect succeeded although bob could not find alice's entry")
+        } catch {
+            guard case .refused(let why) = error else {
+                Issue.record("expected refused, got \(error)")
+                return
+            }
+            #expect(mentions(why, "no entry"), "\(why)")
+        }
+        print("refused after \(unixMilliseconds() - started) ms")
+        // Alice's context knows: the announcement it tried again was stored nowhere.
+        let failed = try alice.announcement()
+        #expect(failed.failedAttempts >= 1, "\(failed)")
+        #expect(throws: TransportNode.Failure.timeout) { try bob.accept(timeout: 100) }
+        #expect(alice.connectionIDs.isEmpty)
+        // Once her STOREs get through, the refusal makes her announce again, and the same connect works.
+        alice.dht.filterOutgoing(nil)
+        let id = try alice.connect(try IdentityName("bob"))
+        let (incoming, peer) = try bob.accept(timeout: 10_000)
+        #expect(peer == alice.identity.name)
+        let state = try alice.announcement()
+        #expect(state.isAnnounced() && state.failedAttempts == 0 && state.holders >= 1 && (state.storedAgo ?? .max) < 15_000, "\(state)")
+        try alice.send(id, Array("after the refusal".utf8))
+        #expect(try bob.receive(incoming, timeout: 10_000).bytes == Array("after the refusal".utf8))
+    }
+
+    @Test func connectReturnsOnlyOnceThePeerAcceptedAndThePeerSeesItFirst() throws {
+        // The accepting side's decision comes after its DHT lookup of the initiator: connect waits
+        // for it, so that by the time connect returns, the connection is in bob's accept queue.
+        let trio = try Self.trio()
+        defer { trio.close() }
+        for _ in 0..<5 {
+            let id = try trio.alice.connect(try IdentityName("bob"))
+            // Bob's connection answers once it exists, a moment before accept has it.
+            let (incoming, _) = try trio.bob.accept(timeout: 1000)
+            try trio.alice.disconnect(id)
+            #expect(throws: TransportNode.Failure.closed) { try trio.bob.receive(incoming, timeout: 5000) }
+            try trio.bob.disconnect(incoming)
+        }
+    }
+
     @Test func anIdentityNobodyAnnouncedIsOffline() throws {
         let trio = try Self.trio()
         defer { trio.close() }

@@ -64,6 +64,9 @@ extern "C" {
                                            first served: PROTOCOL.md §5.2); its entry was stored nowhere */
 #define DNA_ERR_CLOCK_SKEW        (-27) /* holders refused an entry for its time (this clock is off theirs by
                                            more than they accept, and their times could not correct it) */
+#define DNA_ERR_REFUSED           (-28) /* the peer completed the handshake, then refused the connection: it
+                                           found no entry of this identity in the DHT (announce stored
+                                           nowhere), or one with another key (PROTOCOL.md §7.5) */
 
 /* Log levels, from most to least verbose. */
 #define DNA_LOG_TRACE    0

@@ -94,6 +94,19 @@ typedef enum {
     TRANSPORT_PRESENCE_OFFLINE = 3
 } transport_presence_t;
 
+/* What became of this identity's announcements in the DHT (transport_get_announce_state). Peers
+ * find an identity while a holder keeps an entry it stored: for 30 minutes after that STORE. An
+ * announcement no holder stored is retried after 5 s, doubling up to 5 minutes, with a warning in
+ * the log each time (PROTOCOL.md §5.2). */
+typedef struct {
+    int      announced;        /* 1: a holder stored the entry within the last 30 minutes (peers can
+                                  find this identity); 0: none did (peers refuse its connections:
+                                  DNA_ERR_REFUSED at their transport_connect's caller, and cannot find it) */
+    int      holders;          /* holders that stored the latest announcement any holder stored; 0: none ever */
+    uint64_t stored_ms_ago;    /* milliseconds since a holder last stored it; UINT64_MAX: never */
+    int      failed_attempts;  /* announcements in a row that no holder stored since then */
+} transport_announce_state_t;
+
 /**
  * Starts a transport for `identity` (seed), configured from the DNA_* environment variables: loads
  * the identity's key from the data directory (making it on first use), starts the DHT node, joins
@@ -202,6 +215,13 @@ DNA_EXPORT int transport_get_fd(transport_context_t *ctx);
 
 /** Pushes this side's presence (a transport_presence_t) to every connected peer and to later ones. */
 DNA_EXPORT int transport_set_presence(transport_context_t *ctx, int status);
+
+/**
+ * Writes what became of this identity's announcements in the DHT (see transport_announce_state_t):
+ * an application can show "not reachable yet" while announced is 0 instead of learning it from
+ * its peers' refusals. DNA_ERR_CLOSED while the context is being freed.
+ */
+DNA_EXPORT int transport_get_announce_state(transport_context_t *ctx, transport_announce_state_t *state_out);
 
 /** The peer's last pushed presence (TRANSPORT_PRESENCE_ONLINE until it pushes one). */
 DNA_EXPORT int transport_get_presence(transport_context_t *ctx, int connection_id, int *status_out);

@@ -50,6 +50,7 @@ class ErrorCode(enum.IntEnum):
     MISDIRECTED = -25
     NAME_TAKEN = -26
     CLOCK_SKEW = -27
+    REFUSED = -28
 
 
 class MessageType(enum.IntEnum):
@@ -757,6 +758,16 @@ class Transport(_Handle):
         out = ctypes.c_int(0)
         _check(lib.transport_get_presence(self._live(), int(connection), ctypes.byref(out)), "presence")
         return Presence(out.value)
+
+    def announce_state(self):
+        """What became of this identity's announcements (transport_get_announce_state): a dict with
+        announced (bool: a holder stored the entry within 30 minutes, so peers can find it), holders,
+        stored_ms_ago (None: never) and failed_attempts."""
+        out = _native.AnnounceStateC()
+        _check(lib.transport_get_announce_state(self._live(), ctypes.byref(out)), "announce_state")
+        return {"announced": bool(out.announced), "holders": out.holders,
+                "stored_ms_ago": None if out.stored_ms_ago == 2**64 - 1 else out.stored_ms_ago,
+                "failed_attempts": out.failed_attempts}
 
     def disconnect(self, connection):
         """Ends the connection cleanly (waits up to 2 s for queued messages to be acknowledged)."""

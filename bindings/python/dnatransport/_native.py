@@ -80,6 +80,12 @@ class DHTStatsC(Structure):
                                               "timeouts", "refused_contacts", "refused_pieces")]
 
 
+class AnnounceStateC(Structure):
+    """transport_announce_state_t"""
+    _fields_ = [("announced", c_int), ("holders", c_int), ("stored_ms_ago", ctypes.c_uint64),
+                ("failed_attempts", c_int)]
+
+
 class IceCandidateC(Structure):
     """ice_candidate_t (the seed's anonymous enum is a C int)"""
     _fields_ = [("ip", ctypes.c_char * 46), ("port", c_uint16), ("type", c_int)]
@@ -179,6 +185,7 @@ FUNCTIONS = {
     "transport_get_fd": (c_int, [c_void_p]),
     "transport_set_presence": (c_int, [c_void_p, c_int]),
     "transport_get_presence": (c_int, [c_void_p, c_int, POINTER(c_int)]),
+    "transport_get_announce_state": (c_int, [c_void_p, POINTER(AnnounceStateC)]),
     "transport_disconnect": (c_int, [c_void_p, c_int]),
     "transport_free": (None, [c_void_p]),
 }
