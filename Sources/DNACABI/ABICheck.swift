@@ -85,5 +85,7 @@ func abiCheck() {
     sameType(CDNATransport.transport_set_presence, DNACABI.transport_set_presence)
     sameType(CDNATransport.transport_get_presence, DNACABI.transport_get_presence)
     sameType(CDNATransport.transport_disconnect, DNACABI.transport_disconnect)
+    sameType(CDNATransport.transport_take_undelivered, DNACABI.transport_take_undelivered)
+    sameType(CDNATransport.transport_get_announce_state, DNACABI.transport_get_announce_state)
     sameType(CDNATransport.transport_free, DNACABI.transport_free)
 }

@@ -203,6 +203,23 @@ private func receiveOn(_ function: StaticString, _ context: OpaquePointer?, _ co
     }
 }
 
+@_cdecl("transport_take_undelivered")
+public func transport_take_undelivered(_ context: OpaquePointer?, _ connectionID: Int32, _ streamOut: UnsafeMutablePointer<UInt32>?,
+                                       _ dataOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
+                                       _ lengthOut: UnsafeMutablePointer<Int>?, _ timeoutMilliseconds: Int32) -> Int32 {
+    cCall("transport_take_undelivered") {
+        let node = try Handle<TransportNode>.borrow(context, "ctx")
+        let data = try CArg.required(dataOut, "data_out")
+        let length = try CArg.required(lengthOut, "data_len_out")
+        guard let message = try node.takeUndelivered(connectionID, timeout: Int(timeoutMilliseconds)) else {
+            throw TransportNode.Failure.unknownConnection(connectionID)
+        }
+        data.pointee = try mallocCopy(message.bytes)
+        length.pointee = message.bytes.count
+        streamOut?.pointee = message.stream
+    }
+}
+
 @_cdecl("transport_send_offline")
 public func transport_send_offline(_ context: OpaquePointer?, _ peerIdentity: UnsafePointer<CChar>?,
                                    _ ciphertext: UnsafePointer<UInt8>?, _ length: Int) -> Int32 {

@@ -24,6 +24,8 @@ public final class TransportConnection: @unchecked Sendable {
     private var alarm: LoopAlarm?
     private var backlog: [(UInt32, [UInt8])] = []
     private var backlogBytes = 0
+    /// `abandon` handed the undelivered messages over (loop thread): `disconnect` returns none again.
+    private var handedOver = false
     /// The path's other end is gone.
     private var pathGone = false
     /// Called for datagrams the record layer cannot open (a late handshake piece, say); what it
@@ -128,6 +130,9 @@ public final class TransportConnection: @unchecked Sendable {
             guard queuedEstimate == 0 || queuedEstimate + message.count <= limit - limit / 8
                     || !busyStreams.contains(stream) && queuedEstimate + message.count <= limit else { return nil }
             outgoing.append((stream, message))
+            // Not idle until the loop has counted it (a disconnect waiting meanwhile must not see
+            // the loop's last, older verdict and close with this message unsent).
+            idle = false
             queuedEstimate += message.count
             busyStreams.insert(stream)
             lastActivity = monotonicMilliseconds()
@@ -239,8 +244,9 @@ public final class TransportConnection: @unchecked Sendable {
     }
 
     /// Gives up on a lost path: the connection is dead (receive reports the end, send refuses).
-    /// Returns every message the peer did not acknowledge, by stream and in order (those it had
-    /// not taken yet too), for the caller to carry another way (offline delivery).
+    /// Returns every message the peer's application did not take (as far as its ACKs said: those
+    /// it did not acknowledge, and those it acknowledged and had not taken), by stream and in order,
+    /// for the caller to carry another way (offline delivery) or hand back (§7.8).
     @discardableResult
     public func abandon() -> [(stream: UInt32, bytes: [UInt8])] {
         let handed = monitor.locked { () -> [(UInt32, [UInt8])] in
@@ -253,17 +259,19 @@ public final class TransportConnection: @unchecked Sendable {
             defer {
                 self.backlog.removeAll()
                 self.backlogBytes = 0
+                self.handedOver = true
             }
-            return connection.unacknowledged + self.backlog.map { (stream: $0.0, bytes: $0.1) }
+            if self.handedOver { return [] }
+            return connection.undelivered + self.backlog.map { (stream: $0.0, bytes: $0.1) }
         } ?? []
         onChange?()
         return left + handed.map { (stream: $0.0, bytes: $0.1) }
     }
 
-    /// Every message handed to `send` was acknowledged by the peer (none queued, none in flight).
-    public var isFullyAcknowledged: Bool {
+    /// Every message handed to `send` was taken by the peer's application, as far as its ACKs said.
+    public var isFullyDelivered: Bool {
         guard monitor.locked({ outgoing.isEmpty }) else { return false }
-        return perform { connection, _ in connection.isIdle && self.backlog.isEmpty } ?? true
+        return perform { connection, _ in connection.isDelivered && self.backlog.isEmpty } ?? true
     }
 
     /// receive() would not block: a message is waiting or the connection ended.
@@ -278,17 +286,31 @@ public final class TransportConnection: @unchecked Sendable {
     public var statistics: ReliableConnection.Statistics? { perform { connection, _ in connection.statistics } }
 
     /// A clean end: waits up to `linger` ms for every queued message to be acknowledged, then tells
-    /// the peer (CLOSE) and closes. Returns whether everything queued was acknowledged.
-    /// `reason` refuses a connection the peer has not seen accepted (§7.5).
+    /// the peer (CLOSE) and closes. Returns the messages the peer's transport did not acknowledge,
+    /// by stream and in order (empty: it has everything; after the CLOSE its application can still
+    /// take what it acknowledged). `reason` refuses a connection the peer has not seen accepted (§7.5).
     @discardableResult
-    public func disconnect(linger: Int = 2000, reason: CloseReason? = nil) -> Bool {
-        let flushed = monitor.wait(milliseconds: max(0, linger)) { () -> Bool? in
+    public func disconnect(linger: Int = 2000, reason: CloseReason? = nil) -> [(stream: UInt32, bytes: [UInt8])] {
+        _ = monitor.wait(milliseconds: max(0, linger)) { () -> Bool? in
             if dead || !running { return false }
             return idle && outgoing.isEmpty ? true : nil
-        } ?? false
-        _ = perform { connection, now in connection.close(now: now, reason: reason) }
+        }
+        let handed = monitor.locked { () -> [(UInt32, [UInt8])] in
+            defer { outgoing.removeAll() }
+            return outgoing
+        }
+        let left = perform { connection, now -> [(stream: UInt32, bytes: [UInt8])] in
+            // A dead connection (its peer gone) did not deliver what its peer's application had not taken.
+            let left = self.handedOver ? []
+                : (connection.isDead ? connection.undelivered : connection.unacknowledged) + self.backlog.map { (stream: $0.0, bytes: $0.1) }
+            self.handedOver = true
+            self.backlog.removeAll()
+            self.backlogBytes = 0
+            connection.close(now: now, reason: reason)
+            return left
+        } ?? []
         close()
-        return flushed
+        return left + handed.map { (stream: $0.0, bytes: $0.1) }
     }
 
     /// Stops the connection and closes its path. Idempotent.

@@ -127,6 +127,9 @@ public final class ReliableConnection {
         var unsent: [Outgoing?] = []
         var head = 0
         var live: [UInt64: Outgoing] = [:]
+        /// Messages wholly acknowledged that the peer's application has not taken yet (as its ACKs
+        /// last said): what a connection that dies now did not deliver (§7.8), by number.
+        var untaken: [UInt64: [UInt8]] = [:]
         var nextNumber: UInt64 = 0
         /// Messages the peer's application took on this stream (its ACKs say; 0 until they do).
         var takenByPeer: UInt64 = 0
@@ -168,9 +171,11 @@ public final class ReliableConnection {
     private var inFlightCount = 0
     private var nextPacket: UInt64 = 0
     private var largestAcked: UInt64?
+    /// Bytes of the messages held: queued, in flight, or acknowledged and not yet taken by the
+    /// peer's application (the send buffer, `maximumQueuedBytes`).
     public private(set) var queuedBytes = 0
-    /// Streams with a message queued or not wholly acknowledged (the send buffer's last eighth is
-    /// for the others).
+    /// Streams with a message queued, not wholly acknowledged or not taken (the send buffer's last
+    /// eighth is for the others).
     public private(set) var streamsWithMessages = Set<UInt32>()
     /// Charges of every message started (its first fragment sent), since the connection began, and
     /// of every message the peer's application took (as its latest ACK says): the difference is
@@ -290,7 +295,7 @@ public final class ReliableConnection {
         guard message.count <= configuration.maximumMessageSize else { throw .tooLarge(message.count) }
         let limit = configuration.maximumQueuedBytes
         guard queuedBytes == 0 || queuedBytes + message.count <= limit - limit / 8
-                || (streams[stream]?.live.isEmpty ?? true) && queuedBytes + message.count <= limit else { throw .full }
+                || (streams[stream].map { $0.live.isEmpty && $0.untaken.isEmpty } ?? true) && queuedBytes + message.count <= limit else { throw .full }
         let sendStream: SendStream
         if let existing = streams[stream] {
             sendStream = existing
@@ -348,6 +353,12 @@ public final class ReliableConnection {
     public func close(now: UInt64, reason: CloseReason? = nil) {
         guard !isDead else { return }
         isDead = true
+        // An acknowledgement still due goes first: it tells the peer what this side's application
+        // took, so that the peer does not count those messages undelivered (§7.8).
+        if ackNeeded {
+            ackNow = true
+            acknowledgeIfDue(now: now, sendingData: false)
+        }
         outbox.append(Self.closeFrame(reason: reason))
     }
 
@@ -520,6 +531,7 @@ public final class ReliableConnection {
             if messages > stream.takenByPeer {
                 stream.takenByPeer = messages
                 persistBackoff = 1
+                release(stream, streamID: Self.u32(payload, at: at))
             }
         }
         if (peerWindow, peerTakenCharges) != before { persistBackoff = 1 }
@@ -599,10 +611,25 @@ public final class ReliableConnection {
         message.acknowledged[sent.fragment] = true
         message.acknowledgedCount += 1
         if message.acknowledgedCount == message.fragmentCount {
-            queuedBytes -= message.bytes.count
             stream.live[sent.message] = nil
-            if stream.live.isEmpty { streamsWithMessages.remove(sent.stream) }
+            // Held until the peer's application took it (its ACKs count what it took per stream).
+            if sent.message >= stream.takenByPeer {
+                stream.untaken[sent.message] = message.bytes
+            } else {
+                queuedBytes -= message.bytes.count
+            }
+            if stream.live.isEmpty && stream.untaken.isEmpty { streamsWithMessages.remove(sent.stream) }
         }
+    }
+
+    /// Forgets the acknowledged messages of `stream` its peer's application took.
+    private func release(_ stream: SendStream, streamID: UInt32) {
+        guard !stream.untaken.isEmpty else { return }
+        for (number, bytes) in stream.untaken where number < stream.takenByPeer {
+            queuedBytes -= bytes.count
+            stream.untaken[number] = nil
+        }
+        if stream.live.isEmpty && stream.untaken.isEmpty { streamsWithMessages.remove(streamID) }
     }
 
     private func updateRTT(sample: Double) {
@@ -746,9 +773,9 @@ public final class ReliableConnection {
     }
 
     /// Every message not wholly acknowledged yet (sent in part, or not at all), by stream in the
-    /// order streams were first used and by message order within each: what a driver hands to
-    /// another path (offline delivery) when the connection died. Partly acknowledged messages are
-    /// included whole.
+    /// order streams were first used and by message order within each: what the peer's transport
+    /// does not have (after a clean CLOSE the peer's application can still take the rest).
+    /// Partly acknowledged messages are included whole.
     public var unacknowledged: [(stream: UInt32, bytes: [UInt8])] {
         streamOrder.flatMap { stream -> [(stream: UInt32, bytes: [UInt8])] in
             guard let sendStream = streams[stream] else { return [] }
@@ -756,12 +783,27 @@ public final class ReliableConnection {
         }
     }
 
-    /// Messages whose contents the sender still holds (queued or not yet wholly acknowledged):
-    /// never more than `unacknowledged.count`, so memory held for sent data is bounded by what is
-    /// unacknowledged (at most `maximumQueuedBytes`, or one larger message).
+    /// Every message the peer's application has not taken, as far as its ACKs said: those not wholly
+    /// acknowledged, and those acknowledged but not yet taken (§7.8), in the order of
+    /// `unacknowledged`. What a connection whose peer died did not deliver: a message taken just
+    /// before the peer died, whose report was lost with it, is among them (at least once).
+    public var undelivered: [(stream: UInt32, bytes: [UInt8])] {
+        streamOrder.flatMap { stream -> [(stream: UInt32, bytes: [UInt8])] in
+            guard let sendStream = streams[stream] else { return [] }
+            let numbers = (Array(sendStream.live.keys) + Array(sendStream.untaken.keys)).sorted()
+            return numbers.compactMap { number in
+                (sendStream.live[number]?.bytes ?? sendStream.untaken[number]).map { (stream, $0) }
+            }
+        }
+    }
+
+    /// Messages whose contents the sender still holds (queued, not yet wholly acknowledged, or not
+    /// yet taken by the peer's application): never more than `undelivered.count`, so memory held for
+    /// sent data is bounded by the send buffer (`maximumQueuedBytes`, or one larger message).
     public var retainedMessages: Int {
         streams.values.reduce(0) { total, stream in
-            total + stream.live.count + stream.unsent.filter { $0.map { stream.live[$0.number] !== $0 } ?? false }.count
+            total + stream.live.count + stream.untaken.count
+                + stream.unsent.filter { $0.map { stream.live[$0.number] !== $0 } ?? false }.count
         }
     }
 
@@ -784,8 +826,12 @@ public final class ReliableConnection {
         pump(now: now)
     }
 
-    /// Nothing queued, nothing in flight.
-    public var isIdle: Bool { queuedBytes == 0 && inFlightCount == 0 }
+    /// Nothing queued, nothing in flight, nothing unacknowledged (what the peer's application has
+    /// not taken yet may remain: see `isDelivered`).
+    public var isIdle: Bool { inFlightCount == 0 && streams.values.allSatisfy { $0.live.isEmpty } }
+
+    /// Every message sent was taken by the peer's application, as far as its ACKs said.
+    public var isDelivered: Bool { queuedBytes == 0 && inFlightCount == 0 }
 
     private func pump(now: UInt64) {
         for nonce in pongsOwed { outbox.append(Self.frame(.pong, reserved: .zero, payload: Self.be(nonce, 8))) }

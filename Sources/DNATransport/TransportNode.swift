@@ -125,6 +125,11 @@ public final class TransportNode: @unchecked Sendable {
     private var resuming = Set<Int32>()
     /// Dead connections whose unacknowledged messages went (or go) to the peer's inbox.
     private var salvaged = Set<Int32>()
+    /// Connections whose undelivered messages are being stored offline right now.
+    private var salvaging = Set<Int32>()
+    /// What ended connections did not deliver and could not store offline, by connection id, in
+    /// order: the application takes them with `takeUndelivered` (kept until then, or until `close`).
+    private var undelivered: [Int32: [(stream: UInt32, bytes: [UInt8])]] = [:]
     /// Held while a dead connection's messages are stored offline, and by sendOffline: the inbox
     /// keeps them in the order they were sent.
     private let offlineOrder = Monitor()
@@ -479,8 +484,8 @@ public final class TransportNode: @unchecked Sendable {
     }
 
     /// The resume window passed, the peer refused the new path (it restarted), or the context is
-    /// closing: a connection whose path is still lost is dead, and what the peer did not
-    /// acknowledge goes to its inbox.
+    /// closing: a connection whose path is still lost is dead, and what the peer's application did
+    /// not take goes to its inbox or back to the application (`salvage`).
     private func giveUp(_ id: Int32) {
         // Holding the order lock from before the connection refuses sends: an application that
         // turns to transport_send_offline then stores after these.
@@ -488,6 +493,7 @@ public final class TransportNode: @unchecked Sendable {
             let peer = monitor.locked { () -> Peer? in
                 guard let peer = peers[id], peer.connection.isPathLost else { return nil }
                 salvaged.insert(id)
+                salvaging.insert(id)
                 return peer
             }
             let messages = peer?.connection.abandon() ?? []
@@ -496,29 +502,62 @@ public final class TransportNode: @unchecked Sendable {
         }
     }
 
-    /// The messages a dead connection's peer did not acknowledge go to its inbox in the DHT
-    /// (offline delivery, docs/PROTOCOL.md §8), each up to the inbox's 4,096 bytes; nothing while
-    /// the context is closing. Called on a thread of its own (the puts block).
+    /// What a connection that ended did not deliver (§7.8): to the peer's inbox in the DHT (offline
+    /// delivery, §8) when all of it fits there (at most `inboxQuota` messages, each of at most
+    /// 4,096 B: a holder keeps no more from one sender), else, and whatever no holder stored, kept
+    /// for the application in order (`takeUndelivered`). Called on a thread of its own (the puts block).
     private func salvage(_ messages: [(stream: UInt32, bytes: [UInt8])], of id: Int32, to peer: IdentityName) {
-        guard !messages.isEmpty, monitor.locked({ running }) else { return }
-        var stored = 0, tooLarge = 0, failed = 0
+        defer {
+            _ = monitor.locked { salvaging.remove(id) }
+            monitor.broadcast()
+            updateReadiness()
+        }
+        guard !messages.isEmpty else { return }
+        let fits = messages.count <= Self.inboxQuota && messages.allSatisfy { $0.bytes.count <= Offline.maximumMessage }
+        guard fits, monitor.locked({ running }) else {
+            keep(messages, of: id, to: peer, because: fits ? "the context is closing"
+                 : "more than the peer's inbox holds (\(Self.inboxQuota) messages of at most \(Offline.maximumMessage) B)")
+            return
+        }
         var outcomes: [Failure?] = []
         do { outcomes = try storeOffline(peer, messages.map(\.bytes)) } catch {
-            failed = messages.count
-            log("connection \(id) to \(peer): its unacknowledged messages could not be stored offline: \(error)")
+            outcomes = Array(repeating: error, count: messages.count)
         }
-        for outcome in outcomes {
-            switch outcome {
-            case nil: stored += 1
-            case .tooLarge?: tooLarge += 1
-            case let failure?:
-                failed += 1
-                log("connection \(id) to \(peer): an unacknowledged message could not be stored offline: \(failure)")
+        var failed: [(stream: UInt32, bytes: [UInt8])] = []
+        for (index, message) in messages.enumerated() where index >= outcomes.count || outcomes[index] != nil {
+            failed.append(message)
+        }
+        log("connection \(id) to \(peer) ended: its \(messages.count) undelivered messages went to the peer's inbox "
+            + "(offline delivery), \(failed.count) of them could not be stored"
+            + (outcomes.compactMap { $0 }.first.map { " (\($0))" } ?? ""))
+        if !failed.isEmpty { keep(failed, of: id, to: peer, because: "no holder stored them") }
+    }
+
+    /// A holder keeps at most this many inbox messages from one sender (DHTConfiguration.mailPerSender).
+    static let inboxQuota = DHTConfiguration().mailPerSender
+
+    private func keep(_ messages: [(stream: UInt32, bytes: [UInt8])], of id: Int32, to peer: IdentityName, because why: String) {
+        monitor.locked { undelivered[id, default: []].append(contentsOf: messages) }
+        log("warning: connection \(id) to \(peer) ended with \(messages.count) messages not delivered (\(why)): "
+            + "the application takes them back with transport_take_undelivered")
+    }
+
+    /// The next message connection `id` did not deliver (it ended: §7.8), in the order sent on each
+    /// stream; nil when there is none (more). Waits up to `timeout` ms (negative: forever) while the
+    /// connection's messages are still being stored offline, then throws `.timeout`.
+    public func takeUndelivered(_ id: Int32, timeout: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8])? {
+        let outcome = monitor.wait(milliseconds: timeout < 0 ? Int(Int32.max) : timeout) { () -> (UInt32, [UInt8])?? in
+            // Being stored offline, or closed by the peer a moment ago and not yet looked at.
+            if salvaging.contains(id) || peers[id].map({ $0.connection.isClosedByPeer && !salvaged.contains(id) && running }) == true {
+                return nil
             }
+            guard var left = undelivered[id], !left.isEmpty else { return .some(nil) }
+            let first = left.removeFirst()
+            undelivered[id] = left.isEmpty ? nil : left
+            return .some((first.stream, first.bytes))
         }
-        log("connection \(id) to \(peer) ended: of its \(messages.count) unacknowledged messages, \(stored) went to "
-            + "the peer's inbox (offline delivery), \(tooLarge) were too large for it (over \(Offline.maximumMessage) B), "
-            + "\(failed) could not be stored")
+        guard let outcome else { throw .timeout }
+        return outcome.map { (stream: $0.0, bytes: $0.1) }
     }
 
     /// The connection while its path is still lost; else nil, and it leaves `resuming` in the same
@@ -536,16 +575,22 @@ public final class TransportNode: @unchecked Sendable {
     /// A connection changed (messages, end, lost path): readiness, and resuming a lost path.
     private func connectionChanged(_ id: Int32) {
         updateReadiness()
-        // The peer closed the connection (CLOSE) while messages were still unacknowledged.
+        // The peer closed the connection (CLOSE) while its application had not taken everything.
         if let closed = monitor.locked({ () -> Peer? in
             guard running, let peer = peers[id], peer.connection.isClosedByPeer, salvaged.insert(id).inserted else { return nil }
+            salvaging.insert(id)
             return peer
         }) {
             // Storing waits for the network, so it runs on a thread of its own, unless there is
             // nothing to store (the usual clean close): then the connection ends here.
-            let left = closed.connection.isFullyAcknowledged ? closed.connection.abandon() : nil
-            if left?.isEmpty == true { return }
-            _ = spawn { [self] in offlineOrder.locked { salvage(left ?? closed.connection.abandon(), of: id, to: closed.name) } }
+            let left = closed.connection.isFullyDelivered ? closed.connection.abandon() : nil
+            if left?.isEmpty == true {
+                _ = monitor.locked { salvaging.remove(id) }
+                monitor.broadcast()
+                return
+            }
+            let started = spawn { [self] in offlineOrder.locked { salvage(left ?? closed.connection.abandon(), of: id, to: closed.name) } }
+            if !started { salvage(left ?? closed.connection.abandon(), of: id, to: closed.name) }
             return
         }
         guard let peer = monitor.locked({ () -> Peer? in
@@ -557,8 +602,12 @@ public final class TransportNode: @unchecked Sendable {
             if peer.initiator { resume(id) } else { awaitResume(id) }
         }
         if !started {
-            peer.connection.abandon()
+            _ = monitor.locked { salvaging.insert(id) }
+            let left = peer.connection.abandon()
             _ = monitor.locked { resuming.remove(id) }
+            keep(left, of: id, to: peer.name, because: "no thread to resume the connection")
+            _ = monitor.locked { salvaging.remove(id) }
+            monitor.broadcast()
         }
     }
 
@@ -635,9 +684,11 @@ public final class TransportNode: @unchecked Sendable {
         monitor.locked { peers[id] }?.agent.close()
     }
 
-    /// Ends connection `id`: waits up to `linger` ms for queued messages to be acknowledged, tells
-    /// the peer, releases the path.
-    public func disconnect(_ id: Int32, linger: Int = 2000) throws(Failure) {
+    /// Ends connection `id`: waits up to `linger` ms (nil: the send timeout) for queued messages to be
+    /// acknowledged, tells the peer, releases the path. Throws `.timeout` when some were not
+    /// acknowledged by then: the connection ended all the same, and those messages are the
+    /// application's again (`takeUndelivered` with the same id).
+    public func disconnect(_ id: Int32, linger: Int? = nil) throws(Failure) {
         guard let peer = monitor.locked({ () -> Peer? in
             acceptQueue.removeAll { $0 == id }
             salvaged.remove(id)
@@ -649,9 +700,13 @@ public final class TransportNode: @unchecked Sendable {
                 + "\(statistics.packetsReceived) received, \(statistics.duplicates) duplicates, \(statistics.messagesDelivered) messages delivered, "
                 + "\(statistics.acknowledgementsSent) ACKs sent")
         }
-        peer.connection.disconnect(linger: linger)
+        let left = peer.connection.disconnect(linger: linger ?? configuration.sendTimeout)
         peer.agent.close()
         updateReadiness()
+        if !left.isEmpty {
+            keep(left, of: id, to: peer.name, because: "not acknowledged within the linger of transport_disconnect")
+            throw .timeout
+        }
     }
 
     public func statistics(_ id: Int32) throws(Failure) -> ReliableConnection.Statistics {
@@ -722,10 +777,15 @@ public final class TransportNode: @unchecked Sendable {
             }
             return Array(peers.values)
         }
+        var dropped = monitor.locked { undelivered.values.reduce(0) { $0 + $1.count } }
         for peer in all {
-            peer.connection.disconnect(linger: 200)
+            dropped += peer.connection.disconnect(linger: 200).count
             peer.agent.close()
         }
+        if dropped > 0 {
+            log("warning: closing with \(dropped) messages that were not delivered and not taken back (transport_take_undelivered): they are dropped")
+        }
+        monitor.locked { undelivered.removeAll() }
         inbox?.stop()
         dht.stop()
         loop.stop()
@@ -857,8 +917,9 @@ public final class TransportNode: @unchecked Sendable {
         } }
         for (id, peer) in idle {
             log("connection \(id) to \(peer.name) idle for \(configuration.idleTimeout) ms: closing")
-            peer.connection.disconnect(linger: 0)
+            let left = peer.connection.disconnect(linger: 0)
             peer.agent.close()
+            if !left.isEmpty { keep(left, of: id, to: peer.name, because: "the connection was closed for being idle") }
             updateReadiness()
         }
     }

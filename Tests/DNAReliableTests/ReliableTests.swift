@@ -61,11 +61,13 @@ final class SimulatedPath {
         }
     }
 
-    /// The application at a (true) or b (false) takes every message delivered so far.
-    func read(atA: Bool) {
+    /// The application at a (true) or b (false) takes every message delivered so far (or the first `count`).
+    func read(atA: Bool, count: Int? = nil) {
         let connection = atA ? a : b
-        for (stream, length) in unread[atA] ?? [] { connection.taken(stream: stream, length: length, now: now) }
-        unread[atA] = []
+        let waiting = unread[atA] ?? []
+        let taking = min(count ?? waiting.count, waiting.count)
+        for (stream, length) in waiting.prefix(taking) { connection.taken(stream: stream, length: length, now: now) }
+        unread[atA] = Array(waiting.dropFirst(taking))
     }
 
     /// Runs until `condition` or `limit` ms of virtual time.
@@ -173,7 +175,7 @@ final class SimulatedPath {
         let path = SimulatedPath(configuration: configuration)
         try path.a.send([UInt8](repeating: 1, count: 60_000), stream: 0, now: path.now)
         #expect(throws: ReliableError.full) { try path.a.send([UInt8](repeating: 2, count: 60_000), stream: 0, now: path.now) }
-        #expect(path.run(limit: 5000) { path.a.isIdle })  // acknowledged: room again
+        #expect(path.run(limit: 5000) { path.a.isDelivered })  // taken by the peer's application: room again
         try path.a.send([UInt8](repeating: 2, count: 60_000), stream: 0, now: path.now)
         #expect(throws: ReliableError.tooLarge(16 * 1024 * 1024 + 1)) {
             try path.a.send([UInt8](repeating: 0, count: 16 * 1024 * 1024 + 1), stream: 0, now: path.now)
@@ -263,21 +265,38 @@ final class SimulatedPath {
         #expect(path.received[true]?.contains(.dead) != true)
     }
 
-    @Test func theSenderKeepsOnlyWhatIsNotAcknowledged() throws {
+    @Test func theSenderKeepsOnlyWhatThePeerDidNotTake() throws {
         let path = SimulatedPath()
         for index in 0..<3000 { try path.a.send([UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 100), stream: UInt32(index % 2), now: path.now) }
-        #expect(path.run(limit: 60_000) { path.a.isIdle })
-        #expect(path.a.retainedMessages == 0)
-        // Mid-transfer too: never more messages than those not yet acknowledged.
+        #expect(path.run(limit: 60_000) { path.a.isDelivered })
+        #expect(path.a.retainedMessages == 0 && path.a.queuedBytes == 0)
+        // Mid-transfer too: never more messages than those the peer's application has not taken.
         for index in 0..<2000 { try path.a.send([UInt8](repeating: 1, count: 1000), stream: UInt32(index % 2), now: path.now) }
         var worst = 0, steps = 0
         path.run(limit: 60_000) {
             steps += 1
-            if steps % 64 == 0 { worst = max(worst, path.a.retainedMessages - path.a.unacknowledged.count) }
-            return path.a.isIdle
+            if steps % 64 == 0 { worst = max(worst, path.a.retainedMessages - path.a.undelivered.count) }
+            return path.a.isDelivered
         }
         #expect(worst == 0)
         #expect(path.a.retainedMessages == 0)
+    }
+
+    @Test func whatThePeerAcknowledgedButDidNotTakeIsStillUndelivered() throws {
+        let path = SimulatedPath()
+        path.reading[false] = false
+        for index in 0..<6 { try path.a.send([UInt8(index)], stream: UInt32(index % 2), now: path.now) }
+        #expect(path.run(limit: 5000) { path.a.isIdle && path.messages(atA: false).count == 6 })
+        // Acknowledged, not taken: the sender holds them, and they count in its send buffer.
+        #expect(path.a.unacknowledged.isEmpty)
+        #expect(path.a.undelivered.map(\.bytes) == [[0], [2], [4], [1], [3], [5]])
+        #expect(path.a.queuedBytes == 6 && !path.a.isDelivered)
+        // The reader takes the first four delivered: the sender forgets exactly those.
+        let order = path.messages(atA: false).map(\.1)
+        path.read(atA: false, count: 4)
+        #expect(path.run(limit: 5000) { path.a.undelivered.count == 2 })
+        #expect(path.a.undelivered.map(\.bytes).sorted { $0[0] < $1[0] } == Array(order.suffix(2)).sorted { $0[0] < $1[0] })
+        #expect(path.a.queuedBytes == 2)
     }
 
     @Test func aCloseCarriesItsReasonAndASolicitedPingKillsNothing() throws {

@@ -55,7 +55,7 @@ import Testing
     }
 
     @Test func connectExchangeAndDisconnect() throws {
-        let trio = try Self.trio()
+        let trio = try Self.trio(log: { print("\(unixMilliseconds() % 100_000) \($0)") })
         defer { trio.close() }
         let (alice, bob) = (trio.alice, trio.bob)
         #expect(!Self.readable(bob.readinessDescriptor))
@@ -297,6 +297,60 @@ import Testing
             #expect(throws: TransportNode.Failure.closed) { try trio.bob.receive(incoming, timeout: 5000) }
             try trio.bob.disconnect(incoming)
         }
+    }
+
+    @Test func aReceiverRestartedMidStreamLosesNothing() throws {
+        // Issue 20, part 3: bob dies after taking part of a long stream and comes back from the same
+        // directory. What his application never took (whether or not his transport had acknowledged
+        // it) is too much for his inbox: it is handed back to alice's application, which sends it
+        // again over a new connection. Every message arrives exactly once.
+        let trio = try Self.trio(log: { print("\(unixMilliseconds() % 100_000) \($0)") })
+        let (alice, bob) = (trio.alice, trio.bob)
+        defer { alice.close(); trio.bootstrap.stop() }
+        let bobName = try IdentityName("bob")
+        let id = try alice.connect(bobName)
+        let (incoming, _) = try bob.accept(timeout: 10_000)
+        let total = 600
+        func message(_ index: Int) -> [UInt8] { Array("message \(index) ".utf8) + [UInt8](repeating: UInt8(index % 251), count: 4000) }
+        for index in 0..<total { try alice.send(id, message(index), stream: 1) }
+        var got: [[UInt8]] = []
+        for _ in 0..<150 { got.append(try bob.receive(incoming, timeout: 10_000).bytes) }
+        // Bob's transport has acknowledged more than his application took (up to its receive buffer).
+        usleep(100_000)  // the report of what he took leaves within 1 ms (PROTOCOL.md §7.2)
+        let acknowledgedNotTaken = try bob.buffered(incoming).receive
+        print("bob holds \(acknowledgedNotTaken) B he has not taken when he dies")
+        bob.breakPath(incoming)
+        let bobDirectory = try #require(bob.configuration.dataDirectory)
+        let bobIdentity = bob.identity
+        bob.close()
+        var configuration = bob.configuration
+        configuration.dataDirectory = bobDirectory
+        let again = try TransportNode(identity: bobIdentity, configuration: configuration,
+                                      log: { print("\(unixMilliseconds() % 100_000) bob again: \($0)") })
+        defer { again.close() }
+        // Alice's connection ends (the new path is refused: bob has no such connection), and her
+        // application learns which messages did not arrive.
+        var ended = false
+        for _ in 0..<60 where !ended {
+            do { _ = try alice.receive(id, timeout: 1000) } catch { ended = error == .closed }
+        }
+        #expect(ended)
+        var back: [[UInt8]] = []
+        while let (stream, bytes) = try alice.takeUndelivered(id, timeout: 30_000) {
+            #expect(stream == 1)
+            back.append(bytes)
+        }
+        #expect(back == (got.count..<total).map(message), "\(back.count) handed back, \(total - got.count) expected")
+        #expect(acknowledgedNotTaken > 0)
+        try? alice.disconnect(id)
+        // Sent again on a new connection: bob has everything, once.
+        let second = try alice.connect(bobName)
+        let (incomingAgain, _) = try again.accept(timeout: 10_000)
+        for bytes in back { try alice.send(second, bytes, stream: 1) }
+        while got.count < total { got.append(try again.receive(incomingAgain, timeout: 10_000).bytes) }
+        #expect(got == (0..<total).map(message))
+        #expect(throws: TransportNode.Failure.timeout) { try again.receive(incomingAgain, timeout: 200) }
+        #expect(try again.fetchOffline() == 0)
     }
 
     @Test func anIdentityNobodyAnnouncedIsOffline() throws {

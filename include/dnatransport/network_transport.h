@@ -72,13 +72,15 @@ typedef struct {
                                         DNA_ERR_CLOSED) */
     int          resume_window_ms;   /* 0: 60000; how long a connection whose peer went silent waits
                                         for a new path (messages wait meanwhile); after it the connection
-                                        ends (transport_receive: DNA_ERR_CLOSED) and what the peer did
-                                        not acknowledge goes to its inbox (offline delivery) */
+                                        ends (transport_receive: DNA_ERR_CLOSED) and what the peer's
+                                        application did not take goes to its inbox (offline delivery)
+                                        or back to this application (transport_take_undelivered) */
 } transport_config_t;
 
 #define TRANSPORT_DEFAULT_MAX_MESSAGE (16u * 1024u * 1024u)
-/* A connection's unacknowledged and queued bytes; transport_send waits while they would pass it
- * (its last eighth only takes a message on a stream with nothing queued or unacknowledged). */
+/* A connection's queued, unacknowledged and not yet taken (by the peer's application) bytes;
+ * transport_send waits while they would pass it (its last eighth only takes a message on a stream
+ * with nothing held). */
 #define TRANSPORT_SEND_BUFFER (32u * 1024u * 1024u)
 /* What a peer holds for a connection of messages its application has not taken (each charged its
  * length + 64 B); a reader that stops reading stops the sender within it (docs/PROTOCOL.md §7.2). */
@@ -141,8 +143,8 @@ DNA_EXPORT int transport_accept(transport_context_t *ctx, int *connection_id_out
 
 /**
  * Queues a message on stream 0 (seed) and returns: DNA_OK means queued, not yet delivered. The bytes
- * are copied. While the connection's send buffer (TRANSPORT_SEND_BUFFER bytes unacknowledged or
- * queued) cannot take the message, waits up to send_timeout_ms, then DNA_ERR_TIMEOUT (backpressure:
+ * are copied. While the connection's send buffer (TRANSPORT_SEND_BUFFER bytes queued, unacknowledged,
+ * or not yet taken by the peer's application) cannot take the message, waits up to send_timeout_ms, then DNA_ERR_TIMEOUT (backpressure:
  * nothing was queued, try later). The send buffer drains only as the peer's application reads: the
  * peer holds at most TRANSPORT_RECEIVE_BUFFER of messages it has not taken with transport_receive,
  * so a peer that stops reading makes transport_send time out once both buffers are full; a small
@@ -174,6 +176,25 @@ DNA_EXPORT int transport_receive(transport_context_t *ctx, int connection_id, ui
 /** transport_receive that also tells the message's stream (stream_out may be NULL). */
 DNA_EXPORT int transport_receive_stream(transport_context_t *ctx, int connection_id, uint32_t *stream_out,
                              uint8_t **data_out, size_t *data_len_out, int timeout_ms);
+
+/**
+ * Hands back, one per call, the messages an ended connection did not deliver (docs/PROTOCOL.md
+ * §7.8): a message sent with DNA_OK is delivered (the peer's application took it), stored in the
+ * peer's inbox, or returned here, never dropped without a word. When a connection ends (its peer
+ * gone past the resume window, restarted, or closed it), what the peer's application had not taken
+ * goes to the peer's inbox if all of it fits there (at most 32 messages of at most
+ * TRANSPORT_OFFLINE_MAX bytes); otherwise, and whatever no holder stored, it waits here. So do the
+ * messages transport_disconnect could not flush (it then returns DNA_ERR_TIMEOUT). Each stream's
+ * messages come in the order they were sent; *stream_out (may be NULL) tells the stream;
+ * *data_out is a new buffer of *data_len_out bytes (NULL for an empty message) for dna_buffer_free.
+ * A message the peer took just before it died may be among them (its report died with it: at
+ * least once). Waits up to timeout_ms (0: do not wait; negative: forever) while the connection's
+ * messages are still being stored offline: DNA_ERR_TIMEOUT. DNA_ERR_NOT_FOUND when there is none
+ * (more), or the connection never had any. The id stays valid for this call after
+ * transport_disconnect; messages never taken are dropped at transport_free, with a warning.
+ */
+DNA_EXPORT int transport_take_undelivered(transport_context_t *ctx, int connection_id, uint32_t *stream_out,
+                                          uint8_t **data_out, size_t *data_len_out, int timeout_ms);
 
 /* The largest message transport_send_offline takes. */
 #define TRANSPORT_OFFLINE_MAX 4096
@@ -227,9 +248,11 @@ DNA_EXPORT int transport_get_announce_state(transport_context_t *ctx, transport_
 DNA_EXPORT int transport_get_presence(transport_context_t *ctx, int connection_id, int *status_out);
 
 /**
- * Ends a connection (seed): waits up to 2 s for its queued messages to be acknowledged, tells the
- * peer (whose transport_receive then returns DNA_ERR_CLOSED after the last message), releases the
- * path. The id is invalid afterwards. DNA_ERR_NOT_FOUND for an unknown id.
+ * Ends a connection (seed): waits up to send_timeout_ms (default 10 s) for its queued messages to
+ * be acknowledged, tells the peer (whose transport_receive then returns DNA_ERR_CLOSED after the
+ * last message), releases the path. DNA_ERR_TIMEOUT when some were not acknowledged by then: the
+ * connection ended all the same, and transport_take_undelivered hands them back. The id is invalid
+ * afterwards (but for transport_take_undelivered). DNA_ERR_NOT_FOUND for an unknown id.
  */
 DNA_EXPORT int transport_disconnect(transport_context_t *ctx, int connection_id);
 

@@ -769,7 +769,25 @@ class Transport(_Handle):
                 "stored_ms_ago": None if out.stored_ms_ago == 2**64 - 1 else out.stored_ms_ago,
                 "failed_attempts": out.failed_attempts}
 
+    def take_undelivered(self, connection, timeout_ms=10000):
+        """Every message the ended connection did not deliver and could not store in the peer's inbox,
+        as a list of (stream, bytes), each stream in the order sent (transport_take_undelivered);
+        empty when there are none. Waits up to timeout_ms while they are still being stored offline
+        (DNAError TIMEOUT)."""
+        taken = []
+        while True:
+            pointer = _native.u8p()
+            length = ctypes.c_size_t(0)
+            stream = ctypes.c_uint32(0)
+            code = lib.transport_take_undelivered(self._live(), int(connection), ctypes.byref(stream),
+                                                  ctypes.byref(pointer), ctypes.byref(length), _timeout_arg(timeout_ms))
+            if code == ErrorCode.NOT_FOUND:
+                return taken
+            _check(code, "take_undelivered")
+            taken.append((stream.value, take_buffer(pointer, length.value)))
+
     def disconnect(self, connection):
-        """Ends the connection cleanly (waits up to 2 s for queued messages to be acknowledged)."""
+        """Ends the connection cleanly (waits up to send_timeout_ms for queued messages to be
+        acknowledged; DNAError TIMEOUT when some were not: take_undelivered returns them)."""
         _check(lib.transport_disconnect(self._live(), int(connection)), "disconnect")
 

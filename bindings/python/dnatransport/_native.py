@@ -186,6 +186,7 @@ FUNCTIONS = {
     "transport_set_presence": (c_int, [c_void_p, c_int]),
     "transport_get_presence": (c_int, [c_void_p, c_int, POINTER(c_int)]),
     "transport_get_announce_state": (c_int, [c_void_p, POINTER(AnnounceStateC)]),
+    "transport_take_undelivered": (c_int, [c_void_p, c_int, POINTER(c_uint32), POINTER(u8p), POINTER(c_size_t), c_int]),
     "transport_disconnect": (c_int, [c_void_p, c_int]),
     "transport_free": (None, [c_void_p]),
 }
