@@ -11,9 +11,12 @@ import PackageDescription
 /// DNATRANSPORT_SHIP=1): offered there, they are pulled in through weak references and the stripped
 /// library grows from 17 to 59 MB (Tests/abi/test_size.py).
 let shipping = Context.environment["DNATRANSPORT_SHIP"] == "1"
+/// Builds with --sanitize (`make test-sanitized` sets DNATRANSPORT_SANITIZE=1): the library leaves the
+/// sanitizer's runtime symbols to the process (its runtime is preloaded), so no `-z defs`.
+let sanitized = Context.environment["DNATRANSPORT_SANITIZE"] == "1"
 let staticFoundationArchives = [
     "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims", "-Xlinker", "-lswiftSynchronization",
-] + (shipping ? [] : ["-Xlinker", "-lCoreFoundation", "-Xlinker", "-l_FoundationICU"]) + ["-Xlinker", "-z", "-Xlinker", "defs"]
+] + (shipping ? [] : ["-Xlinker", "-lCoreFoundation", "-Xlinker", "-l_FoundationICU"]) + (sanitized ? [] : ["-Xlinker", "-z", "-Xlinker", "defs"])
 
 let package = Package(
     name: "dnatransport",

@@ -130,7 +130,6 @@ public final class IceAgent: @unchecked Sendable {
     private var checking = false
     private var established = false
     private var closed = false
-    private var closeDone = false
     private var counters = IceStats()
     /// Path mode: datagrams that came before the path was attached (the handshake reads them).
     fileprivate var early: [[UInt8]] = []
@@ -327,7 +326,22 @@ public final class IceAgent: @unchecked Sendable {
 
     public var stats: IceStats { monitor.locked { counters } }
 
-    /// Releases the TURN allocation (up to 1 s), stops the loop, closes the loop's end. Idempotent.
+    /// Ends the agent. Idempotent, from any thread; returns without waiting on a shared loop.
+    ///
+    /// On the loop thread: the path ends, libnice stops calling this object (its signal handlers
+    /// are disconnected and the receive callback detached, so nothing refers to `self` once this
+    /// returns, even from deinit), the stream is removed and `nice_agent_close_async` started. In
+    /// that order: removing the stream has libnice release its TURN allocations and free the
+    /// stream's sockets only once the deallocations were answered or timed out (up to about 25 s
+    /// without an answer), and closing waits for them; the last reference is dropped when the close
+    /// completes. (The order used to be the reverse with a 1 s limit on the wait: when a TURN
+    /// server had not answered the deallocation within 1 s, the stream's sockets were freed while
+    /// libnice still retransmitted the deallocation on one of them, and the process aborted in
+    /// `udp-bsd.c` (`sock->priv != NULL`) or crashed later, issue 19.)
+    ///
+    /// An agent on a loop of its own waits up to 1 s for the deallocations, then stops its loop (a
+    /// close still pending then never completes: the libnice agent is not freed). On a shared loop
+    /// the loop's owner waits for pending closes before it stops the loop (`GLibLoop.drain`).
     public func close() {
         let first = monitor.locked { () -> Bool in
             defer { closed = true }
@@ -335,7 +349,7 @@ public final class IceAgent: @unchecked Sendable {
         }
         monitor.broadcast()
         guard first else { return }
-        let closing = loop.sync { () -> Bool in
+        let closing = loop.sync { () -> NiceTeardown? in
             // A path over this agent ends with it.
             let gone = self.pathGone
             self.pathReceiver = nil
@@ -348,26 +362,30 @@ public final class IceAgent: @unchecked Sendable {
                 g_source_unref(watch)
                 self.watch = nil
             }
-            guard let agent = self.agent else { return false }
-            // Unretained: the callback runs only on the loop thread, which stops below before this
-            // object can go (close may be running from deinit, where retaining self is not allowed).
-            nice_agent_close_async(agent, { _, _, data in
-                guard let data else { return }
-                let me = Unmanaged<IceAgent>.fromOpaque(data).takeUnretainedValue()
-                me.monitor.locked { me.closeDone = true }
-                me.monitor.broadcast()
-            }, Unmanaged.passUnretained(self).toOpaque())
-            return true
-        }
-        // (On the loop thread itself the callback could not run while this waits.)
-        if closing == true, !loop.isCurrent { _ = monitor.wait(milliseconds: 1000) { closeDone ? true : nil } }
-        loop.sync {
-            guard let agent = self.agent else { return }
-            nice_agent_remove_stream(agent, self.streamID)
-            g_object_unref(UnsafeMutableRawPointer(agent))
+            guard let agent = self.agent else { return nil }
             self.agent = nil
+            let me = Unmanaged.passUnretained(self).toOpaque()
+            g_signal_handlers_disconnect_matched(UnsafeMutableRawPointer(agent), G_SIGNAL_MATCH_DATA, 0, 0, nil, nil, me)
+            if self.streamID != 0 {
+                _ = nice_agent_attach_recv(agent, self.streamID, 1, self.loop.context, nil, nil)
+                nice_agent_remove_stream(agent, self.streamID)
+            }
+            return NiceTeardown(agent: agent, loop: self.loop)
+        } ?? nil
+        guard let closing else {
+            if ownsLoop { loop.stop() }
+            closePair()
+            return
         }
-        if ownsLoop { loop.stop() }
+        // (On the loop thread itself the close could not complete while this waits.)
+        if ownsLoop {
+            if !loop.isCurrent { closing.wait(milliseconds: 1000) }
+            loop.stop()
+        }
+        closePair()
+    }
+
+    private func closePair() {
         for index in 0..<2 where pair[index] >= 0 {
             Glibc.close(pair[index])
             pair[index] = -1
@@ -679,5 +697,39 @@ extension IceAgent {
             early.removeAll()
         }
         monitor.broadcast()
+    }
+}
+
+/// The end of a libnice agent whose stream was removed: `nice_agent_close_async` (which completes
+/// once the TURN deallocations were answered or timed out), then the last reference. Holds itself
+/// (and a hold on the loop, `GLibLoop.hold`) until the close completes on the loop thread.
+private final class NiceTeardown: @unchecked Sendable {
+    private let agent: OpaquePointer  // NiceAgent*
+    private let loop: GLibLoop
+    private let monitor = Monitor()
+    private var done = false
+
+    /// Loop thread: starts the close.
+    init(agent: OpaquePointer, loop: GLibLoop) {
+        self.agent = agent
+        self.loop = loop
+        loop.hold()
+        nice_agent_close_async(agent, { _, _, data in
+            guard let data else { return }
+            Unmanaged<NiceTeardown>.fromOpaque(data).takeRetainedValue().finish()
+        }, Unmanaged.passRetained(self).toOpaque())
+    }
+
+    /// Loop thread, from libnice's completion callback.
+    private func finish() {
+        g_object_unref(UnsafeMutableRawPointer(agent))
+        monitor.locked { done = true }
+        monitor.broadcast()
+        loop.release()
+    }
+
+    /// Waits up to `milliseconds` for the close to complete (not from the loop thread).
+    func wait(milliseconds: Int) {
+        _ = monitor.wait(milliseconds: milliseconds) { done ? true : nil }
     }
 }

@@ -9,6 +9,7 @@ public final class GLibLoop: @unchecked Sendable {
     private var thread = pthread_t()
     private let monitor = Monitor()
     private var running = false
+    private var holds = 0
 
     public init() throws(NetError) {
         guard let context = g_main_context_new() else { throw NetError("g_main_context_new", ENOMEM) }
@@ -60,8 +61,12 @@ public final class GLibLoop: @unchecked Sendable {
         if isCurrent { return work() }
         guard monitor.locked({ running }) else { return nil }
         let box = ResultBox<T>()
+        // The closure goes before the caller is woken: `work` may hold an object whose deinit called
+        // this (close from deinit), and must not release it after that deinit returned (a reference
+        // released after the object was freed, or "deallocated with non-zero retain count").
+        let job = Job(work)
         post {
-            let value = work()
+            let value = job.run()
             self.monitor.locked {
                 box.value = value
                 box.done = true
@@ -73,8 +78,30 @@ public final class GLibLoop: @unchecked Sendable {
                 if box.done { return .some(box.value) }
                 return running ? nil : .some(nil)
             }
-            if let outcome { return outcome }
+            if let outcome {
+                // Stopped before it ran: the thread is gone (joined), so the closure goes here.
+                if !box.done { job.discard() }
+                return outcome
+            }
         }
+    }
+
+    /// Work in progress on the loop that must finish before the loop stops (an ICE agent's close
+    /// waiting for its TURN deallocations): `hold` when it starts, `release` when it is done (any
+    /// thread); `drain` waits for them.
+    public func hold() { monitor.locked { holds += 1 } }
+
+    public func release() {
+        monitor.locked { holds -= 1 }
+        monitor.broadcast()
+    }
+
+    /// Waits up to `milliseconds` until nothing holds the loop (`hold`); true when nothing does.
+    /// Not from the loop thread.
+    @discardableResult
+    public func drain(milliseconds: Int) -> Bool {
+        guard !isCurrent else { return monitor.locked { holds == 0 } }
+        return monitor.wait(milliseconds: milliseconds) { holds <= 0 || !running ? true : nil } ?? false
     }
 
     /// Quits the loop and joins its thread. Idempotent; not from the loop thread.
@@ -85,6 +112,18 @@ public final class GLibLoop: @unchecked Sendable {
         pthread_join(thread, nil)
         monitor.locked { running = false }
         monitor.broadcast()
+    }
+
+    /// A closure run once and released right after it ran.
+    private final class Job<T>: @unchecked Sendable {
+        private var work: (() -> T)?
+        init(_ work: @escaping () -> T) { self.work = work }
+        func run() -> T? {
+            let value = work?()
+            work = nil
+            return value
+        }
+        func discard() { work = nil }
     }
 
     private final class Work {

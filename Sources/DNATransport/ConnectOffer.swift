@@ -14,10 +14,14 @@ struct ConnectOffer: Equatable {
         case offer = 1
         /// The answer of the side that accepts.
         case answer = 2
-        /// The answer of a side that will not take the connection now (too many set-ups at once).
+        /// The answer of a side that will not take the connection (a RESUME for a connection it
+        /// does not have).
         case refusal = 3
         /// The connecting side's offer of a new path for the connection that `token` names.
         case resume = 4
+        /// The answer of a side that sets up `maximumPendingSetups` connections already: the offer
+        /// is to be sent again shortly (the same signal; it is taken once a set-up ends).
+        case busy = 5
     }
 
     static let tokenSize = 16

@@ -368,30 +368,45 @@ public final class TransportNode: @unchecked Sendable {
         // The peer answers once it gathered its candidates (at most 3 s): an entry whose owner says
         // nothing within 5 s belongs to a node that is gone (entries outlive their owners by up to
         // 30 minutes).
+        // A peer that sets up too many connections at once answers BUSY: it is there, so the offer
+        // is sent again (after 50 ms, doubling to 800 ms, with jitter) until the connect deadline.
         var answer: ConnectOffer?
         var answerHolder: Endpoint?
-        let answerDeadline = monotonicMilliseconds() + UInt64(Self.answerWait)
+        var answerDeadline = monotonicMilliseconds() + UInt64(Self.answerWait)
         var resend = monotonicMilliseconds() + 500
+        var busy = 0
         while answer == nil, remaining() > 0, monotonicMilliseconds() < answerDeadline {
             if monotonicMilliseconds() >= resend {
-                // The offer or the answer was lost (the holders' relaying is not acknowledged).
+                // The offer or the answer was lost (the holders' relaying is not acknowledged), or
+                // the peer was busy.
                 resend = monotonicMilliseconds() + 500
                 dht.signal(peer, id: signalID, payload: offer.bytes, through: holders)
             }
-            guard let delivery = dht.nextDelivery(signalID, timeout: min(remaining(), 250)) else {
+            guard let delivery = dht.nextDelivery(signalID, timeout: max(1, min(remaining(), 250,
+                                                                                Int(clamping: resend - min(resend, monotonicMilliseconds()))))) else {
                 if !monitor.locked({ running }) { break }
                 continue
             }
-            answer = try? ConnectOffer(parsing: delivery.payload)
+            guard let parsed = try? ConnectOffer(parsing: delivery.payload), parsed.token == token else { continue }
+            if parsed.kind == .busy {
+                busy += 1
+                answerDeadline = deadline
+                let backoff = UInt64(50) << UInt64(min(busy - 1, 4))
+                resend = monotonicMilliseconds() + backoff / 2 + UInt64(Sodium.randomBytes(2).reduce(0) { $0 << 8 | Int($1) }) % backoff
+                continue
+            }
+            answer = parsed
             answerHolder = delivery.holder
         }
         guard let answer, let answerHolder, answer.kind == .answer || answer.kind == .refusal else {
             agent.close()
-            throw monitor.locked({ running }) ? .peerOffline("\(peer) did not answer the offer") : .closed
+            guard monitor.locked({ running }) else { throw .closed }
+            if busy > 0 { throw .unreachable("\(peer) was busy setting up other connections until the connect timeout (\(busy) busy answers)") }
+            throw .peerOffline("\(peer) did not answer the offer")
         }
         guard answer.kind == .answer else {
             agent.close()
-            throw .unreachable("\(peer) refused the connection (busy, or no such connection to resume)")
+            throw .unreachable("\(peer) refused the connection (no such connection to resume)")
         }
         marks.append(monotonicMilliseconds())
         let link: IcePath
@@ -441,7 +456,8 @@ public final class TransportNode: @unchecked Sendable {
             } catch {
                 log("new path to \(peer.name) failed: \(error)")
                 // A peer that restarted has no such connection and refuses the new path: the
-                // connection cannot come back (twice in a row: a busy peer refuses too).
+                // connection cannot come back (twice in a row, in case a refusal was not meant for
+                // this offer; a busy peer answers BUSY, which openPath waits through).
                 if case .unreachable(let why) = error, mentions(why, "refused") {
                     refusals += 1
                     if refusals >= 2 { break }
@@ -788,6 +804,9 @@ public final class TransportNode: @unchecked Sendable {
         monitor.locked { undelivered.removeAll() }
         inbox?.stop()
         dht.stop()
+        // The agents' closes release their TURN allocations on the loop (IceAgent.close): up to 1 s
+        // for the answers, then the loop stops (a close still waiting then never completes).
+        loop.drain(milliseconds: 1000)
         loop.stop()
     }
 
@@ -951,7 +970,9 @@ public final class TransportNode: @unchecked Sendable {
                 return true
             }
             guard admitted else {
-                dht.reply(to: request, payload: ConnectOffer(kind: .refusal, token: offer.token, ufrag: "-", password: "-",
+                // Not refused: the offering side sends the same offer again shortly, and it is taken
+                // once a set-up ends (it is not remembered as answered).
+                dht.reply(to: request, payload: ConnectOffer(kind: .busy, token: offer.token, ufrag: "-", password: "-",
                                                              candidates: []).bytes)
                 continue
             }

@@ -353,6 +353,47 @@ import Testing
         #expect(try again.fetchOffline() == 0)
     }
 
+    /// Issue 20: a connect to a peer that sets up as many connections as it takes at once
+    /// (`maximumPendingSetups`, 2 here) waits for a slot (the peer answers BUSY, the offer goes
+    /// again) instead of failing: 8 connects started together all succeed, and bob accepts 8. (Before,
+    /// the peer answered REFUSAL and the connects beyond the limit failed with `unreachable`.)
+    @Test @_optimize(none) func connectsBeyondThePeersSetUpLimitWaitForASlot() throws {
+        let trio = try Self.trio(configure: { $0.maximumPendingSetups = 2 })
+        defer { trio.close() }
+        let count = 8
+        final class Outcomes: @unchecked Sendable {
+            let monitor = Monitor()
+            var results: [Result<Int32, TransportNode.Failure>] = []
+        }
+        let outcomes = Outcomes()
+        let bob = try IdentityName("bob")
+        let started = monotonicMilliseconds()
+        for _ in 0..<count {
+            let alice = trio.alice
+            let running = spawn {
+                let result = Result<Int32, TransportNode.Failure>(catching: { () throws(TransportNode.Failure) -> Int32 in
+                    try alice.connect(bob)
+                })
+                outcomes.monitor.locked { outcomes.results.append(result) }
+                outcomes.monitor.broadcast()
+            }
+            #expect(running)
+        }
+        let done = outcomes.monitor.wait(milliseconds: 60_000) { outcomes.results.count == count ? true : nil }
+        #expect(done == true, "only \(outcomes.monitor.locked { outcomes.results.count }) of \(count) connects returned")
+        let results = outcomes.monitor.locked { outcomes.results }
+        let failures = results.compactMap { result -> String? in
+            if case .failure(let error) = result { return "\(error)" }
+            return nil
+        }
+        #expect(failures.isEmpty, "\(failures.count) of \(count) connects failed: \(failures)")
+        var accepted = 0
+        while accepted < count, (try? trio.bob.accept(timeout: 10_000)) != nil { accepted += 1 }
+        #expect(accepted == count)
+        print("\(count) connects to a peer that sets up 2 at a time: \(count - failures.count) connected in "
+              + "\(monotonicMilliseconds() - started) ms")
+    }
+
     @Test func anIdentityNobodyAnnouncedIsOffline() throws {
         let trio = try Self.trio()
         defer { trio.close() }

@@ -110,13 +110,16 @@ def stun_mapping(sock, server, timeout=1.0, tries=3):
 
 
 class Lab:
-    def __init__(self, a="public", b="public", loss=0, turn=True, node=None, workdir=None):
+    def __init__(self, a="public", b="public", loss=0, turn=True, node=None, workdir=None, loss_only=""):
+        """loss: percent of the datagrams each router forwards that it drops; loss_only: an nftables
+        match that limits the loss to the packets it matches (e.g. "udp sport != 4567")."""
         if a not in KINDS or (b not in KINDS and b != "same"):
             raise LabError(f"unknown NAT kind {a!r} or {b!r}")
         if b == "same" and a != "port-restricted":
             raise LabError("'same' puts b behind a's port-restricted router")
         self.kinds = {"a": a, "b": b}
         self.loss = int(loss)
+        self.loss_only = loss_only
         self.turn = turn
         self.node = node  # path of the dnat executable, or None for no bootstrap node
         self.tag = f"{PREFIX}{os.getpid()}x{random.randrange(1000)}"
@@ -239,7 +242,7 @@ class Lab:
             outbound = f'iifname != "wan" oifname "wan" ip daddr {{ {SERVER[0]}, {SERVER[1]} }} tcp dport {TURN_PORT} accept'
         else:
             outbound = 'iifname != "wan" oifname "wan" accept'
-        loss = f"numgen random mod 100 < {self.loss} counter drop" if self.loss else ""
+        loss = f"{self.loss_only} numgen random mod 100 < {self.loss} counter drop" if self.loss else ""
         return f"""
 table ip nat {{
     chain prerouting {{

@@ -4,7 +4,9 @@ and exchange messages; with 10% loss on the routers every message still arrives,
 messages wait in the DHT. Needs root and the installed dnat (DNA_TEST_PREFIX), as test_nat_lab.py.
 """
 import json
+import os
 import queue
+import shutil
 import threading
 import time
 
@@ -157,3 +159,74 @@ def test_a_killed_peer_gets_what_it_never_acknowledged_after_its_restart():
     assert sorted(set(live) | set(offline)) == list(range(count)), (live, offline)
     # At the boundary at least once: only a message sent just before the kill may come both ways.
     assert all(index >= live[-1] - 1 for index in set(live) & set(offline)), (live, offline)
+
+
+def blackouts(lab, router, stop, on, off, log):
+    """Until `stop` is set: `off` seconds of normal forwarding, then `on` seconds in which `router`
+    forwards nothing (every path through it breaks). Appends each blackout's start to `log`."""
+    ns = lab.ns(router)
+    natlab.sh("nft", "-f", "-", ns=ns, input="table ip blackout { chain forward { type filter hook forward priority -10; "
+                                           "policy accept; }; }")
+    while not stop.wait(off):
+        natlab.sh("nft", "add", "rule", "ip", "blackout", "forward", "drop", ns=ns)
+        log.append(time.monotonic())
+        stop.wait(on)
+        natlab.sh("nft", "flush", "chain", "ip", "blackout", "forward", ns=ns)
+
+
+def tail(path, lines=25):
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+def test_connects_with_path_breaks_at_thirty_percent_loss_crash_nothing():
+    """Issue 19: four client processes behind a port-restricted NAT that drops 30% of datagrams each
+    way (but the bootstrap node's) connect to bob (public) one connection after another (20 connects; DNA_CRASH_ROUNDS per
+    client, 5 here, 25 in `make soak`), each trickling messages that bob echoes for 14 s, while the
+    router forwards nothing for 6 s every 14 s: paths break and are replaced (§7.7), set-ups fail
+    and are retried, agents are closed while the TURN server cannot answer. No process may crash:
+    every one exits 0. (Before: libnice aborted in udp-bsd.c, `sock->priv != NULL`, when an agent's
+    stream was removed before its TURN deallocation was answered.)"""
+    clients, rounds = 4, int(os.environ.get("DNA_CRASH_ROUNDS", "5"))
+    # The DHT's datagrams (ports 4567-4599: the bootstrap node's and the peers' DHT nodes) are
+    # spared: the DHT does not get through 30% loss yet (issue 19, part 1: an entry's 5 datagrams
+    # must all arrive in one try; announces were "stored on no node" and 15 of 19 and 20 of 20
+    # connects ended PEER_OFFLINE). Everything else, ICE, TURN and the connections, loses 30%.
+    dht = f"{natlab.NODE_PORT}-{natlab.NODE_PORT + 32}"
+    with natlab.Lab(a="port-restricted", b="public", loss=int(os.environ.get("DNA_CRASH_LOSS", "30")), node=str(DNAT),
+                    loss_only=f"udp dport != {dht} udp sport != {dht}") as lab:
+        logs = {name: os.path.join(lab.dir, f"{name}.log") for name in ["bob"] + [f"alice{i}" for i in range(clients)]}
+        bob = peer(lab, "b", "--as", "bob", "--listen", "--port", str(natlab.NODE_PORT + 1), stderr=open(logs["bob"], "w"))
+        assert events_of(bob, {"ready"})[-1]["event"] == "ready"
+        stop, started = threading.Event(), []
+        breaker = threading.Thread(target=blackouts, args=(lab, "ra", stop, 6.0, 8.0, started), daemon=True)
+        breaker.start()
+        alices = [peer(lab, "a", "--as", f"alice{i}", "--to", "bob", "--rounds", str(rounds), "--seconds", "14",
+                       "--interval", "0.1", "--wait", "75", "--port", str(natlab.NODE_PORT + 2 + i), home=f"alice{i}", stderr=open(logs[f"alice{i}"], "w"))
+                  for i in range(clients)]
+        events = {}
+        for i, alice in enumerate(alices):
+            events[i] = [json.loads(line) for line in alice.stdout]  # until it exits
+        codes = {f"alice{i}": alice.wait(60) for i, alice in enumerate(alices)}
+        stop.set()
+        breaker.join(30)
+        bob.stdin.close()
+        codes["bob"] = bob.wait(60)
+        crashed = {name: code for name, code in codes.items() if code != 0}
+        report = {name: tail(logs[name]) for name in crashed}
+        if os.environ.get("DNA_LAB_LOGS"):  # keep the processes' logs (the lab's directory goes)
+            os.makedirs(os.environ["DNA_LAB_LOGS"], exist_ok=True)
+            for path in list(logs.values()) + [os.path.join(lab.dir, "node.log")]:
+                shutil.copy(path, os.environ["DNA_LAB_LOGS"])
+    played = [e for i in events for e in events[i] if e["event"] == "round"]
+    connected = [e for e in played if e["connected"]]
+    print(f"30% loss, {len(started)} blackouts: {len(connected)} of {len(played)} connects succeeded "
+          f"(failures: {[(e['error'], e['ms']) for e in played if not e['connected']]}), "
+          f"{sum(e['resumes'] for e in connected)} paths replaced, "
+          f"{sum(e['echoed'] for e in connected)} of {sum(e['sent'] for e in connected)} messages echoed; exit codes {codes}")
+    assert not crashed, f"processes that did not exit 0: {crashed}; their last log lines: {report}"
+    assert all(events[i] and events[i][-1]["event"] == "finished" for i in events), events
+    assert len(played) == clients * rounds, played
+    assert all(e["in_order"] for e in connected), [e for e in connected if not e["in_order"]]
+    # The test is about paths that break: they did, and were replaced.
+    assert sum(e["resumes"] for e in connected) >= 2, connected

@@ -12,11 +12,12 @@ DNAT = pathlib.Path(os.environ.get("DNA_TEST_PREFIX", "/usr/local")) / "bin" / "
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def peer(lab, role, *args):
-    command = [sys.executable, os.path.join(HERE, "transport_peer.py"), "--data-dir", os.path.join(lab.dir, role),
+def peer(lab, role, *args, home=None, **popen):
+    """A transport_peer.py in role's namespace, its data in lab.dir/home (default: the role)."""
+    command = [sys.executable, os.path.join(HERE, "transport_peer.py"), "--data-dir", os.path.join(lab.dir, home or role),
                "--bootstrap", f"{SERVER[0]}:{NODE_PORT}", "--turn", f"{SERVER[1]}:{TURN_PORT}",
                "--turn-user", TURN_USER, "--turn-password", TURN_PASSWORD, *args]
-    return lab.popen(role, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    return lab.popen(role, command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, **popen)
 
 
 def events_of(process, until, limit=120):

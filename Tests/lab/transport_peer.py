@@ -15,6 +15,11 @@ JSON line per event on stdout.
     --to NAME --trickle N --interval S: sends message "trickle <i>" every S seconds; once the
                connection ends, the rest with send_offline -> {"event": "sent", "live": k} (k sent live)
     --collect: -> {"event": "offline", "sender", "text"} for each inbox message until stdin closes
+    --to NAME --rounds N --seconds S --interval I: N times: connect, send a numbered message every I
+               seconds for S seconds, each echoed by NAME (--listen), wait until every one came back
+               (up to --wait seconds), disconnect -> {"event": "round", "round", "connected", "error",
+               "ms", "sent", "echoed", "in_order", "resumes"} per round, then {"event": "finished"};
+               the process exits 0 unless something raised (the crash test counts on it)
 """
 import argparse
 import os
@@ -97,6 +102,56 @@ def exchange(transport, dna, conn, side, count):
         seconds=round(time.monotonic() - started, 2), failure=failure)
 
 
+def rounds(transport, dna, args, index, resumes):
+    """One round of --rounds: connect, trickle numbered messages for --seconds while reading the
+    echoes, wait for the rest, disconnect. Returns the 'round' event."""
+    started = time.monotonic()
+    before = resumes[0]
+    event = dict(event="round", round=index, connected=False, error=None, ms=None, sent=0, echoed=0, in_order=True)
+    try:
+        conn = transport.connect(args.to)
+    except dna.DNAError as error:
+        event.update(error=dna.ErrorCode(error.code).name, ms=round((time.monotonic() - started) * 1000, 1))
+        return event
+    event.update(connected=True, ms=round((time.monotonic() - started) * 1000, 1))
+    echoed = []
+
+    def reader():
+        deadline = None
+        while True:
+            if stop_sending.is_set():
+                if len(echoed) >= event["sent"]:
+                    return
+                deadline = deadline or time.monotonic() + args.wait
+                if time.monotonic() > deadline:
+                    return
+            try:
+                echoed.append(int(transport.receive(conn, timeout_ms=250).split()[-1]))
+            except dna.DNAError as error:
+                if error.code != dna.ErrorCode.TIMEOUT:
+                    event["error"] = f"receive: {dna.ErrorCode(error.code).name}"
+                    return
+    stop_sending = threading.Event()
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    end = time.monotonic() + args.seconds
+    try:
+        while time.monotonic() < end:
+            transport.send(conn, f"round {index} message {event['sent']}".encode())
+            event["sent"] += 1
+            time.sleep(args.interval)
+    except dna.DNAError as error:
+        event["error"] = f"send: {dna.ErrorCode(error.code).name}"
+    stop_sending.set()
+    thread.join(args.wait + 10)
+    event.update(echoed=len(echoed), in_order=echoed == list(range(len(echoed))), resumes=resumes[0] - before)
+    try:
+        transport.disconnect(conn)
+    except dna.DNAError as error:
+        event["error"] = event["error"] or f"disconnect: {dna.ErrorCode(error.code).name}"
+    return event
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--as", dest="identity", required=True)
@@ -117,15 +172,25 @@ def main():
     parser.add_argument("--trickle", type=int, default=0)
     parser.add_argument("--interval", type=float, default=0.25)
     parser.add_argument("--collect", action="store_true")
+    parser.add_argument("--port", type=int, default=0, help="the DHT node's UDP port (0: any)")
+    parser.add_argument("--rounds", type=int, default=0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--wait", type=float, default=90.0)
     args = parser.parse_args()
 
     import dnatransport as dna
+    resumes = [0]  # connections moved to a new path (§7.7), as the library's log says
+
+    def log(level, message):
+        if "moved to a new path" in message:
+            resumes[0] += 1
+        print(f"{time.monotonic():.3f} {args.identity}: {message}", file=sys.stderr, flush=True)
+
     # The library's log on stderr, stamped (pytest shows it when a test fails).
-    dna.set_log_handler(lambda level, message: print(f"{time.monotonic():.3f} {args.identity}: {message}",
-                                                     file=sys.stderr, flush=True), dna.LogLevel.INFO)
+    dna.set_log_handler(log, dna.LogLevel.INFO)
     transport = dna.Transport(args.identity, data_dir=args.data_dir, bootstrap=[args.bootstrap], turn_server=args.turn,
                               turn_username=args.turn_user, turn_password=args.turn_password,
-                              connect_timeout_ms=20000)
+                              connect_timeout_ms=20000, port=args.port)
     if args.listen:
         emit(event="ready")
 
@@ -176,6 +241,12 @@ def main():
         for i in range(args.messages):
             transport.send_offline(args.to, f"offline {i}".encode())
         emit(event="stored")
+        transport.close()
+        return
+    if args.rounds:
+        for index in range(args.rounds):
+            emit(**rounds(transport, dna, args, index, resumes))
+        emit(event="finished")
         transport.close()
         return
     started = time.monotonic()
