@@ -243,6 +243,12 @@ public final class ReliableConnection {
     /// The streams the application last took from (the newest last, at most 16): their counts of
     /// messages taken go in every ACK.
     private var recentlyTaken: [UInt32] = []
+    /// Streams whose count of messages taken changed since an ACK last carried it, the oldest first:
+    /// they go first in the next ACK, and ACKs follow until none is left, so that every count reaches
+    /// the sender (which holds a message until its count says it was taken, §7.8) however many
+    /// streams the application took from between two ACKs.
+    private var unreportedTakes: [UInt32] = []
+    private var unreported = Set<UInt32>()
 
     // MARK: Liveness
 
@@ -765,6 +771,10 @@ public final class ReliableConnection {
         ackDeadline = nil
         statistics.acknowledgementsSent += 1
         outbox.append(ackFrame())
+        if !unreportedTakes.isEmpty {  // more streams than one ACK carries: another follows
+            windowUpdate = true
+            ackDeadline = now
+        }
     }
 
     public func takeEvents() -> [ReliableEvent] {
@@ -821,6 +831,7 @@ public final class ReliableConnection {
         if let index = recentlyTaken.lastIndex(of: stream) { recentlyTaken.remove(at: index) }
         recentlyTaken.append(stream)
         if recentlyTaken.count > 16 { recentlyTaken.removeFirst() }
+        if unreported.insert(stream).inserted { unreportedTakes.append(stream) }
         windowUpdate = true
         if ackDeadline == nil { ackDeadline = now + configuration.acknowledgementDelay }
         pump(now: now)
@@ -928,8 +939,15 @@ public final class ReliableConnection {
         ranges = Array(ranges.suffix(32))
         var payload = Self.be(cumulative, 8) + Self.be(min(window, UInt64(UInt32.max)), 4) + Self.be(takenCharges, 8) + [UInt8(ranges.count)]
         for (first, last) in ranges { payload += Self.be(first, 8) + Self.be(last, 8) }
-        payload.append(UInt8(recentlyTaken.count))
-        for stream in recentlyTaken { payload += Self.be(UInt64(stream), 4) + Self.be(incoming[stream]?.taken ?? 0, 8) }
+        // Up to 16 streams: those not reported since their count changed (the oldest first), then the
+        // most recently taken from (the newest last), so that a lost ACK is made up for.
+        var listed = Array(unreportedTakes.prefix(16))
+        unreportedTakes.removeFirst(listed.count)
+        for stream in listed { unreported.remove(stream) }
+        let reported = Set(listed)
+        listed += recentlyTaken.filter { !reported.contains($0) }.suffix(16 - listed.count)
+        payload.append(UInt8(listed.count))
+        for stream in listed { payload += Self.be(UInt64(stream), 4) + Self.be(incoming[stream]?.taken ?? 0, 8) }
         return Self.frame(.ack, reserved: .zero, payload: payload)
     }
 

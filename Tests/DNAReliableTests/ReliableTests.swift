@@ -282,6 +282,19 @@ final class SimulatedPath {
         #expect(path.a.retainedMessages == 0)
     }
 
+    @Test func everyStreamsTakenCountReachesTheSenderHoweverManyWereTakenAtOnce() throws {
+        // 40 streams, one message each, taken all at once: one ACK carries 16 streams' counts, so
+        // more ACKs follow until the sender has heard of every take (before: 24 messages stayed in
+        // its send buffer for good, and would have been handed back as undelivered).
+        let path = SimulatedPath()
+        path.reading[false] = false
+        for stream in 0..<40 { try path.a.send([UInt8(stream)], stream: UInt32(stream), now: path.now) }
+        #expect(path.run(limit: 5000) { path.a.isIdle && path.messages(atA: false).count == 40 })
+        path.read(atA: false)
+        #expect(path.run(limit: 5000) { path.a.isDelivered }, "\(path.a.undelivered.count) still held")
+        #expect(path.a.undelivered.isEmpty && path.a.queuedBytes == 0)
+    }
+
     @Test func whatThePeerAcknowledgedButDidNotTakeIsStillUndelivered() throws {
         let path = SimulatedPath()
         path.reading[false] = false

@@ -446,3 +446,42 @@ def test_a_second_key_claiming_a_live_name_is_refused_and_the_owner_stays_reacha
     finally:
         for node in extra:
             node.close()
+
+
+def test_what_a_killed_peer_never_took_is_handed_back_exactly(network):
+    """bob (a child process) takes 5 of alice's 100 messages of 5,000 B and is killed: his transport
+    had acknowledged more than he took. The connection ends (resume window 1 s), the messages are too
+    large for his inbox, and alice's application gets back exactly the 95 he never took, in order."""
+    alice = network("alice", resume_window_ms=1000)
+    script = (
+        "import sys, dnatransport as dna\n"
+        "t = dna.Transport('bob')\n"
+        "print('ready', flush=True)\n"
+        "c, _ = t.accept(timeout_ms=20000)\n"
+        "for _ in range(5): t.receive(c, timeout_ms=10000)\n"
+        "print('took 5', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    child = network.child("bob", script, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    messages = [i.to_bytes(2, "big") * 2500 for i in range(100)]
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        conn = alice.connect("bob")
+        for message in messages:
+            alice.send(conn, message, stream=3)
+        assert child.stdout.readline().strip() == "took 5"
+        time.sleep(0.2)  # the report of what he took (an ACK within 1 ms) reaches alice
+        child.kill()
+        child.wait(10)
+        with pytest.raises(dna.DNAError) as caught:
+            alice.receive(conn, timeout_ms=30000)
+        assert caught.value.code == dna.ErrorCode.CLOSED
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    back = alice.take_undelivered(conn)
+    assert [stream for stream, _ in back] == [3] * 95
+    assert [data for _, data in back] == messages[5:]
+    assert alice.take_undelivered(conn) == []
+    alice.disconnect(conn)
