@@ -74,6 +74,9 @@ soak: install-stage
 	$(MAKE) build/venv/bin/python
 	cd build && DNA_CRASH_ROUNDS=25 PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig DNA_TEST_PREFIX=$(STAGE) \
 	    venv/bin/python -m pytest -q -p no:cacheprovider ../Tests/lab/test_transport_lab.py -k crash
+	# A relayed connection held 15 minutes with coturn's default lifetimes (allocation refresh, permissions).
+	cd build && DNA_RELAY_SECONDS=900 PKG_CONFIG_PATH=$(STAGE)/lib/pkgconfig DNA_TEST_PREFIX=$(STAGE) \
+	    venv/bin/python -m pytest -q -p no:cacheprovider ../Tests/lab/test_transport_lab.py -k relayed_connection_holds
 
 build/venv/bin/python:
 	$(PYTHON) -m venv --system-site-packages build/venv

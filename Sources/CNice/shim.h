@@ -33,6 +33,15 @@ static inline size_t dna_stun_answer_binding(const uint8_t *request, size_t requ
     return stun_agent_finish_message(&agent, &response, NULL, 0);
 }
 
+/* Restricts gathering to `ip` (libnice then uses only the addresses added this way, loopback ones
+   included, instead of every interface's but loopback). Returns 0 when libnice refused it. */
+static inline int dna_nice_add_local_address(NiceAgent *agent, const char *ip) {
+    NiceAddress address;
+    nice_address_init(&address);
+    if (!nice_address_set_from_string(&address, ip)) return 0;
+    return nice_agent_add_local_address(agent, &address) ? 1 : 0;
+}
+
 /* GObject calls that are variadic or macros in C, as typed functions Swift can call. */
 static inline void dna_nice_set_bool(NiceAgent *agent, const char *name, gboolean value) {
     g_object_set(G_OBJECT(agent), name, value, NULL);

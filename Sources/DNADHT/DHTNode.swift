@@ -133,6 +133,8 @@ public struct DHTStatistics: Equatable, Sendable {
     /// Pieces of multi-datagram messages dropped: over a source's or a network's share of the
     /// reassembly state, or over the source's rate (§5.1, §5.5).
     public var refusedPieces = 0
+    /// Lookups of a key's value started by this node (FIND_VALUE, and signals, which look the holders up).
+    public var valueLookups = 0
 }
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
@@ -455,6 +457,9 @@ public final class DHTNode {
         let lookupID = startLookup(target: key, kind: .signal(signalID, payload), now: now)
         return (lookupID, signalID)
     }
+
+    /// A fresh signal id, for a conversation started through holders known from an earlier one.
+    public func newSignalID() -> UInt64 { random.next() | 1 }
 
     /// A further message of the conversation `signalID` through holders that forwarded its first one.
     public func signal(_ key: NodeID, id signalID: UInt64, payload: [UInt8], through holders: [Endpoint], now: UInt64) {
@@ -1018,6 +1023,10 @@ public final class DHTNode {
         let lookupID = nextLookupID
         nextLookupID += 1
         let lookup = Lookup(id: lookupID, target: target, kind: kind, k: configuration.k)
+        switch kind {
+        case .value, .signal: statistics.valueLookups += 1
+        default: break
+        }
         lookup.isSilent = silent
         if let held { lookup.vote(held, from: id) }
         let initial = table.closest(to: target, count: configuration.k)

@@ -133,9 +133,19 @@ public final class IceAgent: @unchecked Sendable {
     private var counters = IceStats()
     /// Path mode: datagrams that came before the path was attached (the handshake reads them).
     fileprivate var early: [[UInt8]] = []
+    /// Tests (loop thread): the path carries nothing either way, its agent alive (`blackhole`).
+    fileprivate var blackholed = false
     static let maxEarly = 256
     public private(set) var controlling = false
     public var timeoutMilliseconds = 10_000
+    /// Gather on these addresses only (set before `gather`); empty: every interface's address but
+    /// loopback and link-local ones, libnice's default. Loopback is how two peers on a host with
+    /// no other interface reach each other (a CI container, a network namespace with only `lo`).
+    public var localAddresses: [String] {
+        get { monitor.locked { restrictedAddresses } }
+        set { monitor.locked { restrictedAddresses = newValue } }
+    }
+    private var restrictedAddresses: [String] = []
 
     /// Starts an agent. `stun`: "host:port" of a STUN server, or nil.
     /// Whether libnice checks the peer's consent (RFC 7675) and fails the path when it lapses.
@@ -486,7 +496,8 @@ public final class IceAgent: @unchecked Sendable {
 
     private func startGathering() -> Bool {
         guard let agent else { return false }
-        let (stun, turn) = monitor.locked { (stunServer, turnServer) }
+        let (stun, turn, addresses) = monitor.locked { (stunServer, turnServer, restrictedAddresses) }
+        for address in addresses where dna_nice_add_local_address(agent, address) == 0 { return false }
         if let stun {
             dna_nice_set_string(agent, "stun-server", stun.ip)
             dna_nice_set_uint(agent, "stun-server-port", guint(stun.port))
@@ -566,6 +577,7 @@ public final class IceAgent: @unchecked Sendable {
     /// A datagram from the peer: to the path's receiver (or its early queue), or to the
     /// application's end of the pair (dropped if it is full).
     private func received(_ buffer: UnsafeMutablePointer<gchar>, _ length: Int) {
+        if blackholed { return }
         if !ownsLoop {
             if let pathReceiver {
                 pathReceiver(UnsafeRawBufferPointer(start: buffer, count: length))
@@ -658,9 +670,16 @@ public final class IcePath: DatagramPath, @unchecked Sendable {
 }
 
 extension IceAgent {
+    /// Tests: from now on the path carries nothing either way while the agent lives, as when a NAT
+    /// rebinds and the peer's filter drops the new port: only the silence tells.
+    public func blackhole() {
+        _ = loop.sync { self.blackholed = true }
+    }
+
     /// Loop thread. False when the agent is closed.
     fileprivate func sendOnLoop(_ datagram: UnsafeRawBufferPointer) -> Bool {
         guard let agent, !pathEnded else { return false }
+        if blackholed { return true }  // lost on the way, as UDP loses it
         let sent = nice_agent_send(agent, streamID, 1, guint(datagram.count), datagram.baseAddress?.assumingMemoryBound(to: gchar.self))
         return sent >= 0 || datagram.count == 0
     }

@@ -481,6 +481,16 @@ public final class DHTService: @unchecked Sendable {
         return (id, result.forwardedBy)
     }
 
+    /// A new conversation with the owner of `identity` through `holders` that forwarded an earlier
+    /// one (they hold its entry and gave this node tokens): no lookup. Its id; nil when stopped.
+    public func signal(_ identity: IdentityName, payload: [UInt8], through holders: [Endpoint]) -> UInt64? {
+        perform { node, now -> UInt64 in
+            let id = node.newSignalID()
+            node.signal(NodeID.key(of: identity), id: id, payload: payload, through: holders, now: now)
+            return id
+        }
+    }
+
     /// A further message of conversation `id` through the holders that forwarded its first one.
     public func signal(_ identity: IdentityName, id: UInt64, payload: [UInt8], through holders: [Endpoint]) {
         _ = perform { node, now in node.signal(NodeID.key(of: identity), id: id, payload: payload, through: holders, now: now) }

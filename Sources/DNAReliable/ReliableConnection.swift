@@ -78,6 +78,10 @@ public struct ReliableConfiguration: Sendable {
     /// A PING after this long without anything received; 3 unanswered pings mean the peer is gone.
     public var keepaliveInterval: UInt64 = 25_000
     public var missedPingsForDead = 3
+    /// The shortest wait for a PONG (ms); it is otherwise 3 RTOs. With 1 s a NAT rebinding on an
+    /// active connection stalled it 3.8 s before the path was found lost (issue 19); with 250 ms,
+    /// about 1 s on a path of a few ms.
+    public var minimumPingWait: UInt64 = 250
     /// The sender sends at most this many datagrams per call.
     public var burst = 64
     /// Delayed acknowledgement (as TCP's and QUIC's): an ACK goes out once this many packets arrived
@@ -646,8 +650,9 @@ public final class ReliableConnection {
 
     private var currentRTO: UInt64 { min(configuration.maximumRTO, rto * backoff) }
     /// How long a ping waits for its pong: 3 RTOs without the backoff (a path that lost everything
-    /// has backed the data's RTO off to tens of seconds; its pings must not wait as long), at least 1 s.
-    private var pingWait: UInt64 { max(1000, 3 * min(configuration.maximumRTO, rto)) }
+    /// has backed the data's RTO off to tens of seconds; its pings must not wait as long), at least
+    /// `minimumPingWait`.
+    private var pingWait: UInt64 { max(configuration.minimumPingWait, 3 * min(configuration.maximumRTO, rto)) }
 
     /// Packet threshold 3 and time threshold 9/8 RTT (RFC 9002's rules, over this protocol's packets).
     private func detectLosses(now: UInt64) {

@@ -90,6 +90,14 @@ public final class TransportNode: @unchecked Sendable {
         let peerKey: [UInt8]
         /// This side connected (it is the one that resumes a lost path).
         let initiator: Bool
+        /// The peer's entry and the holders that forwarded the last offer: a new path is offered
+        /// through them first, without a lookup (§7.7).
+        var known: Known?
+    }
+
+    struct Known {
+        let entry: PeerEntry
+        let holders: [Endpoint]
     }
 
     /// An ICE path with its session, before it belongs to a connection.
@@ -99,10 +107,16 @@ public final class TransportNode: @unchecked Sendable {
         let agent: IceAgent
         /// The responder's handshake, still acknowledging late pieces of message 3.
         let responder: HandshakeResponder<Int>?
+        /// The initiator's: the peer's entry and the holders that forwarded the offer.
+        var known: Known? = nil
     }
 
     /// How long `connect` waits for the answer to its offer (ms).
     static let answerWait = 5000
+    /// How long a resume offered through the known holders waits for its answer before it looks the
+    /// holders up again (ms): the peer answers once it gathered (milliseconds with nearby STUN and
+    /// TURN servers; a late answer to the first offer still counts).
+    static let knownHoldersWait: UInt64 = 1000
 
     public let identity: Identity
     public let dht: DHTService
@@ -325,11 +339,11 @@ public final class TransportNode: @unchecked Sendable {
     /// A new path to `peer`: lookup, gathering, offer through the DHT (resent while unanswered),
     /// ICE, the handshake as initiator. `kind` .resume asks the peer to attach it to connection `token`.
     private func openPath(to peer: IdentityName, kind: ConnectOffer.Kind, token: [UInt8],
-                          deadline: UInt64) throws(Failure) -> Path {
+                          deadline: UInt64, known: Known? = nil) throws(Failure) -> Path {
         func remaining() -> Int { max(0, Int(Int64(deadline) - Int64(monotonicMilliseconds()))) }
         var marks = [monotonicMilliseconds()]  // lookup, gathering, signaling, answer, ICE, handshake
         // A lookup or a signal can fail on a lost datagram in a small network: each is tried 3 times.
-        var found: PeerEntry?
+        var found = known?.entry
         for _ in 0..<3 where found == nil && remaining() > 0 && monitor.locked({ running }) {
             found = dht.find(peer, timeout: remaining())
         }
@@ -339,6 +353,11 @@ public final class TransportNode: @unchecked Sendable {
         marks.append(monotonicMilliseconds())
         let agent = try makeAgent(controlling: true)
         defer { forget(agent) }
+        // The peer announced a loopback address (it is on this host), or this host has no other
+        // interface: libnice gathers on loopback only when told to.
+        if Endpoint(host: entry.ipAddress, port: 1)?.isLoopback == true || !Self.hasNetworkInterface() {
+            agent.localAddresses = ["127.0.0.1"]
+        }
         let candidates: [IceCandidate]
         let credentials: (ufrag: String, password: String)
         do {
@@ -353,6 +372,13 @@ public final class TransportNode: @unchecked Sendable {
         let offer = ConnectOffer(kind: kind, token: token, ufrag: credentials.ufrag, password: credentials.password,
                                  candidates: candidates)
         var signalled: (id: UInt64, holders: [Endpoint])?
+        // Through the holders that forwarded the last offer, without a lookup (a resume): if none of
+        // them answers within `knownHoldersWait`, a lookup finds the holders again.
+        var throughKnown = false
+        if let known, !known.holders.isEmpty, let id = dht.signal(peer, payload: offer.bytes, through: known.holders) {
+            signalled = (id, known.holders)
+            throughKnown = true
+        }
         for _ in 0..<3 where (signalled?.holders.isEmpty ?? true) && remaining() > 0 {
             guard let attempt = dht.signal(peer, payload: offer.bytes, timeout: remaining()) else {
                 agent.close()
@@ -360,7 +386,7 @@ public final class TransportNode: @unchecked Sendable {
             }
             signalled = attempt
         }
-        guard let (signalID, holders) = signalled, !holders.isEmpty else {
+        guard let (firstID, firstHolders) = signalled, !firstHolders.isEmpty else {
             agent.close()
             throw .peerOffline("no node holding \(peer)'s entry could reach it")
         }
@@ -373,9 +399,32 @@ public final class TransportNode: @unchecked Sendable {
         var answer: ConnectOffer?
         var answerHolder: Endpoint?
         var answerDeadline = monotonicMilliseconds() + UInt64(Self.answerWait)
-        var resend = monotonicMilliseconds() + 500
+        var resend = monotonicMilliseconds() + (throughKnown ? Self.knownHoldersWait : 500)
         var busy = 0
+        var signalID = firstID, holders = firstHolders
+        var earlierID: UInt64?
         while answer == nil, remaining() > 0, monotonicMilliseconds() < answerDeadline {
+            // A late answer to the offer sent through the known holders.
+            if let earlierID, let late = dht.nextDelivery(earlierID, timeout: 0),
+               let parsed = try? ConnectOffer(parsing: late.payload), parsed.token == token,
+               parsed.kind == .answer || parsed.kind == .refusal {
+                answer = parsed
+                answerHolder = late.holder
+                break
+            }
+            if throughKnown && monotonicMilliseconds() >= resend {
+                // The known holders did not forward it (their tokens expired, they left): a lookup.
+                throughKnown = false
+                log("no answer through \(peer)'s known holders: looking them up again")
+                guard let fresh = dht.signal(peer, payload: offer.bytes, timeout: remaining()), !fresh.holders.isEmpty else {
+                    if !monitor.locked({ running }) { break }
+                    resend = monotonicMilliseconds() + 500
+                    continue
+                }
+                earlierID = signalID
+                (signalID, holders) = fresh
+                resend = monotonicMilliseconds() + 500
+            }
             if monotonicMilliseconds() >= resend {
                 // The offer or the answer was lost (the holders' relaying is not acknowledged), or
                 // the peer was busy.
@@ -388,6 +437,7 @@ public final class TransportNode: @unchecked Sendable {
                 continue
             }
             guard let parsed = try? ConnectOffer(parsing: delivery.payload), parsed.token == token else { continue }
+            throughKnown = false  // the holders forward it
             if parsed.kind == .busy {
                 busy += 1
                 answerDeadline = deadline
@@ -433,19 +483,23 @@ public final class TransportNode: @unchecked Sendable {
         let phases = zip(marks.dropFirst(), marks).map { String($0 - $1) }.joined(separator: "/")
         log("\(kind == .resume ? "new path" : "connected") to \(peer) in \(marks[marks.count - 1] - marks[0]) ms "
             + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms)")
-        return Path(link: link, session: session, agent: agent, responder: nil)
+        return Path(link: link, session: session, agent: agent, responder: nil, known: Known(entry: entry, holders: holders))
     }
 
     /// The initiator's side of a lost path: new paths are tried until one works or the resume window
     /// passes; then the connection is dead.
     private func resume(_ id: Int32) {
         let end = monotonicMilliseconds() + configuration.resumeWindow
-        var refusals = 0
+        var refusals = 0, attempts = 0
         while monotonicMilliseconds() < end, monitor.locked({ running }) {
             guard let peer = stillLost(id) else { return }
+            attempts += 1
             do {
+                // The first attempt offers through the holders the connection's last offer went
+                // through, without a lookup; later ones look the peer up again.
                 let path = try openPath(to: peer.name, kind: .resume, token: peer.token,
-                                        deadline: min(end, monotonicMilliseconds() + UInt64(configuration.connectTimeout)))
+                                        deadline: min(end, monotonicMilliseconds() + UInt64(configuration.connectTimeout)),
+                                        known: attempts == 1 ? peer.known : nil)
                 guard path.session.peerPublicKey == peer.peerKey else {
                     path.link.close()
                     path.agent.close()
@@ -482,7 +536,10 @@ public final class TransportNode: @unchecked Sendable {
             path.agent.close()
             return false
         }
-        monitor.locked { peers[id]?.agent = path.agent }
+        monitor.locked {
+            peers[id]?.agent = path.agent
+            if let known = path.known { peers[id]?.known = known }
+        }
         peer.agent.close()
         log("connection \(id) to \(peer.name) moved to a new path")
         return true
@@ -700,6 +757,11 @@ public final class TransportNode: @unchecked Sendable {
         monitor.locked { peers[id] }?.agent.close()
     }
 
+    /// Tests: the path of connection `id` silently carries nothing more (see `IceAgent.blackhole`).
+    func silencePath(_ id: Int32) {
+        monitor.locked { peers[id] }?.agent.blackhole()
+    }
+
     /// Ends connection `id`: waits up to `linger` ms (nil: the send timeout) for queued messages to be
     /// acknowledged, tells the peer, releases the path. Throws `.timeout` when some were not
     /// acknowledged by then: the connection ended all the same, and those messages are the
@@ -896,7 +958,7 @@ public final class TransportNode: @unchecked Sendable {
             nextID = nextID == Int32.max ? 1 : nextID + 1
             box.id = id
             peers[id] = Peer(name: peer, connection: connection, agent: path.agent, token: token,
-                             peerKey: path.session.peerPublicKey, initiator: initiator)
+                             peerKey: path.session.peerPublicKey, initiator: initiator, known: path.known)
             if accepted { acceptQueue.append(id) }
             return (id, presence)
         }
@@ -1008,6 +1070,11 @@ public final class TransportNode: @unchecked Sendable {
         }
         let agent = try makeAgent(controlling: false)
         defer { forget(agent) }
+        // An initiator on this host offers loopback candidates only (see openPath): answer in kind.
+        if !offer.candidates.isEmpty && offer.candidates.allSatisfy({ Endpoint(host: $0.ip, port: 1)?.isLoopback == true })
+            || !Self.hasNetworkInterface() {
+            agent.localAddresses = ["127.0.0.1"]
+        }
         let link: IcePath
         do {
             try agent.setRemoteCredentials(ufrag: offer.ufrag, password: offer.password)
@@ -1077,6 +1144,31 @@ public final class TransportNode: @unchecked Sendable {
             sendClose()
             answered += 1
         }
+    }
+}
+
+extension TransportNode {
+    /// An interface that is up and has an address other than loopback and IPv6 link-local, on
+    /// which libnice gathers by default (a host with none gets loopback candidates instead).
+    static func hasNetworkInterface() -> Bool {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0, let first = list else { return true }  // unknown: libnice's default
+        defer { freeifaddrs(list) }
+        var item: UnsafeMutablePointer<ifaddrs>? = first
+        while let entry = item {
+            defer { item = entry.pointee.ifa_next }
+            let flags = Int32(bitPattern: entry.pointee.ifa_flags)
+            guard flags & Int32(IFF_UP) != 0, flags & Int32(IFF_LOOPBACK) == 0,
+                  let address = entry.pointee.ifa_addr else { continue }
+            switch Int32(address.pointee.sa_family) {
+            case AF_INET: return true
+            case AF_INET6:
+                let bytes = address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { withUnsafeBytes(of: $0.pointee.sin6_addr) { Array($0) } }
+                if !(bytes[0] == 0xFE && bytes[1] & 0xC0 == 0x80) { return true }
+            default: continue
+            }
+        }
+        return false
     }
 }
 

@@ -200,6 +200,46 @@ import Testing
         #expect(throws: TransportNode.Failure.timeout) { try bob.accept(timeout: 100) }  // no new one
     }
 
+    @Test func aSilentlyLostPathOnAnActiveConnectionIsReplacedInAboutASecond() throws {
+        // Issue 19, part 4: a NAT rebinding leaves a path that carries nothing, with no error
+        // anywhere. Alice sends every 20 ms; her path goes silent; her pings find it lost, and
+        // the new path is offered through the holders her connect went through (no lookup).
+        // Before: 3.3 s here (pings waited 1 s each, and a lookup), 4.6 s in the lab.
+        let trio = try Self.trio(log: { print("\(unixMilliseconds() % 100_000) \($0)") })
+        defer { trio.close() }
+        let (alice, bob) = (trio.alice, trio.bob)
+        let id = try alice.connect(try IdentityName("bob"))
+        let (incoming, _) = try bob.accept(timeout: 10_000)
+        final class Stop: @unchecked Sendable { var now = false }
+        let stop = Stop()
+        let sender = spawn {
+            var index = 0
+            while !stop.now {
+                try? alice.send(id, Array("\(index)".utf8))
+                index += 1
+                usleep(20_000)
+            }
+        }
+        #expect(sender)
+        defer { stop.now = true }
+        for _ in 0..<10 { _ = try bob.receive(incoming, timeout: 5000) }
+        let lookupsBefore = try #require(alice.dht.statistics).valueLookups
+        alice.silencePath(id)
+        let silencedAt = monotonicMilliseconds()
+        // Drain what was in flight before the silence (at most a window's worth arrives at once).
+        var last = silencedAt
+        while true {
+            _ = try bob.receive(incoming, timeout: 10_000)
+            let now = monotonicMilliseconds()
+            if now - last > 200 { break }  // the first message after the stall
+            last = now
+        }
+        let stall = monotonicMilliseconds() - silencedAt
+        print("silent path: next message \(stall) ms after the silence")
+        #expect(stall < 2000, "the stall took \(stall) ms")
+        #expect(try #require(alice.dht.statistics).valueLookups == lookupsBefore, "the resume looked the peer up")
+    }
+
     @Test func whatAPeerThatRestartedNeverAcknowledgedReachesItsInbox() throws {
         let trio = try Self.trio(log: { print("\(unixMilliseconds() % 100_000) \($0)") })
         let (alice, bob) = (trio.alice, trio.bob)

@@ -7,6 +7,8 @@ import json
 import os
 import queue
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -230,3 +232,53 @@ def test_connects_with_path_breaks_at_thirty_percent_loss_crash_nothing():
     assert all(e["in_order"] for e in connected), [e for e in connected if not e["in_order"]]
     # The test is about paths that break: they did, and were replaced.
     assert sum(e["resumes"] for e in connected) >= 2, connected
+
+
+LOOPBACK_ONLY = r'''
+import sys
+import dnatransport as dna
+home = sys.argv[1]
+boot = dna.DHT(data_dir=home + "/boot", bind_ip="127.0.0.1")
+nodes = [f"127.0.0.1:{boot.port}"]
+alice = dna.Transport("alice", data_dir=home + "/alice", bootstrap=nodes)
+bob = dna.Transport("bob", data_dir=home + "/bob", bootstrap=nodes)
+conn = alice.connect("bob")
+incoming, peer = bob.accept(timeout_ms=10000)
+for i in range(50):
+    alice.send(conn, bytes([i]) * 3000)
+got = [bob.receive(incoming, timeout_ms=10000) for _ in range(50)]
+assert got == [bytes([i]) * 3000 for i in range(50)], "messages differ"
+bob.send(incoming, b"back")
+assert alice.receive(conn, timeout_ms=10000) == b"back"
+print("exchanged", peer, flush=True)
+alice.disconnect(conn)
+'''
+
+
+def test_two_peers_on_a_host_with_only_loopback(tmp_path):
+    """A network namespace with only `lo` up, as in many CI containers: a DHT node and two identities
+    (not bound to an address) connect over loopback and exchange messages. Before, libnice gathered no
+    candidate there and every transport_connect failed with DNA_ERR_IO (issue 19, part 5)."""
+    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1" "$2"',
+               sys.executable, LOOPBACK_ONLY, str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "exchanged alice" in done.stdout, (done.stdout, done.stderr[-3000:])
+
+
+def test_a_relayed_connection_holds_with_coturns_default_lifetimes():
+    """symmetric:symmetric gives a relayed path (coturn's defaults: allocations of 600 s, refreshed
+    by libnice before they end; permissions of 300 s, renewed every 240 s): a round trip every second
+    for DNA_RELAY_SECONDS (30 in make test; make soak holds it 900 s, past the allocation's refresh
+    and three permission renewals), every one echoed, in order."""
+    seconds = int(os.environ.get("DNA_RELAY_SECONDS", "30"))
+    with natlab.Lab(a="symmetric", b="symmetric", node=str(DNAT)) as lab:
+        bob = peer(lab, "b", "--as", "bob", "--listen")
+        assert events_of(bob, {"ready"})[-1]["event"] == "ready"
+        alice = peer(lab, "a", "--as", "alice", "--to", "bob", "--messages", str(seconds), "--pause", "1")
+        events = events_of(alice, {"done", "error"})
+        alice.wait(60)
+        bob.stdin.close()
+        bob.wait(30)
+    assert [e["event"] for e in events] == ["connected", "done"], events
+    assert events[1]["echoed"] == seconds and events[1]["in_order"], events
+    print(f"relayed for {seconds} s: RTT p50 {events[1]['rtt_ms']} ms")
