@@ -465,9 +465,9 @@ final class SimulatedPath {
         let path = SimulatedPath(configuration: ReliableConfiguration())
         try path.a.send(Array("last".utf8), stream: 0, now: 0)
         #expect(path.run(limit: 1000) { path.messages(atA: false).count == 1 })
-        // A CLOSE with a payload is malformed: dropped, the connection lives.
+        // A CLOSE with more than its one byte of reason is malformed: dropped, the connection lives.
         let decoder = FrameDecoder()
-        let bad = try decoder.decode(try FrameEncoder.encode(type: .close, sequence: 0, reserved: .zero, payload: [1]))
+        let bad = try decoder.decode(try FrameEncoder.encode(type: .close, sequence: 0, reserved: .zero, payload: [1, 0]))
         path.b.receive(bad.header, payload: bad.payload, now: path.now)
         #expect(!path.b.isDead && path.b.statistics.dropped == 1)
         path.a.close(now: path.now)
