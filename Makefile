@@ -9,7 +9,7 @@ RELEASE    := .build/release
 STAGE      := $(CURDIR)/build/stage
 # Debian packages the build and the tests need (installed by `make deps` when missing).
 DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv \
-                iproute2 nftables coturn
+                iproute2 nftables coturn dpkg-dev adduser lintian
 
 .PHONY: all build install install-stage wheel deps test test-sanitized bench soak clean
 
@@ -106,6 +106,10 @@ test-sanitized: deps install-stage build/venv/bin/python
 
 install-stage:
 	$(MAKE) install PREFIX=$(CURDIR)/build/stage
+
+# Debian packages: libdnatransport1, libdnatransport-dev and dnat (with dnat-node.service), in dist/.
+deb: build
+	$(PYTHON) packaging/make_deb.py $(RELEASE) dist
 
 # A platform wheel of the Python binding with the library inside (pip install dist/dnatransport-*.whl).
 wheel: install-stage
