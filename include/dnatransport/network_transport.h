@@ -127,8 +127,11 @@ DNA_EXPORT transport_context_t *transport_init_with_config(const char *identity,
  * Connects to `peer_identity` (seed) and writes the new connection's id (> 0). Blocks up to
  * connect_timeout_ms. Errors: DNA_ERR_PEER_OFFLINE (no entry in the DHT, or no answer through it within 5 s:
  * entries outlive a peer that left by up to 30 minutes; transport_send_offline is then the way), DNA_ERR_UNREACHABLE (the peer answered but no path or
- * handshake worked, or it refused being busy), DNA_ERR_INVALID_ARGUMENT (own identity, bad name),
- * DNA_ERR_CLOSED (the context is being freed).
+ * handshake worked), DNA_ERR_REFUSED (the peer completed the handshake, then refused: it found no
+ * entry of this identity in the DHT, or one with another key; the log says which, and for the first
+ * the context announces itself again and offers once more before giving up; see
+ * transport_get_announce_state), DNA_ERR_INVALID_ARGUMENT (own identity, bad name), DNA_ERR_CLOSED
+ * (the context is being freed). It returns DNA_OK only once the peer accepted the connection.
  */
 DNA_EXPORT int transport_connect(transport_context_t *ctx, const char *peer_identity, int *connection_id_out);
 
