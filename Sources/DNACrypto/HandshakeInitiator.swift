@@ -46,6 +46,11 @@ public final class SecureSession {
         } catch { throw .crypto("record keys: \(error)") }
     }
 
+    /// The largest datagram (UDP payload bytes) this side's handshake messages went through in the
+    /// end (docs/PROTOCOL.md §9): `Pieces.maximumDatagramSize`, or the size it stepped down to when
+    /// larger datagrams were lost on the path. Records on this path are cut to fit it.
+    public internal(set) var datagramSize = Pieces.maximumDatagramSize
+
     /// The peer's fingerprint (docs/PROTOCOL.md §2).
     public var peerFingerprint: String { Fingerprint.of(publicKey: peerPublicKey) }
 }
@@ -98,7 +103,8 @@ public final class HandshakeInitiator {
                                     x25519: x25519Public, kemPublicKey: Array(kem.publicKey.rawRepresentation))
         let bytes = initiation.bytes
         transcript.absorb(bytes)
-        outgoing = OutgoingMessage(bytes, session: self.sessionID, kind: .initiation, now: now, configuration: configuration)
+        outgoing = OutgoingMessage(bytes, session: self.sessionID, kind: .initiation, datagramSize: configuration.datagramSize,
+                                   now: now, configuration: configuration)
         outbox = outgoing.frames
         state = .awaitingResponse(x25519Secret: secret, kem: kem, response: nil)
     }
@@ -184,42 +190,49 @@ public final class HandshakeInitiator {
 
     private func handle(_ datagram: HandshakeDatagram, now: UInt64) throws(HandshakeError) {
         switch (datagram, state) {
-        case (.ack(_, let kind, let count, let received), _):
+        case (.ack(_, let kind, let count, let pieceSize, let received), _):
             guard kind == outgoing.kind else { return }  // a late acknowledgement of an earlier message
-            outgoing.acknowledge(count: count, received: received)
-            if case .confirming = state, outgoing.isDelivered { state = .finished }
+            outgoing.acknowledge(count: count, pieceSize: pieceSize, received: received)
+            if case .confirming = state, outgoing.isDelivered {
+                session?.datagramSize = outgoing.datagramSize
+                state = .finished
+            }
         case (.piece(_, .response, let index, let count, let length, let bytes), .awaitingResponse(let secret, let kem, var response)):
+            let initiationSize = outgoing.datagramSize
             outgoing.acknowledgeAll()  // the responder answers only a complete initiation
             if response == nil {
-                response = try Self.reassembly(length: length, count: count, kind: .response)
+                response = try Self.reassembly(length: length, count: count, index: index, bytes: bytes.count, kind: .response)
             }
-            guard var reassembly = response else { return }
+            guard var reassembly = response, let pieceSize = datagram.pieceSize else { return }
             do { _ = try reassembly.add(index: index, length: length, count: count, bytes: bytes) } catch { throw .piece(error) }
-            outbox.append(HandshakeDatagram.ack(session: sessionID, kind: .response, count: count, received: reassembly.received))
+            outbox.append(HandshakeDatagram.ack(session: sessionID, kind: .response, count: count, pieceSize: pieceSize,
+                                                received: reassembly.received(pieceSize: pieceSize)))
             state = .awaitingResponse(x25519Secret: secret, kem: kem, response: reassembly)
             if let message = reassembly.message {
                 responseCount = count
-                try confirm(Response(parsing: message), x25519Secret: secret, kem: kem, now: now)
+                // Message 3 starts at the smaller of the sizes that carried message 1 and message 2 (§9).
+                let size = min(initiationSize, reassembly.smallestPieceSize + HandshakeDatagram.overhead)
+                try confirm(Response(parsing: message), x25519Secret: secret, kem: kem, datagramSize: size, now: now)
             }
         case (.piece(_, .response, _, let count, _, _), .confirming), (.piece(_, .response, _, let count, _, _), .finished):
-            // Our acknowledgement was lost: the responder sends again. It has everything.
-            guard count == responseCount else { throw .piece(.inconsistent) }
-            outbox.append(HandshakeDatagram.ack(session: sessionID, kind: .response, count: count, received: Pieces.all(count)))
+            // Our acknowledgement was lost: the responder sends again (perhaps cut smaller). It has everything.
+            guard let pieceSize = datagram.pieceSize else { return }
+            outbox.append(HandshakeDatagram.ack(session: sessionID, kind: .response, count: count, pieceSize: pieceSize,
+                                                received: Pieces.all(count)))
         case (.piece(_, let kind, _, _, _, _), _):
             throw .unexpected("a \(kind) piece sent to the initiator")
         }
     }
 
-    static func reassembly(length: Int, count: Int, kind: HandshakeKind) throws(HandshakeError) -> Reassembly {
+    static func reassembly(length: Int, count: Int, index: Int, bytes: Int, kind: HandshakeKind) throws(HandshakeError) -> Reassembly {
         do {
-            return try Reassembly(length: length, count: count, maximumLength: kind.maximumLength,
-                                  pieceSize: HandshakeDatagram.pieceSize)
+            return try Reassembly(length: length, count: count, index: index, bytes: bytes, maximumLength: kind.maximumLength)
         } catch { throw .piece(error) }
     }
 
     /// Message 2 is complete: verify the responder, derive the keys, send message 3.
     private func confirm(_ response: Response, x25519Secret: Secret, kem: MLKEM768.PrivateKey,
-                         now: UInt64) throws(HandshakeError) {
+                         datagramSize: Int, now: UInt64) throws(HandshakeError) {
         var signed = transcript
         signed.absorb(response.signedPart)
         guard Identity.isValidSignature(response.signature, of: HandshakeProtocol.responderLabel + signed.hash,
@@ -249,7 +262,9 @@ public final class HandshakeInitiator {
         session = try SecureSession(sessionID: sessionID, role: .initiator, peerName: responderName,
                                     peerPublicKey: responderPublicKey,
                                     secrets: schedule.trafficSecrets(transcriptHash: transcript.hash))
-        outgoing = OutgoingMessage(sealed, session: sessionID, kind: .confirmation, now: now, configuration: configuration)
+        outgoing = OutgoingMessage(sealed, session: sessionID, kind: .confirmation, datagramSize: datagramSize, now: now,
+                                   configuration: configuration)
+        session?.datagramSize = outgoing.datagramSize
         outbox += outgoing.frames
         state = .confirming
     }

@@ -136,53 +136,58 @@ public final class HandshakeResponder<Address: Hashable> {
         let parsed = try HandshakeDatagram(parsing: datagram)
         let key = Key(address: address, session: parsed.session)
         switch parsed {
-        case .ack(_, .response, let count, let received):
+        case .ack(_, .response, let count, let pieceSize, let received):
             guard var entry = pending[key], case .awaitingConfirmation(var answered) = entry.stage else {
                 throw .unknownSession(key.session)
             }
-            answered.outgoing.acknowledge(count: count, received: received)
+            answered.outgoing.acknowledge(count: count, pieceSize: pieceSize, received: received)
             entry.stage = .awaitingConfirmation(answered)
             pending[key] = entry
-        case .ack(_, let kind, _, _):
+        case .ack(_, let kind, _, _, _):
             throw .unexpected("an acknowledgement of a \(kind) message sent to the responder")
         case .piece(_, .initiation, let index, let count, let length, let bytes):
-            try receiveInitiation(key: key, index: index, count: count, length: length, bytes: bytes, now: now)
+            try receiveInitiation(key: key, index: index, count: count, length: length, bytes: bytes,
+                                  pieceSize: parsed.pieceSize ?? HandshakeDatagram.pieceSize, now: now)
         case .piece(_, .confirmation, let index, let count, let length, let bytes):
-            try receiveConfirmation(key: key, index: index, count: count, length: length, bytes: bytes, now: now)
+            try receiveConfirmation(key: key, index: index, count: count, length: length, bytes: bytes,
+                                    pieceSize: parsed.pieceSize ?? HandshakeDatagram.pieceSize, now: now)
         case .piece(_, .response, _, _, _, _):
             throw .unexpected("a response piece sent to the responder")
         }
     }
 
     private func receiveInitiation(key: Key, index: Int, count: Int, length: Int, bytes: ArraySlice<UInt8>,
-                                   now: UInt64) throws(HandshakeError) {
+                                   pieceSize: Int, now: UInt64) throws(HandshakeError) {
         if finished.contains(key) { return }  // a late copy of a piece of a finished handshake
         var entry: Pending
         if let existing = pending[key] {
             entry = existing
         } else {
-            let reassembly = try HandshakeInitiator.reassembly(length: length, count: count, kind: .initiation)
+            let reassembly = try HandshakeInitiator.reassembly(length: length, count: count, index: index, bytes: bytes.count,
+                                                               kind: .initiation)
             makeRoom()
             arrivals += 1
             statistics.started += 1
             entry = Pending(stage: .receivingInitiation(reassembly), started: now, order: arrivals)
         }
         switch entry.stage {
-        case .awaitingConfirmation(let answered):
-            // The initiator has not seen our answer yet and sends again: acknowledge everything.
-            guard count == answered.initiationCount else { throw fail(key, .piece(.inconsistent)) }
+        case .awaitingConfirmation:
+            // The initiator has not seen our answer yet and sends again (perhaps cut smaller):
+            // acknowledge everything.
             outbox.append((key.address, HandshakeDatagram.ack(session: key.session, kind: .initiation, count: count,
-                                                              received: Pieces.all(count))))
+                                                              pieceSize: pieceSize, received: Pieces.all(count))))
         case .receivingInitiation(var reassembly):
             do { _ = try reassembly.add(index: index, length: length, count: count, bytes: bytes) } catch {
                 throw fail(key, .piece(error))
             }
             outbox.append((key.address, HandshakeDatagram.ack(session: key.session, kind: .initiation, count: count,
-                                                              received: reassembly.received)))
+                                                              pieceSize: pieceSize, received: reassembly.received(pieceSize: pieceSize))))
             entry.stage = .receivingInitiation(reassembly)
             pending[key] = entry
             if let message = reassembly.message {
-                do { entry.stage = .awaitingConfirmation(try answer(message, count: count, key: key, now: now)) } catch {
+                // Message 2 starts no larger than the datagrams that carried message 1 (§9).
+                let size = min(configuration.datagramSize, reassembly.smallestPieceSize + HandshakeDatagram.overhead)
+                do { entry.stage = .awaitingConfirmation(try answer(message, count: count, datagramSize: size, key: key, now: now)) } catch {
                     throw fail(key, error)
                 }
                 pending[key] = entry
@@ -191,7 +196,7 @@ public final class HandshakeResponder<Address: Hashable> {
     }
 
     /// Message 1 is complete: check it, then build, sign and send message 2.
-    private func answer(_ message: [UInt8], count: Int, key: Key, now: UInt64) throws(HandshakeError) -> Answered {
+    private func answer(_ message: [UInt8], count: Int, datagramSize: Int, key: Key, now: UInt64) throws(HandshakeError) -> Answered {
         let initiation = try Initiation(parsing: message)
         guard initiation.responderKeyHash == ownKeyHash || !checksDestination else { throw .misdirected }
         guard seen.insert(Sodium.sha256(message)) else {
@@ -215,18 +220,20 @@ public final class HandshakeResponder<Address: Hashable> {
         let schedule = KeySchedule(x25519Secret: dh, kemSecret: kemSecret, transcriptHash: transcript.hash)
         Sodium.wipe(&dh)
         Sodium.wipe(&kemSecret)
-        let outgoing = OutgoingMessage(response, session: key.session, kind: .response, now: now, configuration: configuration)
+        let outgoing = OutgoingMessage(response, session: key.session, kind: .response, datagramSize: datagramSize, now: now,
+                                       configuration: configuration)
         outbox += outgoing.frames.map { (key.address, $0) }
         return Answered(outgoing: outgoing, transcript: transcript, schedule: schedule, confirmation: nil,
                         initiationCount: count)
     }
 
     private func receiveConfirmation(key: Key, index: Int, count: Int, length: Int, bytes: ArraySlice<UInt8>,
-                                     now: UInt64) throws(HandshakeError) {
-        if let finishedCount = finishedCounts[key], finished.contains(key) {
-            // Our last acknowledgement was lost: say again that everything arrived.
+                                     pieceSize: Int, now: UInt64) throws(HandshakeError) {
+        if finishedCounts[key] != nil, finished.contains(key) {
+            // Our last acknowledgement was lost: say again that everything arrived (in the cut of the
+            // piece that came: the initiator may have cut message 3 smaller meanwhile).
             outbox.append((key.address, HandshakeDatagram.ack(session: key.session, kind: .confirmation,
-                                                              count: finishedCount, received: Pieces.all(finishedCount))))
+                                                              count: count, pieceSize: pieceSize, received: Pieces.all(count))))
             return
         }
         guard var entry = pending[key] else { throw .unknownSession(key.session) }
@@ -237,19 +244,20 @@ public final class HandshakeResponder<Address: Hashable> {
         var reassembly: Reassembly
         do {
             reassembly = try answered.confirmation
-                ?? HandshakeInitiator.reassembly(length: length, count: count, kind: .confirmation)
+                ?? HandshakeInitiator.reassembly(length: length, count: count, index: index, bytes: bytes.count, kind: .confirmation)
             _ = try reassembly.add(index: index, length: length, count: count, bytes: bytes)
         } catch let error as HandshakeError { throw fail(key, error) } catch let error as PieceError {
             throw fail(key, .piece(error))
         } catch { throw fail(key, .malformed("\(error)")) }
         outbox.append((key.address, HandshakeDatagram.ack(session: key.session, kind: .confirmation, count: count,
-                                                          received: reassembly.received)))
+                                                          pieceSize: pieceSize, received: reassembly.received(pieceSize: pieceSize))))
         answered.confirmation = reassembly
         entry.stage = .awaitingConfirmation(answered)
         pending[key] = entry
         guard let sealed = reassembly.message else { return }
         do {
             let session = try complete(sealed, answered: answered, key: key)
+            session.datagramSize = answered.outgoing.datagramSize
             pending[key] = nil
             if let gone = finished.insertEvicting(key) { finishedCounts[gone] = nil }
             finishedCounts[key] = count

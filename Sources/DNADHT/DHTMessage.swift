@@ -333,21 +333,39 @@ struct DHTMessage: Equatable {
 }
 
 /// DHT datagrams (frame type 0x0020): payload = transaction id (8) | piece index (1) | piece count (1)
-/// | message length (2) | the piece. Header sequence and reserved bytes are zero.
+/// | message length (2) | the piece. Header sequence and reserved words 1 and 2 are zero; reserved
+/// word 0 is zero, or, in a request, the largest datagram (UDP payload bytes, one of
+/// `Pieces.datagramSizes` below the first) the sender takes in answer (docs/PROTOCOL.md §5.1, §9).
+/// Every piece but the last has the same size, at most `pieceSize`; a receiver takes any such cut.
 enum DHTDatagram {
     static let pieceHeaderSize = 12
+    /// The largest piece: a 1,200-byte datagram less the frame header and the piece header.
     static let pieceSize = Pieces.maximumDatagramSize - FrameHeader.size - pieceHeaderSize
     static let decoder = FrameDecoder(maximumPayloadLength: Pieces.maximumDatagramSize - FrameHeader.size)
+    /// Bytes of a datagram that are not the message: frame header and piece header.
+    static let overhead = FrameHeader.size + pieceHeaderSize
 
-    static func encode(_ message: DHTMessage) -> [[UInt8]] {
+    /// The datagrams of `message`, none longer than `datagramSize` bytes (a size of
+    /// `Pieces.datagramSizes`); `answerLimit`, when below `Pieces.maximumDatagramSize`, goes in
+    /// reserved word 0 (requests only).
+    static func encode(_ message: DHTMessage, datagramSize: Int = Pieces.maximumDatagramSize,
+                       answerLimit: Int? = nil) -> [[UInt8]] {
         let bytes = message.bytes
+        let pieceSize = max(1, min(datagramSize, Pieces.maximumDatagramSize) - overhead)
         let count = Pieces.count(length: bytes.count, pieceSize: pieceSize)
+        let reserved = FrameReserved(word0: answerLimit.map { UInt32($0 < Pieces.maximumDatagramSize ? $0 : 0) } ?? 0)
         return (0..<count).map { index in
             var payload = (0..<8).map { UInt8(truncatingIfNeeded: message.transaction >> (56 - 8 * UInt64($0))) }
             payload += [UInt8(index), UInt8(count), UInt8(bytes.count >> 8), UInt8(bytes.count & 0xFF)]
             payload += bytes[Pieces.range(of: index, length: bytes.count, pieceSize: pieceSize)]
-            return (try? FrameEncoder.encode(type: .dht, sequence: 0, payload: payload)) ?? []
+            return (try? FrameEncoder.encode(type: .dht, sequence: 0, reserved: reserved, payload: payload)) ?? []
         }
+    }
+
+    /// Bytes on the wire of a `length`-byte message sent in datagrams of at most `datagramSize`.
+    static func wireSize(length: Int, datagramSize: Int) -> Int {
+        let pieceSize = max(1, min(datagramSize, Pieces.maximumDatagramSize) - overhead)
+        return length + overhead * Pieces.count(length: length, pieceSize: pieceSize)
     }
 
     struct Piece {
@@ -356,26 +374,29 @@ enum DHTDatagram {
         var count: Int
         var length: Int
         var bytes: ArraySlice<UInt8>
+        /// The largest datagram the sender takes in answer, when it said (reserved word 0).
+        var answerLimit: Int?
     }
 
     static func parse(_ datagram: [UInt8]) throws(DHTError) -> Piece {
         let frame: FrameDecoder.Frame
         do { frame = try decoder.decode(datagram) } catch { throw .frame(error) }
-        guard frame.header.type == .dht, frame.header.sequence == 0, frame.header.reserved == .zero else {
+        let reserved = frame.header.reserved
+        guard frame.header.type == .dht, frame.header.sequence == 0, reserved.word1 == 0, reserved.word2 == 0 else {
             throw .malformed("not a DHT frame")
         }
+        let limit = Int(reserved.word0)
+        guard limit == 0 || Pieces.datagramSizes.dropFirst().contains(limit) else { throw .malformed("answer limit \(limit)") }
         let payload = Array(frame.payload)
         guard payload.count >= pieceHeaderSize else { throw .malformed("short piece") }
         let transaction = payload[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         let index = Int(payload[8]), count = Int(payload[9])
         let length = Int(payload[10]) << 8 | Int(payload[11])
         guard length <= DHTMessage.maximumSize else { throw .piece(.tooLarge(length: length, maximum: DHTMessage.maximumSize)) }
-        guard count == Pieces.count(length: length, pieceSize: pieceSize) else { throw .piece(.badCount(count: count, length: length)) }
-        guard index < count else { throw .piece(.badIndex(index: index, count: count)) }
-        let expected = Pieces.range(of: index, length: length, pieceSize: pieceSize).count
-        guard payload.count - pieceHeaderSize == expected else {
-            throw .piece(.badLength(index: index, expected: expected, actual: payload.count - pieceHeaderSize))
+        if case .failure(let error) = Pieces.place(index: index, count: count, length: length, bytes: payload.count - pieceHeaderSize) {
+            throw .piece(error)
         }
-        return Piece(transaction: transaction, index: index, count: count, length: length, bytes: payload[pieceHeaderSize...])
+        return Piece(transaction: transaction, index: index, count: count, length: length, bytes: payload[pieceHeaderSize...],
+                     answerLimit: limit == 0 ? nil : limit)
     }
 }

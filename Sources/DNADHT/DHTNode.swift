@@ -135,6 +135,8 @@ public struct DHTStatistics: Equatable, Sendable {
     public var refusedPieces = 0
     /// Lookups of a key's value started by this node (FIND_VALUE, and signals, which look the holders up).
     public var valueLookups = 0
+    /// Endpoints whose path was found to lose datagrams above a smaller size (§9).
+    public var pathSizeReductions = 0
 }
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
@@ -173,6 +175,10 @@ public final class DHTNode {
         var purpose: Purpose
         var body: DHTMessage.Body
         var attempt = 0
+        /// The largest datagram of this attempt and of the answer it asks for (§9).
+        var size = Pieces.maximumDatagramSize
+        /// The attempt before this one was at a larger size and got nothing back (§9).
+        var steppedDown = false
 
         var isPing: Bool {
             if case .ping = purpose { return true }
@@ -181,6 +187,19 @@ public final class DHTNode {
     }
 
     private var pending: [UInt64: Pending] = [:]
+    /// The datagram size each endpoint's path carries (§9, RFC 8899's PLPMTU per destination).
+    private(set) var pathSizes = PathSizes<Endpoint>()
+    /// The same for this node's own link (one key): confirmed by two different endpoints, a black
+    /// hole is taken to be near this node, and every endpoint gets the smaller size (§9).
+    private(set) var ownLink = PathSizes<Int>()
+    private var lastConfirmedBy: Endpoint?
+
+    /// The largest datagram to send to `endpoint` now (§9).
+    func datagramSize(for endpoint: Endpoint, now: UInt64) -> Int {
+        min(pathSizes.size(for: endpoint, now: now), ownLink.size(for: 0, now: now))
+    }
+    /// The latest `now` the node was given (ms), for sends that are not given one.
+    private var clock: UInt64 = 0
     /// Partial multi-datagram messages (§5.1), and how many each source and each network holds.
     private var reassembly: [Key: (started: UInt64, buffer: Reassembly)] = [:]
     /// Unix time minus the monotonic `now`, in ms (setUnixTime).
@@ -532,6 +551,7 @@ public final class DHTNode {
     /// One datagram from `source`. Anything invalid is counted and dropped; nothing throws.
     public func receive(_ datagram: [UInt8], from source: Endpoint, now: UInt64) {
         statistics.received += 1
+        clock = max(clock, now)
         let piece: DHTDatagram.Piece
         do { piece = try DHTDatagram.parse(datagram) } catch {
             statistics.dropped += 1
@@ -555,8 +575,8 @@ public final class DHTNode {
                 entry = nil
             }
             if entry == nil {
-                guard let buffer = try? Reassembly(length: piece.length, count: piece.count,
-                                                   maximumLength: DHTMessage.maximumSize, pieceSize: DHTDatagram.pieceSize) else {
+                guard let buffer = try? Reassembly(length: piece.length, count: piece.count, index: piece.index,
+                                                   bytes: piece.bytes.count, maximumLength: DHTMessage.maximumSize) else {
                     statistics.dropped += 1
                     return
                 }
@@ -602,9 +622,12 @@ public final class DHTNode {
             if let oldest = table.seen(Contact(id: sender.id, endpoint: source), now: now) {
                 ping(oldest.endpoint, expected: oldest.id, now: now)
             }
+            // A requester that takes only smaller datagrams (§9) gets its answers, and later
+            // messages, in pieces of that size.
+            if let limit = piece.answerLimit { pathSizes.limit(source, to: limit, now: now) }
             answer(message, sender: sender.id, from: source, requestSize: datagram.count, now: now)
         } else {
-            handleResponse(message, sender: sender.id, from: source, now: now)
+            handleResponse(message, sender: sender.id, from: source, length: bytes.count, now: now)
         }
     }
 
@@ -675,8 +698,9 @@ public final class DHTNode {
         }
         // No reflection: without a valid token, an answer is at most 3x the request's bytes.
         var response = DHTMessage(transaction: request.transaction, salt: credential.salt, body: body)
+        let size = datagramSize(for: source, now: now)
         while case .nodes(let observed, let token, let held, var contacts) = response.body,
-              !contacts.isEmpty, response.bytes.count + FrameHeader.size + DHTDatagram.pieceHeaderSize > 3 * requestSize {
+              !contacts.isEmpty, DHTDatagram.wireSize(length: response.bytes.count, datagramSize: size) > 3 * requestSize {
             contacts.removeLast()
             response.body = .nodes(observed: observed, token: token, held: held, contacts: contacts)
         }
@@ -754,7 +778,8 @@ public final class DHTNode {
 
     // MARK: Responses
 
-    private func handleResponse(_ message: DHTMessage, sender: NodeID, from source: Endpoint, now: UInt64) {
+    /// `length`: the answer's bytes (the message, without datagram headers).
+    private func handleResponse(_ message: DHTMessage, sender: NodeID, from source: Endpoint, length: Int, now: UInt64) {
         // Accepted only from the address that was asked, and only from the node we meant to ask.
         guard let request = pending[message.transaction], request.endpoint == source,
               request.expected == nil || request.expected == sender else {
@@ -762,6 +787,21 @@ public final class DHTNode {
             return
         }
         pending[message.transaction] = nil
+        // Path size (§9): the largest datagram this exchange needed at the attempt's size, or would
+        // have needed at the larger size of the attempt before.
+        let needed = DHTDatagram.overhead + max(length, DHTMessage(transaction: 0, salt: credential.salt, body: request.body).bytes.count)
+        if request.steppedDown {
+            if needed > request.size {
+                if pathSizes.smallerWorked(source, size: request.size, now: now) { statistics.pathSizeReductions += 1 }
+                if lastConfirmedBy != source {
+                    lastConfirmedBy = source
+                    if ownLink.smallerWorked(0, size: request.size, now: now) { statistics.pathSizeReductions += 1 }
+                }
+            }
+        } else {
+            pathSizes.largerWorked(source, size: min(needed, request.size))
+            ownLink.largerWorked(0, size: min(needed, request.size))
+        }
         rtt.add(sample: Double(now - request.sentAt))
         if !recentlyFailed.isEmpty { recentlyFailed[sender] = nil }
         if let oldest = table.seen(Contact(id: sender, endpoint: source), now: now) {
@@ -826,6 +866,7 @@ public final class DHTNode {
     }
 
     public func handleTimeout(now: UInt64) {
+        clock = max(clock, now)
         for (transaction, request) in pending where request.deadline <= now || (request.softDeadline ?? .max) <= now {
             // Soft timeout (§5.4): the lookup stops counting the request against its α and asks the
             // next candidate; the request keeps its deadline and retries, and an answer still counts.
@@ -850,7 +891,10 @@ public final class DHTNode {
             // costs it one request and one soft timeout.
             var again = request.attempt < 2 && !request.isPing
             if again, case .lookup(let lookupID, let candidate) = request.purpose {
-                again = lookups[lookupID].map { answering || $0.waitsFor(candidate) } ?? false
+                // (Also when this node learnt meanwhile that its link loses datagrams of the size the
+                // request or its answer used: the lookup would otherwise lose every such contact, §9.)
+                let shrunk = request.size > datagramSize(for: request.endpoint, now: now)
+                again = lookups[lookupID].map { answering || shrunk || $0.waitsFor(candidate) } ?? false
             }
             // Every attempt unanswered (or a ping): one failure. A lookup's request left after one
             // attempt only makes the contact asked last: on a lossy path a live contact loses one
@@ -865,10 +909,22 @@ public final class DHTNode {
                 again.sentAt = now
                 again.deadline = now + requestTimeout
                 again.softDeadline = nil
+                // Nothing came back: the next attempt, and the answer it asks for, go in smaller
+                // datagrams (§9): a path MTU black hole loses every large datagram and no small one.
+                // (Or at once in the size this node now knows its link carries.)
+                let known = datagramSize(for: request.endpoint, now: now)
+                if !answering, let smaller = Pieces.stepBelow(min(request.size, known + 1)) {
+                    again.size = smaller
+                    again.steppedDown = true
+                } else {
+                    again.size = min(request.size, known)
+                    again.steppedDown = false
+                }
                 let retry = newTransaction()
                 pending[retry] = again
                 if case .lookup(let lookupID, _) = request.purpose { lookups[lookupID]?.result.messages += 1 }
-                send(DHTMessage(transaction: retry, salt: credential.salt, body: request.body), to: request.endpoint)
+                send(DHTMessage(transaction: retry, salt: credential.salt, body: request.body), to: request.endpoint,
+                     size: again.size, answerLimit: Self.asksForLimit(request.body) ? again.size : nil)
                 continue
             }
             switch request.purpose {
@@ -963,20 +1019,36 @@ public final class DHTNode {
         return transaction
     }
 
-    private func send(_ message: DHTMessage, to endpoint: Endpoint) {
-        for datagram in DHTDatagram.encode(message) {
+    /// Sends `message` in datagrams of at most `size` bytes (by default what the endpoint's path
+    /// carries, §9); `answerLimit` asks the receiver to answer in datagrams of at most that size.
+    private func send(_ message: DHTMessage, to endpoint: Endpoint, size: Int? = nil, answerLimit: Int? = nil) {
+        let size = size ?? datagramSize(for: endpoint, now: clock)
+        for datagram in DHTDatagram.encode(message, datagramSize: size, answerLimit: answerLimit) {
             outbox.append((endpoint, datagram))
             statistics.sent += 1
         }
     }
 
+    /// Requests whose answer may take more than one datagram of a smaller size: they carry the
+    /// answer limit when sent below 1,200 bytes (§9). (A node of an earlier version drops a frame
+    /// with the limit; it gets one only after a full-size attempt got nothing back.)
+    static func asksForLimit(_ body: DHTMessage.Body) -> Bool {
+        switch body {
+        case .findNode, .findValue, .mailFetch: true
+        default: false
+        }
+    }
+
     private func request(_ body: DHTMessage.Body, to endpoint: Endpoint, expected: NodeID?, purpose: Purpose, now: UInt64) {
+        clock = max(clock, now)
         let transaction = newTransaction()
         var soft: UInt64?
         if case .lookup = purpose { soft = now + softTimeout }
+        let size = datagramSize(for: endpoint, now: now)
         pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now, deadline: now + requestTimeout,
-                                       softDeadline: soft, purpose: purpose, body: body)
-        send(DHTMessage(transaction: transaction, salt: credential.salt, body: body), to: endpoint)
+                                       softDeadline: soft, purpose: purpose, body: body, size: size)
+        send(DHTMessage(transaction: transaction, salt: credential.salt, body: body), to: endpoint, size: size,
+             answerLimit: Self.asksForLimit(body) && size < Pieces.maximumDatagramSize ? size : nil)
     }
 
     private func ping(_ endpoint: Endpoint, expected: NodeID?, now: UInt64) {

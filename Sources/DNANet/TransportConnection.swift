@@ -222,10 +222,11 @@ public final class TransportConnection: @unchecked Sendable {
 
     /// Moves the connection to a new path (on the same loop) and session: what was in flight is sent
     /// again over it, nothing queued is lost. The old path is closed. False when the connection
-    /// ended meanwhile (the new path is then closed too).
+    /// ended meanwhile (the new path is then closed too). `datagramSize`: what the new path's
+    /// handshake found it carries (docs/PROTOCOL.md §9).
     @discardableResult
     public func replacePath(_ newPath: DatagramPath, sealer newSealer: RecordSealer, opener newOpener: RecordOpener,
-                            unopened newUnopened: (([UInt8]) -> [[UInt8]])?) -> Bool {
+                            unopened newUnopened: (([UInt8]) -> [[UInt8]])?, datagramSize: Int? = nil) -> Bool {
         let done = perform { connection, now -> Bool in
             guard self.monitor.locked({ !self.dead && !self.peerClosed && self.running }) else { return false }
             self.path.close()
@@ -235,6 +236,7 @@ public final class TransportConnection: @unchecked Sendable {
             self.opener = newOpener
             self.unopened = newUnopened
             self.attach(newPath)
+            if let datagramSize { connection.setDatagramSize(datagramSize, now: now) }
             connection.revive(now: now)
             self.monitor.locked { self.pathLost = false }
             return true

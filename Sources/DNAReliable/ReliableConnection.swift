@@ -59,6 +59,10 @@ public struct ReliableConfiguration: Sendable {
     /// Plaintext bytes of message per DATA frame: with the frame header, the packet header, the AEAD
     /// tag and TURN's overhead a datagram stays under 1,200 bytes.
     public var fragmentSize = 1100
+    /// The largest datagram (UDP payload bytes) the path carries, as the handshake found it
+    /// (docs/PROTOCOL.md §9): fragments are at most this less the frame header, the DATA header and
+    /// the AEAD tag (76 bytes), and at most `fragmentSize`. 1,200 (BASE_PLPMTU) gives `fragmentSize`.
+    public var datagramSize = Pieces.maximumDatagramSize
     public var maximumMessageSize = 16 * 1024 * 1024
     /// Bytes the receiver holds for messages its application has not taken (partly reassembled,
     /// waiting for an earlier one, or delivered and not yet `taken`), each charged its length plus
@@ -111,16 +115,33 @@ public final class ReliableConnection {
     private final class Outgoing {
         let number: UInt64
         let bytes: [UInt8]
-        let fragmentCount: Int
+        /// The message's cut: fragments of `fragmentSize` bytes (the last shorter).
+        private(set) var fragmentSize: Int
+        private(set) var fragmentCount: Int
         var nextFragment = 0
         var acknowledged: [Bool]
         var acknowledgedCount = 0
 
-        init(number: UInt64, bytes: [UInt8], fragmentCount: Int) {
+        init(number: UInt64, bytes: [UInt8], fragmentSize: Int) {
             self.number = number
             self.bytes = bytes
-            self.fragmentCount = fragmentCount
+            self.fragmentSize = fragmentSize
+            fragmentCount = max(1, (bytes.count + fragmentSize - 1) / fragmentSize)
             acknowledged = [Bool](repeating: false, count: fragmentCount)
+        }
+
+        /// Cuts the message again into fragments of `size` bytes (§9): nothing of it counts as
+        /// acknowledged any more. Returns the new fragments that hold only bytes already sent (to
+        /// be sent again); `nextFragment` goes on after them.
+        func recut(to size: Int) -> Range<Int> {
+            let sentBytes = min(bytes.count, nextFragment * fragmentSize)
+            let wasWhollySent = nextFragment >= fragmentCount
+            fragmentSize = size
+            fragmentCount = max(1, (bytes.count + size - 1) / size)
+            acknowledged = [Bool](repeating: false, count: fragmentCount)
+            acknowledgedCount = 0
+            nextFragment = wasWhollySent ? fragmentCount : nextFragment == 0 ? 0 : max(1, sentBytes / size)
+            return 0..<nextFragment
         }
     }
 
@@ -159,6 +180,8 @@ public final class ReliableConnection {
         var stream: UInt32
         var message: UInt64
         var fragment: Int
+        /// The cut the fragment belongs to.
+        var fragmentSize: Int
         var size: Int
         var sentAt: UInt64
     }
@@ -166,7 +189,7 @@ public final class ReliableConnection {
     private var streams: [UInt32: SendStream] = [:]
     private var streamOrder: [UInt32] = []
     private var roundRobin = 0
-    private var retransmit: [(stream: UInt32, message: UInt64, fragment: Int)] = []
+    private var retransmit: [(stream: UInt32, message: UInt64, fragment: Int, fragmentSize: Int)] = []
     private var retransmitHead = 0
     /// Packets in flight, by number: entry i is packet `sentBase + i` (nil once acknowledged or lost).
     private var sentPackets: [Sent?] = []
@@ -208,12 +231,32 @@ public final class ReliableConnection {
     private var probeDeadline: UInt64?
     private var probesSent = 0
     private var backoff: UInt64 = 1
+    /// Path size (§9): the datagram size the path carries, the fragment size new messages get, and
+    /// the evidence for a black hole: RTOs in a row with large packets in flight and none of them
+    /// acknowledged (RFC 8899 §4.3).
+    public private(set) var datagramSize: Int
+    public private(set) var fragmentSize: Int
+    private var largeAcknowledged = false
+    /// A small packet of this side was acknowledged, or a PONG came, since the last RTO.
+    private var smallPassed = false
+    private var silentLargeTimeouts = 0
+    /// An RTO lost large packets while none was acknowledged: a PING goes with the retransmission,
+    /// so that the next RTO can tell a path that drops large datagrams from one that drops all.
+    private var sizeProbeDue = false
+    /// RTOs in a row that lost large packets while none was acknowledged but small ones went
+    /// through (RFC 8899's MAX_PROBES, 3) before the fragment size steps down to the next datagram
+    /// size of `Pieces.datagramSizes`.
+    public static let silentTimeoutsBeforeStepDown = 3
+    /// Bytes of a DATA datagram that are not fragment: frame header, DATA header, AEAD tag.
+    public static let datagramOverhead = FrameHeader.size + 28 + 16
 
     // MARK: Receiver
 
     private struct Partial {
         var length: Int
         var count: Int
+        /// The sender's cut of the message (it may cut it smaller while it is in flight, §9).
+        var fragmentSize: Int
         var received: Set<Int> = []
         var buffer: [UInt8]
     }
@@ -283,6 +326,8 @@ public final class ReliableConnection {
         public var messagesDelivered = 0
         /// RTO expiries and tail loss probes sent.
         public var timeouts = 0
+        /// Times the fragment size stepped down because large packets were lost (§9).
+        public var datagramSizeReductions = 0
         public var probes = 0
         /// ACK frames sent (delayed: see `ReliableConfiguration.acknowledgeEvery`).
         public var acknowledgementsSent = 0
@@ -291,6 +336,8 @@ public final class ReliableConnection {
     public init(configuration: ReliableConfiguration = ReliableConfiguration(), now: UInt64) {
         self.configuration = configuration
         congestionWindow = configuration.initialWindowPackets * configuration.fragmentSize
+        datagramSize = Pieces.datagramSizes.first { $0 <= configuration.datagramSize } ?? Pieces.minimumDatagramSize
+        fragmentSize = Self.fragmentSize(datagramSize: datagramSize, configuration: configuration)
         peerWindow = configuration.receiveBuffer
         rto = configuration.initialRTO
         lastReceived = now
@@ -316,8 +363,7 @@ public final class ReliableConnection {
         }
         let number = sendStream.nextNumber
         sendStream.nextNumber += 1
-        let count = max(1, (message.count + configuration.fragmentSize - 1) / configuration.fragmentSize)
-        let outgoing = Outgoing(number: number, bytes: message, fragmentCount: count)
+        let outgoing = Outgoing(number: number, bytes: message, fragmentSize: fragmentSize)
         sendStream.unsent.append(outgoing)
         sendStream.live[number] = outgoing
         streamsWithMessages.insert(stream)
@@ -405,7 +451,9 @@ public final class ReliableConnection {
             // A flow-blocked sender probes with PINGs: the answer carries the window (once the
             // application took anything; until then the first ACK's window stands).
             if takenCharges > 0 { ackNow = true }
-        case .pong: break
+        case .pong:
+            // A PING (small) went through: evidence for the path size check (§9).
+            smallPassed = true
         case .close:
             guard payload.count <= 1 else { return drop() }
             // A reason this version does not know still ends the connection.
@@ -432,9 +480,9 @@ public final class ReliableConnection {
         let packet = Self.u64(payload, at: base), leastUnacked = Self.u64(payload, at: base + 8)
         let message = Self.u64(payload, at: base + 16)
         let length = Int(Self.u32(payload, at: base + 24))
-        let stream = header.reserved.word0, fragment = Int(header.reserved.word1)
+        let stream = header.reserved.word0
+        guard let (fragment, size) = Self.fragmentPlace(header.reserved.word1, configuration: configuration) else { return drop() }
         let data = payload[(base + Self.dataHeaderSize)...]
-        let size = configuration.fragmentSize
         let count = max(1, (length + size - 1) / size)
         guard length <= configuration.maximumMessageSize, fragment < count,
               data.count == min(size, length - fragment * size) else { return drop() }
@@ -461,7 +509,9 @@ public final class ReliableConnection {
             if known || !state.partial.isEmpty || !state.complete.isEmpty || state.nextToDeliver > 0 { incoming[stream] = state }
         }
         if message < state.nextToDeliver || state.complete[message] != nil
-            || state.partial[message]?.received.contains(fragment) == true {
+            || state.partial[message].map({ $0.fragmentSize < size || $0.fragmentSize == size && $0.received.contains(fragment) }) == true {
+            // (A fragment of a larger cut than the one held is stale: the sender cut the message
+            // smaller and sends it again that way.)
             markReceived(packet)
             statistics.duplicates += 1
             return
@@ -475,13 +525,19 @@ public final class ReliableConnection {
                 statistics.dropped += 1
                 return
             }
-            state.partial[message] = Partial(length: length, count: count, buffer: [UInt8](repeating: 0, count: length))
+            state.partial[message] = Partial(length: length, count: count, fragmentSize: size, buffer: [UInt8](repeating: 0, count: length))
             bufferedBytes += Self.charge(length)
         }
         guard var partial = state.partial.removeValue(forKey: message) else { return drop() }
         guard partial.length == length else {
             state.partial[message] = partial
             return drop()
+        }
+        if partial.fragmentSize > size {
+            // The sender cut the message smaller (§9): it sends all of it again in the new cut.
+            partial.fragmentSize = size
+            partial.count = count
+            partial.received = []
         }
         markReceived(packet)
         statistics.packetsReceived += 1
@@ -616,8 +672,14 @@ public final class ReliableConnection {
     private var lowestInFlight: UInt64 { sentHead < sentPackets.count ? sentBase + UInt64(sentHead) : nextPacket }
 
     private func acknowledge(_ sent: Sent) {
-        guard let stream = streams[sent.stream], let message = stream.live[sent.message],
-              !message.acknowledged[sent.fragment] else { return }
+        if sent.size + FrameHeader.size + 16 > (Pieces.stepBelow(datagramSize) ?? 0) {
+            largeAcknowledged = true
+            silentLargeTimeouts = 0
+        } else {
+            smallPassed = true
+        }
+        guard let stream = streams[sent.stream], let message = stream.live[sent.message], message.fragmentSize == sent.fragmentSize,
+              sent.fragment < message.fragmentCount, !message.acknowledged[sent.fragment] else { return }
         message.acknowledged[sent.fragment] = true
         message.acknowledgedCount += 1
         if message.acknowledgedCount == message.fragmentCount {
@@ -696,8 +758,67 @@ public final class ReliableConnection {
     }
 
     private func requeue(_ sent: Sent) {
-        retransmit.append((sent.stream, sent.message, sent.fragment))
+        retransmit.append((sent.stream, sent.message, sent.fragment, sent.fragmentSize))
         statistics.retransmissions += 1
+    }
+
+    // MARK: Path size (§9)
+
+    /// The fragment size for datagrams of `datagramSize` bytes: at most `configuration.fragmentSize`.
+    public static func fragmentSize(datagramSize: Int, configuration: ReliableConfiguration) -> Int {
+        max(minimumFragmentSize, min(configuration.fragmentSize, datagramSize - datagramOverhead))
+    }
+
+    /// The smallest fragment a receiver takes: 16 MiB in 65,536 fragments.
+    public static let minimumFragmentSize = 256
+
+    /// Reserved word 1 of a DATA frame: the fragment index, and when the fragment size is not the
+    /// configured one (1,100 bytes), that size in the upper 16 bits (§7.1, §9).
+    static func fragmentWord(_ index: Int, size: Int, configuration: ReliableConfiguration) -> UInt32 {
+        size == configuration.fragmentSize ? UInt32(index) : UInt32(size) << 16 | UInt32(index & 0xFFFF)
+    }
+
+    /// The fragment index and fragment size reserved word 1 says; nil for a size out of range.
+    static func fragmentPlace(_ word: UInt32, configuration: ReliableConfiguration) -> (index: Int, size: Int)? {
+        let size = Int(word >> 16)
+        guard size != 0 else { return (Int(word), configuration.fragmentSize) }
+        guard size >= minimumFragmentSize, size < configuration.fragmentSize else { return nil }
+        return (Int(word & 0xFFFF), size)
+    }
+
+    /// The path carries datagrams of at most `size` bytes (a new path's handshake found it, or the
+    /// RTOs above did): new messages are cut for it; when it is smaller than before, every message
+    /// not wholly acknowledged is cut again and sent again in the new cut.
+    public func setDatagramSize(_ size: Int, now: UInt64) { setDatagramSize(size, now: now, pumping: true) }
+
+    private func setDatagramSize(_ size: Int, now: UInt64, pumping: Bool) {
+        let size = Pieces.datagramSizes.first { $0 <= size } ?? Pieces.minimumDatagramSize
+        let newFragmentSize = Self.fragmentSize(datagramSize: size, configuration: configuration)
+        datagramSize = size
+        largeAcknowledged = false
+        smallPassed = false
+        silentLargeTimeouts = 0
+        guard newFragmentSize < fragmentSize else {
+            fragmentSize = newFragmentSize
+            return
+        }
+        fragmentSize = newFragmentSize
+        for stream in streamOrder {
+            guard let sendStream = streams[stream] else { continue }
+            for number in sendStream.live.keys.sorted() {
+                guard let message = sendStream.live[number], message.fragmentSize > newFragmentSize,
+                      message.nextFragment > 0 else { continue }
+                for fragment in message.recut(to: newFragmentSize) {
+                    retransmit.append((stream, number, fragment, newFragmentSize))
+                }
+            }
+            // Messages not started yet are simply cut again.
+            for case let message? in sendStream.unsent[sendStream.head...] where message.nextFragment == 0
+                && message.fragmentSize > newFragmentSize {
+                _ = message.recut(to: newFragmentSize)
+            }
+        }
+        if pumping { pump(now: now) }
     }
 
     // MARK: Timers
@@ -727,6 +848,22 @@ public final class ReliableConnection {
             }
         }
         if let deadline = rtoDeadline, now >= deadline, inFlightCount > 0 {
+            // Path size (§9): large packets lost RTO after RTO while none was acknowledged: datagrams
+            // of this size do not pass; new fragments, and what is in flight, are cut smaller.
+            let large = Pieces.stepBelow(datagramSize).map { limit in
+                sentPackets[sentHead...].contains { ($0?.size ?? 0) + FrameHeader.size + 16 > limit }
+            } ?? false
+            if large, !largeAcknowledged {
+                if smallPassed { silentLargeTimeouts += 1 }
+                sizeProbeDue = true
+            }
+            largeAcknowledged = false
+            smallPassed = false
+            if silentLargeTimeouts >= Self.silentTimeoutsBeforeStepDown, let smaller = Pieces.stepBelow(datagramSize) {
+                silentLargeTimeouts = 0
+                statistics.datagramSizeReductions += 1
+                setDatagramSize(smaller, now: now, pumping: false)
+            }
             // RTO: everything in flight is lost; one packet's window; the timer backs off.
             loseEverythingInFlight(now: now)
             backoff = min(backoff * 2, 64)
@@ -748,11 +885,14 @@ public final class ReliableConnection {
             persistBackoff = min(persistBackoff * 2, 16)
             persist = true
         }
-        if pingSentAt == nil, now >= lastReceived + configuration.keepaliveInterval || missedPings > 0 || silentTimeouts >= 2 || persist {
+        // (A PING already out serves as the size probe too.)
+        if pingSentAt == nil,
+           now >= lastReceived + configuration.keepaliveInterval || missedPings > 0 || silentTimeouts >= 2 || persist || sizeProbeDue {
             pingNonce &+= 1
             pingSentAt = now
             outbox.append(Self.frame(.ping, reserved: .zero, payload: Self.be(pingNonce, 8)))
         }
+        sizeProbeDue = false
         pump(now: now)
     }
 
@@ -861,7 +1001,7 @@ public final class ReliableConnection {
         while sent < configuration.burst, bytesInFlight + configuration.fragmentSize <= congestionWindow,
               let (stream, message, fragment) = nextFragment() {
             guard let outgoing = streams[stream]?.live[message] else { continue }
-            let size = configuration.fragmentSize
+            let size = outgoing.fragmentSize
             let start = fragment * size
             let chunk = outgoing.bytes[start..<min(start + size, outgoing.bytes.count)]
             let packet = nextPacket
@@ -869,14 +1009,15 @@ public final class ReliableConnection {
             let leastUnacked = min(lowestInFlight, packet)
             var payload = Self.be(packet, 8) + Self.be(leastUnacked, 8) + Self.be(message, 8) + Self.be(UInt64(outgoing.bytes.count), 4)
             payload += chunk
-            outbox.append(Self.frame(.data, reserved: FrameReserved(word0: stream, word1: UInt32(fragment)), payload: payload))
+            outbox.append(Self.frame(.data, reserved: FrameReserved(word0: stream, word1: Self.fragmentWord(fragment, size: size, configuration: configuration)),
+                                     payload: payload))
             let packetSize = chunk.count + Self.dataHeaderSize
             if sentHead == sentPackets.count {  // nothing in flight: restart the array at this packet
                 sentPackets.removeAll(keepingCapacity: true)
                 sentHead = 0
                 sentBase = packet
             }
-            sentPackets.append(Sent(stream: stream, message: message, fragment: fragment, size: packetSize, sentAt: now))
+            sentPackets.append(Sent(stream: stream, message: message, fragment: fragment, fragmentSize: size, size: packetSize, sentAt: now))
             inFlightCount += 1
             bytesInFlight += packetSize
             statistics.packetsSent += 1
@@ -900,8 +1041,9 @@ public final class ReliableConnection {
         while retransmitHead < retransmit.count {
             let next = retransmit[retransmitHead]
             retransmitHead += 1
-            if let message = streams[next.stream]?.live[next.message], !message.acknowledged[next.fragment] {
-                return next
+            if let message = streams[next.stream]?.live[next.message], message.fragmentSize == next.fragmentSize,
+               next.fragment < message.fragmentCount, !message.acknowledged[next.fragment] {
+                return (next.stream, next.message, next.fragment)
             }
         }
         if retransmitHead > 0 {

@@ -1,5 +1,6 @@
 import DNACrypto
 import DNANet
+import DNAWire
 import Glibc
 
 /// Runs the handshake (docs/PROTOCOL.md §4) over a datagram path (the ICE path), before a connection
@@ -22,10 +23,13 @@ enum HandshakeOverPath {
 
     /// The initiator's side. Returns once the responder has every piece of message 3, so that the
     /// first record it receives finds its session ready.
+    /// `datagramSize`: where message 1 starts (a size an earlier handshake with the peer found, §9).
     static func initiate(path: DatagramPath, identity: Identity, peer: IdentityName, publicKey: [UInt8],
-                         timeout: Int) throws(Failure) -> SecureSession {
+                         timeout: Int, datagramSize: Int = Pieces.maximumDatagramSize) throws(Failure) -> SecureSession {
         let end = monotonicMilliseconds() + UInt64(max(0, timeout))
         let initiator: HandshakeInitiator
+        var configuration = configuration
+        configuration.datagramSize = datagramSize
         do {
             initiator = try HandshakeInitiator(identity: identity, responderName: peer, responderPublicKey: publicKey,
                                                now: monotonicMilliseconds(), configuration: configuration)

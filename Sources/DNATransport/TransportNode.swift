@@ -3,6 +3,7 @@ import DNADHT
 import DNANat
 import DNANet
 import DNAReliable
+import DNAWire
 import Glibc
 import STUNServer
 
@@ -128,6 +129,9 @@ public final class TransportNode: @unchecked Sendable {
     private let monitor = Monitor()
     private var running = true
     private var peers: [Int32: Peer] = [:]
+    /// The datagram size the last handshake with each peer found (§9): the next handshake to it
+    /// starts there (for RFC 8899's PMTU_RAISE_TIMER, 600 s).
+    private var pathSizes = PathSizes<IdentityName>(capacity: 1024)
     private var acceptQueue: [Int32] = []
     private var nextID: Int32 = 1
     /// Agents of connections being set up (closed by `close` so that their checks end at once).
@@ -472,8 +476,10 @@ public final class TransportNode: @unchecked Sendable {
         marks.append(monotonicMilliseconds())
         let session: SecureSession
         do {
+            let known = monitor.locked { pathSizes.size(for: peer, now: monotonicMilliseconds()) }
             session = try HandshakeOverPath.initiate(path: link, identity: identity, peer: peer, publicKey: entry.publicKey,
-                                                     timeout: remaining())
+                                                     timeout: remaining(), datagramSize: known)
+            monitor.locked { pathSizes.limit(peer, to: session.datagramSize, now: monotonicMilliseconds()) }
         } catch {
             link.close()
             agent.close()
@@ -482,7 +488,8 @@ public final class TransportNode: @unchecked Sendable {
         marks.append(monotonicMilliseconds())
         let phases = zip(marks.dropFirst(), marks).map { String($0 - $1) }.joined(separator: "/")
         log("\(kind == .resume ? "new path" : "connected") to \(peer) in \(marks[marks.count - 1] - marks[0]) ms "
-            + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms)")
+            + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms)"
+            + (session.datagramSize < Pieces.maximumDatagramSize ? "; the path carries datagrams of \(session.datagramSize) bytes" : ""))
         return Path(link: link, session: session, agent: agent, responder: nil, known: Known(entry: entry, holders: holders))
     }
 
@@ -532,7 +539,7 @@ public final class TransportNode: @unchecked Sendable {
             return false
         }
         guard peer.connection.replacePath(path.link, sealer: path.session.sealer, opener: path.session.opener,
-                                          unopened: Self.unopened(path.responder)) else {
+                                          unopened: Self.unopened(path.responder), datagramSize: path.session.datagramSize) else {
             path.agent.close()
             return false
         }
@@ -928,8 +935,10 @@ public final class TransportNode: @unchecked Sendable {
     /// `connectionChanged` once it is.
     private func makeConnection(_ path: Path) -> TransportConnection {
         let box = IDBox()
+        var reliable = configuration.reliable
+        reliable.datagramSize = path.session.datagramSize  // what the handshake found the path carries (§9)
         let connection = TransportConnection(
-            path: path.link, sealer: path.session.sealer, opener: path.session.opener, configuration: configuration.reliable,
+            path: path.link, sealer: path.session.sealer, opener: path.session.opener, configuration: reliable,
             unopened: Self.unopened(path.responder), resumable: true,
             onChange: { [weak self] in
                 let id = box.id

@@ -20,6 +20,12 @@ final class SimulatedNetwork {
     /// within `natTimeout` ms.
     var natted = Set<Endpoint>()
     var natTimeout: UInt64 = 30_000
+    /// Endpoints behind a link with a small MTU and no ICMP (a path MTU black hole, PROTOCOL.md §9):
+    /// datagrams to or from one larger than its limit (bytes of UDP payload) vanish.
+    var maximumDatagram: [Endpoint: Int] = [:]
+    /// Datagrams lost in those black holes, and the sizes of those that crossed such a link.
+    private(set) var blackHoled = 0
+    private(set) var crossedSmallLinks: [Int] = []
     private var mappings: [Endpoint: [Endpoint: UInt64]] = [:]
     /// Datagrams dropped by those NATs.
     private(set) var filtered = 0
@@ -95,6 +101,13 @@ final class SimulatedNetwork {
             case .deliver(let from, let to, let datagram):
                 if let group, group(from) != group(to) { continue }
                 if loss > 0, Double(random.next() % 10_000) / 10_000 < loss { continue }
+                if let limit = [maximumDatagram[from], maximumDatagram[to]].compactMap({ $0 }).min() {
+                    guard datagram.count <= limit else {
+                        blackHoled += 1
+                        continue
+                    }
+                    crossedSmallLinks.append(datagram.count)
+                }
                 if let adversary = adversaries[to] {
                     for (destination, datagram) in adversary(from, datagram) {
                         heap.push(now + 10 + random.next() % 50, .deliver(from: to, to: destination, datagram: datagram))

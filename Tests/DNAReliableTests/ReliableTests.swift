@@ -13,6 +13,12 @@ final class SimulatedPath {
     var rate = 12_500.0  // bytes per ms: 100 Mbit/s
     var queueLimit = 200
     var cut = false
+    /// Datagrams larger than this (sealed: the frame and a 16-byte AEAD tag) vanish: a path MTU
+    /// black hole (docs/PROTOCOL.md §9).
+    var maximumDatagram = Int.max
+    private(set) var blackHoled = 0
+    /// The largest datagram (sealed) that arrived.
+    private(set) var largestDelivered = 0
     private var random: UInt64 = 0x1234_5678
     private var arrivals: [(time: UInt64, toB: Bool, frame: [UInt8])] = []
     private var busyUntil: [Bool: Double] = [true: 0, false: 0]
@@ -44,6 +50,11 @@ final class SimulatedPath {
                 let frame = outgoing.bytes
                 datagrams += 1
                 if cut || next() < loss { continue }
+                if frame.count + 16 > maximumDatagram {
+                    blackHoled += 1
+                    continue
+                }
+                largestDelivered = max(largestDelivered, frame.count + 16)
                 let start = max(Double(now), busyUntil[toB] ?? 0)
                 let queued = (start - Double(now)) * rate / 1176
                 if queued > Double(queueLimit) { continue }  // tail drop at the bottleneck

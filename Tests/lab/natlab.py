@@ -110,9 +110,9 @@ def stun_mapping(sock, server, timeout=1.0, tries=3):
 
 
 class Lab:
-    def __init__(self, a="public", b="public", loss=0, turn=True, node=None, workdir=None, loss_only=""):
+    def __init__(self, a="public", b="public", loss=0, turn=True, node=None, workdir=None, loss_only="", mtu=None):
         """loss: percent of the datagrams each router forwards that it drops; loss_only: an nftables
-        match that limits the loss to the packets it matches (e.g. "udp sport != 4567")."""
+        match that limits the loss to the packets it matches (e.g. "udp sport != 4567"); mtu: see below."""
         if a not in KINDS or (b not in KINDS and b != "same"):
             raise LabError(f"unknown NAT kind {a!r} or {b!r}")
         if b == "same" and a != "port-restricted":
@@ -120,6 +120,11 @@ class Lab:
         self.kinds = {"a": a, "b": b}
         self.loss = int(loss)
         self.loss_only = loss_only
+        # A small MTU on a's router's WAN link (both ends of the veth), with the router's ICMP
+        # "fragmentation needed" dropped: a path MTU black hole as VPNs and tunnels make them.
+        if mtu is not None and a == "public":
+            raise LabError("mtu needs a behind a router")
+        self.mtu = None if mtu is None else int(mtu)
         self.turn = turn
         self.node = node  # path of the dnat executable, or None for no bootstrap node
         self.tag = f"{PREFIX}{os.getpid()}x{random.randrange(1000)}"
@@ -166,6 +171,8 @@ class Lab:
     def _plug(self, role, ip, ifname="eth0"):
         """A veth from role's namespace to the internet bridge."""
         peer = f"p{len(self.namespaces)}{role}"[:15]
+        self._wan_peer = getattr(self, "_wan_peer", {})
+        self._wan_peer[role] = peer
         sh("ip", "-n", self.ns(role), "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", self.ns("inet"))
         sh("ip", "-n", self.ns("inet"), "link", "set", peer, "master", "br0", "up")
         sh("ip", "-n", self.ns(role), "link", "set", ifname, "up")
@@ -233,9 +240,13 @@ class Lab:
             sh("ip", "-n", host, "route", "add", "default", "via", f"{lan}.1")
             self.address[role] = f"{lan}.{offset}"
         self.address[router] = f"203.0.113.{20 + index}"
-        sh("nft", "-f", "-", ns=name, input=self._rules(kind, f"{lan}.2"))
+        small = self.mtu is not None and router == "ra"
+        if small:
+            sh("ip", "-n", name, "link", "set", "wan", "mtu", self.mtu)
+            sh("ip", "-n", self.ns("inet"), "link", "set", self._wan_peer[router], "mtu", self.mtu)
+        sh("nft", "-f", "-", ns=name, input=self._rules(kind, f"{lan}.2", black_hole=small))
 
-    def _rules(self, kind, host):
+    def _rules(self, kind, host, black_hole=False):
         masquerade = "masquerade fully-random" if kind == "symmetric" else "masquerade"
         prerouting = (f'iifname "wan" udp dport 1024-65535 dnat to {host}' if kind == "full-cone" else "")
         if kind == "udp-blocked":
@@ -243,6 +254,8 @@ class Lab:
         else:
             outbound = 'iifname != "wan" oifname "wan" accept'
         loss = f"{self.loss_only} numgen random mod 100 < {self.loss} counter drop" if self.loss else ""
+        # The router's own ICMP errors (hook output) for datagrams too large for the WAN link.
+        icmp = "icmp type destination-unreachable icmp code frag-needed counter drop" if black_hole else ""
         return f"""
 table ip nat {{
     chain prerouting {{
@@ -259,6 +272,10 @@ table ip filter {{
         type filter hook input priority filter; policy accept;
         iifname "wan" ct state established,related accept
         iifname "wan" drop
+    }}
+    chain output {{
+        type filter hook output priority filter; policy accept;
+        {icmp}
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
@@ -329,6 +346,39 @@ table ip filter {{
                 ok = first and second and first == second and first[0] != host
             if not ok:
                 raise LabError(f"{role} behind {kind}: STUN saw {first} and {second} (local port {local_port})")
+        if self.mtu is not None:
+            self.verify_black_hole()
+
+    def verify_black_hole(self):
+        """a's datagrams over the MTU vanish (no ICMP reaches a), smaller ones pass: both ways."""
+        code = ("import socket, json, time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.3); "
+                "out={}\n"
+                f"for size in ({self.mtu - 28}, {self.mtu - 27}):\n"
+                "    got=None\n"
+                "    for _ in range(5):\n"
+                f"        s.sendto(b'x'*size, ('{SERVER[0]}', 7))\n"
+                "        try: got=len(s.recv(4096)); break\n"
+                "        except OSError as e: got=str(e) if not isinstance(e, socket.timeout) else None\n"
+                "    out[size]=got\n"
+                "print(json.dumps(out))")
+        echo = self.popen("srv", [sys.executable, "-c",
+                                  "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                                  f"s.bind(('{SERVER[0]}', 7)); "
+                                  "exec('while True:\\n d,a=s.recvfrom(4096); s.sendto(d,a)')"])
+        try:
+            time.sleep(0.3)
+            result = json.loads(self.run_python("a", code))
+        finally:
+            echo.kill()
+            echo.wait(5)
+        fits, over = result[str(self.mtu - 28)], result[str(self.mtu - 27)]
+        if fits != self.mtu - 28 or over is not None:
+            raise LabError(f"MTU {self.mtu} black hole: a {self.mtu - 28}-byte datagram echoed {fits}, "
+                           f"a {self.mtu - 27}-byte one {over} (expected the first back, the second lost silently)")
+        # No ICMP "fragmentation needed" reached a: its kernel learnt no path MTU.
+        route = sh("ip", "route", "get", SERVER[0], ns=self.ns("a"))
+        if " mtu " in route:
+            raise LabError(f"a learnt a path MTU (the ICMP error was not dropped): {route.strip()}")
 
     # processes
     def popen(self, role, args, **kwargs):
