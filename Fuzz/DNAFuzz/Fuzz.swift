@@ -85,6 +85,30 @@ enum Fixture {
         return configuration
     }
     static let dhtCredential = NodeCredential(salt: [UInt8](repeating: 9, count: 16), difficulty: 0)!
+    static let clientCredential = NodeCredential(salt: [UInt8](repeating: 3, count: 16), difficulty: 0)!
+    /// Alice's signed entry (for the client's announce) and a sealed message for bob's inbox.
+    static let entry: PeerEntry = {
+        var entry = PeerEntry(identity: alice.name, nodeID: Array(clientCredential.id.bytes), ipAddress: "10.1.2.3", port: 5000,
+                              lastSeen: unix)
+        try! entry.sign(with: alice, now: unix)
+        return entry
+    }()
+    static let offline = try! OfflineMessage(sealing: Array("hi bob".utf8), from: alice, to: inboxRecord, now: unix)
+    static let server = Fixture.sources[5]
+
+    /// The node each `dht` input talks to: it bootstraps from `server` (and sources[1]) and has an
+    /// announce, a FIND_VALUE, a signal and a MAIL_PUT under way, so that answers match its
+    /// transactions. The same every time (seeded), so the seeds' answers from `server` fit.
+    static func client(now: UInt64) -> DHTNode {
+        let node = DHTNode(credential: clientCredential, configuration: dhtConfiguration(), now: now, seed: 3)
+        node.setUnixTime(unix * 1000, at: now)
+        _ = node.bootstrap([server, sources[1]], now: now)
+        _ = node.announce(entry, now: now)
+        _ = node.findValue(NodeID.key(of: alice.name), now: now)
+        _ = node.signal(NodeID.key(of: bob.name), payload: Array("offer".utf8), now: now)
+        node.mail(.put(offline.bytes), to: Contact(id: dhtCredential.id, endpoint: server), operation: 1, now: now)
+        return node
+    }
 }
 
 // MARK: Targets
@@ -124,10 +148,7 @@ nonisolated(unsafe) var persistentInputs: UInt64 = 0
 /// only, all twice); bits 6-7: time moves 0, 1 s, 6 s or 31 min, and timers fire.
 func fuzzDHT(_ data: [UInt8]) {
     var now = Fixture.now
-    let node = DHTNode(credential: Fixture.dhtCredential, configuration: Fixture.dhtConfiguration(), now: now, seed: 1)
-    node.setUnixTime(Fixture.unix * 1000, at: now)
-    // A lookup in progress, so that answers have transactions to match.
-    _ = node.bootstrap([Fixture.sources[5], Fixture.sources[1]], now: now)
+    let node = Fixture.client(now: now)
     _ = node.takeDatagrams()
     persistentInputs += 1
     for (control, bytes) in records(data) {
@@ -331,40 +352,26 @@ func seeds() -> [String: [[UInt8]]] {
     let now = Fixture.now
     // Frames of every type.
     out["frame"] = MessageType.allCases.map { try! FrameEncoder.encode(type: $0, sequence: 7, payload: Array("hello".utf8)) }
-    // The DHT: a node's own requests and another node's answers.
-    let a = DHTNode(credential: NodeCredential(salt: [UInt8](repeating: 3, count: 16), difficulty: 0)!,
-                    configuration: Fixture.dhtConfiguration(), now: now, seed: 3)
+    // The DHT: the client node's requests (as requests from a source) and the server's answers to them.
+    let a = Fixture.client(now: now)
     let b = DHTNode(credential: Fixture.dhtCredential, configuration: Fixture.dhtConfiguration(), now: now, seed: 4)
-    a.setUnixTime(Fixture.unix * 1000, at: now)
     b.setUnixTime(Fixture.unix * 1000, at: now)
-    let aAddress = Fixture.sources[1], bAddress = Fixture.sources[5]
-    var dht: [[UInt8]] = []
-    func exchange(_ rounds: Int) {
-        for _ in 0..<rounds {
-            for (_, datagram) in a.takeDatagrams() {
-                dht.append(encodeRecords([(1, datagram)]))
-                b.receive(datagram, from: aAddress, now: now)
-            }
-            for (_, datagram) in b.takeDatagrams() {
-                dht.append(encodeRecords([(5, datagram)]))
-                a.receive(datagram, from: bAddress, now: now)
-            }
+    var dht: [[UInt8]] = [], answers: [(UInt8, [UInt8])] = [], requests: [(UInt8, [UInt8])] = []
+    for _ in 0..<4 {
+        for (to, datagram) in a.takeDatagrams() where to == Fixture.server {
+            requests.append((1, datagram))
+            dht.append(encodeRecords([(1, datagram)]))
+            b.receive(datagram, from: Fixture.sources[1], now: now)
+        }
+        for (_, datagram) in b.takeDatagrams() {
+            answers.append((5, datagram))
+            dht.append(encodeRecords([(5, datagram)]))
+            a.receive(datagram, from: Fixture.server, now: now)
         }
     }
-    _ = a.bootstrap([bAddress], now: now)
-    exchange(3)
-    var entry = PeerEntry(identity: Fixture.alice.name, nodeID: Array(a.id.bytes), ipAddress: "10.1.2.3", port: 5000,
-                          lastSeen: Fixture.unix)
-    try! entry.sign(with: Fixture.alice, now: Fixture.unix)
-    _ = a.announce(entry, now: now)
-    exchange(3)
-    _ = a.findValue(NodeID.key(of: Fixture.alice.name), now: now)
-    exchange(3)
-    _ = a.signal(NodeID.key(of: Fixture.alice.name), payload: Array("offer".utf8), now: now)
-    exchange(3)
-    let offline = try! OfflineMessage(sealing: Array("hi bob".utf8), from: Fixture.alice, to: Fixture.inboxRecord, now: Fixture.unix)
-    a.mail(.put(offline.bytes), to: Contact(id: b.id, endpoint: bAddress), operation: 1, now: now)
-    exchange(3)
+    dht.append(encodeRecords(answers))
+    dht.append(encodeRecords(requests))
+    let entry = Fixture.entry, offline = Fixture.offline
     out["dht"] = dht
     out["dht-state"] = [b.savedState(now: now).bytes, a.savedState(now: now).bytes]
     // The handshake: the initiation's pieces for the responder, the response for the initiator.
