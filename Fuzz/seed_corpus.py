@@ -27,6 +27,8 @@ def record(control, data):
 
 
 def main():
+    import shutil
+    shutil.rmtree(CORPUS, ignore_errors=True)  # signatures are randomized: a rebuild replaces every seed
     frames = json.loads((ROOT / "Tests/Vectors/frames.json").read_text())
     for vector in frames["valid"] + frames["invalid"]:
         put("frame", bytes.fromhex(vector["frame"]))

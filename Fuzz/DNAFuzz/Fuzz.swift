@@ -200,8 +200,32 @@ func fuzzDHTState(_ data: [UInt8]) {
     check(node.storedCount <= state.entries.count, "restored more entries than given")
 }
 
+/// The datagrams a handshake record stands for. Control bits 2-3: 0 the bytes are a datagram as
+/// they are; 1 a handshake piece's payload, 2 an acknowledgement's payload, framed here (the CRC
+/// right, so mutations reach the piece parser); 3 session id (4) | kind (1) | a whole message, cut
+/// into its pieces here (mutations reach the message parsers); bit 5 then drops the last piece.
+func handshakeDatagrams(control: UInt8, bytes: [UInt8]) -> [[UInt8]] {
+    switch control >> 2 & 3 {
+    case 0: return [bytes]
+    case 1: return [try! FrameEncoder.encode(type: .handshake, sequence: 0, payload: bytes.prefix(4096))]
+    case 2: return [try! FrameEncoder.encode(type: .handshakeAck, sequence: 0, payload: bytes.prefix(4096))]
+    default:
+        guard bytes.count >= 5, let kind = HandshakeKind(rawValue: bytes[4]) else { return [] }
+        let pieces = HandshakeDatagram.pieces(of: Array(bytes.dropFirst(5)), session: u32(bytes, 0), kind: kind)
+        return control & 0x20 != 0 ? Array(pieces.dropLast()) : pieces
+    }
+}
+
+/// The payload of a handshake message from its pieces (for seeds): session and kind, then the message.
+func handshakeMessage(_ pieces: [[UInt8]]) -> [UInt8] {
+    guard let first = pieces.first else { return [] }
+    return Array(first[FrameHeader.size..<FrameHeader.size + 5])
+        + pieces.flatMap { $0[(FrameHeader.size + HandshakeDatagram.pieceHeaderSize)...] }
+}
+
 /// The handshake responder: records of (control, datagram); control bits 0-1 the initiator's
-/// address, bits 6-7 time moves 0, 100 ms, 1 s, 11 s and timers fire.
+/// address, bits 2-3 and 5 see `handshakeDatagrams`, bits 6-7 time moves 0, 100 ms, 1 s, 11 s and
+/// timers fire.
 func fuzzResponder(_ data: [UInt8]) {
     let responder = HandshakeResponder<Int>(identity: Fixture.bob)
     var now = Fixture.now
@@ -211,7 +235,9 @@ func fuzzResponder(_ data: [UInt8]) {
             now += step
             responder.handleTimeout(now: now)
         }
-        try? responder.receive(bytes, from: Int(control & 3), now: now)
+        for datagram in handshakeDatagrams(control: control, bytes: bytes) {
+            try? responder.receive(datagram, from: Int(control & 3), now: now)
+        }
     }
     for (_, datagram) in responder.takeDatagrams() {
         check(datagram.count <= Pieces.maximumDatagramSize, "handshake datagram of \(datagram.count) bytes")
@@ -220,7 +246,7 @@ func fuzzResponder(_ data: [UInt8]) {
 }
 
 /// The handshake initiator after its initiation went out: records of (control, datagram) from
-/// the responder; bits 6-7 of control: time moves and timers fire.
+/// the responder; control bits 2-3 and 5 see `handshakeDatagrams`, bits 6-7: time moves and timers fire.
 func fuzzInitiator(_ data: [UInt8]) {
     let initiator = Fixture.initiator.snapshot()
     _ = initiator.takeDatagrams()
@@ -231,7 +257,9 @@ func fuzzInitiator(_ data: [UInt8]) {
             now += step
             try? initiator.handleTimeout(now: now)
         }
-        try? initiator.receive(bytes, now: now)
+        for datagram in handshakeDatagrams(control: control, bytes: bytes) {
+            try? initiator.receive(datagram, now: now)
+        }
     }
     for datagram in initiator.takeDatagrams() {
         check(datagram.count <= Pieces.maximumDatagramSize, "handshake datagram of \(datagram.count) bytes")
@@ -378,8 +406,23 @@ func seeds() -> [String: [[UInt8]]] {
     let initiator = try! HandshakeInitiator(identity: Fixture.alice, responderName: Fixture.bob.name,
                                             responderPublicKey: Fixture.bob.publicKey, now: now, sessionID: 5)
     let initiation = initiator.takeDatagrams()
-    out["handshake-responder"] = [encodeRecords(initiation.map { (0, $0) })]
-    out["handshake-initiator"] = [encodeRecords(Fixture.response.map { (0, $0) })]
+    let responder = HandshakeResponder<Int>(identity: Fixture.bob)
+    for datagram in initiation { try? responder.receive(datagram, from: 0, now: now) }
+    let response = responder.takeDatagrams().map(\.1)
+    for datagram in response { try? initiator.receive(datagram, now: now) }
+    let confirmation = initiator.takeDatagrams()
+    out["handshake-responder"] = [
+        encodeRecords(initiation.map { (0, $0) }),
+        encodeRecords([(12, handshakeMessage(initiation))]),
+        encodeRecords(initiation.map { (0, $0) } + confirmation.map { (0, $0) }),
+        encodeRecords([(12, handshakeMessage(initiation))] + [(12, handshakeMessage(confirmation.filter { $0[7] == 0x10 }))]),
+        encodeRecords(initiation.map { (4, Array($0[FrameHeader.size...])) }),
+    ]
+    out["handshake-initiator"] = [
+        encodeRecords(Fixture.response.map { (0, $0) }),
+        encodeRecords([(12, handshakeMessage(Fixture.response.filter { $0[7] == 0x10 }))]),
+        encodeRecords(Fixture.response.map { (4, Array($0[FrameHeader.size...])) }),
+    ]
     // Records: sealed frames (opened as they are) and plaintexts to seal.
     let sealer = try! RecordSealer(trafficSecret: Fixture.trafficSecret, direction: .initiatorToResponder)
     out["record"] = [
