@@ -34,7 +34,9 @@ def main():
     artifacts = work / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, LSAN_OPTIONS="suppressions=" + str(ROOT / "Fuzz" / "lsan.supp"),
-               ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1")
+               ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1",
+               # A trap prints its backtrace and exits; never waits for a debugger or a terminal.
+               SWIFT_BACKTRACE="enable=yes,interactive=no")
     suite = ET.Element("testsuite", name="fuzz")
     failed = 0
     for target in args.targets.split(","):
@@ -42,10 +44,15 @@ def main():
         problems = []
         regressions = sorted((ROOT / "Fuzz" / "regressions" / target).glob("*"))
         if regressions:
-            proc = subprocess.run([args.binary, target] + [str(p) for p in regressions], env=env,
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                problems.append(f"a regression input fails:\n{proc.stderr[-3000:]}")
+            regression_log = work / f"{target}.regressions.log"
+            with open(regression_log, "w") as out:
+                try:
+                    code = subprocess.run([args.binary, target] + [str(p) for p in regressions], env=env,
+                                          stdout=out, stderr=subprocess.STDOUT, timeout=600).returncode
+                except subprocess.TimeoutExpired:
+                    code = "timeout"
+            if code != 0:
+                problems.append(f"a regression input fails ({code}):\n" + regression_log.read_text(errors="replace")[-3000:])
         corpus = work / "corpus" / target
         corpus.mkdir(parents=True, exist_ok=True)
         log = work / f"{target}.log"
@@ -53,13 +60,17 @@ def main():
                "-rss_limit_mb=2048", "-print_final_stats=1", f"-artifact_prefix={artifacts}/{target}-",
                str(corpus), str(ROOT / "Fuzz" / "corpus" / target)]
         with open(log, "w") as out:
-            proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                code = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                      timeout=args.seconds + 600).returncode
+            except subprocess.TimeoutExpired:
+                code = "timeout"
         text = log.read_text(errors="replace")
         runs = re.search(r"stat::number_of_executed_units:\s*(\d+)", text)
         speed = re.search(r"stat::average_exec_per_sec:\s*(\d+)", text)
         cover = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)", text)
-        if proc.returncode != 0:
-            problems.append(f"libFuzzer exit {proc.returncode} (log {log}):\n" + text[-3000:])
+        if code != 0:
+            problems.append(f"libFuzzer exit {code} (log {log}):\n" + text[-3000:])
         summary = (f"{target}: {int(runs.group(1)) if runs else 0:,} runs, {speed.group(1) if speed else '?'}/s, "
                    f"cov {cover[-1][0] if cover else '?'} ft {cover[-1][1] if cover else '?'} "
                    f"corpus {cover[-1][2] if cover else '?'}, {len(regressions)} regression inputs, "
