@@ -346,6 +346,10 @@ func fuzzOffer(_ data: [UInt8]) {
 func fuzzPeerEntry(_ data: [UInt8]) {
     guard let entry = try? PeerEntry(wire: data) else { return }
     check(entry.wireBytes == data, "peer entry wire bytes")
+    // Fields that pass are what C sees: the address's NUL-terminated copy is all of it.
+    if (try? entry.validateFields(now: Fixture.unix)) != nil {
+        check(!entry.ipAddress.utf8.contains(0), "an address with a NUL inside passes")
+    }
     try? entry.verify(now: Fixture.unix)
 }
 
