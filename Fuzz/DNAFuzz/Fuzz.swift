@@ -113,8 +113,13 @@ enum Fixture {
 
 // MARK: Targets
 
-/// DNA frames: FrameDecoder on any bytes; a frame that decodes re-encodes to the same bytes.
+/// DNA frames: FrameDecoder on any bytes (as `p2p_frame_decode`, and with a limit from the last
+/// byte as `p2p_frame_decode_with_limit`); a frame that decodes re-encodes to the same bytes.
 func fuzzFrame(_ data: [UInt8]) {
+    let limit = Int(data.last ?? 0) * 16
+    if let limited = try? FrameDecoder(maximumPayloadLength: limit).decode(data) {
+        check(limited.payload.count <= limit, "payload above the decoder's limit")
+    }
     let decoder = FrameDecoder()
     guard let frame = try? decoder.decode(data) else { return }
     let again = try? FrameEncoder.encode(type: frame.header.type, sequence: frame.header.sequence,
