@@ -11,7 +11,7 @@ STAGE      := $(CURDIR)/build/stage
 DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv \
                 iproute2 nftables coturn dpkg-dev adduser lintian
 
-.PHONY: all build install install-stage wheel deps test test-sanitized bench soak clean
+.PHONY: all build install install-stage wheel deps test test-sanitized bench soak clean fuzz fuzz-build
 
 all: build
 
@@ -104,6 +104,19 @@ test-sanitized: deps install-stage build/venv/bin/python
 	cd build && LD_PRELOAD=$(ASAN_RUNTIME) $(ASAN_ENV) DNATRANSPORT_LIBRARY=$(CURDIR)/.build-asan/debug/libdnatransport.so \
 	    DNA_TEST_PREFIX=$(STAGE) venv/bin/python -m pytest -q -p no:cacheprovider ../Tests/lab/test_transport_lab.py -k crash
 
+# Coverage-guided fuzzing (issue 15, Fuzz/README.md): the libFuzzer targets of dna-fuzz (every decoder
+# of network and disk bytes), built with -sanitize=fuzzer,address in their own scratch path (ordinary
+# builds never see the target: DNATRANSPORT_FUZZ=1), each run for FUZZ_SECONDS from the committed
+# seeds plus build/fuzz/corpus, after its regression inputs. `make test` runs a short pass.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?=
+FUZZ_BINARY := .build-fuzz/release/dna-fuzz
+fuzz-build:
+	DNATRANSPORT_FUZZ=1 $(SWIFT) build -c release --scratch-path .build-fuzz --product dna-fuzz \
+	    -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing -Xswiftc -parse-as-library
+fuzz: fuzz-build
+	$(PYTHON) Fuzz/run.py $(FUZZ_BINARY) --seconds $(FUZZ_SECONDS) $(if $(FUZZ_TARGETS),--targets $(FUZZ_TARGETS))
+
 install-stage:
 	$(MAKE) install PREFIX=$(CURDIR)/build/stage
 
@@ -116,4 +129,4 @@ wheel: install-stage
 	$(PYTHON) bindings/python/make_wheel.py $(STAGE)/lib/libdnatransport.so.$(SOVERSION) dist
 
 clean:
-	rm -rf .build .build-asan .build-tsan build dist
+	rm -rf .build .build-asan .build-tsan .build-fuzz build dist

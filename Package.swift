@@ -14,6 +14,9 @@ let shipping = Context.environment["DNATRANSPORT_SHIP"] == "1"
 /// Builds with --sanitize (`make test-sanitized` sets DNATRANSPORT_SANITIZE=1): the library leaves the
 /// sanitizer's runtime symbols to the process (its runtime is preloaded), so no `-z defs`.
 let sanitized = Context.environment["DNATRANSPORT_SANITIZE"] == "1"
+/// The libFuzzer harness (`make fuzz`, Fuzz/README.md) exists only when DNATRANSPORT_FUZZ=1: it is built
+/// with -sanitize=fuzzer,address, which ordinary builds do not have.
+let fuzzing = Context.environment["DNATRANSPORT_FUZZ"] == "1"
 let staticFoundationArchives = [
     "-Xlinker", "-l_FoundationCollections", "-Xlinker", "-l_FoundationCShims", "-Xlinker", "-lswiftSynchronization",
 ] + (shipping ? [] : ["-Xlinker", "-lCoreFoundation", "-Xlinker", "-l_FoundationICU"]) + (sanitized ? [] : ["-Xlinker", "-z", "-Xlinker", "defs"])
@@ -98,3 +101,13 @@ let package = Package(
         .testTarget(name: "DNATransportTests", dependencies: ["DNATransport", "DNANet", "DNADHT", "DNACrypto", "DNANat", "DNAReliable", "STUNServer"]),
     ]
 )
+
+if fuzzing {
+    package.products.append(.executable(name: "dna-fuzz", targets: ["DNAFuzz"]))
+    package.targets.append(.executableTarget(
+        name: "DNAFuzz",
+        dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNAReliable", "DNANat", "DNATransport"],
+        path: "Fuzz/DNAFuzz",
+        swiftSettings: [.swiftLanguageMode(.v5)]
+    ))
+}

@@ -7,6 +7,8 @@
    `pkg-config --cflags --libs dnatransport` only, then run with a bare environment (no
    LD_LIBRARY_PATH, no Swift toolchain on PATH).
 4. Python tests (pytest) against the staged library, through the binding installed with pip.
+5. A short fuzzing pass (make fuzz-build, then Fuzz/run.py: each libFuzzer target's regression
+   inputs and DNA_FUZZ_SECONDS, default 18, of fuzzing; one result per target).
 """
 import os
 import pathlib
@@ -110,15 +112,30 @@ def python_tests():
         results.append(("python", "pytest exit status", False))
 
 
+def fuzz_tests():
+    built = run(["make", "fuzz-build"]).returncode == 0
+    results.append(("fuzz", "make fuzz-build", built))
+    if not built:
+        return
+    xml = BUILD / "fuzz.xml"
+    if xml.exists():
+        xml.unlink()
+    seconds = os.environ.get("DNA_FUZZ_SECONDS", "18")
+    proc = run([sys.executable, "Fuzz/run.py", ".build-fuzz/release/dna-fuzz", "--seconds", seconds, "--junit", str(xml)])
+    if junit(xml, "fuzz") == 0 or (proc.returncode != 0 and all(ok for s, _, ok in results if s == "fuzz")):
+        results.append(("fuzz", "Fuzz/run.py exit status", False))
+
+
 def main():
     BUILD.mkdir(exist_ok=True)
     swift_tests()
+    fuzz_tests()
     if install():
         c_tests()
         python_tests()
     failed = [(s, n) for s, n, ok in results if not ok]
     print()
-    for suite in ("swift", "build", "c", "python"):
+    for suite in ("swift", "fuzz", "build", "c", "python"):
         mine = [ok for s, _, ok in results if s == suite]
         print(f"  {suite:7} {sum(mine)} passed, {len(mine) - sum(mine)} failed")
     for suite, name in failed:

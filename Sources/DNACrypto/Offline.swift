@@ -304,8 +304,11 @@ public struct InboxDeletion: Equatable, Sendable {
         try reader.end()
     }
 
+    /// Checks the time (`created` within `Offline.skew` seconds of `now`, the holder's Unix time in
+    /// seconds) and the signature against `ownerKey`. `created` comes from the network: any value,
+    /// up to 2^64 - 1, is refused with `.badTimes`, never an overflow.
     public func verify(ownerKey: [UInt8], now: UInt64) throws(OfflineError) {
-        guard created + Offline.skew >= now, created <= now + Offline.skew else { throw .badTimes }
+        guard created >= now - min(now, Offline.skew), created - min(created, Offline.skew) <= now else { throw .badTimes }
         guard Identity.isValidSignature(signature, of: Self.domain + signedPart, publicKey: ownerKey) else { throw .badSignature }
     }
 }

@@ -96,9 +96,11 @@ public struct PeerEntry: Equatable, Sendable {
         guard Identity.isValidSignature(signature, of: signedBytes, publicKey: publicKey) else { throw .badSignature }
     }
 
-    /// True for IPv4 dotted-quad or IPv6 text that inet_pton accepts, at most 45 bytes.
+    /// True for IPv4 dotted-quad or IPv6 text that inet_pton accepts, at most 45 bytes, all of it:
+    /// a NUL inside is refused (inet_pton would read only the text before it, so "192.0.2.1" + NUL +
+    /// anything passed, and the C API's NUL-terminated copy showed another address than was signed).
     public static func isAddress(_ text: String) -> Bool {
-        guard !text.isEmpty, text.utf8.count <= maximumAddressLength else { return false }
+        guard !text.isEmpty, text.utf8.count <= maximumAddressLength, !text.utf8.contains(0) else { return false }
         var buffer = [UInt8](repeating: 0, count: 16)
         return inet_pton(AF_INET, text, &buffer) == 1 || inet_pton(AF_INET6, text, &buffer) == 1
     }

@@ -81,6 +81,15 @@ public struct LookupResult: Sendable {
     /// Announce: for each node that refused the entry for its time (status 6), its Unix clock minus
     /// this node's, in ms (§5.2).
     public var clockOffsets: [Int64] = []
+
+    /// Announce: the median of `clockOffsets` in whole seconds (the holders' clocks minus this one's),
+    /// nil when no holder refused the entry for its time. A holder chooses its time freely: an
+    /// offset of -2^63 ms is possible, and this never overflows (negating the median in ms did:
+    /// the announce's warning trapped).
+    public var medianClockOffsetSeconds: Int64? {
+        guard !clockOffsets.isEmpty else { return nil }
+        return clockOffsets.sorted()[clockOffsets.count / 2] / 1000
+    }
 }
 
 /// A signal for a key this node owns, forwarded by one of the key's holders (§5.6).

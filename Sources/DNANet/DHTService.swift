@@ -394,7 +394,7 @@ public final class DHTService: @unchecked Sendable {
         guard let refused = result, refused.stored == 0, !refused.clockOffsets.isEmpty else { return result }
         let offsets = refused.clockOffsets.sorted()
         let median = offsets[offsets.count / 2]
-        logger("warning: \(offsets.count) holders refused \(identity.name)'s entry for its time: this clock is \(-median / 1000) s "
+        logger("warning: \(offsets.count) holders refused \(identity.name)'s entry for its time: this clock is \(-(refused.medianClockOffsetSeconds ?? 0)) s "
                + "off theirs (median)")
         guard median.magnitude <= Self.maximumClockCorrection,
               let previous = perform({ node, _ -> Int64 in
@@ -750,7 +750,7 @@ public final class DHTService: @unchecked Sendable {
             let offsets = result.clockOffsets.sorted()
             let cause = result.nameTaken ? "the name is held by another key on \(result.taken) holders"
                 : offsets.isEmpty ? "no holder took it"
-                : "refused for its time: this clock is \(-offsets[offsets.count / 2] / 1000) s off the holders'"
+                : "refused for its time: this clock is \(-(result.medianClockOffsetSeconds ?? 0)) s off the holders'"
             failures.append("\(name) (\(cause))")
         }
         if failures.isEmpty {

@@ -216,7 +216,7 @@ public final class TransportNode: @unchecked Sendable {
                 if stored > 0 || configuration.bootstrap.isEmpty { break }
                 let offsets = (result?.clockOffsets ?? []).sorted()
                 log("warning: announce stored on no node (attempt \(attempt + 1) of 3)"
-                    + (offsets.isEmpty ? "" : ": refused for its time, this clock is \(-offsets[offsets.count / 2] / 1000) s off the holders'"))
+                    + (offsets.isEmpty ? "" : ": refused for its time, this clock is \(-(result?.medianClockOffsetSeconds ?? 0)) s off the holders'"))
             }
         } catch let taken as Failure {
             dht.stop()

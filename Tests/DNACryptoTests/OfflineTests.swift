@@ -87,4 +87,19 @@ import Testing
         #expect(throws: OfflineError.self) { try InboxDeletion(owner: Self.bob, ids: [], now: Self.now) }
         #expect(throws: OfflineError.self) { try InboxDeletion(parsing: Array(deletion.bytes.dropLast())) }
     }
+
+    /// Found while writing the fuzz targets (Fuzz/regressions/offline): `created` is any 64-bit value from the network;
+    /// within 600 s of 2^64 the time check overflowed and trapped (a holder crashed on MAIL_DELETE).
+    @Test func deletionsFromAnyTimeAreRefusedWithoutAnOverflow() throws {
+        let ids = [[UInt8](repeating: 1, count: 16)]
+        for created in [UInt64.max, UInt64.max - Offline.skew + 1, UInt64.max - Offline.skew, Self.now + Offline.skew + 1] {
+            let deletion = try InboxDeletion(parsing: try InboxDeletion(owner: Self.bob, ids: ids, now: created).bytes)
+            #expect(throws: OfflineError.badTimes) { try deletion.verify(ownerKey: Self.bob.publicKey, now: Self.now) }
+        }
+        let early = try InboxDeletion(owner: Self.bob, ids: ids, now: 0)
+        #expect(throws: OfflineError.badTimes) { try early.verify(ownerKey: Self.bob.publicKey, now: Self.now) }
+        try early.verify(ownerKey: Self.bob.publicKey, now: Offline.skew)
+        try InboxDeletion(owner: Self.bob, ids: ids, now: Offline.skew).verify(ownerKey: Self.bob.publicKey, now: 0)
+        try InboxDeletion(owner: Self.bob, ids: ids, now: Self.now + Offline.skew).verify(ownerKey: Self.bob.publicKey, now: Self.now)
+    }
 }

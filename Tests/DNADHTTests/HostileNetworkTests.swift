@@ -329,6 +329,31 @@ import Testing
         }
     }
 
+    /// Holders choose the time they answer with: offsets of -2^63 ms reach the owner. The median in
+    /// seconds (what the announce's warning prints) is computed without overflow; the warning
+    /// negated the median in ms, which traps for -2^63 (found reviewing what the dht fuzz target reaches).
+    @_optimize(none) @Test func aHoldersClockOffsetOfMinus2To63IsReportedWithoutOverflow() throws {
+        let network = SimulationTests.network(10, seed: 19)
+        let endpoint = network.order[4]
+        let node = try #require(network.node(endpoint))
+        node.setUnixTime(network.now &+ (UInt64(1) << 63), at: network.now)  // 2^63 ms ahead of every holder
+        let seconds = node.unix(network.now) / 1000
+        var entry = PeerEntry(identity: Announced.identities[62].name, nodeID: node.id.bytes, ipAddress: endpoint.host,
+                              port: endpoint.port, lastSeen: seconds)
+        try entry.sign(with: Announced.identities[62], now: seconds)
+        let refused = try #require(network.runUntilFinished(endpoint, network.start(endpoint) { $0.announce(entry, now: network.now) }))
+        // Offsets at the edge of the 64-bit range arrive (2^63 ms less the simulated delay, wrapped).
+        #expect(refused.stored == 0 && !refused.clockOffsets.isEmpty && refused.clockOffsets.allSatisfy { $0.magnitude > UInt64(1) << 62 },
+                "offsets \(refused.clockOffsets)")
+        #expect(refused.medianClockOffsetSeconds == refused.clockOffsets.sorted()[refused.clockOffsets.count / 2] / 1000)
+        // A holder that answers with this clock + 2^63 ms exactly: the median is -2^63 ms.
+        var exact = LookupResult(closest: [])
+        exact.clockOffsets = [Int64.min, Int64.min, 5_000]
+        #expect(exact.medianClockOffsetSeconds == Int64.min / 1000)
+        #expect(-(exact.medianClockOffsetSeconds ?? 0) == 9_223_372_036_854_775)
+        #expect(LookupResult(closest: []).medianClockOffsetSeconds == nil)
+    }
+
     @Test func aRefusalForTimeCarriesTheHoldersClock() throws {
         let salt = [UInt8](0..<16)
         let message = DHTMessage(transaction: 5, salt: salt, body: .storedOutOfTime(holderTime: 1_800_000_123_456))
