@@ -54,6 +54,17 @@ import Testing
         return Trio(bootstrap: bootstrap, alice: alice, bob: bob)
     }
 
+    /// The process of `node` dies: nothing more leaves it on `connection` (no CLOSE). It then starts
+    /// again from the same directory (its keys and inbox) without its connections.
+    static func killAndRestart(_ node: TransportNode, connection: Int32) throws -> TransportNode {
+        _ = try #require(node.configuration.dataDirectory)
+        node.breakPath(connection)
+        node.close()
+        let name = node.identity.name
+        return try TransportNode(identity: node.identity, configuration: node.configuration,
+                                 log: { print("\(unixMilliseconds() % 100_000) \(name) again: \($0)") })
+    }
+
     @Test func connectExchangeAndDisconnect() throws {
         let trio = try Self.trio(log: { print("\(unixMilliseconds() % 100_000) \($0)") })
         defer { trio.close() }
@@ -251,18 +262,9 @@ import Testing
         // Its acknowledgement waits up to 1 ms (delayed ACK, PROTOCOL.md §7.1): a process that died
         // before sending it would find "live" in its inbox too (at least once at that boundary).
         usleep(100_000)
-        // Bob's process dies: nothing more leaves it (no CLOSE), then it starts again (its keys and
-        // inbox from the same directory) without the connection.
-        bob.breakPath(incoming)
-        let bobDirectory = try #require(bob.configuration.dataDirectory)
-        let bobIdentity = bob.identity
-        bob.close()
-        // At once: within the same second its entry has the dead one's last_seen, and is signed a
-        // second later so that it replaces it (DHTService.announce).
-        var configuration = bob.configuration
-        configuration.dataDirectory = bobDirectory
-        let again = try TransportNode(identity: bobIdentity, configuration: configuration,
-                                      log: { print("\(unixMilliseconds() % 100_000) bob again: \($0)") })
+        // Bob's process dies and starts again at once. Within the same second its entry has the dead
+        // one's last_seen, and is signed a second later so that it replaces it (DHTService.announce).
+        let again = try Self.killAndRestart(bob, connection: incoming)
         defer { again.close() }
         // Alice goes on sending: nothing is acknowledged, the peer is dead within seconds, the new
         // path she offers is refused, and what bob never acknowledged goes to his inbox.
@@ -363,14 +365,7 @@ import Testing
         usleep(100_000)  // the report of what he took leaves within 1 ms (PROTOCOL.md §7.2)
         let acknowledgedNotTaken = try bob.buffered(incoming).receive
         print("bob holds \(acknowledgedNotTaken) B he has not taken when he dies")
-        bob.breakPath(incoming)
-        let bobDirectory = try #require(bob.configuration.dataDirectory)
-        let bobIdentity = bob.identity
-        bob.close()
-        var configuration = bob.configuration
-        configuration.dataDirectory = bobDirectory
-        let again = try TransportNode(identity: bobIdentity, configuration: configuration,
-                                      log: { print("\(unixMilliseconds() % 100_000) bob again: \($0)") })
+        let again = try Self.killAndRestart(bob, connection: incoming)
         defer { again.close() }
         // Alice's connection ends (the new path is refused: bob has no such connection), and her
         // application learns which messages did not arrive.

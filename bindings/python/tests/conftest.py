@@ -2,6 +2,7 @@ import json
 import os
 import pathlib
 import shutil
+import socket
 import subprocess
 
 import pytest
@@ -41,3 +42,12 @@ def without_toolchain():
                                *command], capture_output=True, text=True, timeout=timeout, **kw)
     run.root = root
     return run
+
+
+@pytest.fixture()
+def silent_port():
+    """A UDP port on 127.0.0.1 that nobody reads: datagrams sent to it vanish."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock.getsockname()[1]
+    sock.close()

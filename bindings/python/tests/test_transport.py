@@ -57,37 +57,23 @@ def test_connect_send_receive_both_ways(network):
     assert caught.value.code == dna.ErrorCode.TIMEOUT
 
 
-def test_the_announce_state_says_whether_peers_can_find_this_identity(network, tmp_path):
+def test_the_announce_state_says_whether_peers_can_find_this_identity(network, tmp_path, silent_port):
     alice = network("alice")
     state = alice.announce_state()
     assert state["announced"] and state["holders"] >= 1 and state["failed_attempts"] == 0, state
     assert state["stored_ms_ago"] is not None and state["stored_ms_ago"] < 60000, state
     # Bootstrapped to a port where no node answers: stored nowhere, and it says so.
-    with socket_without_node() as port:
-        lonely = dna.Transport("lonely", data_dir=str(tmp_path / "lonely"), bootstrap=[f"127.0.0.1:{port}"],
-                               bind_ip="127.0.0.1")
-        try:
-            state = lonely.announce_state()
-            assert not state["announced"] and state["holders"] == 0 and state["stored_ms_ago"] is None, state
-            assert state["failed_attempts"] >= 1, state
-        finally:
-            lonely.close()
+    lonely = dna.Transport("lonely", data_dir=str(tmp_path / "lonely"), bootstrap=[f"127.0.0.1:{silent_port}"],
+                           bind_ip="127.0.0.1")
+    try:
+        state = lonely.announce_state()
+        assert not state["announced"] and state["holders"] == 0 and state["stored_ms_ago"] is None, state
+        assert state["failed_attempts"] >= 1, state
+    finally:
+        lonely.close()
     with pytest.raises(dna.DNAError) as caught:
         lonely.announce_state()
     assert caught.value.code == dna.ErrorCode.INVALID_ARGUMENT  # the binding refuses a closed Transport
-
-
-class socket_without_node:
-    """A bound UDP port that nobody reads (datagrams to it vanish)."""
-
-    def __enter__(self):
-        import socket
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        return self.sock.getsockname()[1]
-
-    def __exit__(self, *exc):
-        self.sock.close()
 
 
 def test_streams_do_not_block_each_other_and_order_holds(network):
