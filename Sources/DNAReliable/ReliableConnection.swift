@@ -94,6 +94,11 @@ public struct ReliableConfiguration: Sendable {
     /// packet made half the datagrams of a one-way stream ACKs.
     public var acknowledgeEvery = 2
     public var acknowledgementDelay: UInt64 = 1
+    /// Ranges of packets received above the cumulative number that a receiver keeps (16 bytes
+    /// each). A packet that would open one more is dropped unacknowledged (the sender resends it as
+    /// lost), so that a peer spreading packet numbers cannot make the receiver keep or sort more
+    /// (issue 15). 1,024 ranges cover a window of 3,500 packets in flight at 30% loss.
+    public var maximumReceivedRanges = 1024
 
     public init() {}
 }
@@ -271,8 +276,8 @@ public final class ReliableConnection {
     }
 
     private var incoming: [UInt32: Incoming] = [:]
-    private var cumulative: UInt64 = 0       // every packet below it was received
-    private var above = Set<UInt64>()        // received packets above cumulative
+    /// Packets received: all below a cumulative number, and up to `maximumReceivedRanges` ranges above.
+    private var received: ReceivedPackets
     /// Packets received since the last ACK; when the ACK is due at the latest; whether it is due now
     /// (also set without a packet: a presence, a new path).
     private var arrivalsUnacknowledged = 0
@@ -341,6 +346,7 @@ public final class ReliableConnection {
         peerWindow = configuration.receiveBuffer
         rto = configuration.initialRTO
         lastReceived = now
+        received = ReceivedPackets(maximumRanges: configuration.maximumReceivedRanges)
     }
 
     // MARK: Input from the application
@@ -489,15 +495,14 @@ public final class ReliableConnection {
         guard packet <= leastUnacked &+ 1_000_000, leastUnacked <= packet else { return drop() }
         // The sender no longer waits for packets below leastUnacked (it resent their data in new
         // packets or had them acknowledged): forget them, so that this state stays bounded.
-        if leastUnacked > cumulative {
-            cumulative = leastUnacked
-            above = above.filter { $0 >= cumulative }
-            while above.remove(cumulative) != nil { cumulative += 1 }
-        }
+        received.advance(to: leastUnacked)
+        // A packet that would open one range too many is dropped unacknowledged (the sender
+        // retransmits it as lost): the ranges are what a sender can make this side keep.
+        guard received.canRecord(packet) else { return drop() }
         // In order: the ACK may wait. A gap (loss, reordering) or a duplicate (the ACK was lost)
         // is acknowledged at once, for the sender's loss detection.
         arrivalsUnacknowledged += 1
-        if packet != cumulative || !above.isEmpty { ackNow = true }
+        if packet != received.cumulative || received.hasGap { ackNow = true }
         if ackDeadline == nil { ackDeadline = now + configuration.acknowledgementDelay }
         // Taken out of the table while it changes, and the message's partial state out of it: the
         // buffer then has one owner and is written in place (a copy left in the table made every
@@ -556,15 +561,7 @@ public final class ReliableConnection {
         }
     }
 
-    private func markReceived(_ packet: UInt64) {
-        if packet < cumulative || above.contains(packet) { return }
-        if packet == cumulative {
-            cumulative += 1
-            while above.remove(cumulative) != nil { cumulative += 1 }
-        } else {
-            above.insert(packet)
-        }
-    }
+    private func markReceived(_ packet: UInt64) { received.record(packet) }
 
     private func receiveAck(_ payload: ArraySlice<UInt8>, now: UInt64) {
         // payload: cumulative (8) | window (4) | taken (8) | range count (1) | (first (8) | last (8))*
@@ -1078,13 +1075,9 @@ public final class ReliableConnection {
 
     private func ackFrame() -> OutgoingFrame {
         let window = UInt64(configuration.receiveBuffer)  // the buffer's size: the sender keeps its use within it
-        var ranges: [(UInt64, UInt64)] = []
-        for packet in above.sorted() {
-            if let last = ranges.last, last.1 + 1 == packet { ranges[ranges.count - 1].1 = packet } else { ranges.append((packet, packet)) }
-        }
-        // The newest ranges matter most for loss detection: keep the last 32.
-        ranges = Array(ranges.suffix(32))
-        var payload = Self.be(cumulative, 8) + Self.be(min(window, UInt64(UInt32.max)), 4) + Self.be(takenCharges, 8) + [UInt8(ranges.count)]
+        // The newest ranges matter most for loss detection: the last 32.
+        let ranges = received.ranges.suffix(32).map { ($0.lowerBound, $0.upperBound) }
+        var payload = Self.be(received.cumulative, 8) + Self.be(min(window, UInt64(UInt32.max)), 4) + Self.be(takenCharges, 8) + [UInt8(ranges.count)]
         for (first, last) in ranges { payload += Self.be(first, 8) + Self.be(last, 8) }
         // Up to 16 streams: those not reported since their count changed (the oldest first), then the
         // most recently taken from (the newest last), so that a lost ACK is made up for.

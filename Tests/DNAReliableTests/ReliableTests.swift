@@ -1,4 +1,4 @@
-import DNAReliable
+@testable import DNAReliable
 import DNAWire
 import Testing
 
@@ -489,6 +489,83 @@ final class SimulatedPath {
         #expect(path.b.isDead)
         #expect(path.b.takeEvents().contains(.closed))
         #expect(throws: ReliableError.self) { try path.b.send([1], stream: 0, now: path.now) }
+    }
+
+    /// Issue 15: an authenticated peer that spreads its packet numbers (every other one, a million
+    /// numbers wide) made the receiver keep one entry per packet and sort them all for every ACK.
+    /// The receiver keeps at most `maximumReceivedRanges` ranges: packets that would open more are
+    /// dropped unacknowledged; those next to a kept range, and the gaps' own packets, still count.
+    @Test func aPeerSpreadingPacketNumbersCannotMakeTheReceiverKeepMoreThanItsRanges() throws {
+        var configuration = ReliableConfiguration()
+        configuration.maximumReceivedRanges = 64
+        let connection = ReliableConnection(configuration: configuration, now: 0)
+        let decoder = FrameDecoder()
+        func data(packet: UInt64, message: UInt64) throws {
+            let payload = ReliableConnection.be(packet, 8) + ReliableConnection.be(0, 8)
+                + ReliableConnection.be(message, 8) + ReliableConnection.be(1, 4) + [0x42]
+            let frame = try decoder.decode(try FrameEncoder.encode(type: .data, sequence: 0, reserved: .zero, payload: payload))
+            connection.receive(frame.header, payload: frame.payload, now: 1)
+        }
+        // Packets 1, 3, 5, ...: every one opens a range above the missing packet 0.
+        for i in 0..<10_000 { try data(packet: UInt64(2 * i + 1), message: UInt64(i)) }
+        #expect(connection.statistics.dropped == 10_000 - 64, "dropped \(connection.statistics.dropped) of the packets beyond 64 ranges")
+        let acks = connection.takeFrames().filter { $0.type == .ack }
+        let ranges = acks.last.map { Int($0.payload[20]) }
+        #expect(ranges == 32, "the ACK reports \(ranges.map(String.init) ?? "no") ranges")
+        // Packets that fill a gap or extend a range are taken even while the ranges are all used.
+        let before = connection.statistics.dropped
+        try data(packet: 0, message: 10_000)        // fills the gap below the first range: merges it
+        try data(packet: 128, message: 10_001)      // just above the 64th range (1...1, ..., 127...127)
+        #expect(connection.statistics.dropped == before)
+        // The merge freed one range: one more packet far out opens it, the next is dropped again.
+        try data(packet: 2 * 9_999 + 1, message: 10_002)
+        try data(packet: 2 * 9_998 + 1, message: 10_003)
+        #expect(connection.statistics.dropped == before + 1)
+        #expect(connection.statistics.duplicates == 0)
+        let acked = connection.takeFrames().filter { $0.type == .ack }.last
+        // Cumulative: 0 and 1 received, so everything below 2.
+        #expect(acked.map { ReliableConnection.u64($0.payload[...], at: 0) } == 2)
+    }
+
+    /// The received-packet ranges answer as a plain set of every packet would, within their bound.
+    @Test func receivedRangesMatchASetOfPackets() throws {
+        var random: UInt64 = 77
+        func next() -> UInt64 {
+            random = random &* 6364136223846793005 &+ 1442695040888963407
+            return random >> 33
+        }
+        for round in 0..<50 {
+            var ranges = ReceivedPackets(maximumRanges: 1 + Int(next() % 40))
+            var model = Set<UInt64>(), cumulative: UInt64 = 0
+            for _ in 0..<400 {
+                if next() % 10 == 0 {
+                    let least = cumulative + next() % 20
+                    ranges.advance(to: least)
+                    if least > cumulative { cumulative = least }
+                } else {
+                    let packet = cumulative + next() % 60
+                    if ranges.canRecord(packet) {
+                        ranges.record(packet)
+                        model.insert(packet)
+                    } else {
+                        #expect(ranges.ranges.count == ranges.maximumRanges, "round \(round): refused below the bound")
+                    }
+                }
+                while model.contains(cumulative) { cumulative += 1 }
+                model = model.filter { $0 >= cumulative }
+                #expect(ranges.cumulative == cumulative, "round \(round)")
+                var expected: [ClosedRange<UInt64>] = []
+                for packet in model.sorted() {
+                    if let last = expected.last, last.upperBound + 1 == packet {
+                        expected[expected.count - 1] = last.lowerBound...packet
+                    } else {
+                        expected.append(packet...packet)
+                    }
+                }
+                #expect(ranges.ranges == expected, "round \(round)")
+                #expect(ranges.ranges.count <= ranges.maximumRanges)
+            }
+        }
     }
 
     @Test func malformedFramesAreCountedAndDropped() throws {
