@@ -168,6 +168,12 @@ public final class DHTNode {
         case store(LookupID)
         /// A SIGNAL sent by a lookup (nil: a follow-up through known holders).
         case signal(LookupID?)
+        /// A PING for a fresh token, to send a follow-up SIGNAL (`body`) again that its holder refused
+        /// for its token: this node's public address changed (a NAT rebinding), and the token it
+        /// held was for the old one (§5.6).
+        case retoken(DHTMessage.Body)
+        /// That SIGNAL sent again with the fresh token (not retried for its token a second time).
+        case resignal
         /// A request of offline delivery (§8) made by the driver.
         case mail(UInt64)
         /// A holder republishing inbox items: answers change nothing.
@@ -190,8 +196,10 @@ public final class DHTNode {
         var steppedDown = false
 
         var isPing: Bool {
-            if case .ping = purpose { return true }
-            return false
+            switch purpose {
+            case .ping, .retoken: return true
+            default: return false
+            }
         }
     }
 
@@ -811,7 +819,9 @@ public final class DHTNode {
             pathSizes.largerWorked(source, size: min(needed, request.size))
             ownLink.largerWorked(0, size: min(needed, request.size))
         }
-        rtt.add(sample: Double(now - request.sentAt))
+        // Karn's rule (RFC 6298 §3): an answer to a request sent more than once may answer any of
+        // its attempts (they share the transaction), so it gives no sample.
+        if request.attempt == 0 { rtt.add(sample: Double(now - request.sentAt)) }
         if !recentlyFailed.isEmpty { recentlyFailed[sender] = nil }
         if let oldest = table.seen(Contact(id: sender, endpoint: source), now: now) {
             ping(oldest.endpoint, expected: oldest.id, now: now)
@@ -821,7 +831,11 @@ public final class DHTNode {
         default: break
         }
         switch request.purpose {
-        case .ping: break
+        case .ping, .resignal: break
+        case .retoken(let body):
+            guard case .signal(_, let key, let signalID, let payload) = body, let token = tokens[source] else { return }
+            self.request(.signal(token: token, key: key, id: signalID, payload: payload), to: source,
+                         expected: request.expected, purpose: .resignal, now: now)
         case .bootstrap(let lookupID):
             guard let lookup = lookups[lookupID] else { return }
             lookup.bootstrapPings -= 1
@@ -845,6 +859,12 @@ public final class DHTNode {
             lookup.storesInFlight -= 1
             advance(lookup, now: now)
         case .signal(let lookupID):
+            if lookupID == nil, case .signalAck(.badToken) = message.body {
+                // A follow-up through a known holder, refused for its token: ask for a fresh one
+                // and send it again (one round trip, instead of a lookup of the peer).
+                self.request(.ping, to: source, expected: request.expected, purpose: .retoken(request.body), now: now)
+                return
+            }
             guard let lookupID, let lookup = lookups[lookupID] else { return }
             lookup.signalsInFlight -= 1
             if case .signalAck(.forwarded) = message.body { lookup.result.forwardedBy.append(source) }
@@ -929,7 +949,11 @@ public final class DHTNode {
                     again.size = min(request.size, known)
                     again.steppedDown = false
                 }
-                let retry = newTransaction()
+                // The same transaction (§5.1): the receiver's reassembly of the request, and this
+                // node's of the answer, keep the pieces earlier attempts delivered, so an attempt
+                // only has to bring what they lost. A 5-piece STORE at 10% loss arrives whole in
+                // 59% of single tries; in 99.9% when each piece has three.
+                let retry = transaction
                 pending[retry] = again
                 if case .lookup(let lookupID, _) = request.purpose { lookups[lookupID]?.result.messages += 1 }
                 send(DHTMessage(transaction: retry, salt: credential.salt, body: request.body), to: request.endpoint,
@@ -937,7 +961,7 @@ public final class DHTNode {
                 continue
             }
             switch request.purpose {
-            case .ping: break
+            case .ping, .retoken, .resignal: break
             case .bootstrap(let lookupID):
                 if let lookup = lookups[lookupID] {
                     lookup.bootstrapPings -= 1

@@ -75,6 +75,16 @@ final class SimulatedNetwork {
 
     func node(_ endpoint: Endpoint) -> DHTNode? { nodes[endpoint] }
 
+    /// A NAT rebinding: the node at `old` is reached at, and sends from, `new` from now on (it is
+    /// not told); datagrams to `old` are lost.
+    func rebind(_ old: Endpoint, to new: Endpoint) {
+        guard let node = nodes.removeValue(forKey: old) else { return }
+        nodes[new] = node
+        order = order.map { $0 == old ? new : $0 }
+        if natted.remove(old) != nil { natted.insert(new) }
+        if let deadline = node.nextDeadline { heap.push(max(deadline, now), .timer(new)) }
+    }
+
     /// Sends what the node queued and schedules its next timer.
     func flush(_ endpoint: Endpoint) {
         guard let node = nodes[endpoint] else { return }
