@@ -9,7 +9,7 @@ RELEASE    := .build/release
 STAGE      := $(CURDIR)/build/stage
 # Debian packages the build and the tests need (installed by `make deps` when missing).
 DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv \
-                iproute2 nftables coturn dpkg-dev adduser lintian
+                iproute2 nftables conntrack coturn dpkg-dev adduser lintian
 
 .PHONY: all build install install-stage wheel deps test test-sanitized bench soak clean fuzz fuzz-build
 
@@ -110,9 +110,10 @@ test-sanitized: deps install-stage build/venv/bin/python
 # seeds plus build/fuzz/corpus, after its regression inputs. `make test` runs a short pass.
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS ?=
-FUZZ_BINARY := .build-fuzz/release/dna-fuzz
+FUZZ_SCRATCH ?= .build-fuzz
+FUZZ_BINARY := $(FUZZ_SCRATCH)/release/dna-fuzz
 fuzz-build:
-	DNATRANSPORT_FUZZ=1 $(SWIFT) build -c release --scratch-path .build-fuzz --product dna-fuzz \
+	DNATRANSPORT_FUZZ=1 $(SWIFT) build -c release --scratch-path $(FUZZ_SCRATCH) --product dna-fuzz \
 	    -Xswiftc -sanitize=fuzzer,address -Xswiftc -enable-testing -Xswiftc -parse-as-library
 fuzz: fuzz-build
 	$(PYTHON) Fuzz/run.py $(FUZZ_BINARY) --seconds $(FUZZ_SECONDS) $(if $(FUZZ_TARGETS),--targets $(FUZZ_TARGETS))

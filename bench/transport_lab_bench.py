@@ -2,12 +2,17 @@
 at 64 B (Python on both ends) and the throughput of 10,000 mixed messages each way at once (0 to
 1,499 B on 3 streams, five of 1 MiB), beside a raw UDP echo between the same namespaces in the same
 run (the limit). Bare libnice's RTT through the fd on the same paths is in nat_bench.py's output.
+Then connects under loss (issue 19): 20 connects one after the other, each trickling messages for 2 s,
+with 10% and 30% random loss on both routers for every datagram (the DHT's included): how many
+connected, their times, the errors of the others, and the messages echoed.
 
     sudo python3 bench/transport_lab_bench.py
 
 Needs the installed dnat and binding (DNA_TEST_PREFIX, PYTHONPATH), as Tests/lab.
 """
+import json
 import os
+import statistics
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,5 +45,35 @@ def main():
               f"= {rate:.1f} MB/s each way")
 
 
+
+def connect_outcomes(loss, rounds=20):
+    """`rounds` connects from alice (port-restricted) to bob (symmetric) with `loss`% on both routers."""
+    with natlab.Lab(a="port-restricted", b="symmetric", node=str(lab_tests.DNAT), loss=loss) as lab:
+        bob = lab_tests.peer(lab, "b", "--as", "bob", "--listen")
+        ready = lab_tests.events_of(bob, {"ready", "error"})[-1]
+        if ready["event"] != "ready":
+            return f"bob did not start: {ready}"
+        alice = lab_tests.peer(lab, "a", "--as", "alice", "--to", "bob", "--rounds", str(rounds), "--seconds", "2",
+                               "--interval", "0.1", "--wait", "30")
+        events = [json.loads(line) for line in alice.stdout]
+        alice.wait(60)
+        bob.stdin.close()
+        bob.wait(30)
+    played = [e for e in events if e["event"] == "round"]
+    connected = [e for e in played if e["connected"]]
+    times = sorted(e["ms"] for e in connected)
+    errors = {}
+    for e in played:
+        if not e["connected"]:
+            errors[e["error"]] = errors.get(e["error"], 0) + 1
+    return (f"{len(connected)} of {len(played)} connected"
+            + (f" (p50 {statistics.median(times):.0f} ms, max {times[-1]:.0f} ms)" if times else "")
+            + (f", failed: {errors}" if errors else "")
+            + f"; {sum(e['echoed'] for e in connected)} of {sum(e['sent'] for e in connected)} messages echoed")
+
+
 if __name__ == "__main__":
     main()
+    print("Connects under random loss on both routers (port-restricted:symmetric, every datagram):")
+    for loss in (10, 30):
+        print(f"  {loss}% loss: {connect_outcomes(loss)}")

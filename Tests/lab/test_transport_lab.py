@@ -234,6 +234,51 @@ def test_connects_with_path_breaks_at_thirty_percent_loss_crash_nothing():
     assert sum(e["resumes"] for e in connected) >= 2, connected
 
 
+def rebind(lab, router, host, ports):
+    """NAT rebinding at `router`: its mappings are forgotten (conntrack entries of `host`'s UDP flows
+    deleted) and new ones come from the port range `ports`, so that every flow of `host` continues
+    from a new public port, which port-restricted peers' routers drop until they send to it."""
+    ns = lab.ns(router)
+    natlab.sh("nft", "flush", "chain", "ip", "nat", "postrouting", ns=ns)
+    natlab.sh("nft", "add", "rule", "ip", "nat", "postrouting", "oifname", "wan", "meta", "l4proto", "udp", "masquerade", "to",
+              f":{ports}", ns=ns)
+    natlab.sh("nft", "add", "rule", "ip", "nat", "postrouting", "oifname", "wan", "masquerade", ns=ns)
+    natlab.sh("conntrack", "-D", "-p", "udp", "--orig-src", host, ns=ns, check=False)  # exit 1: nothing deleted
+
+
+def test_a_nat_rebinding_stalls_a_conversation_for_under_one_and_a_half_seconds():
+    """Issue 19, part 4: alice (port-restricted) sends bob (port-restricted) a message every 50 ms,
+    each echoed; 3 s in, her router rebinds (new public ports for all her flows), so bob's router
+    drops everything she sends until a new path is made. Every message still comes back, in order,
+    and the longest time between two echoes (the stall) must stay under the issue's 1.5 s. (The issue
+    measured 4.6 s: 3.8 s before the loss was noticed, then a DHT lookup. With faster loss detection,
+    2.0 s: the offer through the known holders was refused for alice's token, made for her old port,
+    and a lookup followed 1 s later. Now 1.0 s: about 0.95 s to notice, 0.05 s for the new path.)"""
+    with natlab.Lab(a="port-restricted", b="port-restricted", node=str(DNAT)) as lab:
+        bob = peer(lab, "b", "--as", "bob", "--listen")
+        assert events_of(bob, {"ready"})[-1]["event"] == "ready"
+        log = os.path.join(lab.dir, "alice.log")
+        alice = peer(lab, "a", "--as", "alice", "--to", "bob", "--rounds", "1", "--seconds", "10",
+                     "--interval", "0.05", "--wait", "20", stderr=open(log, "w"))
+        first = json.loads(alice.stdout.readline())
+        assert first["event"] == "connected", first
+        time.sleep(3)
+        rebind(lab, "ra", lab.address["a"], "20000-29999")
+        events = [first] + [json.loads(line) for line in alice.stdout]
+        alice.wait(60)
+        bob.stdin.close()
+        bob.wait(30)
+        paths = [line.strip() for line in open(log, errors="replace") if "path" in line]
+    played = [e for e in events if e["event"] == "round"]
+    assert len(played) == 1 and played[0]["connected"], (events, paths)
+    round_ = played[0]
+    print(f"NAT rebinding: longest stall {round_['longest_gap_ms']} ms, {round_['resumes']} paths replaced, "
+          f"{round_['echoed']} of {round_['sent']} echoed; alice's log of paths: {paths}")
+    assert round_["echoed"] == round_["sent"] and round_["in_order"], round_
+    assert round_["resumes"] >= 1, f"the rebinding did not break the path: {round_}"
+    assert round_["longest_gap_ms"] < 1500, f"the conversation stalled {round_['longest_gap_ms']} ms: {round_}"
+
+
 LOOPBACK_ONLY = r'''
 import sys
 import dnatransport as dna

@@ -18,7 +18,9 @@ JSON line per event on stdout.
     --to NAME --rounds N --seconds S --interval I: N times: connect, send a numbered message every I
                seconds for S seconds, each echoed by NAME (--listen), wait until every one came back
                (up to --wait seconds), disconnect -> {"event": "round", "round", "connected", "error",
-               "ms", "sent", "echoed", "in_order", "resumes"} per round, then {"event": "finished"};
+               "ms", "sent", "echoed", "in_order", "resumes", "longest_gap_ms" (the longest time between two
+               echoes)} per round, after {"event": "connected", "round", "ms"} when its connect returned,
+               then {"event": "finished"};
                the process exits 0 unless something raised (the crash test counts on it)
 """
 import argparse
@@ -114,7 +116,8 @@ def rounds(transport, dna, args, index, resumes):
         event.update(error=dna.ErrorCode(error.code).name, ms=round((time.monotonic() - started) * 1000, 1))
         return event
     event.update(connected=True, ms=round((time.monotonic() - started) * 1000, 1))
-    echoed = []
+    emit(event="connected", round=index, ms=event["ms"])
+    echoed, arrivals = [], []
 
     def reader():
         deadline = None
@@ -127,6 +130,7 @@ def rounds(transport, dna, args, index, resumes):
                     return
             try:
                 echoed.append(int(transport.receive(conn, timeout_ms=250).split()[-1]))
+                arrivals.append(time.monotonic())
             except dna.DNAError as error:
                 if error.code != dna.ErrorCode.TIMEOUT:
                     event["error"] = f"receive: {dna.ErrorCode(error.code).name}"
@@ -144,7 +148,9 @@ def rounds(transport, dna, args, index, resumes):
         event["error"] = f"send: {dna.ErrorCode(error.code).name}"
     stop_sending.set()
     thread.join(args.wait + 10)
-    event.update(echoed=len(echoed), in_order=echoed == list(range(len(echoed))), resumes=resumes[0] - before)
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    event.update(echoed=len(echoed), in_order=echoed == list(range(len(echoed))), resumes=resumes[0] - before,
+                 longest_gap_ms=round(max(gaps, default=0) * 1000, 1))
     try:
         transport.disconnect(conn)
     except dna.DNAError as error:
