@@ -479,7 +479,7 @@ public final class TransportNode: @unchecked Sendable {
             let known = monitor.locked { pathSizes.size(for: peer, now: monotonicMilliseconds()) }
             session = try HandshakeOverPath.initiate(path: link, identity: identity, peer: peer, publicKey: entry.publicKey,
                                                      timeout: remaining(), datagramSize: known)
-            monitor.locked { pathSizes.limit(peer, to: session.datagramSize, now: monotonicMilliseconds()) }
+            monitor.locked { pathSizes.handshakeFound(peer, started: known, found: session.datagramSize, now: monotonicMilliseconds()) }
         } catch {
             link.close()
             agent.close()

@@ -99,6 +99,20 @@ import Testing
         #expect(sizes.size(for: "a", now: 50 + PathSizes<String>.raiseInterval) == 1200)
     }
 
+    /// Random loss made one handshake step down: the next still starts at 1,200 bytes. Two in a row
+    /// (a black hole) are remembered; a handshake that kept its size between them resets the count.
+    @Test func oneHandshakeThatSteppedDownIsNotRememberedTwoInARowAre() {
+        var sizes = PathSizes<String>()
+        #expect(sizes.handshakeFound("bob", started: 1200, found: 900, now: 0) == 1200)
+        #expect(sizes.handshakeFound("bob", started: 1200, found: 1200, now: 10) == 1200)
+        #expect(sizes.handshakeFound("bob", started: 1200, found: 900, now: 20) == 1200)
+        #expect(sizes.handshakeFound("bob", started: 1200, found: 900, now: 30) == 900)
+        // Remembered: the next starts at 900 and keeps it; another peer is not affected.
+        #expect(sizes.handshakeFound("bob", started: 900, found: 900, now: 40) == 900)
+        #expect(sizes.size(for: "carol", now: 40) == 1200)
+        #expect(sizes.size(for: "bob", now: 40 + PathSizes<String>.raiseInterval) == 1200)
+    }
+
     @Test func aDestinationThatSaysItTakesLessIsBelieved() {
         var sizes = PathSizes<String>()
         sizes.limit("a", to: 900, now: 0)
