@@ -82,6 +82,16 @@ public final class RecordSealer {
     /// A sealed frame of `type` carrying `plaintext`; reserved words 0 and 1 are the caller's.
     public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0,
                      plaintext: UnsafeRawBufferPointer) throws(RecordError) -> [UInt8] {
+        var frame: [UInt8] = []
+        try seal(type: type, word0: word0, word1: word1, plaintext: plaintext, appendingTo: &frame)
+        return frame
+    }
+
+    /// Seals a frame as `seal` does and appends it to `out` (a batch of datagrams laid end to end,
+    /// with no allocation of its own once `out` has room). Returns the frame's length.
+    @discardableResult
+    public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0,
+                     plaintext: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(RecordError) -> Int {
         if nextSequence > UInt64(UInt32.max) {
             guard epoch < UInt32.max else { throw .exhausted }
             let next = TrafficKey.next(key)
@@ -97,8 +107,10 @@ public final class RecordSealer {
         }
         let header = FrameHeader(type: type, sequence: sequence, payloadLength: UInt32(sealedLength), checksum: 0,
                                  reserved: FrameReserved(word0: word0, word1: word1, word2: epoch))
-        let frame = [UInt8](unsafeUninitializedCapacity: FrameHeader.size + sealedLength) { buffer, initialized in
-            guard let base = buffer.baseAddress else { return }  // never empty: at least a header
+        let start = out.count, length = FrameHeader.size + sealedLength
+        out.append(contentsOf: repeatElement(0, count: length))
+        out.withUnsafeMutableBufferPointer { buffer in
+            guard let base = buffer.baseAddress.map({ $0 + start }) else { return }  // never empty: at least a header
             header.write(to: base)  // checksum 0: these 32 bytes are the associated data
             var written: UInt64 = 0
             TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
@@ -108,10 +120,9 @@ public final class RecordSealer {
             }
             let checksum = CRC32.checksum(UnsafeRawBufferPointer(start: base + FrameHeader.size, count: sealedLength))
             UnsafeMutableRawPointer(base).storeBytes(of: checksum.bigEndian, toByteOffset: 16, as: UInt32.self)
-            initialized = FrameHeader.size + sealedLength
         }
         nextSequence += 1
-        return frame
+        return length
     }
 
     public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0, plaintext: [UInt8]) throws(RecordError) -> [UInt8] {
