@@ -59,7 +59,11 @@ bench: install-stage
 	mkdir -p build
 	cc -O2 -o build/nice_plain bench/nice_plain.c $$(pkg-config --cflags --libs nice gio-2.0)
 	test -x build/bench-venv/bin/python || $(PYTHON) -m venv build/bench-venv
-	build/bench-venv/bin/python -m pip install --quiet aioice==0.13.0
+	build/bench-venv/bin/python -m pip install --quiet aioice==0.13.0 iroh==1.2.0
+	# Beside iroh (PyPI, QUIC) and raw UDP, each peer its own process, in a network namespace with
+	# no route out (root): throughput, CPU per MiB, drops at the receiving sockets, memory, RTT (issue 16).
+	DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 PYTHONPATH=$(CURDIR)/bindings/python \
+		build/bench-venv/bin/python bench/iroh_compare.py
 	NICE_PLAIN=$(CURDIR)/build/nice_plain DNATRANSPORT_LIBRARY=$(CURDIR)/build/stage/lib/libdnatransport.so.1 \
 		PYTHONPATH=$(CURDIR)/bindings/python build/bench-venv/bin/python bench/nat_bench.py
 	# The transport in the lab (root): RTT and throughput through the routers, beside raw UDP.

@@ -5,6 +5,79 @@
 #include <sys/socket.h>
 #include <nice/agent.h>
 #include <glib-unix.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <netinet/in.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* linux/udp.h: generic segmentation offload, Linux 4.18 */
+#endif
+#define DNA_UDP_BATCH_MAX 64 /* the kernel's UDP_MAX_SEGMENTS */
+
+/* Sends count datagrams, laid end to end in bytes with their lengths, from the UDP socket fd to
+   `to`. With *gso set, each run of equal-sized datagrams (a shorter one may end it) up to 64 and
+   65,000 bytes goes in one sendmsg with UDP_SEGMENT: one system call and one trip through the stack
+   for the run, cut into datagrams by the kernel (or the NIC) and arriving as separate datagrams.
+   A kernel that refuses it clears *gso, and datagrams then go one sendto each. A datagram the
+   kernel could not take (a full buffer, an unreachable network) is dropped, as UDP drops it.
+   Returns the number of system calls made. */
+static inline int dna_udp_send_batch(int fd, const struct sockaddr *to, socklen_t to_length,
+                                     const uint8_t *bytes, const size_t *lengths, int count, int *gso) {
+    struct iovec iov[DNA_UDP_BATCH_MAX];
+    const uint8_t *starts[DNA_UDP_BATCH_MAX];
+    int index = 0, calls = 0;
+    size_t offset = 0;
+    while (index < count) {
+        int run = 0;
+        size_t total = 0, segment = lengths[index];
+        while (index + run < count && run < DNA_UDP_BATCH_MAX) {
+            size_t length = lengths[index + run];
+            if (*gso && (length > segment || total + length > 65000)) break;
+            starts[run] = bytes + offset + total;
+            iov[run].iov_base = (void *)starts[run];
+            iov[run].iov_len = length;
+            total += length;
+            run++;
+            if (*gso && length < segment) break; /* a shorter datagram ends a run */
+        }
+        if (*gso && run > 1) {
+            union { char buffer[CMSG_SPACE(sizeof(uint16_t))]; struct cmsghdr align; } control;
+            struct msghdr message;
+            memset(&control, 0, sizeof control);
+            memset(&message, 0, sizeof message);
+            message.msg_name = (void *)to;
+            message.msg_namelen = to_length;
+            message.msg_iov = iov;
+            message.msg_iovlen = (size_t)run;
+            message.msg_control = control.buffer;
+            message.msg_controllen = sizeof control.buffer;
+            struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+            header->cmsg_level = SOL_UDP;
+            header->cmsg_type = UDP_SEGMENT;
+            header->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)segment;
+            memcpy(CMSG_DATA(header), &size, sizeof size);
+            if (sendmsg(fd, &message, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
+                (errno == EINVAL || errno == EIO || errno == ENOPROTOOPT || errno == EOPNOTSUPP)) {
+                *gso = 0; /* not here (an old kernel, a device without checksum offload): one by one */
+                continue;
+            }
+            calls++;
+        } else {
+            for (int i = 0; i < run; i++) { /* dropped when it fails, as UDP drops */
+                (void)sendto(fd, starts[i], lengths[index + i], MSG_DONTWAIT | MSG_NOSIGNAL, to, to_length);
+                calls++;
+            }
+        }
+        index += run;
+        offset += total;
+    }
+    return calls;
+}
 
 /* Answers a STUN Binding request (RFC 8489) with XOR-MAPPED-ADDRESS = from, using libnice's STUN
    agent. Returns the response length in out, or 0 when the datagram is not a valid Binding request

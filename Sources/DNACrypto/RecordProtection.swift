@@ -82,6 +82,16 @@ public final class RecordSealer {
     /// A sealed frame of `type` carrying `plaintext`; reserved words 0 and 1 are the caller's.
     public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0,
                      plaintext: UnsafeRawBufferPointer) throws(RecordError) -> [UInt8] {
+        var frame: [UInt8] = []
+        try seal(type: type, word0: word0, word1: word1, plaintext: plaintext, appendingTo: &frame)
+        return frame
+    }
+
+    /// Seals a frame as `seal` does and appends it to `out` (a batch of datagrams laid end to end,
+    /// with no allocation of its own once `out` has room). Returns the frame's length.
+    @discardableResult
+    public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0,
+                     plaintext: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(RecordError) -> Int {
         if nextSequence > UInt64(UInt32.max) {
             guard epoch < UInt32.max else { throw .exhausted }
             let next = TrafficKey.next(key)
@@ -97,8 +107,10 @@ public final class RecordSealer {
         }
         let header = FrameHeader(type: type, sequence: sequence, payloadLength: UInt32(sealedLength), checksum: 0,
                                  reserved: FrameReserved(word0: word0, word1: word1, word2: epoch))
-        let frame = [UInt8](unsafeUninitializedCapacity: FrameHeader.size + sealedLength) { buffer, initialized in
-            guard let base = buffer.baseAddress else { return }  // never empty: at least a header
+        let start = out.count, length = FrameHeader.size + sealedLength
+        out.append(contentsOf: repeatElement(0, count: length))
+        out.withUnsafeMutableBufferPointer { buffer in
+            guard let base = buffer.baseAddress.map({ $0 + start }) else { return }  // never empty: at least a header
             header.write(to: base)  // checksum 0: these 32 bytes are the associated data
             var written: UInt64 = 0
             TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
@@ -108,10 +120,9 @@ public final class RecordSealer {
             }
             let checksum = CRC32.checksum(UnsafeRawBufferPointer(start: base + FrameHeader.size, count: sealedLength))
             UnsafeMutableRawPointer(base).storeBytes(of: checksum.bigEndian, toByteOffset: 16, as: UInt32.self)
-            initialized = FrameHeader.size + sealedLength
         }
         nextSequence += 1
-        return frame
+        return length
     }
 
     public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0, plaintext: [UInt8]) throws(RecordError) -> [UInt8] {
@@ -161,22 +172,26 @@ public final class RecordOpener {
         guard header.payloadLength >= UInt32(TrafficKey.tagSize) else { throw .authenticationFailed }
         let epoch = header.reserved.word2
         let sequence = header.sequence
-        var candidate: Epoch
         enum Slot { case current, previous, next }
         let slot: Slot
+        // The epoch's key and window are read in place (a copy of the epoch made its window's bitmap
+        // be copied for every frame, copy-on-write); only a new epoch is built aside.
+        var next: Epoch?
+        let verdict: ReplayWindow.Verdict
         if epoch == current.number {
-            candidate = current
             slot = .current
+            verdict = current.window.check(sequence)
         } else if let previous, epoch == previous.number {
-            candidate = previous
             slot = .previous
+            verdict = previous.window.check(sequence)
         } else if current.number < UInt32.max, epoch == current.number + 1 {
-            candidate = Epoch(number: epoch, key: TrafficKey.next(current.key))
             slot = .next
+            next = Epoch(number: epoch, key: TrafficKey.next(current.key))
+            verdict = .fresh
         } else {
             throw .unknownEpoch(epoch)
         }
-        switch candidate.window.check(sequence) {
+        switch verdict {
         case .fresh: break
         case .replayed: throw .replayed(epoch: epoch, sequence: sequence)
         case .tooOld: throw .tooOld(epoch: epoch, sequence: sequence)
@@ -184,29 +199,44 @@ public final class RecordOpener {
         let sealedLength = Int(header.payloadLength)
         guard let frameBase = frame.baseAddress?.assumingMemoryBound(to: UInt8.self) else { throw .authenticationFailed }
         var status: Int32 = -1
-        let plaintext = [UInt8](unsafeUninitializedCapacity: sealedLength - TrafficKey.tagSize) { out, initialized in
-            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: FrameHeader.size) { ad in
-                guard let adBase = ad.baseAddress else { return }
-                adBase.update(from: frameBase, count: FrameHeader.size)
-                (adBase + 16).update(repeating: 0, count: 4)  // the checksum is not part of the associated data
-                var length: UInt64 = 0
-                status = TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
-                    crypto_aead_chacha20poly1305_ietf_decrypt(
-                        out.baseAddress, &length, nil, frameBase + FrameHeader.size, UInt64(sealedLength),
-                        adBase, UInt64(FrameHeader.size), nonce, candidate.key)
+        func decrypt(_ key: [UInt8]) -> [UInt8] {
+            [UInt8](unsafeUninitializedCapacity: sealedLength - TrafficKey.tagSize) { out, initialized in
+                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: FrameHeader.size) { ad in
+                    guard let adBase = ad.baseAddress else { return }
+                    adBase.update(from: frameBase, count: FrameHeader.size)
+                    (adBase + 16).update(repeating: 0, count: 4)  // the checksum is not part of the associated data
+                    var length: UInt64 = 0
+                    status = TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
+                        crypto_aead_chacha20poly1305_ietf_decrypt(
+                            out.baseAddress, &length, nil, frameBase + FrameHeader.size, UInt64(sealedLength),
+                            adBase, UInt64(FrameHeader.size), nonce, key)
+                    }
                 }
+                initialized = status == 0 ? out.count : 0
             }
-            initialized = status == 0 ? out.count : 0
         }
+        let key: [UInt8]
+        switch slot {
+        case .current: key = current.key
+        case .previous:
+            guard let previous else { throw .unknownEpoch(epoch) }
+            key = previous.key
+        case .next:
+            guard let next else { throw .unknownEpoch(epoch) }
+            key = next.key
+        }
+        guard key.count == TrafficKey.size else { throw .authenticationFailed }
+        let plaintext = decrypt(key)
         guard status == 0 else {
-            if slot == .next { Sodium.wipe(&candidate.key) }
+            if var candidate = next { Sodium.wipe(&candidate.key) }
             throw .authenticationFailed
         }
-        candidate.window.accept(sequence)
         switch slot {
-        case .current: current = candidate
-        case .previous: previous = candidate
+        case .current: current.window.accept(sequence)
+        case .previous: previous?.window.accept(sequence)
         case .next:
+            guard var candidate = next else { throw .authenticationFailed }
+            candidate.window.accept(sequence)
             if var old = previous { Sodium.wipe(&old.key) }
             previous = current
             current = candidate

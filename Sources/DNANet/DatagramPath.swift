@@ -12,6 +12,10 @@ public protocol DatagramPath: AnyObject, Sendable {
     /// (a full buffer) counts as sent, as UDP does.
     func send(_ datagram: UnsafeRawBufferPointer) -> Bool
 
+    /// Sends datagrams laid end to end (loop thread); the same as sending each in turn, which is what
+    /// a path without a faster way does. False when the path is gone.
+    func send(_ batch: DatagramBatch) -> Bool
+
     /// Before `attach`: the next datagram, waiting until `deadline` (Unix ms); nil when none came.
     /// For the one thread that runs the handshake over the path.
     func receive(waitingUntil deadline: UInt64) -> [UInt8]?
@@ -26,6 +30,43 @@ public protocol DatagramPath: AnyObject, Sendable {
 
 extension DatagramPath {
     public func send(_ datagram: [UInt8]) -> Bool { datagram.withUnsafeBytes { send($0) } }
+
+    public func send(_ batch: DatagramBatch) -> Bool {
+        batch.bytes.withUnsafeBytes { bytes in
+            var offset = 0
+            for length in batch.lengths {
+                guard send(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + length])) else { return false }
+                offset += length
+            }
+            return true
+        }
+    }
+}
+
+/// Datagrams laid end to end in one buffer, with their lengths: what a connection sends after one
+/// wake-up, handed to its path at once (which may give the kernel all of them in one call).
+public struct DatagramBatch: Sendable {
+    /// The datagrams' bytes, one after the other.
+    public var bytes: [UInt8] = []
+    public private(set) var lengths: [Int] = []
+
+    public init() {}
+
+    public var isEmpty: Bool { lengths.isEmpty }
+    public var count: Int { lengths.count }
+
+    /// Counts the last `length` bytes of `bytes` (appended by the caller) as one datagram.
+    public mutating func close(length: Int) { lengths.append(length) }
+
+    public mutating func append(_ datagram: [UInt8]) {
+        bytes += datagram
+        lengths.append(datagram.count)
+    }
+
+    public mutating func removeAll() {
+        bytes.removeAll(keepingCapacity: true)
+        lengths.removeAll(keepingCapacity: true)
+    }
 }
 
 /// A GLib source on a loop that runs `fire` on the loop thread once the time set with `arm` comes.

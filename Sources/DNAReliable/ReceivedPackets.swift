@@ -6,14 +6,14 @@
 /// would otherwise cost a million entries and a sort of them on every ACK. A packet that would open
 /// a range beyond `maximumRanges` is refused (`canRecord` is false): the receiver drops it
 /// unacknowledged, and the sender retransmits it as lost, as it would any lost packet.
-struct ReceivedPackets {
+struct ReceivedPackets: Equatable {
     /// Every packet below it was received (or the sender no longer waits for it).
     private(set) var cumulative: UInt64 = 0
     /// Disjoint, non-adjacent inclusive ranges above `cumulative + 1`, ascending.
     private(set) var ranges: [ClosedRange<UInt64>] = []
     let maximumRanges: Int
 
-    init(maximumRanges: Int) { self.maximumRanges = max(1, maximumRanges) }
+    init(maximumRanges: Int = 1024) { self.maximumRanges = max(1, maximumRanges) }
 
     /// Whether anything above `cumulative` was received (a gap is open).
     var hasGap: Bool { !ranges.isEmpty }
@@ -47,7 +47,7 @@ struct ReceivedPackets {
     /// Records `packet`; returns false when it was recorded already. Call `canRecord` first: a
     /// packet that would open one range too many is not recorded (and false is returned).
     @discardableResult
-    mutating func record(_ packet: UInt64) -> Bool {
+    mutating func insert(_ packet: UInt64) -> Bool {
         if packet < cumulative { return false }
         if packet == cumulative {
             cumulative += 1

@@ -527,47 +527,6 @@ final class SimulatedPath {
         #expect(acked.map { ReliableConnection.u64($0.payload[...], at: 0) } == 2)
     }
 
-    /// The received-packet ranges answer as a plain set of every packet would, within their bound.
-    @Test func receivedRangesMatchASetOfPackets() throws {
-        var random: UInt64 = 77
-        func next() -> UInt64 {
-            random = random &* 6364136223846793005 &+ 1442695040888963407
-            return random >> 33
-        }
-        for round in 0..<50 {
-            var ranges = ReceivedPackets(maximumRanges: 1 + Int(next() % 40))
-            var model = Set<UInt64>(), cumulative: UInt64 = 0
-            for _ in 0..<400 {
-                if next() % 10 == 0 {
-                    let least = cumulative + next() % 20
-                    ranges.advance(to: least)
-                    if least > cumulative { cumulative = least }
-                } else {
-                    let packet = cumulative + next() % 60
-                    if ranges.canRecord(packet) {
-                        ranges.record(packet)
-                        model.insert(packet)
-                    } else {
-                        #expect(ranges.ranges.count == ranges.maximumRanges, "round \(round): refused below the bound")
-                    }
-                }
-                while model.contains(cumulative) { cumulative += 1 }
-                model = model.filter { $0 >= cumulative }
-                #expect(ranges.cumulative == cumulative, "round \(round)")
-                var expected: [ClosedRange<UInt64>] = []
-                for packet in model.sorted() {
-                    if let last = expected.last, last.upperBound + 1 == packet {
-                        expected[expected.count - 1] = last.lowerBound...packet
-                    } else {
-                        expected.append(packet...packet)
-                    }
-                }
-                #expect(ranges.ranges == expected, "round \(round)")
-                #expect(ranges.ranges.count <= ranges.maximumRanges)
-            }
-        }
-    }
-
     @Test func malformedFramesAreCountedAndDropped() throws {
         let connection = ReliableConnection(now: 0)
         let decoder = FrameDecoder()

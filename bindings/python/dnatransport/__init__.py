@@ -171,11 +171,14 @@ class FrameHeader:
 
 
 def _bytes_arg(data):
-    """(buffer, pointer) for bytes-like input; the buffer must stay alive while the pointer is used."""
+    """(buffer, pointer) for bytes-like input; the buffer must stay alive while the pointer is used.
+    The pointer is the array itself (ctypes passes it where a uint8_t * is declared): ctypes.cast
+    made each copy part of a reference cycle (the array's _objects held the array), freed only when
+    the cyclic collector ran, which a loop of sends rarely triggers (issue 16: 268 MB resident after
+    256 sends of 1 MiB)."""
     data = bytes(data)
     buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else None
-    pointer = ctypes.cast(buffer, _native.u8p) if buffer is not None else None
-    return buffer, pointer
+    return buffer, buffer
 
 
 def encode_frame(type, sequence, payload=b""):
