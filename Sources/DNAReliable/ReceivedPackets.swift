@@ -1,4 +1,4 @@
-/// The packet numbers a receiver has seen (docs/PROTOCOL.md §7.3): everything below `cumulative`,
+/// The packet numbers a receiver has seen (docs/PROTOCOL.md §7.1): everything below `cumulative`,
 /// and disjoint ranges above it, kept sorted. This is what ACK frames report.
 ///
 /// The state a sender can make the receiver keep is bounded by the number of ranges, not by the
@@ -9,7 +9,8 @@
 struct ReceivedPackets: Equatable {
     /// Every packet below it was received (or the sender no longer waits for it).
     private(set) var cumulative: UInt64 = 0
-    /// Disjoint, non-adjacent inclusive ranges above `cumulative + 1`, ascending.
+    /// Disjoint, non-adjacent inclusive ranges, ascending, each starting above `cumulative` (a range
+    /// reaching it is folded into it).
     private(set) var ranges: [ClosedRange<UInt64>] = []
     let maximumRanges: Int
 
@@ -73,7 +74,7 @@ struct ReceivedPackets: Equatable {
         return true
     }
 
-    /// The sender no longer waits for packets below `least` (§7.3): they count as received.
+    /// The sender no longer waits for packets below `least` (§7.1): they count as received.
     mutating func advance(to least: UInt64) {
         guard least > cumulative else { return }
         cumulative = least
