@@ -867,7 +867,11 @@ public final class DHTNode {
             }
             guard let lookupID, let lookup = lookups[lookupID] else { return }
             lookup.signalsInFlight -= 1
-            if case .signalAck(.forwarded) = message.body { lookup.result.forwardedBy.append(source) }
+            if case .signalAck(.forwarded) = message.body {
+                lookup.result.forwardedBy.append(source)
+            } else {
+                lookup.signalsFailed += 1
+            }
             advance(lookup, now: now)
         case .mail(let operation):
             let answer: MailAnswer?
@@ -980,6 +984,7 @@ public final class DHTNode {
             case .signal(let lookupID):
                 if let lookupID, let lookup = lookups[lookupID] {
                     lookup.signalsInFlight -= 1
+                    lookup.signalsFailed += 1
                     advance(lookup, now: now)
                 }
             case .mail(let operation):
@@ -1268,8 +1273,10 @@ final class Lookup {
     var storesInFlight = 0
     /// Announce: the nodes that stored the entry.
     var holders: [Endpoint] = []
-    /// Signal: SIGNALs in flight, and the holders already sent one.
+    /// Signal: SIGNALs in flight, the holders already sent one, and how many of those did not
+    /// forward it (refused it or never answered: their places go to further holders).
     var signalsInFlight = 0
+    var signalsFailed = 0
     private var signalled = Set<NodeID>()
     /// Bootstrap: pings still unanswered (the lookup waits for them before it can end empty).
     var bootstrapPings = 0
@@ -1436,8 +1443,11 @@ final class Lookup {
 
     /// Signal: holders (answered, holding an entry for the key, with a token) not sent the signal yet,
     /// nearest first, up to `limit` in all.
+    /// The next holders to send the SIGNAL: `limit` at most in flight or forwarded at once, and
+    /// at most `k` in all (a holder that refused it, e.g. one that got a copy of the entry from
+    /// elsewhere and so does not know the owner's address, makes room for the next).
     func signalTargets(limit: Int) -> [(Contact, UInt64)] {
-        let room = limit - signalled.count
+        let room = min(limit - (signalled.count - signalsFailed), k - signalled.count)
         guard room > 0 else { return [] }
         let chosen = candidates.values.filter { $0.state == .answered && $0.held != nil && $0.token != 0 && !signalled.contains($0.contact.id) }
             .sorted { ($0.contact.id ^ target) < ($1.contact.id ^ target) }.prefix(room)
