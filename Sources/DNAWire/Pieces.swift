@@ -131,23 +131,31 @@ public struct Reassembly: Sendable {
     /// or its own numbering, or with bytes already received, is refused.
     @discardableResult
     public mutating func add(index: Int, length: Int, count: Int, bytes: some Collection<UInt8>) throws(PieceError) -> Bool {
+        // One copy into contiguous bytes, then only concrete code: a generic walk over the piece
+        // byte by byte (unspecialized across modules) cost a runtime metadata lookup per byte and
+        // took half the CPU of a busy DHT node.
+        try add(index: index, length: length, count: count, piece: Array(bytes))
+    }
+
+    private mutating func add(index: Int, length: Int, count: Int, piece: [UInt8]) throws(PieceError) -> Bool {
         guard length == self.length else { throw .inconsistent }
-        let place = Pieces.place(index: index, count: count, length: length, bytes: bytes.count)
+        let place = Pieces.place(index: index, count: count, length: length, bytes: piece.count)
         guard case .success(let (pieceSize, range)) = place else {
             if case .failure(let error) = place { throw error }
             throw .inconsistent
         }
+        guard range.count == piece.count else { throw .inconsistent }
         var fresh = false
-        for (offset, byte) in zip(range, bytes) {
+        for (position, offset) in range.enumerated() {
             if has(offset) {
-                guard buffer[offset] == byte else { throw .conflicting(index: index) }
+                guard buffer[offset] == piece[position] else { throw .conflicting(index: index) }
             } else {
                 fresh = true
             }
         }
         guard fresh else { return false }
-        for (offset, byte) in zip(range, bytes) where !has(offset) {
-            buffer[offset] = byte
+        for (position, offset) in range.enumerated() where !has(offset) {
+            buffer[offset] = piece[position]
             arrived[offset >> 6] |= 1 << UInt64(offset & 63)
             arrivedCount += 1
         }
