@@ -146,6 +146,8 @@ public struct DHTStatistics: Equatable, Sendable {
     public var valueLookups = 0
     /// Endpoints whose path was found to lose datagrams above a smaller size (§9).
     public var pathSizeReductions = 0
+    /// Answers sent again to a retried multi-datagram request whose pieces had all come (§5.1).
+    public var answersRepeated = 0
 }
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
@@ -223,6 +225,15 @@ public final class DHTNode {
     private var unixOffset: Int64 = 0
     private var partialsBySource: [Endpoint: Int] = [:]
     private var partialsByNetwork: [[UInt8]: Int] = [:]
+    /// Answers to multi-datagram requests this node completed, kept for the reassembly lifetime
+    /// (§5.1): a retry of such a request (same transaction) whose answer was lost gets the answer
+    /// again from any one of its pieces, instead of needing every piece again in one attempt. The
+    /// request is kept too: a piece that does not match it starts a new message.
+    /// At most `reassemblyPerSource` per source and `reassemblyLimit` in all (the oldest go).
+    private var answered: [Key: (at: UInt64, repeatedAt: UInt64?, request: Reassembly, datagrams: [[UInt8]])] = [:]
+    private var answeredBySource: [Endpoint: Int] = [:]
+    /// An answer is repeated at most once per this many ms (a retry's pieces arrive together).
+    static let repeatInterval: UInt64 = 100
     /// How long a partial message is kept, in ms (§5.1).
     static let reassemblyLifetime: UInt64 = 5000
     /// Partial messages kept at once: in all, per source endpoint, per network (/24 or /64) (§5.1).
@@ -575,6 +586,7 @@ public final class DHTNode {
             return
         }
         let bytes: [UInt8]
+        var completed: (key: Key, request: Reassembly)?
         if piece.count == 1 {
             bytes = Array(piece.bytes)
         } else {
@@ -585,6 +597,24 @@ public final class DHTNode {
                 statistics.rateLimited += 1
                 statistics.refusedPieces += 1
                 return
+            }
+            if var done = answered[key] {
+                // A piece of the request answered (bytes it already holds, with the same values):
+                // the answer again. Anything else (expired, another message under the transaction)
+                // starts a new message.
+                let same = (try? done.request.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)) == false
+                if same, done.at + Self.reassemblyLifetime > now {
+                    if done.repeatedAt.map({ $0 + Self.repeatInterval <= now }) ?? true {
+                        answered[key]?.repeatedAt = now
+                        for datagram in done.datagrams {
+                            outbox.append((source, datagram))
+                            statistics.sent += 1
+                        }
+                        statistics.answersRepeated += 1
+                    }
+                    return
+                }
+                forgetAnswer(key)
             }
             var entry = reassembly[key]
             if let partial = entry, partial.started + Self.reassemblyLifetime <= now {
@@ -614,6 +644,7 @@ public final class DHTNode {
             }
             started = 0
             removePartial(key)
+            completed = (key, buffer)
             bytes = message
         }
         let message: DHTMessage
@@ -642,7 +673,8 @@ public final class DHTNode {
             // A requester that takes only smaller datagrams (§9) gets its answers, and later
             // messages, in pieces of that size.
             if let limit = piece.answerLimit { pathSizes.limit(source, to: limit, now: now) }
-            answer(message, sender: sender.id, from: source, requestSize: datagram.count, now: now)
+            let sent = answer(message, sender: sender.id, from: source, requestSize: datagram.count, now: now)
+            if let completed, !sent.isEmpty { rememberAnswer(sent, to: completed.request, for: completed.key, now: now) }
         } else {
             handleResponse(message, sender: sender.id, from: source, length: bytes.count, now: now)
         }
@@ -680,9 +712,28 @@ public final class DHTNode {
     /// Partial messages held now (for tests and statistics).
     var partialMessages: Int { reassembly.count }
 
+    private func rememberAnswer(_ datagrams: [[UInt8]], to request: Reassembly, for key: Key, now: UInt64) {
+        func forgetOldest(where belongs: (Key) -> Bool) {
+            if let oldest = answered.filter({ belongs($0.key) }).min(by: { $0.value.at < $1.value.at }) { forgetAnswer(oldest.key) }
+        }
+        if answeredBySource[key.endpoint, default: 0] >= Self.reassemblyPerSource { forgetOldest { $0.endpoint == key.endpoint } }
+        if answered.count >= Self.reassemblyLimit { forgetOldest { _ in true } }
+        forgetAnswer(key)
+        answered[key] = (now, nil, request, datagrams)
+        answeredBySource[key.endpoint, default: 0] += 1
+    }
+
+    private func forgetAnswer(_ key: Key) {
+        guard answered.removeValue(forKey: key) != nil else { return }
+        let left = answeredBySource[key.endpoint, default: 1] - 1
+        answeredBySource[key.endpoint] = left > 0 ? left : nil
+    }
+
     // MARK: Answers
 
-    private func answer(_ request: DHTMessage, sender: NodeID, from source: Endpoint, requestSize: Int, now: UInt64) {
+    /// Answers a request; returns the datagrams sent (none when it is not answered).
+    @discardableResult
+    private func answer(_ request: DHTMessage, sender: NodeID, from source: Endpoint, requestSize: Int, now: UInt64) -> [[UInt8]] {
         statistics.requestsAnswered += 1
         let token = self.token(for: source)
         var body: DHTMessage.Body
@@ -708,10 +759,10 @@ public final class DHTNode {
         case .signal(let presented, let key, let signalID, let payload):
             body = .signalAck(relay(key: key, id: signalID, payload: payload, token: presented, from: source, now: now))
         case .mailPut, .mailFetch, .mailDelete:
-            guard let answer = answerMail(request.body, from: source, now: now) else { return }
+            guard let answer = answerMail(request.body, from: source, now: now) else { return [] }
             body = answer
         default:
-            return
+            return []
         }
         // No reflection: without a valid token, an answer is at most 3x the request's bytes.
         var response = DHTMessage(transaction: request.transaction, salt: credential.salt, body: body)
@@ -721,7 +772,7 @@ public final class DHTNode {
             contacts.removeLast()
             response.body = .nodes(observed: observed, token: token, held: held, contacts: contacts)
         }
-        send(response, to: source)
+        return send(response, to: source)
     }
 
     private func accept(_ wire: [UInt8], token: UInt64, from source: Endpoint, sender: NodeID, now: UInt64) -> StoreStatus {
@@ -895,6 +946,7 @@ public final class DHTNode {
         if let keepalive = nextKeepalive { next = min(next, keepalive) }
         // Partial messages expire on time even on an idle node (§5.1).
         if let oldest = reassembly.values.map(\.started).min() { next = min(next, oldest + Self.reassemblyLifetime) }
+        if let oldest = answered.values.map(\.at).min() { next = min(next, oldest + Self.reassemblyLifetime) }
         return next
     }
 
@@ -1005,6 +1057,7 @@ public final class DHTNode {
             mailboxes.sweep(unix: unix(now))
         }
         for (key, partial) in reassembly where partial.started + Self.reassemblyLifetime <= now { removePartial(key) }
+        for (key, done) in answered where done.at + Self.reassemblyLifetime <= now { forgetAnswer(key) }
         if now >= tokenRotatedAt + configuration.tokenRotation {
             previousTokenSecret = tokenSecret
             tokenSecret = Self.randomSecret(&random)
@@ -1059,12 +1112,15 @@ public final class DHTNode {
 
     /// Sends `message` in datagrams of at most `size` bytes (by default what the endpoint's path
     /// carries, §9); `answerLimit` asks the receiver to answer in datagrams of at most that size.
-    private func send(_ message: DHTMessage, to endpoint: Endpoint, size: Int? = nil, answerLimit: Int? = nil) {
+    @discardableResult
+    private func send(_ message: DHTMessage, to endpoint: Endpoint, size: Int? = nil, answerLimit: Int? = nil) -> [[UInt8]] {
         let size = size ?? datagramSize(for: endpoint, now: clock)
-        for datagram in DHTDatagram.encode(message, datagramSize: size, answerLimit: answerLimit) {
+        let datagrams = DHTDatagram.encode(message, datagramSize: size, answerLimit: answerLimit)
+        for datagram in datagrams {
             outbox.append((endpoint, datagram))
             statistics.sent += 1
         }
+        return datagrams
     }
 
     /// Requests whose answer may take more than one datagram of a smaller size: they carry the

@@ -133,6 +133,48 @@ import Testing
         }
     }
 
+    /// A STORE whose five pieces all came but whose answer was lost: the requester's retry (the
+    /// same transaction, §5.1) gets the answer again from any one of its pieces, once per 100 ms,
+    /// for the reassembly lifetime. Before, the holder had forgotten the message it completed and
+    /// the retry needed all five pieces again in one attempt (at 30% loss, 17% of attempts).
+    @_optimize(none) @Test func aRetryOfACompletedRequestGetsItsAnswerAgainFromAnyPiece() throws {
+        let network = SimulationTests.network(3, seed: 7)
+        let node = try #require(network.node(network.order[1]))
+        let client = Endpoint(host: "198.51.100.21", port: 5000)!
+        let start = network.now
+        let entry = NodeRulesTests.entry(Announced.identities[4], lastSeen: start / 1000)
+        let pieces = Self.storePieces(entry, to: node, from: client, transaction: 91, now: start)
+        #expect(pieces.count == 5)
+        for piece in pieces { node.receive(piece, from: client, now: start) }
+        #expect(Self.stored(node, to: client) == [.stored])  // ... and lost on the way back.
+        // The retry, 300 ms later: only its third piece arrives.
+        node.receive(pieces[2], from: client, now: start + 300)
+        #expect(Self.stored(node, to: client) == [.stored])
+        #expect(node.statistics.answersRepeated == 1 && node.partialMessages == 0)
+        // The rest of that retry's pieces, a moment later: no second copy of the answer.
+        for piece in pieces.dropFirst(3) { node.receive(piece, from: client, now: start + 301) }
+        #expect(Self.stored(node, to: client).isEmpty)
+        // After the reassembly lifetime the answer is forgotten, on time even on an idle node.
+        let deadline = try #require(node.nextDeadline)
+        #expect(deadline <= start + DHTNode.reassemblyLifetime, "next deadline \(deadline - start) ms away")
+        node.handleTimeout(now: start + DHTNode.reassemblyLifetime)
+        node.receive(pieces[0], from: client, now: start + DHTNode.reassemblyLifetime + 1)
+        #expect(Self.stored(node, to: client).isEmpty && node.partialMessages == 1)
+        // Another message under the transaction of an answered one is no retry: no answer from the
+        // first, and it is reassembled as the new message it is.
+        let later = start + DHTNode.reassemblyLifetime + 10
+        let first = Self.storePieces(NodeRulesTests.entry(Announced.identities[5], lastSeen: later / 1000), to: node, from: client,
+                                     transaction: 92, now: later)
+        for piece in first { node.receive(piece, from: client, now: later) }
+        #expect(Self.stored(node, to: client) == [.stored])
+        let other = Self.storePieces(NodeRulesTests.entry(Announced.identities[6], lastSeen: later / 1000), to: node, from: client,
+                                     transaction: 92, now: later + 200)
+        node.receive(other[0], from: client, now: later + 200)
+        #expect(Self.stored(node, to: client).isEmpty && node.statistics.answersRepeated == 1)
+        for piece in other.dropFirst() { node.receive(piece, from: client, now: later + 200) }
+        #expect(Self.stored(node, to: client) == [.stored])
+    }
+
     @_optimize(none) @Test func aPartialMessageDiesAfterFiveSecondsEvenOnAnIdleNode() throws {
         let network = SimulationTests.network(3, seed: 7)
         let node = try #require(network.node(network.order[1]))
