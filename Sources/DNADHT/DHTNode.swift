@@ -230,7 +230,7 @@ public final class DHTNode {
     /// again from any one of its pieces, instead of needing every piece again in one attempt. The
     /// request is kept too: a piece that does not match it starts a new message.
     /// At most `reassemblyPerSource` per source and `reassemblyLimit` in all (the oldest go).
-    private var answered: [Key: (at: UInt64, repeatedAt: UInt64?, request: Reassembly, datagrams: [[UInt8]])] = [:]
+    private var answered: [Key: (at: UInt64, repeatedAt: UInt64, request: Reassembly, datagrams: [[UInt8]])] = [:]
     private var answeredBySource: [Endpoint: Int] = [:]
     /// An answer is repeated at most once per this many ms (a retry's pieces arrive together).
     static let repeatInterval: UInt64 = 100
@@ -604,7 +604,7 @@ public final class DHTNode {
                 // starts a new message.
                 let same = (try? done.request.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)) == false
                 if same, done.at + Self.reassemblyLifetime > now {
-                    if done.repeatedAt.map({ $0 + Self.repeatInterval <= now }) ?? true {
+                    if done.repeatedAt + Self.repeatInterval <= now {
                         answered[key]?.repeatedAt = now
                         for datagram in done.datagrams {
                             outbox.append((source, datagram))
@@ -719,7 +719,9 @@ public final class DHTNode {
         if answeredBySource[key.endpoint, default: 0] >= Self.reassemblyPerSource { forgetOldest { $0.endpoint == key.endpoint } }
         if answered.count >= Self.reassemblyLimit { forgetOldest { _ in true } }
         forgetAnswer(key)
-        answered[key] = (now, nil, request, datagrams)
+        // The answer just sent counts as the latest: a duplicate of the request's pieces arriving
+        // right behind it is no retry.
+        answered[key] = (now, now, request, datagrams)
         answeredBySource[key.endpoint, default: 0] += 1
     }
 
@@ -1497,9 +1499,8 @@ final class Lookup {
         nearest.filter { $0.state == .answered }.map(\.contact)
     }
 
-    /// Signal: holders (answered, holding an entry for the key, with a token) not sent the signal yet,
-    /// nearest first, up to `limit` in all.
-    /// The next holders to send the SIGNAL: `limit` at most in flight or forwarded at once, and
+    /// Signal: the next holders (answered, holding an entry for the key, with a token) to send the
+    /// SIGNAL, nearest first: `limit` at most in flight or forwarded at once, and
     /// at most `k` in all (a holder that refused it, e.g. one that got a copy of the entry from
     /// elsewhere and so does not know the owner's address, makes room for the next).
     func signalTargets(limit: Int) -> [(Contact, UInt64)] {

@@ -147,6 +147,9 @@ import Testing
         #expect(pieces.count == 5)
         for piece in pieces { node.receive(piece, from: client, now: start) }
         #expect(Self.stored(node, to: client) == [.stored])  // ... and lost on the way back.
+        // A duplicate of a piece right behind the request is no retry.
+        node.receive(pieces[1], from: client, now: start + 1)
+        #expect(Self.stored(node, to: client).isEmpty)
         // The retry, 300 ms later: only its third piece arrives.
         node.receive(pieces[2], from: client, now: start + 300)
         #expect(Self.stored(node, to: client) == [.stored])
