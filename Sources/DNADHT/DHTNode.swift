@@ -606,10 +606,7 @@ public final class DHTNode {
                 if same, done.at + Self.reassemblyLifetime > now {
                     if done.repeatedAt + Self.repeatInterval <= now {
                         answered[key]?.repeatedAt = now
-                        for datagram in done.datagrams {
-                            outbox.append((source, datagram))
-                            statistics.sent += 1
-                        }
+                        emit(done.datagrams, to: source)
                         statistics.answersRepeated += 1
                     }
                     return
@@ -1118,11 +1115,13 @@ public final class DHTNode {
     private func send(_ message: DHTMessage, to endpoint: Endpoint, size: Int? = nil, answerLimit: Int? = nil) -> [[UInt8]] {
         let size = size ?? datagramSize(for: endpoint, now: clock)
         let datagrams = DHTDatagram.encode(message, datagramSize: size, answerLimit: answerLimit)
-        for datagram in datagrams {
-            outbox.append((endpoint, datagram))
-            statistics.sent += 1
-        }
+        emit(datagrams, to: endpoint)
         return datagrams
+    }
+
+    private func emit(_ datagrams: [[UInt8]], to endpoint: Endpoint) {
+        for datagram in datagrams { outbox.append((endpoint, datagram)) }
+        statistics.sent += datagrams.count
     }
 
     /// Requests whose answer may take more than one datagram of a smaller size: they carry the

@@ -144,7 +144,6 @@ public struct Reassembly: Sendable {
             if case .failure(let error) = place { throw error }
             throw .inconsistent
         }
-        guard range.count == piece.count else { throw .inconsistent }
         var fresh = false
         for (position, offset) in range.enumerated() {
             if has(offset) {
