@@ -90,7 +90,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .replayed, .tooOld: self = .replayed
         case .unknownEpoch, .authenticationFailed: self = .authentication
         case .exhausted: self = .closed
-        case .invalidKey: self = .internal
+        case .invalidKey, .unavailable: self = .internal
         }
     }
 

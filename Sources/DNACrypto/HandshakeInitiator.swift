@@ -12,6 +12,8 @@ public final class SecureSession {
     /// The id the initiator chose; both sides use it to tell handshakes apart.
     public let sessionID: UInt32
     public let role: HandshakeRole
+    /// The cipher suite the responder chose (docs/PROTOCOL.md §4.2): the records' AEAD.
+    public let suite: CipherSuite
     /// Initiator: the responder name it was given (bound to the key by the peer's signed DHT entry).
     /// Responder: the name the initiator signed. A name is only a claim until the application checks
     /// it against the peer's DHT entry or a pinned key: see docs/PROTOCOL.md §4.4.
@@ -23,10 +25,11 @@ public final class SecureSession {
     /// Opens the peer's frames.
     public let opener: RecordOpener
 
-    init(sessionID: UInt32, role: HandshakeRole, peerName: IdentityName, peerPublicKey: [UInt8],
+    init(sessionID: UInt32, role: HandshakeRole, suite: CipherSuite, peerName: IdentityName, peerPublicKey: [UInt8],
          secrets: (initiatorToResponder: [UInt8], responderToInitiator: [UInt8])) throws(HandshakeError) {
         self.sessionID = sessionID
         self.role = role
+        self.suite = suite
         self.peerName = peerName
         self.peerPublicKey = peerPublicKey
         var (i2r, r2i) = secrets
@@ -37,11 +40,11 @@ public final class SecureSession {
         do {
             switch role {
             case .initiator:
-                sealer = try RecordSealer(trafficSecret: i2r, direction: .initiatorToResponder)
-                opener = try RecordOpener(trafficSecret: r2i, direction: .responderToInitiator)
+                sealer = try RecordSealer(trafficSecret: i2r, direction: .initiatorToResponder, suite: suite)
+                opener = try RecordOpener(trafficSecret: r2i, direction: .responderToInitiator, suite: suite)
             case .responder:
-                sealer = try RecordSealer(trafficSecret: r2i, direction: .responderToInitiator)
-                opener = try RecordOpener(trafficSecret: i2r, direction: .initiatorToResponder)
+                sealer = try RecordSealer(trafficSecret: r2i, direction: .responderToInitiator, suite: suite)
+                opener = try RecordOpener(trafficSecret: i2r, direction: .initiatorToResponder, suite: suite)
             }
         } catch { throw .crypto("record keys: \(error)") }
     }
@@ -98,7 +101,9 @@ public final class HandshakeInitiator {
         deadline = now + configuration.timeout
         let (secret, x25519Public) = X25519.keyPair()
         let kem = try KEM.keyPair()
-        let initiation = Initiation(responderKeyHash: Sodium.sha256(responderPublicKey),
+        let offer = configuration.suites.filter(\.isAvailable)
+        guard !offer.isEmpty else { throw .unsupportedSuite(0) }
+        let initiation = Initiation(offering: offer, responderKeyHash: Sodium.sha256(responderPublicKey),
                                     random: Sodium.randomBytes(HandshakeProtocol.randomSize),
                                     x25519: x25519Public, kemPublicKey: Array(kem.publicKey.rawRepresentation))
         let bytes = initiation.bytes
@@ -233,6 +238,9 @@ public final class HandshakeInitiator {
     /// Message 2 is complete: verify the responder, derive the keys, send message 3.
     private func confirm(_ response: Response, x25519Secret: Secret, kem: MLKEM768.PrivateKey,
                          datagramSize: Int, now: UInt64) throws(HandshakeError) {
+        guard configuration.suites.contains(response.suite), response.suite.isAvailable else {
+            throw .unsupportedSuite(response.suite.rawValue)  // not offered (a modified response fails here)
+        }
         var signed = transcript
         signed.absorb(response.signedPart)
         guard Identity.isValidSignature(response.signature, of: HandshakeProtocol.responderLabel + signed.hash,
@@ -259,7 +267,7 @@ public final class HandshakeInitiator {
         Sodium.wipe(&key)
         transcript.absorb(plaintext)
         Sodium.wipe(&plaintext)
-        session = try SecureSession(sessionID: sessionID, role: .initiator, peerName: responderName,
+        session = try SecureSession(sessionID: sessionID, role: .initiator, suite: response.suite, peerName: responderName,
                                     peerPublicKey: responderPublicKey,
                                     secrets: schedule.trafficSecrets(transcriptHash: transcript.hash))
         outgoing = OutgoingMessage(sealed, session: sessionID, kind: .confirmation, datagramSize: datagramSize, now: now,

@@ -15,7 +15,8 @@ public enum HandshakeError: Error, Equatable, Sendable {
     case malformed(String)
     /// The peer speaks another handshake version.
     case unsupportedVersion(UInt16)
-    /// The peer asks for a cipher suite this implementation does not have.
+    /// No cipher suite both sides have: the initiation's offer (a bit set, §4.2) shares none with what the
+    /// responder accepts, or the response chose one the initiator did not offer (the suite's number).
     case unsupportedSuite(UInt16)
     /// The initiation names another responder key: it was sent to the wrong peer.
     case misdirected
@@ -39,9 +40,6 @@ public enum HandshakeError: Error, Equatable, Sendable {
 public enum HandshakeProtocol {
     /// The handshake version this implementation speaks.
     public static let version: UInt16 = 1
-    /// The only cipher suite: X25519 + ML-KEM-768 key agreement, ML-DSA-65 signatures,
-    /// HKDF-SHA-256, ChaCha20-Poly1305-IETF records.
-    public static let suite: UInt16 = 1
 
     static let x25519Size = 32
     static let kemPublicKeySize = 1184
@@ -99,22 +97,25 @@ struct ByteReader {
 func bigEndianBytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xFF)] }
 
 /// Message 1, initiator to responder, in the clear:
-/// version (2) | suite (2) | SHA-256 of the responder's public key (32) | initiator random (32) |
-/// X25519 ephemeral public key (32) | ML-KEM-768 ephemeral encapsulation key (1184).
+/// version (2) | suites offered (2) | SHA-256 of the responder's public key (32) | initiator random (32) |
+/// X25519 ephemeral public key (32) | ML-KEM-768 ephemeral encapsulation key (1184). The offer has bit
+/// (n − 1) set for each suite n the initiator offers; bits of suites unknown here are ignored.
 struct Initiation: Equatable {
     static let size = 4 + 32 + 32 + 32 + 1184
 
+    var offeredSuites: UInt16
     var responderKeyHash: [UInt8]
     var random: [UInt8]
     var x25519: [UInt8]
     var kemPublicKey: [UInt8]
 
     var bytes: [UInt8] {
-        bigEndianBytes(HandshakeProtocol.version) + bigEndianBytes(HandshakeProtocol.suite)
+        bigEndianBytes(HandshakeProtocol.version) + bigEndianBytes(offeredSuites)
             + responderKeyHash + random + x25519 + kemPublicKey
     }
 
-    init(responderKeyHash: [UInt8], random: [UInt8], x25519: [UInt8], kemPublicKey: [UInt8]) {
+    init(offering suites: [CipherSuite], responderKeyHash: [UInt8], random: [UInt8], x25519: [UInt8], kemPublicKey: [UInt8]) {
+        offeredSuites = CipherSuite.offer(suites)
         self.responderKeyHash = responderKeyHash
         self.random = random
         self.x25519 = x25519
@@ -125,24 +126,33 @@ struct Initiation: Equatable {
         var reader = ByteReader(bytes)
         let version = try reader.uint16("version")
         guard version == HandshakeProtocol.version else { throw .unsupportedVersion(version) }
-        let suite = try reader.uint16("suite")
-        guard suite == HandshakeProtocol.suite else { throw .unsupportedSuite(suite) }
+        offeredSuites = try reader.uint16("suites offered")
         responderKeyHash = try reader.take(HandshakeProtocol.hashSize, "responder key hash")
         random = try reader.take(HandshakeProtocol.randomSize, "initiator random")
         x25519 = try reader.take(HandshakeProtocol.x25519Size, "initiator X25519 key")
         kemPublicKey = try reader.take(HandshakeProtocol.kemPublicKeySize, "initiator ML-KEM key")
         try reader.finish()
     }
+
+    /// The responder's choice: the first of `accepted` (its order of preference) that this initiation offers.
+    /// - Throws: `.unsupportedSuite(offer)` when there is none.
+    func choose(from accepted: [CipherSuite]) throws(HandshakeError) -> CipherSuite {
+        guard let suite = accepted.first(where: { offeredSuites & $0.offerBit != 0 }) else {
+            throw .unsupportedSuite(offeredSuites)
+        }
+        return suite
+    }
 }
 
 /// Message 2, responder to initiator, in the clear:
-/// version (2) | suite (2) | responder random (32) | X25519 ephemeral public key (32) |
+/// version (2) | suite chosen (2) | responder random (32) | X25519 ephemeral public key (32) |
 /// ML-KEM-768 ciphertext to the initiator's key (1088) | ML-DSA-65 signature (3309) over
 /// label | SHA-256(initiation | response without the signature).
 struct Response: Equatable {
     static let signedSize = 4 + 32 + 32 + 1088
     static let size = signedSize + Identity.signatureSize
 
+    var suite: CipherSuite
     var random: [UInt8]
     var x25519: [UInt8]
     var kemCiphertext: [UInt8]
@@ -150,13 +160,14 @@ struct Response: Equatable {
 
     /// The part the signature covers (the transcript includes it).
     var signedPart: [UInt8] {
-        bigEndianBytes(HandshakeProtocol.version) + bigEndianBytes(HandshakeProtocol.suite)
+        bigEndianBytes(HandshakeProtocol.version) + bigEndianBytes(suite.rawValue)
             + random + x25519 + kemCiphertext
     }
 
     var bytes: [UInt8] { signedPart + signature }
 
-    init(random: [UInt8], x25519: [UInt8], kemCiphertext: [UInt8], signature: [UInt8]) {
+    init(suite: CipherSuite, random: [UInt8], x25519: [UInt8], kemCiphertext: [UInt8], signature: [UInt8]) {
+        self.suite = suite
         self.random = random
         self.x25519 = x25519
         self.kemCiphertext = kemCiphertext
@@ -167,8 +178,9 @@ struct Response: Equatable {
         var reader = ByteReader(bytes)
         let version = try reader.uint16("version")
         guard version == HandshakeProtocol.version else { throw .unsupportedVersion(version) }
-        let suite = try reader.uint16("suite")
-        guard suite == HandshakeProtocol.suite else { throw .unsupportedSuite(suite) }
+        let chosen = try reader.uint16("suite")
+        guard let suite = CipherSuite(rawValue: chosen) else { throw .unsupportedSuite(chosen) }
+        self.suite = suite
         random = try reader.take(HandshakeProtocol.randomSize, "responder random")
         x25519 = try reader.take(HandshakeProtocol.x25519Size, "responder X25519 key")
         kemCiphertext = try reader.take(HandshakeProtocol.kemCiphertextSize, "ML-KEM ciphertext")

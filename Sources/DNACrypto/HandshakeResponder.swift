@@ -34,6 +34,7 @@ public final class HandshakeResponder<Address: Hashable> {
         var outgoing: OutgoingMessage
         var transcript: Transcript
         let schedule: KeySchedule
+        let suite: CipherSuite
         var confirmation: Reassembly?
         let initiationCount: Int
     }
@@ -199,6 +200,7 @@ public final class HandshakeResponder<Address: Hashable> {
     private func answer(_ message: [UInt8], count: Int, datagramSize: Int, key: Key, now: UInt64) throws(HandshakeError) -> Answered {
         let initiation = try Initiation(parsing: message)
         guard initiation.responderKeyHash == ownKeyHash || !checksDestination else { throw .misdirected }
+        let suite = try initiation.choose(from: configuration.suites.filter(\.isAvailable))
         guard seen.insert(Sodium.sha256(message)) else {
             statistics.replays += 1
             throw .replayed
@@ -208,7 +210,7 @@ public final class HandshakeResponder<Address: Hashable> {
         var (kemSecret, ciphertext) = try KEM.encapsulate(to: initiation.kemPublicKey)
         var transcript = Transcript()
         transcript.absorb(message)
-        var unsigned = Response(random: Sodium.randomBytes(HandshakeProtocol.randomSize), x25519: x25519Public,
+        var unsigned = Response(suite: suite, random: Sodium.randomBytes(HandshakeProtocol.randomSize), x25519: x25519Public,
                                 kemCiphertext: ciphertext, signature: [])
         var signed = transcript
         signed.absorb(unsigned.signedPart)
@@ -223,7 +225,7 @@ public final class HandshakeResponder<Address: Hashable> {
         let outgoing = OutgoingMessage(response, session: key.session, kind: .response, datagramSize: datagramSize, now: now,
                                        configuration: configuration)
         outbox += outgoing.frames.map { (key.address, $0) }
-        return Answered(outgoing: outgoing, transcript: transcript, schedule: schedule, confirmation: nil,
+        return Answered(outgoing: outgoing, transcript: transcript, schedule: schedule, suite: suite, confirmation: nil,
                         initiationCount: count)
     }
 
@@ -279,7 +281,7 @@ public final class HandshakeResponder<Address: Hashable> {
         guard Identity.isValidSignature(confirmation.signature, of: HandshakeProtocol.initiatorLabel + signed.hash,
                                         publicKey: confirmation.publicKey) else { throw .badSignature }
         transcript.absorb(plaintext)
-        return try SecureSession(sessionID: key.session, role: .responder, peerName: confirmation.name,
+        return try SecureSession(sessionID: key.session, role: .responder, suite: answered.suite, peerName: confirmation.name,
                                  peerPublicKey: confirmation.publicKey,
                                  secrets: answered.schedule.trafficSecrets(transcriptHash: transcript.hash))
     }

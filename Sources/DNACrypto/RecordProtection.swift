@@ -13,10 +13,14 @@ public enum RecordError: Error, Equatable, Sendable {
     case unknownEpoch(UInt32)
     /// The AEAD tag does not verify: modified, misdirected or forged.
     case authenticationFailed
-    /// 2^64 frames were sealed with one traffic secret; the connection must be re-established.
+    /// The traffic secret's limits are reached: 2^64 frames sealed with it, or more forged frames
+    /// refused in one key epoch than the suite's integrity limit (RFC 9001 §6.6). The connection must
+    /// be established again.
     case exhausted
     /// The traffic secret is not 32 bytes.
     case invalidKey
+    /// This CPU lacks the instructions the suite needs (AES-256-GCM without AES-NI and PCLMULQDQ).
+    case unavailable(CipherSuite)
 }
 
 /// The direction a traffic key protects; part of every nonce so that the two directions of a
@@ -26,11 +30,70 @@ public enum RecordDirection: UInt8, Sendable {
     case responderToInitiator = 1
 }
 
-/// Record protection (docs/PROTOCOL.md §3): each frame's payload sealed with ChaCha20-Poly1305-IETF
-/// (libsodium). Nonce = direction (1) | 0 (3) | key epoch (4, big-endian) | sequence (4, big-endian).
-/// Associated data = the 32-byte header with its checksum field zeroed. The header's reserved word2
-/// carries the key epoch. After sequence 2^32-1 the sender moves to the next epoch, whose key is
-/// derived from the previous one (BLAKE2b KDF, then the old key is wiped), so no nonce repeats.
+/// The cipher suites of the handshake (docs/PROTOCOL.md §4): both agree keys with X25519 + ML-KEM-768,
+/// sign with ML-DSA-65 and derive with HKDF-SHA-256; they differ in the AEAD that protects records (§3).
+/// The initiator offers a set, the responder picks one (§4.2).
+public enum CipherSuite: UInt16, Sendable, CaseIterable, CustomStringConvertible {
+    /// ChaCha20-Poly1305-IETF records (RFC 8439): every machine has it; the fallback.
+    case chacha20Poly1305 = 1
+    /// AES-256-GCM records (NIST SP 800-38D), libsodium's AES-NI + PCLMULQDQ code: offered and accepted
+    /// only where the CPU has those instructions (`isAvailable`).
+    case aes256GCM = 2
+
+    /// Whether this process can use the suite (AES-256-GCM needs AES-NI and PCLMULQDQ).
+    public var isAvailable: Bool {
+        switch self {
+        case .chacha20Poly1305: true
+        case .aes256GCM: CipherSuite.hasAESInstructions
+        }
+    }
+
+    private static let hasAESInstructions: Bool = Sodium.ready && crypto_aead_aes256gcm_is_available() == 1
+
+    /// The suites this process offers and accepts by default, in its order of preference: AES-256-GCM
+    /// first where the CPU has AES instructions (0.8 ns per byte against ChaCha20-Poly1305's 1.2 here).
+    public static let preferred: [CipherSuite] = allCases.filter(\.isAvailable).sorted { $0.rawValue > $1.rawValue }
+
+    /// The bit of this suite in an initiation's offer (§4.2): bit (number − 1).
+    var offerBit: UInt16 { 1 << (rawValue - 1) }
+
+    /// The offer field of an initiation that offers `suites`.
+    static func offer(_ suites: [CipherSuite]) -> UInt16 { suites.reduce(0) { $0 | $1.offerBit } }
+
+    /// Records sealed with one key before the sender moves to the next key epoch: 2^32 for
+    /// ChaCha20-Poly1305 (the sequence field), 2^23 for AES-256-GCM (its confidentiality limit for
+    /// datagrams of up to 2^11 blocks, RFC 9001 §6.6).
+    var recordsPerEpoch: UInt64 {
+        switch self {
+        case .chacha20Poly1305: 1 << 32
+        case .aes256GCM: 1 << 23
+        }
+    }
+
+    /// Frames that fail to authenticate under one epoch's key before the opener refuses that epoch
+    /// (`RecordError.exhausted`): the integrity limits of RFC 9001 §6.6, 2^36 for ChaCha20-Poly1305 and
+    /// 2^52 for AES-256-GCM.
+    var forgeryLimit: UInt64 {
+        switch self {
+        case .chacha20Poly1305: 1 << 36
+        case .aes256GCM: 1 << 52
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .chacha20Poly1305: "ChaCha20-Poly1305"
+        case .aes256GCM: "AES-256-GCM"
+        }
+    }
+}
+
+/// Record protection (docs/PROTOCOL.md §3): each frame's payload sealed with the session's AEAD
+/// (`CipherSuite`, libsodium). Nonce = direction (1) | 0 (3) | key epoch (4, big-endian) | sequence (4,
+/// big-endian). Associated data = the 32-byte header with its checksum field zeroed. The header's
+/// reserved word2 carries the key epoch. After `recordsPerEpoch` records the sender moves to the next
+/// epoch, whose key is derived from the previous one (BLAKE2b KDF, then the old key is wiped), so no
+/// nonce repeats and no key outlives its AEAD's limits.
 enum TrafficKey {
     static let size = Int(crypto_aead_chacha20poly1305_ietf_KEYBYTES)
     static let tagSize = Int(crypto_aead_chacha20poly1305_ietf_ABYTES)
@@ -60,23 +123,96 @@ enum TrafficKey {
     }
 }
 
+/// One key epoch's AEAD key for one suite. AES-256-GCM keeps libsodium's expanded key schedule
+/// (`crypto_aead_aes256gcm_beforenm`, 512 bytes, 16-aligned) beside the key. Both are wiped when the
+/// last reference goes.
+final class RecordKey {
+    let suite: CipherSuite
+    private(set) var secret: [UInt8]
+    private let schedule: UnsafeMutableRawPointer?
+    private static let scheduleSize = crypto_aead_aes256gcm_statebytes()
+
+    init(_ secret: [UInt8], suite: CipherSuite) throws(RecordError) {
+        guard secret.count == TrafficKey.size else { throw .invalidKey }
+        _ = Sodium.ready
+        guard suite.isAvailable else { throw .unavailable(suite) }
+        self.suite = suite
+        self.secret = secret
+        switch suite {
+        case .chacha20Poly1305:
+            schedule = nil
+        case .aes256GCM:
+            let state = UnsafeMutableRawPointer.allocate(byteCount: Self.scheduleSize, alignment: 16)
+            secret.withUnsafeBufferPointer { key in
+                guard let base = key.baseAddress else { return }  // 32 bytes: checked above
+                _ = crypto_aead_aes256gcm_beforenm(state.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self), base)
+            }
+            schedule = state
+        }
+    }
+
+    deinit {
+        Sodium.wipe(&secret)
+        if let schedule {
+            sodium_memzero(schedule, Self.scheduleSize)
+            schedule.deallocate()
+        }
+    }
+
+    /// The next epoch's key (same suite).
+    func next() -> RecordKey? {
+        var derived = TrafficKey.next(secret)
+        defer { Sodium.wipe(&derived) }
+        return try? RecordKey(derived, suite: suite)
+    }
+
+    /// Seals `count` bytes at `plaintext` into `out` (count + 16 bytes: ciphertext, then tag).
+    func encrypt(_ out: UnsafeMutablePointer<UInt8>, _ plaintext: UnsafePointer<UInt8>?, count: Int,
+                 associatedData: UnsafePointer<UInt8>, associatedCount: Int, nonce: UnsafePointer<UInt8>) {
+        var written: UInt64 = 0
+        if let schedule {
+            _ = crypto_aead_aes256gcm_encrypt_afternm(
+                out, &written, plaintext, UInt64(count), associatedData, UInt64(associatedCount), nil, nonce,
+                schedule.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self))
+        } else {
+            _ = crypto_aead_chacha20poly1305_ietf_encrypt(
+                out, &written, plaintext, UInt64(count), associatedData, UInt64(associatedCount), nil, nonce, secret)
+        }
+    }
+
+    /// Opens `count` sealed bytes (ciphertext and tag) into `out` (count − 16 bytes); false when the
+    /// tag does not verify (then `out` holds nothing of use).
+    func decrypt(_ out: UnsafeMutablePointer<UInt8>?, _ sealed: UnsafePointer<UInt8>, count: Int,
+                 associatedData: UnsafePointer<UInt8>, associatedCount: Int, nonce: UnsafePointer<UInt8>) -> Bool {
+        var length: UInt64 = 0
+        if let schedule {
+            return crypto_aead_aes256gcm_decrypt_afternm(
+                out, &length, nil, sealed, UInt64(count), associatedData, UInt64(associatedCount), nonce,
+                schedule.assumingMemoryBound(to: crypto_aead_aes256gcm_state.self)) == 0
+        }
+        return crypto_aead_chacha20poly1305_ietf_decrypt(
+            out, &length, nil, sealed, UInt64(count), associatedData, UInt64(associatedCount), nonce, secret) == 0
+    }
+}
+
 /// Seals outgoing frames for one direction. A class, so that the key and counter are never copied.
 public final class RecordSealer {
-    private var key: [UInt8]
+    private var key: RecordKey
     private let direction: RecordDirection
     public private(set) var epoch: UInt32 = 0
-    private var nextSequence: UInt64 = 0  // up to 2^32: then the epoch advances
+    private var nextSequence: UInt64 = 0  // up to the suite's records per epoch: then the epoch advances
 
-    public init(trafficSecret: [UInt8], direction: RecordDirection) throws(RecordError) {
-        guard trafficSecret.count == TrafficKey.size else { throw .invalidKey }
-        _ = Sodium.ready
-        key = trafficSecret
+    /// - Throws: `.invalidKey` unless `trafficSecret` is 32 bytes; `.unavailable` for a suite this CPU lacks.
+    public init(trafficSecret: [UInt8], direction: RecordDirection,
+                suite: CipherSuite = .chacha20Poly1305) throws(RecordError) {
+        key = try RecordKey(trafficSecret, suite: suite)
         self.direction = direction
     }
 
-    deinit { Sodium.wipe(&key) }
+    /// The AEAD this side seals with.
+    public var suite: CipherSuite { key.suite }
 
-    /// Bytes a sealed frame adds to the plaintext: header and tag.
+    /// Bytes a sealed frame adds to the plaintext: header and tag (16 bytes in every suite).
     public static let overhead = FrameHeader.size + TrafficKey.tagSize
 
     /// A sealed frame of `type` carrying `plaintext`; reserved words 0 and 1 are the caller's.
@@ -92,15 +228,13 @@ public final class RecordSealer {
     @discardableResult
     public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0,
                      plaintext: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(RecordError) -> Int {
-        if nextSequence > UInt64(UInt32.max) {
-            guard epoch < UInt32.max else { throw .exhausted }
-            let next = TrafficKey.next(key)
-            Sodium.wipe(&key)
-            key = next
+        if nextSequence >= key.suite.recordsPerEpoch {
+            guard epoch < UInt32.max, let next = key.next() else { throw .exhausted }
+            key = next  // the old key is wiped as it goes
             epoch += 1
             nextSequence = 0
         }
-        let sequence = UInt32(nextSequence)
+        let sequence = UInt32(truncatingIfNeeded: nextSequence)
         let sealedLength = plaintext.count + TrafficKey.tagSize
         guard sealedLength <= FrameEncoder.maximumPayloadLength else {
             throw .frame(.payloadTooLarge(length: sealedLength, maximum: FrameEncoder.maximumPayloadLength))
@@ -112,11 +246,9 @@ public final class RecordSealer {
         out.withUnsafeMutableBufferPointer { buffer in
             guard let base = buffer.baseAddress.map({ $0 + start }) else { return }  // never empty: at least a header
             header.write(to: base)  // checksum 0: these 32 bytes are the associated data
-            var written: UInt64 = 0
             TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
-                _ = crypto_aead_chacha20poly1305_ietf_encrypt(
-                    base + FrameHeader.size, &written, plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self),
-                    UInt64(plaintext.count), base, UInt64(FrameHeader.size), nil, nonce, key)
+                key.encrypt(base + FrameHeader.size, plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self),
+                            count: plaintext.count, associatedData: base, associatedCount: FrameHeader.size, nonce: nonce)
             }
             let checksum = CRC32.checksum(UnsafeRawBufferPointer(start: base + FrameHeader.size, count: sealedLength))
             UnsafeMutableRawPointer(base).storeBytes(of: checksum.bigEndian, toByteOffset: 16, as: UInt32.self)
@@ -140,7 +272,7 @@ public final class RecordSealer {
 public final class RecordOpener {
     private struct Epoch {
         var number: UInt32
-        var key: [UInt8]
+        var key: RecordKey
         var window = ReplayWindow()
     }
 
@@ -148,24 +280,28 @@ public final class RecordOpener {
     private let decoder: FrameDecoder
     private var current: Epoch
     private var previous: Epoch?
+    /// Frames that failed to authenticate, under any key: past the suite's integrity limit the opener
+    /// refuses everything (RFC 9001 §6.6 counts across all keys of a connection).
+    private var forgeries: UInt64 = 0
 
-    public init(trafficSecret: [UInt8], direction: RecordDirection,
+    /// - Throws: `.invalidKey` unless `trafficSecret` is 32 bytes; `.unavailable` for a suite this CPU lacks.
+    public init(trafficSecret: [UInt8], direction: RecordDirection, suite: CipherSuite = .chacha20Poly1305,
                 maximumPayloadLength: Int = FrameDecoder.defaultMaximumPayloadLength) throws(RecordError) {
-        guard trafficSecret.count == TrafficKey.size else { throw .invalidKey }
-        _ = Sodium.ready
         self.direction = direction
         // The CRC-32 is checked too: the checksum field is outside the associated data (it is computed
         // over the ciphertext), so without the check a modified checksum would go unnoticed.
         decoder = FrameDecoder(maximumPayloadLength: maximumPayloadLength + TrafficKey.tagSize)
-        current = Epoch(number: 0, key: trafficSecret)
+        current = Epoch(number: 0, key: try RecordKey(trafficSecret, suite: suite))
     }
 
-    deinit {
-        Sodium.wipe(&current.key)
-        if var old = previous { Sodium.wipe(&old.key) }
-    }
+    /// The AEAD this side opens with.
+    public var suite: CipherSuite { current.key.suite }
 
-    /// The header and plaintext of a sealed frame. Nothing changes unless the frame authenticates.
+    /// Test hook: count `count` more forgeries.
+    func countForgeries(_ count: UInt64) { forgeries += count }
+
+    /// The header and plaintext of a sealed frame. Nothing changes unless the frame authenticates
+    /// (but the count of forgeries).
     public func open(_ frame: UnsafeRawBufferPointer) throws(RecordError) -> (header: FrameHeader, plaintext: [UInt8]) {
         let header: FrameHeader
         do { header = try decoder.decode(frame) } catch { throw .frame(error) }
@@ -184,9 +320,9 @@ public final class RecordOpener {
         } else if let previous, epoch == previous.number {
             slot = .previous
             verdict = previous.window.check(sequence)
-        } else if current.number < UInt32.max, epoch == current.number + 1 {
+        } else if current.number < UInt32.max, epoch == current.number + 1, let key = current.key.next() {
             slot = .next
-            next = Epoch(number: epoch, key: TrafficKey.next(current.key))
+            next = Epoch(number: epoch, key: key)
             verdict = .fresh
         } else {
             throw .unknownEpoch(epoch)
@@ -196,26 +332,7 @@ public final class RecordOpener {
         case .replayed: throw .replayed(epoch: epoch, sequence: sequence)
         case .tooOld: throw .tooOld(epoch: epoch, sequence: sequence)
         }
-        let sealedLength = Int(header.payloadLength)
-        guard let frameBase = frame.baseAddress?.assumingMemoryBound(to: UInt8.self) else { throw .authenticationFailed }
-        var status: Int32 = -1
-        func decrypt(_ key: [UInt8]) -> [UInt8] {
-            [UInt8](unsafeUninitializedCapacity: sealedLength - TrafficKey.tagSize) { out, initialized in
-                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: FrameHeader.size) { ad in
-                    guard let adBase = ad.baseAddress else { return }
-                    adBase.update(from: frameBase, count: FrameHeader.size)
-                    (adBase + 16).update(repeating: 0, count: 4)  // the checksum is not part of the associated data
-                    var length: UInt64 = 0
-                    status = TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
-                        crypto_aead_chacha20poly1305_ietf_decrypt(
-                            out.baseAddress, &length, nil, frameBase + FrameHeader.size, UInt64(sealedLength),
-                            adBase, UInt64(FrameHeader.size), nonce, key)
-                    }
-                }
-                initialized = status == 0 ? out.count : 0
-            }
-        }
-        let key: [UInt8]
+        let key: RecordKey
         switch slot {
         case .current: key = current.key
         case .previous:
@@ -225,10 +342,24 @@ public final class RecordOpener {
             guard let next else { throw .unknownEpoch(epoch) }
             key = next.key
         }
-        guard key.count == TrafficKey.size else { throw .authenticationFailed }
-        let plaintext = decrypt(key)
-        guard status == 0 else {
-            if var candidate = next { Sodium.wipe(&candidate.key) }
+        guard forgeries < key.suite.forgeryLimit else { throw .exhausted }
+        let sealedLength = Int(header.payloadLength)
+        guard let frameBase = frame.baseAddress?.assumingMemoryBound(to: UInt8.self) else { throw .authenticationFailed }
+        var authentic = false
+        let plaintext = [UInt8](unsafeUninitializedCapacity: sealedLength - TrafficKey.tagSize) { out, initialized in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: FrameHeader.size) { ad in
+                guard let adBase = ad.baseAddress else { return }
+                adBase.update(from: frameBase, count: FrameHeader.size)
+                (adBase + 16).update(repeating: 0, count: 4)  // the checksum is not part of the associated data
+                authentic = TrafficKey.withNonce(direction, epoch: epoch, sequence: sequence) { nonce in
+                    key.decrypt(out.baseAddress, frameBase + FrameHeader.size, count: sealedLength,
+                                associatedData: adBase, associatedCount: FrameHeader.size, nonce: nonce)
+                }
+            }
+            initialized = authentic ? out.count : 0
+        }
+        guard authentic else {
+            forgeries += 1
             throw .authenticationFailed
         }
         switch slot {
@@ -237,8 +368,7 @@ public final class RecordOpener {
         case .next:
             guard var candidate = next else { throw .authenticationFailed }
             candidate.window.accept(sequence)
-            if var old = previous { Sodium.wipe(&old.key) }
-            previous = current
+            previous = current  // the epoch before it, and its key, go
             current = candidate
         }
         return (header, plaintext)

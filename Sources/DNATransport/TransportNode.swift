@@ -488,7 +488,7 @@ public final class TransportNode: @unchecked Sendable {
         marks.append(monotonicMilliseconds())
         let phases = zip(marks.dropFirst(), marks).map { String($0 - $1) }.joined(separator: "/")
         log("\(kind == .resume ? "new path" : "connected") to \(peer) in \(marks[marks.count - 1] - marks[0]) ms "
-            + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms)"
+            + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms; \(session.suite))"
             + (session.datagramSize < Pieces.maximumDatagramSize ? "; the path carries datagrams of \(session.datagramSize) bytes" : ""))
         return Path(link: link, session: session, agent: agent, responder: nil, known: Known(entry: entry, holders: holders))
     }

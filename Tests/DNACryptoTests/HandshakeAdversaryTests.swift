@@ -127,6 +127,37 @@ import Testing
         #expect(flips == bits && bits > 90_000)
     }
 
+    /// A downgrade: an attacker strips AES-256-GCM from the offer (message 1 in valid pieces). The
+    /// responder answers with ChaCha20-Poly1305, but it signed a transcript with the modified offer, so
+    /// the initiator's check fails; a response rewritten to a suite not offered fails before it.
+    @Test func aModifiedOfferOrChoiceIsCaughtByTheSignature() throws {
+        let steps = try Self.steps()
+        var initiation = try #require(steps.messages[.initiation])
+        let offer = UInt16(initiation[2]) << 8 | UInt16(initiation[3])
+        #expect(offer == CipherSuite.offer(CipherSuite.preferred))
+        initiation[3] = 0x01 == initiation[3] ? 0x03 : 0x01  // 0x0003 -> 0x0001, or an added suite on a CPU without AES
+        let responder = HandshakeResponder<String>(identity: Self.bob)
+        for piece in HandshakeDatagram.pieces(of: initiation, session: steps.session, kind: .initiation) {
+            try responder.receive(piece, from: "a", now: 0)
+        }
+        let initiator = steps.initiator.snapshot()
+        #expect(throws: HandshakeError.badSignature) {
+            for (_, datagram) in responder.takeDatagrams() { try initiator.receive(datagram, now: 0) }
+        }
+        #expect(initiator.session == nil)
+
+        var response = try #require(steps.messages[.response])
+        let chosen = response[3]
+        let other = try #require(CipherSuite.allCases.first { $0.rawValue != UInt16(chosen) })
+        response[3] = UInt8(other.rawValue)
+        let fresh = steps.initiator.snapshot()
+        let expected: HandshakeError = CipherSuite.preferred.contains(other) ? .badSignature : .unsupportedSuite(other.rawValue)
+        #expect(throws: expected) {
+            for piece in HandshakeDatagram.pieces(of: response, session: steps.session, kind: .response) { try fresh.receive(piece, now: 0) }
+        }
+        #expect(fresh.session == nil)
+    }
+
     @Test func aReplayedInitiationIsRefusedAndLeavesNoState() throws {
         var link = try HandshakeTests.link()
         link.run()
@@ -212,7 +243,7 @@ import Testing
         var mostPending = 0, mostBytes = 0, bytesAtHalfTime = 0
         for i in 0..<20_000 {
             let complete = i % 100 == 0  // one in a hundred is a whole, well-formed initiation: full crypto work
-            let initiation = Initiation(responderKeyHash: Sodium.sha256(Self.bob.publicKey), random: randomBytes(32),
+            let initiation = Initiation(offering: CipherSuite.preferred, responderKeyHash: Sodium.sha256(Self.bob.publicKey), random: randomBytes(32),
                                         x25519: x25519, kemPublicKey: Array(kemKey)).bytes
             let pieces = HandshakeDatagram.pieces(of: initiation, session: UInt32(truncatingIfNeeded: random.next()),
                                                   kind: .initiation)
@@ -238,7 +269,7 @@ import Testing
             for (to, datagram) in responder.takeDatagrams() where to == -1 { try initiator.receive(datagram, now: 2000) }
             sessions += responder.takeSessions().map(\.1)
             // More bogus first pieces arrive meanwhile.
-            let bogus = Initiation(responderKeyHash: randomBytes(32), random: randomBytes(32), x25519: x25519,
+            let bogus = Initiation(offering: CipherSuite.preferred, responderKeyHash: randomBytes(32), random: randomBytes(32), x25519: x25519,
                                    kemPublicKey: Array(kemKey)).bytes
             try responder.receive(HandshakeDatagram.pieces(of: bogus, session: 5, kind: .initiation)[0],
                                   from: Int(random.next() % 1_000_000), now: 2000)

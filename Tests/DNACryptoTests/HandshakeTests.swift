@@ -106,6 +106,74 @@ struct HandshakeLink {
         #expect(throws: RecordError.authenticationFailed) { try client.opener.open(reflected) }
     }
 
+    static func link(offering offered: [CipherSuite], accepting accepted: [CipherSuite]) throws -> HandshakeLink {
+        var offer = HandshakeConfiguration(), accept = HandshakeConfiguration()
+        offer.suites = offered
+        accept.suites = accepted
+        return HandshakeLink(
+            initiator: try HandshakeInitiator(identity: alice, responderName: bob.name, responderPublicKey: bob.publicKey,
+                                              now: 0, configuration: offer),
+            responder: HandshakeResponder(identity: bob, configuration: accept))
+    }
+
+    /// Suite negotiation (docs/PROTOCOL.md §4.2): message 1 carries the set offered, message 2 the
+    /// responder's first accepted suite in that set, and both sides' records use it. An initiator of
+    /// before AES-256-GCM (offer 0x0001) still gets ChaCha20-Poly1305. Suites the CPU lacks are never
+    /// offered or accepted, so on a machine without AES instructions every case ends in ChaCha20-Poly1305.
+    @Test func theResponderPicksTheFirstSuiteItAcceptsAmongThoseOffered() throws {
+        let aes: CipherSuite = CipherSuite.aes256GCM.isAvailable ? .aes256GCM : .chacha20Poly1305
+        #expect(CipherSuite.preferred.first == aes)
+        let cases: [(offered: [CipherSuite], accepted: [CipherSuite], chosen: CipherSuite)] = [
+            (CipherSuite.preferred, CipherSuite.preferred, aes),
+            ([.chacha20Poly1305], CipherSuite.preferred, .chacha20Poly1305),
+            (CipherSuite.preferred, [.chacha20Poly1305], .chacha20Poly1305),
+            ([.chacha20Poly1305, .aes256GCM], [.aes256GCM, .chacha20Poly1305], aes),  // the responder's order decides
+            ([.aes256GCM, .chacha20Poly1305], [.chacha20Poly1305, .aes256GCM], .chacha20Poly1305),
+        ]
+        for (offered, accepted, chosen) in cases {
+            var link = try Self.link(offering: offered, accepting: accepted)
+            link.run()
+            #expect(link.initiatorErrors.isEmpty && link.responderErrors.isEmpty, "\(offered) to \(accepted)")
+            let client = try #require(link.initiator.session)
+            let server = try #require(link.responderSessions.first)
+            #expect(client.suite == chosen && server.suite == chosen, "\(offered) to \(accepted)")
+            #expect(client.sealer.suite == chosen && client.opener.suite == chosen && server.sealer.suite == chosen)
+            let messages = try Self.messages(link)
+            let offer = CipherSuite.offer(offered.filter(\.isAvailable))
+            #expect(messages[.initiation]?[2..<4] == [UInt8(offer >> 8), UInt8(offer & 0xFF)])
+            #expect(messages[.response]?[2..<4] == [0, UInt8(chosen.rawValue)])
+            let message = (0..<3000).map { UInt8(truncatingIfNeeded: $0) }
+            #expect(try server.opener.open(try client.sealer.seal(type: .data, plaintext: message)).plaintext == message)
+            #expect(try client.opener.open(try server.sealer.seal(type: .data, plaintext: message)).plaintext == message)
+        }
+        #expect(CipherSuite.offer([.chacha20Poly1305]) == 0x0001 && CipherSuite.offer([.aes256GCM, .chacha20Poly1305]) == 0x0003)
+    }
+
+    /// No suite in common: the responder refuses the initiation (`unsupportedSuite` with the offer) and
+    /// keeps no state; the initiator times out. An initiator left with nothing to offer does not start.
+    @Test func noSuiteInCommonEndsTheHandshake() throws {
+        if CipherSuite.aes256GCM.isAvailable {
+            var link = try Self.link(offering: [.aes256GCM], accepting: [.chacha20Poly1305])
+            link.run()
+            #expect(link.responderErrors.first == .unsupportedSuite(0x0002))
+            #expect(link.responder.pendingCount == 0 && link.responderSessions.isEmpty)
+            #expect(link.initiator.failure == .timeout && link.initiator.session == nil)
+        } else {
+            #expect(throws: HandshakeError.unsupportedSuite(0)) { try Self.link(offering: [.aes256GCM], accepting: [.chacha20Poly1305]) }
+        }
+        #expect(throws: HandshakeError.unsupportedSuite(0)) { try Self.link(offering: [], accepting: CipherSuite.preferred) }
+        // Bits of suites unknown here are ignored; an offer of none known is refused.
+        var initiation = Initiation(offering: [.chacha20Poly1305], responderKeyHash: [UInt8](repeating: 1, count: 32),
+                                    random: [UInt8](repeating: 2, count: 32), x25519: [UInt8](repeating: 3, count: 32),
+                                    kemPublicKey: [UInt8](repeating: 4, count: 1184))
+        initiation.offeredSuites = 0x8001
+        #expect(try Initiation(parsing: initiation.bytes).choose(from: CipherSuite.preferred) == .chacha20Poly1305)
+        initiation.offeredSuites = 0xFFFC
+        #expect(throws: HandshakeError.unsupportedSuite(0xFFFC)) {
+            try Initiation(parsing: initiation.bytes).choose(from: [.aes256GCM, .chacha20Poly1305])
+        }
+    }
+
     @Test func noDatagramExceeds1200BytesAndMessagesHaveTheDocumentedSizes() throws {
         var link = try Self.link()
         link.run()

@@ -106,6 +106,77 @@ import Testing
         #expect(try opener.open(valid).plaintext == Array("hello".utf8))
     }
 
+    /// Frames of both suites at epoch 1, sequence 5, from the responder, computed by an independent
+    /// implementation (Python `cryptography`'s AESGCM and ChaCha20Poly1305 over OpenSSL, the epoch-1 key
+    /// with hashlib's BLAKE2b as libsodium's crypto_kdf, docs/PROTOCOL.md §3).
+    @Test(arguments: [
+        (CipherSuite.aes256GCM, "444e412001000001000000050000001e092060030000000900000003000000018e676ced5f943a40d467962e61f227c6b3ba8e309bdb0f13cf233d5231ad"),
+        (CipherSuite.chacha20Poly1305, "444e412001000001000000050000001e2ef55771000000090000000300000001fcccbce700b028a39ab628092d0d6611ace1e5ba73ce358625d36ab43260"),
+    ])
+    func eachSuiteSealsAsAnIndependentImplementationDoes(suite: CipherSuite, hex: String) throws {
+        let expected = stride(from: 0, to: hex.count, by: 2).compactMap { offset -> UInt8? in
+            let start = hex.index(hex.startIndex, offsetBy: offset)
+            return UInt8(hex[start..<hex.index(start, offsetBy: 2)], radix: 16)
+        }
+        guard suite.isAvailable else {
+            // Without AES instructions the suite is neither offered nor usable.
+            #expect(throws: RecordError.unavailable(suite)) { try RecordSealer(trafficSecret: Self.secret, direction: .responderToInitiator, suite: suite) }
+            #expect(!CipherSuite.preferred.contains(suite))
+            return
+        }
+        let sealer = try RecordSealer(trafficSecret: Self.secret, direction: .responderToInitiator, suite: suite)
+        #expect(sealer.suite == suite)
+        sealer.skip(to: suite.recordsPerEpoch)
+        let first = try sealer.seal(type: .data, plaintext: [0])  // moves to epoch 1
+        #expect(sealer.epoch == 1)
+        #expect(try FrameDecoder().decode(first).header.sequence == 0)
+        sealer.skip(to: 5)
+        let frame = try sealer.seal(type: .data, word0: 9, word1: 3, plaintext: Array("attack at dawn".utf8))
+        #expect(frame == expected)
+        let opener = try RecordOpener(trafficSecret: Self.secret, direction: .responderToInitiator, suite: suite)
+        #expect(try opener.open(frame).plaintext == Array("attack at dawn".utf8))
+        // Another suite's opener, with the same secret, cannot open it.
+        let other = try RecordOpener(trafficSecret: Self.secret, direction: .responderToInitiator,
+                                     suite: suite == .aes256GCM ? .chacha20Poly1305 : .aes256GCM)
+        #expect(throws: RecordError.authenticationFailed) { try other.open(frame) }
+    }
+
+    /// AES-256-GCM changes keys every 2^23 records (its confidentiality limit, RFC 9001 §6.6), where
+    /// ChaCha20-Poly1305 uses the whole 2^32 sequence space; the receiver follows either.
+    @Test func aesGCMMovesToTheNextEpochAfter2To23Records() throws {
+        let suite = CipherSuite.aes256GCM
+        guard suite.isAvailable else {
+            #expect(!CipherSuite.preferred.contains(suite))
+            return
+        }
+        let sealer = try RecordSealer(trafficSecret: Self.secret, direction: .initiatorToResponder, suite: suite)
+        let opener = try RecordOpener(trafficSecret: Self.secret, direction: .initiatorToResponder, suite: suite)
+        sealer.skip(to: (1 << 23) - 1)
+        let last = try sealer.seal(type: .data, plaintext: [1])
+        let next = try sealer.seal(type: .data, plaintext: [2])
+        #expect(try FrameDecoder().decode(last).header.reserved.word2 == 0)
+        #expect(try FrameDecoder().decode(next).header.reserved.word2 == 1)
+        #expect(try FrameDecoder().decode(next).header.sequence == 0)
+        #expect(try opener.open(next).plaintext == [2])
+        #expect(try opener.open(last).plaintext == [1])  // late, from the previous epoch
+    }
+
+    /// Past the suite's integrity limit of forged frames (RFC 9001 §6.6), the opener refuses everything,
+    /// genuine frames too: the connection must be established again.
+    @Test(arguments: CipherSuite.preferred)
+    func pastTheIntegrityLimitNothingOpens(suite: CipherSuite) throws {
+        let sealer = try RecordSealer(trafficSecret: Self.secret, direction: .initiatorToResponder, suite: suite)
+        let opener = try RecordOpener(trafficSecret: Self.secret, direction: .initiatorToResponder, suite: suite)
+        let genuine = try sealer.seal(type: .data, plaintext: [7])
+        var forged = try sealer.seal(type: .data, plaintext: [8])
+        forged[forged.count - 1] ^= 1
+        let crc = CRC32.checksum(forged[32...])
+        forged.replaceSubrange(16..<20, with: [UInt8(crc >> 24), UInt8((crc >> 16) & 0xFF), UInt8((crc >> 8) & 0xFF), UInt8(crc & 0xFF)])
+        opener.countForgeries(suite.forgeryLimit - 1)
+        #expect(throws: RecordError.authenticationFailed) { try opener.open(forged) }  // the last one the limit allows
+        #expect(throws: RecordError.exhausted) { try opener.open(genuine) }
+    }
+
     @Test func keysMustBe32Bytes() {
         #expect(throws: RecordError.invalidKey) { try RecordSealer(trafficSecret: [1, 2], direction: .initiatorToResponder) }
         #expect(throws: RecordError.invalidKey) { try RecordOpener(trafficSecret: [], direction: .initiatorToResponder) }

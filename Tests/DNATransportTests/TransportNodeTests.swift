@@ -163,7 +163,9 @@ import Testing
         #expect(timedOut)
         #expect(sent * 256 * 1024 <= 2 * buffer + buffer / 8)  // bob's buffer, alice's, and no more
         #expect(peak.alice <= buffer && peak.bob <= buffer)
-        #expect(peak.resident - before <= 2 * buffer + (32 << 20), "resident grew by \((peak.resident - before) >> 20) MiB")
+        // The process's resident memory is printed, not checked, here: suites that run beside this one
+        // in the process grow it too (by 40 MiB and more). bindings/python/tests/test_transport.py
+        // checks it in a process of its own (test_a_reader_that_never_reads_bounds_the_processes_memory).
         // A small message on stream 2 is taken at once and read right after the first of stream 1.
         let held = try bob.buffered(incoming).receive, sentAt = unixMilliseconds()
         try alice.send(id, Array("small".utf8), stream: 2)

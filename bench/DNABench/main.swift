@@ -97,52 +97,72 @@ print("")
 print("goals: at 65536 B each ratio >= 0.8; at 64 B >= 5000000 encode+decode pairs/s")
 
 print("")
-print("Record protection (seal + open of one frame) vs libsodium ChaCha20-Poly1305-IETF encrypt + decrypt alone")
-print("on the same buffers. The record layer adds the header, CRC-32, anti-replay window and frame checks.")
+print("Record protection (seal + open of one frame) vs the suite's libsodium AEAD encrypt + decrypt alone on")
+print("the same buffers (ChaCha20-Poly1305-IETF; AES-256-GCM with its precomputed key schedule). The record")
+print("layer adds the header, CRC-32, anti-replay window and frame checks. The handshake picks AES-256-GCM")
+print("where both CPUs have AES instructions (PROTOCOL.md §4).")
 print("")
 print("Second baseline: the same AEAD pair plus the two zlib crc32 passes over the ciphertext that the frame")
 print("format requires (the sender fills the checksum, the receiver checks it).")
 print("")
-print("\(pad("payload", 8)) \(pad("aead pairs/s", 13)) \(pad("aead MB/s", 10)) \(pad("record pairs/s", 15)) \(pad("record MB/s", 12)) \(pad("ratio", 6)) \(pad("aead+2crc/s", 12)) \(pad("ratio", 6))")
+print("\(pad("suite", 17)) \(pad("payload", 8)) \(pad("aead pairs/s", 13)) \(pad("aead MB/s", 10)) \(pad("record pairs/s", 15)) \(pad("record MB/s", 12)) \(pad("ratio", 6)) \(pad("aead+2crc/s", 12)) \(pad("ratio", 6))")
 _ = sodium_init()
 let key = [UInt8](repeating: 7, count: 32)
 let nonce = [UInt8](repeating: 1, count: 12)
 let ad = [UInt8](repeating: 2, count: 32)
-for size in [64, 1024, 16384] {
-    let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0) }
-    var cipher = [UInt8](repeating: 0, count: size + 16)
-    var opened = [UInt8](repeating: 0, count: size)
-    let batch = max(1, 2_000_000 / (size + 64))
-    let aeadRate = best { rate(batch: batch) {
-        for _ in 0..<batch {
+let aesState = UnsafeMutableRawPointer.allocate(byteCount: crypto_aead_aes256gcm_statebytes(), alignment: 16)
+    .assumingMemoryBound(to: crypto_aead_aes256gcm_state.self)
+if CipherSuite.aes256GCM.isAvailable { _ = crypto_aead_aes256gcm_beforenm(aesState, key) }
+var recordRates: [CipherSuite: [Int: Double]] = [:]
+for suite in CipherSuite.allCases.filter(\.isAvailable).sorted(by: { $0.rawValue < $1.rawValue }) {
+    for size in [64, 1024, 16384] {
+        let plaintext = (0..<size).map { UInt8(truncatingIfNeeded: $0) }
+        var cipher = [UInt8](repeating: 0, count: size + 16)
+        var opened = [UInt8](repeating: 0, count: size)
+        let batch = max(1, 2_000_000 / (size + 64))
+        func aead(crc: Bool) {
             var clen: UInt64 = 0, mlen: UInt64 = 0
-            _ = crypto_aead_chacha20poly1305_ietf_encrypt(&cipher, &clen, plaintext, UInt64(size), ad, 32, nil, nonce, key)
-            sink &+= UInt64(crypto_aead_chacha20poly1305_ietf_decrypt(&opened, &mlen, nil, cipher, clen, ad, 32, nonce, key) + 1)
+            switch suite {
+            case .chacha20Poly1305:
+                _ = crypto_aead_chacha20poly1305_ietf_encrypt(&cipher, &clen, plaintext, UInt64(size), ad, 32, nil, nonce, key)
+            case .aes256GCM:
+                _ = crypto_aead_aes256gcm_encrypt_afternm(&cipher, &clen, plaintext, UInt64(size), ad, 32, nil, nonce, aesState)
+            }
+            if crc {
+                sink &+= UInt64(crc32_z(0, cipher, Int(clen)))
+                sink &+= UInt64(crc32_z(0, cipher, Int(clen)))
+            }
+            switch suite {
+            case .chacha20Poly1305:
+                sink &+= UInt64(crypto_aead_chacha20poly1305_ietf_decrypt(&opened, &mlen, nil, cipher, clen, ad, 32, nonce, key) + 1)
+            case .aes256GCM:
+                sink &+= UInt64(crypto_aead_aes256gcm_decrypt_afternm(&opened, &mlen, nil, cipher, clen, ad, 32, nonce, aesState) + 1)
+            }
         }
-    } }
-    let aeadCRCRate = best { rate(batch: batch) {
-        for _ in 0..<batch {
-            var clen: UInt64 = 0, mlen: UInt64 = 0
-            _ = crypto_aead_chacha20poly1305_ietf_encrypt(&cipher, &clen, plaintext, UInt64(size), ad, 32, nil, nonce, key)
-            sink &+= UInt64(crc32_z(0, cipher, Int(clen)))
-            sink &+= UInt64(crc32_z(0, cipher, Int(clen)))
-            sink &+= UInt64(crypto_aead_chacha20poly1305_ietf_decrypt(&opened, &mlen, nil, cipher, clen, ad, 32, nonce, key) + 1)
-        }
-    } }
-    // A fresh sealer/opener per measurement: sequence numbers never repeat inside one.
-    let recordRate = best {
-        guard let sealer = try? RecordSealer(trafficSecret: key, direction: .initiatorToResponder),
-              let opener = try? RecordOpener(trafficSecret: key, direction: .initiatorToResponder) else { return 0 }
-        return rate(batch: batch) {
-            for _ in 0..<batch {
-                if let frame = try? sealer.seal(type: .data, plaintext: plaintext), let result = try? opener.open(frame) {
-                    sink &+= UInt64(result.plaintext.count)
+        let aeadRate = best { rate(batch: batch) { for _ in 0..<batch { aead(crc: false) } } }
+        let aeadCRCRate = best { rate(batch: batch) { for _ in 0..<batch { aead(crc: true) } } }
+        // A fresh sealer/opener per measurement: sequence numbers never repeat inside one.
+        let recordRate = best {
+            guard let sealer = try? RecordSealer(trafficSecret: key, direction: .initiatorToResponder, suite: suite),
+                  let opener = try? RecordOpener(trafficSecret: key, direction: .initiatorToResponder, suite: suite) else { return 0 }
+            return rate(batch: batch) {
+                for _ in 0..<batch {
+                    if let frame = try? sealer.seal(type: .data, plaintext: plaintext), let result = try? opener.open(frame) {
+                        sink &+= UInt64(result.plaintext.count)
+                    }
                 }
             }
         }
+        recordRates[suite, default: [:]][size] = recordRate
+        let mb = Double(size) / 1e6
+        print("\(pad(suite.description, 17)) \(pad("\(size)", 8)) \(pad(fmt(aeadRate, 0), 13)) \(pad(fmt(aeadRate * mb, 0), 10)) \(pad(fmt(recordRate, 0), 15)) \(pad(fmt(recordRate * mb, 0), 12)) \(pad(fmt(recordRate / aeadRate), 6)) \(pad(fmt(aeadCRCRate, 0), 12)) \(pad(fmt(recordRate / aeadCRCRate), 6))")
     }
-    let mb = Double(size) / 1e6
-    print("\(pad("\(size)", 8)) \(pad(fmt(aeadRate, 0), 13)) \(pad(fmt(aeadRate * mb, 0), 10)) \(pad(fmt(recordRate, 0), 15)) \(pad(fmt(recordRate * mb, 0), 12)) \(pad(fmt(recordRate / aeadRate), 6)) \(pad(fmt(aeadCRCRate, 0), 12)) \(pad(fmt(recordRate / aeadCRCRate), 6))")
+}
+if let aes = recordRates[.aes256GCM], let chacha = recordRates[.chacha20Poly1305] {
+    print("AES-256-GCM records / ChaCha20-Poly1305 records, pairs per second: "
+          + [64, 1024, 16384].map { "\($0) B \(fmt((aes[$0] ?? 0) / (chacha[$0] ?? 1)))x" }.joined(separator: ", "))
+} else {
+    print("AES-256-GCM: not available on this CPU (no AES-NI/PCLMULQDQ); records use ChaCha20-Poly1305")
 }
 print("")
 print("goal: record ratio >= 0.85 at 1024 B")

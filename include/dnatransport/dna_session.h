@@ -1,7 +1,8 @@
 /*
  * dna_session.h: the post-quantum secure channel, without I/O. A handshake (docs/PROTOCOL.md §4)
  * authenticates both identities with ML-DSA-65 and agrees keys with X25519 + ML-KEM-768; a session
- * then seals and opens DNA frames (ChaCha20-Poly1305, anti-replay window; §3).
+ * then seals and opens DNA frames (anti-replay window; §3) with the AEAD the handshake chose: AES-256-GCM
+ * where both CPUs have AES instructions, else ChaCha20-Poly1305 (§4).
  *
  * The library sends nothing here: the caller moves datagrams. Feed each datagram received from the
  * peer to dna_handshake_receive; send every datagram dna_handshake_next_datagram gives (none is

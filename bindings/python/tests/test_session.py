@@ -69,11 +69,23 @@ def test_handshake_authenticates_both_sides_and_sessions_carry_data(identities):
         server.close()
 
 
+def cpu_has_aes():
+    """libsodium offers AES-256-GCM only with AES-NI and PCLMULQDQ (crypto_aead_aes256gcm_is_available)."""
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
+    return "aes" in flags and "pclmulqdq" in flags
+
+
 def test_wire_format_matches_the_protocol_document(identities):
-    """The initiator's first datagram, parsed by hand from docs/PROTOCOL.md §4.1 and §4.2."""
+    """The initiator's first datagram, parsed by hand from docs/PROTOCOL.md §4.1 and §4.2, and the
+    suite the responder chose in message 2."""
     alice, bob, _ = identities
-    with dna.Initiator(alice, "bob", bob.public_key, now_ms=0) as initiator:
-        datagrams = [d for _, d in initiator.datagrams()]
+    log = []
+    with dna.Initiator(alice, "bob", bob.public_key, now_ms=0) as initiator, dna.Responder(bob) as responder:
+        pump(initiator, responder, log=log)
+        datagrams = [d for side, d in log if side == "i"][:2]
+        response = b"".join(d[44:] for side, d in log
+                            if side == "r" and struct.unpack(">H", d[6:8])[0] == 0x0010 and d[36] == 2)
     assert len(datagrams) == 2
     message = b""
     for index, datagram in enumerate(datagrams):
@@ -85,8 +97,10 @@ def test_wire_format_matches_the_protocol_document(identities):
         assert session != 0
         message += datagram[44:]
     assert len(datagrams[0]) == 1200 and len(message) == 1284
-    version, suite = struct.unpack(">HH", message[:4])
-    assert (version, suite) == (1, 1)
+    # Suites offered: bit 0 ChaCha20-Poly1305 (suite 1), bit 1 AES-256-GCM (suite 2, with AES instructions).
+    version, offer = struct.unpack(">HH", message[:4])
+    assert (version, offer) == (1, 3 if cpu_has_aes() else 1)
+    assert len(response) == 4465 and struct.unpack(">HH", response[:4]) == (1, 2 if cpu_has_aes() else 1)
     assert message[4:36] == hashlib.sha256(bob.public_key).digest()
 
 

@@ -471,3 +471,37 @@ def test_what_a_killed_peer_never_took_is_handed_back_exactly(network):
     assert [data for _, data in back] == messages[5:]
     assert alice.take_undelivered(conn) == []
     alice.disconnect(conn)
+
+
+def resident_bytes():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_a_reader_that_never_reads_bounds_the_processes_memory(network):
+    """Issue 20: bob takes nothing; alice's sends time out once bob's receive buffer and her send
+    buffer (32 MiB each by default) are full, and the process's resident memory grows by no more than
+    those buffers and 32 MiB. Measured here, in a process of its own (pytest runs one test at a time):
+    the Swift test of the same case shares its process with suites that run beside it."""
+    alice, bob = network("alice", send_timeout_ms=300), network("bob")
+    conn = alice.connect("bob")
+    incoming, _ = bob.accept(timeout_ms=10000)
+    message = b"m" * (1 << 20)
+    before = peak = resident_bytes()
+    sent, timed_out, started = 0, False, time.monotonic()
+    while sent < 400 and time.monotonic() - started < 5 and not timed_out:
+        try:
+            alice.send(conn, message, stream=1)
+            sent += 1
+        except dna.DNAError as error:
+            assert error.code == dna.ErrorCode.TIMEOUT
+            timed_out = True
+        peak = max(peak, resident_bytes())
+    assert timed_out, f"{sent} MiB sent to a reader that reads nothing, and no timeout"
+    assert sent <= 64 + 4, f"{sent} MiB accepted: more than the two buffers"
+    assert peak - before <= (64 + 32) << 20, f"resident grew by {(peak - before) >> 20} MiB ({sent} MiB sent)"
+    # A small message on another stream is among bob's first two reads, not behind 32 MiB of stream 1.
+    alice.send(conn, b"small", stream=2)
+    time.sleep(1)  # it reaches bob's transport within milliseconds: the window kept room for it
+    reads = [bob.receive_stream(incoming, timeout_ms=5000) for _ in range(2)]
+    assert (2, b"small") in reads, [stream for stream, _ in reads]
