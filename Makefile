@@ -8,7 +8,7 @@ SOVERSION  := 1
 RELEASE    := .build/release
 STAGE      := $(CURDIR)/build/stage
 # Debian packages the build and the tests need (installed by `make deps` when missing).
-DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv \
+DEB_PACKAGES := libnice-dev libsodium-dev libglib2.0-dev libdeflate-dev zlib1g-dev pkg-config binutils gcc g++ make python3-venv \
                 iproute2 nftables conntrack coturn dpkg-dev adduser lintian
 
 .PHONY: all build install install-stage wheel deps test test-sanitized bench soak clean fuzz fuzz-build

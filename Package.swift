@@ -37,13 +37,14 @@ let package = Package(
     targets: [
         // C libraries, as Debian ships them.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CDeflate", pkgConfig: "libdeflate", providers: [.apt(["libdeflate-dev"])]),
         .systemLibrary(name: "CSodium", pkgConfig: "libsodium", providers: [.apt(["libsodium-dev"])]),
         .systemLibrary(name: "CNice", pkgConfig: "nice", providers: [.apt(["libnice-dev"])]),
         // The public C header, imported by the C shell so that each export is checked against it.
         .systemLibrary(name: "CDNATransport", path: "include"),
 
         // The DNA frame format: encode, decode, message types. No I/O, no clock.
-        .target(name: "DNAWire", dependencies: ["CZlib"]),
+        .target(name: "DNAWire", dependencies: ["CDeflate"]),
         // Identities (ML-DSA-65 keys and key files), signed peer entries. No sockets, no clock.
         .target(name: "DNACrypto", dependencies: ["DNAWire", "CSodium", .product(name: "Crypto", package: "swift-crypto")]),
 
@@ -89,7 +90,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "DNABench",
-            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "DNAReliable", "CZlib", "CSodium", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["DNAWire", "DNACrypto", "DNADHT", "DNANet", "DNAReliable", "CZlib", "CDeflate", "CSodium", .product(name: "Crypto", package: "swift-crypto")],
             path: "bench/DNABench"
         ),
 

@@ -23,7 +23,7 @@ public struct FrameReserved: Equatable, Hashable, Sendable {
 ///          6     2  type            MessageType
 ///          8     4  sequence
 ///         12     4  payload length  bytes after the header
-///         16     4  checksum        CRC-32 (IEEE, zlib's crc32) of the payload
+///         16     4  checksum        CRC-32 (IEEE, as zlib's crc32) of the payload
 ///         20    12  reserved
 public struct FrameHeader: Equatable, Sendable {
     /// Header size in bytes (seed, §Message Frame Format).
