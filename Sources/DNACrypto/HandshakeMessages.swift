@@ -15,8 +15,9 @@ public enum HandshakeError: Error, Equatable, Sendable {
     case malformed(String)
     /// The peer speaks another handshake version.
     case unsupportedVersion(UInt16)
-    /// No cipher suite both sides have: the initiation's offer (a bit set, §4.2) shares none with what the
-    /// responder accepts, or the response chose one the initiator did not offer (the suite's number).
+    /// No cipher suite both sides have. At the responder: the initiation's offer (the bit set of §4.2,
+    /// e.g. 0x0002 for AES-256-GCM alone) shares none with what it accepts. At the initiator: the
+    /// response chose a suite it did not offer (the suite's number, e.g. 2).
     case unsupportedSuite(UInt16)
     /// The initiation names another responder key: it was sent to the wrong peer.
     case misdirected

@@ -16,8 +16,9 @@ public struct HandshakeConfiguration: Sendable {
     /// (`Pieces.maximumDatagramSize`, BASE_PLPMTU), or a smaller size already known for the path
     /// (docs/PROTOCOL.md §9). A side steps down from it on its own when large datagrams are lost.
     public var datagramSize: Int = Pieces.maximumDatagramSize
-    /// The cipher suites this side offers (initiator) and accepts (responder), in its order of
-    /// preference: the responder picks its first that the initiator offered (docs/PROTOCOL.md §4.2).
+    /// The cipher suites this side offers (initiator: a set, its order is not sent) and accepts
+    /// (responder: in its order of preference, it picks its first that the initiator offered;
+    /// docs/PROTOCOL.md §4.2).
     /// Suites this CPU lacks are left out. Default: AES-256-GCM where the CPU has AES instructions,
     /// then ChaCha20-Poly1305.
     public var suites: [CipherSuite] = CipherSuite.preferred

@@ -13,9 +13,9 @@ public enum RecordError: Error, Equatable, Sendable {
     case unknownEpoch(UInt32)
     /// The AEAD tag does not verify: modified, misdirected or forged.
     case authenticationFailed
-    /// The traffic secret's limits are reached: 2^64 frames sealed with it, or more forged frames
-    /// refused in one key epoch than the suite's integrity limit (RFC 9001 §6.6). The connection must
-    /// be established again.
+    /// The traffic secret's limits are reached: the sealer used the last of its 2^32 key epochs, or
+    /// the opener refused more forged frames (under any key of the session) than the suite's
+    /// integrity limit (RFC 9001 §6.6). The connection must be established again.
     case exhausted
     /// The traffic secret is not 32 bytes.
     case invalidKey
@@ -62,7 +62,7 @@ public enum CipherSuite: UInt16, Sendable, CaseIterable, CustomStringConvertible
 
     /// Records sealed with one key before the sender moves to the next key epoch: 2^32 for
     /// ChaCha20-Poly1305 (the sequence field), 2^23 for AES-256-GCM (its confidentiality limit for
-    /// datagrams of up to 2^11 blocks, RFC 9001 §6.6).
+    /// records of up to 2^11 blocks, RFC 9001 §6.6).
     var recordsPerEpoch: UInt64 {
         switch self {
         case .chacha20Poly1305: 1 << 32
@@ -70,9 +70,20 @@ public enum CipherSuite: UInt16, Sendable, CaseIterable, CustomStringConvertible
         }
     }
 
-    /// Frames that fail to authenticate under one epoch's key before the opener refuses that epoch
-    /// (`RecordError.exhausted`): the integrity limits of RFC 9001 §6.6, 2^36 for ChaCha20-Poly1305 and
-    /// 2^52 for AES-256-GCM.
+    /// 16-byte blocks (plaintext plus one) sealed with one key before the sender moves to the next
+    /// epoch however few the records: for AES-256-GCM the product behind RFC 9001 §6.6's 2^23
+    /// (records × blocks per record, 2^23 × 2^11 = 2^34), so that records larger than 32 KiB (the C
+    /// API seals up to 16 MiB) do not stretch it. ChaCha20-Poly1305 has no such limit here.
+    var blocksPerEpoch: UInt64 {
+        switch self {
+        case .chacha20Poly1305: .max
+        case .aes256GCM: 1 << 34
+        }
+    }
+
+    /// Frames that fail to authenticate, under any key of a session, before its opener refuses
+    /// everything (`RecordError.exhausted`): the integrity limits of RFC 9001 §6.6, 2^36 for
+    /// ChaCha20-Poly1305 and 2^52 for AES-256-GCM.
     var forgeryLimit: UInt64 {
         switch self {
         case .chacha20Poly1305: 1 << 36
@@ -201,6 +212,7 @@ public final class RecordSealer {
     private let direction: RecordDirection
     public private(set) var epoch: UInt32 = 0
     private var nextSequence: UInt64 = 0  // up to the suite's records per epoch: then the epoch advances
+    private var blocksSealed: UInt64 = 0  // in this epoch, up to the suite's blocks per epoch
 
     /// - Throws: `.invalidKey` unless `trafficSecret` is 32 bytes; `.unavailable` for a suite this CPU lacks.
     public init(trafficSecret: [UInt8], direction: RecordDirection,
@@ -228,11 +240,13 @@ public final class RecordSealer {
     @discardableResult
     public func seal(type: MessageType, word0: UInt32 = 0, word1: UInt32 = 0,
                      plaintext: UnsafeRawBufferPointer, appendingTo out: inout [UInt8]) throws(RecordError) -> Int {
-        if nextSequence >= key.suite.recordsPerEpoch {
+        let blocks = UInt64(plaintext.count / 16 + 2)  // the plaintext's blocks and the tag's
+        if nextSequence >= key.suite.recordsPerEpoch || blocksSealed > key.suite.blocksPerEpoch - blocks {
             guard epoch < UInt32.max, let next = key.next() else { throw .exhausted }
             key = next  // the old key is wiped as it goes
             epoch += 1
             nextSequence = 0
+            blocksSealed = 0
         }
         let sequence = UInt32(truncatingIfNeeded: nextSequence)
         let sealedLength = plaintext.count + TrafficKey.tagSize
@@ -254,6 +268,7 @@ public final class RecordSealer {
             UnsafeMutableRawPointer(base).storeBytes(of: checksum.bigEndian, toByteOffset: 16, as: UInt32.self)
         }
         nextSequence += 1
+        blocksSealed += blocks
         return length
     }
 
@@ -264,8 +279,11 @@ public final class RecordSealer {
         return try result.get()
     }
 
-    /// Test hook: continue as if `count` frames had been sealed in this epoch.
-    func skip(to sequence: UInt64) { nextSequence = sequence }
+    /// Test hook: continue as if `sequence` frames (and `blocks` blocks) had been sealed in this epoch.
+    func skip(to sequence: UInt64, blocks: UInt64 = 0) {
+        nextSequence = sequence
+        blocksSealed = blocks
+    }
 }
 
 /// Opens incoming sealed frames for one direction, dropping replays.

@@ -367,7 +367,21 @@ public final class TransportConnection: @unchecked Sendable {
     /// A datagram from the path: opened and handed to the reliable core. What it answers goes out
     /// when the loop gets to the connection's alarm, after every datagram that came at once.
     private func datagram(_ bytes: UnsafeRawBufferPointer) {
-        guard case .success(let (header, plaintext)) = Result(catching: { () throws(RecordError) in try opener.open(bytes) }) else {
+        let opened = Result(catching: { () throws(RecordError) in try opener.open(bytes) })
+        guard case .success(let (header, plaintext)) = opened else {
+            if case .failure(.exhausted) = opened {
+                // Past the suite's integrity limit nothing opens any more (RFC 9001 §6.6): the
+                // connection ends now, with a CLOSE to the peer, rather than going silent.
+                connection.close(now: monotonicMilliseconds())
+                monitor.locked {
+                    dead = true
+                    refusedCount += 1
+                }
+                monitor.broadcast()
+                alarm?.armNow()
+                onChange?()
+                return
+            }
             if let unopened {
                 for answer in unopened(Array(bytes)) { _ = path.send(answer) }
             } else {

@@ -156,6 +156,30 @@ import Testing
             for piece in HandshakeDatagram.pieces(of: response, session: steps.session, kind: .response) { try fresh.receive(piece, now: 0) }
         }
         #expect(fresh.session == nil)
+
+        // An initiator that offered ChaCha20-Poly1305 alone refuses a response naming AES-256-GCM (or,
+        // on a CPU without AES, suite 3, unknown) before it checks any signature.
+        var chachaOnly = HandshakeConfiguration()
+        chachaOnly.suites = [.chacha20Poly1305]
+        let initiator2 = try HandshakeInitiator(identity: Self.alice, responderName: Self.bob.name,
+                                                responderPublicKey: Self.bob.publicKey, now: 0, configuration: chachaOnly)
+        let responder2 = HandshakeResponder<String>(identity: Self.bob)
+        var response2: [UInt8] = []
+        for datagram in initiator2.takeDatagrams() { try responder2.receive(datagram, from: "a", now: 0) }
+        var pieces: [Int: ArraySlice<UInt8>] = [:]
+        for (_, datagram) in responder2.takeDatagrams() {
+            if case .piece(_, .response, let index, _, _, let bytes) = try HandshakeDatagram(parsing: datagram) { pieces[index] = bytes }
+        }
+        response2 = pieces.keys.sorted().flatMap { pieces[$0] ?? [] }
+        #expect(response2.count == Response.size && response2[3] == 1)
+        let unoffered: UInt16 = CipherSuite.aes256GCM.isAvailable ? 2 : 3
+        response2[3] = UInt8(unoffered)
+        #expect(throws: HandshakeError.unsupportedSuite(unoffered)) {
+            for piece in HandshakeDatagram.pieces(of: response2, session: initiator2.sessionID, kind: .response) {
+                try initiator2.receive(piece, now: 0)
+            }
+        }
+        #expect(initiator2.session == nil)
     }
 
     @Test func aReplayedInitiationIsRefusedAndLeavesNoState() throws {

@@ -161,6 +161,30 @@ import Testing
         #expect(try opener.open(last).plaintext == [1])  // late, from the previous epoch
     }
 
+    /// AES-256-GCM also moves to the next epoch after 2^34 blocks (RFC 9001 §6.6's product for records
+    /// of any size): a 16 MiB record that would cross it goes under the next key.
+    @Test func aesGCMMovesToTheNextEpochBeforeItsBlockBudget() throws {
+        guard CipherSuite.aes256GCM.isAvailable else {
+            #expect(CipherSuite.chacha20Poly1305.blocksPerEpoch == .max)
+            return
+        }
+        let sealer = try RecordSealer(trafficSecret: Self.secret, direction: .initiatorToResponder, suite: .aes256GCM)
+        let opener = try RecordOpener(trafficSecret: Self.secret, direction: .initiatorToResponder, suite: .aes256GCM)
+        let large = [UInt8](repeating: 5, count: 1 << 20)  // 65,536 blocks + the tag's
+        sealer.skip(to: 10, blocks: (1 << 34) - (1 << 16) - 2)
+        let fits = try sealer.seal(type: .data, plaintext: large)
+        #expect(try FrameDecoder(maximumPayloadLength: 2 << 20).decode(fits).header.reserved.word2 == 0)
+        let next = try sealer.seal(type: .data, plaintext: [1])  // the budget is spent: a new key
+        #expect(try FrameDecoder().decode(next).header.reserved.word2 == 1)
+        #expect(try opener.open(next).plaintext == [1])
+        // Empty records seal and open in both suites (no plaintext pointer at all).
+        for suite in CipherSuite.preferred {
+            let empty = try RecordSealer(trafficSecret: Self.secret, direction: .responderToInitiator, suite: suite)
+            let reader = try RecordOpener(trafficSecret: Self.secret, direction: .responderToInitiator, suite: suite)
+            #expect(try reader.open(try empty.seal(type: .data, plaintext: [])).plaintext == [])
+        }
+    }
+
     /// Past the suite's integrity limit of forged frames (RFC 9001 §6.6), the opener refuses everything,
     /// genuine frames too: the connection must be established again.
     @Test(arguments: CipherSuite.preferred)
@@ -172,8 +196,15 @@ import Testing
         forged[forged.count - 1] ^= 1
         let crc = CRC32.checksum(forged[32...])
         forged.replaceSubrange(16..<20, with: [UInt8(crc >> 24), UInt8((crc >> 16) & 0xFF), UInt8((crc >> 8) & 0xFF), UInt8(crc & 0xFF)])
-        opener.countForgeries(suite.forgeryLimit - 1)
-        #expect(throws: RecordError.authenticationFailed) { try opener.open(forged) }  // the last one the limit allows
+        opener.countForgeries(suite.forgeryLimit - 2)
+        #expect(throws: RecordError.authenticationFailed) { try opener.open(forged) }
+        // A forgery under the next epoch's key counts too (the count spans every key of the session).
+        sealer.skip(to: suite.recordsPerEpoch)
+        var nextEpoch = try sealer.seal(type: .data, plaintext: [9])
+        nextEpoch[nextEpoch.count - 1] ^= 1
+        let nextCRC = CRC32.checksum(nextEpoch[32...])
+        nextEpoch.replaceSubrange(16..<20, with: [UInt8(nextCRC >> 24), UInt8((nextCRC >> 16) & 0xFF), UInt8((nextCRC >> 8) & 0xFF), UInt8(nextCRC & 0xFF)])
+        #expect(throws: RecordError.authenticationFailed) { try opener.open(nextEpoch) }  // the last one the limit allows
         #expect(throws: RecordError.exhausted) { try opener.open(genuine) }
     }
 

@@ -1,5 +1,6 @@
-import DNACrypto
+@testable import DNACrypto
 import DNANet
+import DNAWire
 import DNAReliable
 import Glibc
 import Testing
@@ -97,6 +98,42 @@ import Testing
         let length = recv(fds[0], &answer, answer.count, 0)
         #expect(length > 32)  // the PONG to the genuine ping
         #expect(b.refused == 2)
+        Glibc.close(fds[0])
+    }
+
+    /// RFC 9001 §6.6: once the opener refused as many forged frames as the suite's integrity limit,
+    /// nothing opens any more, and the connection ends at once with a CLOSE rather than going silent.
+    @Test(arguments: CipherSuite.preferred)
+    func pastTheIntegrityLimitTheConnectionCloses(suite: CipherSuite) throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0)
+        let secret = (0..<32).map { UInt8($0) }
+        let opener = try RecordOpener(trafficSecret: secret, direction: .initiatorToResponder, suite: suite)
+        opener.countForgeries(suite.forgeryLimit - 1)
+        let b = TransportConnection(fd: fds[1], loop: try GLibLoop(),
+                                    sealer: try RecordSealer(trafficSecret: secret, direction: .responderToInitiator, suite: suite),
+                                    opener: opener)
+        defer { b.close() }
+        let sealer = try RecordSealer(trafficSecret: secret, direction: .initiatorToResponder, suite: suite)
+        var forged = try sealer.seal(type: .ping, plaintext: [0, 0, 0, 0, 0, 0, 0, 1])
+        forged[forged.count - 1] ^= 1
+        let crc = CRC32.checksum(forged[32...])
+        forged.replaceSubrange(16..<20, with: [UInt8(crc >> 24), UInt8((crc >> 16) & 0xFF), UInt8((crc >> 8) & 0xFF), UInt8(crc & 0xFF)])
+        _ = send(fds[0], &forged, forged.count, 0)  // the last forgery the limit allows
+        var ping = try sealer.seal(type: .ping, plaintext: [0, 0, 0, 0, 0, 0, 0, 2])
+        _ = send(fds[0], &ping, ping.count, 0)
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        _ = setsockopt(fds[0], SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var types: [MessageType] = []
+        var answer = [UInt8](repeating: 0, count: 2048)
+        while !types.contains(.close) {
+            let length = recv(fds[0], &answer, answer.count, 0)
+            guard length > 0 else { break }
+            if let header = try? FrameDecoder().decode(Array(answer[..<length])).header { types.append(header.type) }
+        }
+        #expect(types.contains(.close) && !types.contains(.pong), "\(types)")
+        #expect(b.isDead && b.refused == 2)
+        #expect(throws: TransportConnection.Failure.closed) { try b.receive(timeout: 0) }
         Glibc.close(fds[0])
     }
 }

@@ -140,7 +140,8 @@ DNA_EXPORT DNA_WARN_UNUSED int dna_session_seal(dna_session_t *session, uint16_t
  * DNA_ERR_REPLAYED (checked first, without decrypting: any frame whose sequence number was already
  * accepted, or is 2048 or more behind the newest, is refused so). Returns DNA_OK, DNA_ERR_AUTHENTICATION (modified, forged or another session's),
  * DNA_ERR_REPLAYED, the frame codes (DNA_ERR_CHECKSUM, ...), DNA_ERR_BUFFER_TOO_SMALL,
- * DNA_ERR_INVALID_ARGUMENT.
+ * DNA_ERR_INVALID_ARGUMENT, or DNA_ERR_CLOSED for every frame once more forged frames were refused
+ * than the cipher suite's integrity limit (2^36 or 2^52, docs/PROTOCOL.md §3): handshake again.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dna_session_open(dna_session_t *session, const uint8_t *frame, size_t frame_len,
     dna_frame_header_t *header_out, uint8_t *out, size_t out_capacity, size_t *len_out);
