@@ -1,8 +1,7 @@
 import DNACrypto
 import DNAWire
-import Glibc
-internal import CSodium
 
+/// What a node reports to its driver (`DHTNode.takeEvents`).
 public enum DHTEvent: Sendable {
     case lookupFinished(LookupID, LookupResult)
     case signalled(SignalRequest)
@@ -13,185 +12,40 @@ public enum DHTEvent: Sendable {
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
 /// the time go in; datagrams to endpoints, timers and lookup results come out.
+///
+/// The node is the façade and the dispatcher: it takes each datagram apart, routes it to the part
+/// that owns it, and ties their results together (what an answer or a timeout means for a lookup,
+/// which events go out). The parts, each in its own file:
+/// - `Transactions`: requests in flight, timeouts and retries, path sizes, sending (§5.1, §5.4, §9);
+/// - `Reassembler`: multi-datagram messages and the answers repeated to retries (§5.1);
+/// - `Tokens`, `RateLimiter`: who may write, and how often a source may ask (§5.5);
+/// - `RoutingTable` (§5.4), `Lookup`: one iterative lookup each (§5.4);
+/// - the record stores, one per kind (`RecordStore`): `PeerEntryStore` (§5.2), `MailStore` (§8.3);
+/// - `Signaling`: relays, holders of own entries, signals sent (§5.6).
+/// Times given to it (`now`) are monotonic ms; Unix time is derived with `setUnixTime`.
 public final class DHTNode {
     public let credential: NodeCredential
     public let configuration: DHTConfiguration
     public private(set) var statistics = DHTStatistics()
     private(set) var table: RoutingTable
-    private var outbox: [(Endpoint, [UInt8])] = []
     private var events: [DHTEvent] = []
+    /// Transaction ids, token secrets, relay and signal ids, refresh targets: one sequence, so that
+    /// a seeded node repeats.
     private var random: SplitMixRandom
-
-    // Requests in flight, by transaction id.
-    private enum Purpose {
-        case lookup(LookupID, NodeID)
-        case ping(NodeID?)
-        /// A ping to a bootstrap node; the lookup of the own id waits for the first answer.
-        case bootstrap(LookupID)
-        case store(LookupID)
-        /// A SIGNAL sent by a lookup (nil: a follow-up through known holders).
-        case signal(LookupID?)
-        /// A PING for a fresh token, to send a follow-up SIGNAL (`body`) again that its holder refused
-        /// for its token: this node's public address changed (a NAT rebinding), and the token it
-        /// held was for the old one (§5.6).
-        case retoken(DHTMessage.Body)
-        /// That SIGNAL sent again with the fresh token (not retried for its token a second time).
-        case resignal
-        /// A request of offline delivery (§8) made by the driver.
-        case mail(UInt64)
-        /// A holder republishing inbox items: answers change nothing.
-        case republished
-    }
-
-    private struct Pending {
-        var endpoint: Endpoint
-        var expected: NodeID?
-        var sentAt: UInt64
-        var deadline: UInt64
-        /// A lookup's request: when the lookup stops waiting for it (§5.4, soft timeout); nil after.
-        var softDeadline: UInt64?
-        var purpose: Purpose
-        var body: DHTMessage.Body
-        var attempt = 0
-        /// The largest datagram of this attempt and of the answer it asks for (§9).
-        var size = Pieces.maximumDatagramSize
-        /// The attempt before this one was at a larger size and got nothing back (§9).
-        var steppedDown = false
-
-        var isPing: Bool {
-            switch purpose {
-            case .ping, .retoken: return true
-            default: return false
-            }
-        }
-    }
-
-    private var pending: [UInt64: Pending] = [:]
-    /// The datagram size each endpoint's path carries (§9, RFC 8899's PLPMTU per destination).
-    private(set) var pathSizes = PathSizes<Endpoint>()
-    /// The same for this node's own link (one key): confirmed by two different endpoints, a black
-    /// hole is taken to be near this node, and every endpoint gets the smaller size (§9).
-    private(set) var ownLink = PathSizes<Int>()
-    private var lastConfirmedBy: Endpoint?
-
-    /// The largest datagram to send to `endpoint` now (§9).
-    func datagramSize(for endpoint: Endpoint, now: UInt64) -> Int {
-        min(pathSizes.size(for: endpoint, now: now), ownLink.size(for: 0, now: now))
-    }
-    /// The latest `now` the node was given (ms), for sends that are not given one.
-    private var clock: UInt64 = 0
-    /// Partial multi-datagram messages (§5.1), and how many each source and each network holds.
-    private var reassembly: [Key: (started: UInt64, buffer: Reassembly)] = [:]
-    /// Unix time minus the monotonic `now`, in ms (setUnixTime).
-    private var unixOffset: Int64 = 0
-    private var partialsBySource: [Endpoint: Int] = [:]
-    private var partialsByNetwork: [[UInt8]: Int] = [:]
-    /// Answers to multi-datagram requests this node completed, kept for the reassembly lifetime
-    /// (§5.1): a retry of such a request (same transaction) whose answer was lost gets the answer
-    /// again from any one of its pieces, instead of needing every piece again in one attempt. The
-    /// request is kept too: a piece that does not match it starts a new message.
-    /// At most `reassemblyPerSource` per source and `reassemblyLimit` in all (the oldest go).
-    private var answered: [Key: (at: UInt64, repeatedAt: UInt64, request: Reassembly, datagrams: [[UInt8]])] = [:]
-    private var answeredBySource: [Endpoint: Int] = [:]
-    /// An answer is repeated at most once per this many ms (a retry's pieces arrive together).
-    static let repeatInterval: UInt64 = 100
-    /// How long a partial message is kept, in ms (§5.1).
-    static let reassemblyLifetime: UInt64 = 5000
-    /// Partial messages kept at once: in all, per source endpoint, per network (/24 or /64) (§5.1).
-    static let reassemblyLimit = 256
-    static let reassemblyPerSource = 4
-    static let reassemblyPerNetwork = 16
-    /// Rate-limit buckets kept at once; past it, buckets idle for 2 s (full again) are dropped.
-    static let rateBucketLimit = 10_000
-    private struct Key: Hashable {
-        var endpoint: Endpoint
-        var transaction: UInt64
-    }
-
-    // Round-trip estimate (RFC 6298), for request timeouts.
-    private var rtt = RTTEstimator()
-    var requestTimeout: UInt64 {
-        guard let srtt = rtt.smoothed else { return 1000 }
-        return UInt64(min(5000, max(250, srtt + 4 * rtt.variation)))
-    }
-
-    /// How long a lookup waits for a request's answer before it asks the next candidate too, in ms
-    /// (docs/PROTOCOL.md §5.4; the "short timeout" of libtorrent's and OpenDHT's lookups): SRTT +
-    /// 4 RTTVAR (RFC 6298) without the request timeout's 250 ms floor, at least `softTimeoutFloor`,
-    /// at most the request timeout; half the request timeout (500 ms) before any sample. The request
-    /// itself still runs to its (hard) timeout and retries, and a late answer still counts.
-    var softTimeout: UInt64 {
-        guard let srtt = rtt.smoothed else { return requestTimeout / 2 }
-        return min(requestTimeout, UInt64(max(Double(Self.softTimeoutFloor), srtt + 4 * rtt.variation)))
-    }
-
-    /// The soft timeout's floor, in ms: above a loaded machine's scheduling delays on loopback.
-    static let softTimeoutFloor: UInt64 = 50
-
-    /// Contacts left unanswered (a ping, every attempt of a request, or a lookup's request it went on
-    /// without), with when (ms): a lookup asks them only after every other candidate (§5.4). Forgotten when they answer, after `refreshInterval`, and
-    /// all at once past `recentlyFailedLimit` (after the expired ones).
-    private var recentlyFailed: [NodeID: UInt64] = [:]
-    static let recentlyFailedLimit = 4096
-
-    /// Whether a request to `id` went unanswered within the last refresh interval.
-    func failedRecently(_ id: NodeID, now: UInt64) -> Bool {
-        guard let at = recentlyFailed[id] else { return false }
-        return now < at + configuration.refreshInterval
-    }
-
-    private func rememberFailure(_ id: NodeID, now: UInt64) {
-        if recentlyFailed[id] == nil, recentlyFailed.count >= Self.recentlyFailedLimit {
-            recentlyFailed = recentlyFailed.filter { now < $0.value + configuration.refreshInterval }
-            if recentlyFailed.count >= Self.recentlyFailedLimit { recentlyFailed.removeAll() }
-        }
-        recentlyFailed[id] = now
-    }
-
-    // Storage.
-    private struct Stored {
-        var entry: PeerEntry
-        var wire: [UInt8]
-        var from: Endpoint
-        /// When a STORE of it last arrived (or this node republished it).
-        var storedAt: UInt64
-        /// Where the owner's node stored it from: signals for the key are forwarded there.
-        var owner: Endpoint?
-    }
-
-    private var store: [NodeID: Stored] = [:]
-    private var storedBy: [Endpoint: Int] = [:]
-    private var mailboxes: Mailboxes
-
-    // Tokens: keyed BLAKE2b of the requester's endpoint.
-    private var tokenSecret: [UInt8]
-    private var previousTokenSecret: [UInt8]
-    private var tokenRotatedAt: UInt64
-    /// Tokens other nodes gave us, by their endpoint.
-    private var tokens: [Endpoint: UInt64] = [:]
-
-    // Rate limits: a token bucket per source.
-    private var buckets: [Endpoint: (tokens: Double, at: UInt64)] = [:]
+    private var rpc: Transactions
+    private var reassembler = Reassembler()
+    private var tokens: Tokens
+    private var rateLimiter: RateLimiter
+    private var entries: PeerEntryStore
+    private var inboxes: MailStore
+    private var signaling: Signaling
 
     private var lookups: [LookupID: Lookup] = [:]
     private var nextLookupID: LookupID = 1
     private var bootstrapNodes: [Endpoint] = []
     private var nextRefresh: UInt64
-
-    // Signaling (§5.6). Holder: relays of forwarded signals. Owner: who holds each own entry.
-    // Signaller: the signals sent, and which holders may deliver answers to them.
-    private struct Relay {
-        var origin: Endpoint
-        var owner: Endpoint
-        var id: UInt64
-        var expires: UInt64
-    }
-
-    private var relays: [UInt64: Relay] = [:]
-    private var holders: [NodeID: [Endpoint]] = [:]
-    private var nextKeepalive: UInt64?
-    private var outstanding: [UInt64: (holders: Set<Endpoint>, expires: UInt64)] = [:]
-    private var nextSweep: UInt64 = 0
+    /// Unix time minus the monotonic `now`, in ms (setUnixTime).
+    private var unixOffset: Int64 = 0
 
     public init(credential: NodeCredential, configuration: DHTConfiguration = DHTConfiguration(), now: UInt64,
                 seed: UInt64? = nil) {
@@ -200,23 +54,56 @@ public final class DHTNode {
         let entropy = seed ?? Sodium.randomBytes(8).reduce(0) { $0 << 8 | UInt64($1) }
         random = SplitMixRandom(seed: entropy)
         table = RoutingTable(own: credential.id, k: configuration.k, networkCap: configuration.networkCap, now: now)
-        tokenSecret = Self.randomSecret(&random)
-        previousTokenSecret = Self.randomSecret(&random)
-        tokenRotatedAt = now
+        tokens = Tokens(rotation: configuration.tokenRotation, now: now, random: &random)
         nextRefresh = now + configuration.refreshInterval
-        mailboxes = Mailboxes(perSender: configuration.mailPerSender, perInbox: configuration.mailPerInbox,
-                              maximumBytes: configuration.mailBytes)
+        rpc = Transactions(salt: credential.salt, failureMemory: configuration.refreshInterval)
+        rateLimiter = RateLimiter(rate: configuration.requestsPerSecond)
+        entries = PeerEntryStore(own: credential.id, configuration: configuration)
+        inboxes = MailStore(configuration: configuration)
+        signaling = Signaling(configuration: configuration)
     }
+
+    // MARK: Parts' limits and state, for tests and lookups
+
+    /// How long a partial message is kept, in ms (§5.1).
+    static let reassemblyLifetime = Reassembler.lifetime
+    /// Partial messages kept at once: in all, per source endpoint, per network (/24 or /64) (§5.1).
+    static let reassemblyLimit = Reassembler.limit
+    static let reassemblyPerSource = Reassembler.perSource
+    static let reassemblyPerNetwork = Reassembler.perNetwork
+    /// An answer is repeated at most once per this many ms (a retry's pieces arrive together).
+    static let repeatInterval = Reassembler.repeatInterval
+    /// Rate-limit buckets kept at once; past it, buckets idle for 2 s (full again) are dropped.
+    static let rateBucketLimit = RateLimiter.bucketLimit
+    static let softTimeoutFloor = Transactions.softTimeoutFloor
+    static let recentlyFailedLimit = Transactions.recentlyFailedLimit
+    /// The source recorded for entries this node holds of its own accord (its own, restored ones).
+    static let localSource = PeerEntryStore.localSource
+
+    /// Partial messages held now (for tests and statistics).
+    var partialMessages: Int { reassembler.partialCount }
+    var pathSizes: PathSizes<Endpoint> { rpc.pathSizes }
+    var ownLink: PathSizes<Int> { rpc.ownLink }
+    var requestTimeout: UInt64 { rpc.requestTimeout }
+    var softTimeout: UInt64 { rpc.softTimeout }
+
+    /// The largest datagram to send to `endpoint` now (§9).
+    func datagramSize(for endpoint: Endpoint, now: UInt64) -> Int { rpc.datagramSize(for: endpoint, now: now) }
+
+    /// Whether a request to `id` went unanswered within the last refresh interval.
+    func failedRecently(_ id: NodeID, now: UInt64) -> Bool { rpc.failedRecently(id, now: now) }
+
+    static func asksForLimit(_ body: DHTMessage.Body) -> Bool { Transactions.asksForLimit(body) }
 
     // MARK: Offline delivery (§8)
 
     /// Inbox items held here (key records and messages).
-    public var mailCount: Int { mailboxes.messageCount }
+    public var mailCount: Int { inboxes.count }
 
     /// Sends a mail request to `contact` (found by a lookup of the inbox key, which also brought its
     /// token); its answer comes as a `mailAnswered` event with `operation`.
     public func mail(_ request: MailRequest, to contact: Contact, operation: UInt64, now: UInt64) {
-        let token = tokens[contact.endpoint] ?? 0
+        let token = tokens.received[contact.endpoint] ?? 0
         let body: DHTMessage.Body
         switch request {
         case .put(let item): body = .mailPut(token: token, item: item)
@@ -233,60 +120,19 @@ public final class DHTNode {
         if closest.count >= configuration.k, let farthest = closest.map({ $0.id ^ key }).max(), !((id ^ key) < farthest) {
             return nil
         }
-        switch request {
-        case .put(let item): return .status(mailboxes.put(item, now: now, unix: unix(now)))
-        case .fetch(let key, let skip):
-            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, unix: unix(now))
-            return .items(total: total, items: items)
-        case .delete(let deletion): return mailboxes.delete(deletion, unix: unix(now)).map { .deleted($0) } ?? .status(.invalid)
-        }
-    }
-
-    private func answerMail(_ body: DHTMessage.Body, from source: Endpoint, now: UInt64) -> DHTMessage.Body? {
-        switch body {
-        case .mailPut(let presented, let item):
-            guard configuration.storesMail else { return .mailStored(.notHolder) }
-            guard validToken(presented, for: source) else { return .mailStored(.badToken) }
-            return .mailStored(mailboxes.put(item, now: now, unix: unix(now)))
-        case .mailFetch(let presented, let key, let skip):
-            guard configuration.storesMail else { return .mailStored(.notHolder) }
-            guard validToken(presented, for: source) else { return .mailStored(.badToken) }
-            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, unix: unix(now))
-            return .mailItems(total: total, items: items)
-        case .mailDelete(let presented, let request):
-            guard configuration.storesMail else { return .mailStored(.notHolder) }
-            guard validToken(presented, for: source) else { return .mailStored(.badToken) }
-            guard let count = mailboxes.delete(request, unix: unix(now)) else { return .mailStored(.invalid) }
-            return .mailDeleted(count: count)
-        default:
-            return nil
-        }
-    }
-
-    private static func randomSecret(_ random: inout SplitMixRandom) -> [UInt8] {
-        (0..<4).flatMap { _ in
-            let value = random.next()
-            return (0..<8).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) }
-        }
+        return inboxes.local(request, at: time(now))
     }
 
     public var id: NodeID { credential.id }
     public var routingTableSize: Int { table.count }
-    public var storedCount: Int { store.count }
+    public var storedCount: Int { entries.count }
 
     /// Drops the entry held at `key`, as a holder that restarted with empty storage would have
     /// none (tests, operators).
-    public func forget(_ key: NodeID) {
-        guard let held = store.removeValue(forKey: key) else { return }
-        storedBy[held.from, default: 1] -= 1
-        if storedBy[held.from] == 0 { storedBy[held.from] = nil }
-    }
+    public func forget(_ key: NodeID) { entries.forget(key) }
     public var knownContacts: [Contact] { table.contacts }
 
-    public func takeDatagrams() -> [(Endpoint, [UInt8])] {
-        defer { outbox.removeAll() }
-        return outbox
-    }
+    public func takeDatagrams() -> [(Endpoint, [UInt8])] { rpc.takeDatagrams() }
 
     public func takeEvents() -> [DHTEvent] {
         defer { events.removeAll() }
@@ -328,33 +174,17 @@ public final class DHTNode {
     @discardableResult
     /// An entry this node holds itself (not its own) counts as one holder's answer (§5.2).
     public func findValue(_ key: NodeID, now: UInt64) -> LookupID {
-        let held = store[key].flatMap { alive($0.entry, now: now) && !isOwn($0) ? $0.entry : nil }
+        let held = entries.offered(key, at: time(now))?.entry
         return startLookup(target: key, kind: .value, now: now, held: held)
     }
 
-    /// Stores a signed entry on the k nodes closest to its key.
+    /// Stores a signed entry on the k nodes closest to its key (and holds it here, §5.2).
     @discardableResult
     public func announce(_ entry: PeerEntry, now: UInt64) -> LookupID {
         let key = NodeID.key(of: entry.identity), wire = entry.wireBytes
-        // The owner's node holds its own entry as well (§5.2): it is a node like the others, often
-        // among the closest to the key, and must refuse another key for the name as they do. (A
-        // node that holds a live entry of the name with another key keeps it: this announce is the
-        // squatter's, and its lookup reports the name taken.)
-        let local = Self.localSource
-        if verified(entry, wire: wire, now: now),
-           store[key].map({ !alive($0.entry, now: now) || ($0.entry.publicKey == entry.publicKey && $0.entry.lastSeen < entry.lastSeen) }) ?? true {
-            if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
-            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: now, owner: nil)
-            storedBy[local, default: 0] += 1
-        }
+        entries.holdOwn(entry, wire: wire, key: key, at: time(now))
         return startLookup(target: key, kind: .announce(wire), now: now)
     }
-
-    /// This node's own entry, held by its announce.
-    private func isOwn(_ stored: Stored) -> Bool { stored.from == Self.localSource && stored.entry.nodeID == id.bytes }
-
-    /// The source recorded for entries this node holds of its own accord (its own, restored ones).
-    static let localSource = Endpoint(address: [UInt8](repeating: 0, count: 16), port: 0)!
 
     /// Sends `payload` to the owner of `key` through up to `signalFanout` of the nodes holding its
     /// entry, met on a FIND_VALUE lookup (§5.6). The lookup's result names the holders that
@@ -372,8 +202,8 @@ public final class DHTNode {
     /// A further message of the conversation `signalID` through holders that forwarded its first one.
     public func signal(_ key: NodeID, id signalID: UInt64, payload: [UInt8], through holders: [Endpoint], now: UInt64) {
         for holder in holders {
-            guard let token = tokens[holder] else { continue }
-            outstanding[signalID, default: ([], now + 60_000)].holders.insert(holder)
+            guard let token = tokens.received[holder] else { continue }
+            signaling.sent(signalID, to: holder, now: now)
             request(.signal(token: token, key: key, id: signalID, payload: payload), to: holder, expected: nil,
                     purpose: .signal(nil), now: now)
         }
@@ -388,14 +218,11 @@ public final class DHTNode {
     /// Holder: forwards a signal to the owner of `key` when the entry is alive and its owner known.
     private func relay(key: NodeID, id signalID: UInt64, payload: [UInt8], token: UInt64, from source: Endpoint,
                        now: UInt64) -> SignalStatus {
-        guard validToken(token, for: source) else { return .badToken }
-        guard let held = store[key], alive(held.entry, now: now), let owner = held.owner else { return .unknown }
-        if relays.count >= configuration.maximumRelays {
-            relays = relays.filter { $0.value.expires > now }
-            guard relays.count < configuration.maximumRelays else { return .busy }
+        guard tokens.isValid(token, for: source) else { return .badToken }
+        guard let owner = entries.owner(of: key, at: time(now)) else { return .unknown }
+        guard let relayID = signaling.openRelay(origin: source, owner: owner, id: signalID, now: now, random: &random) else {
+            return .busy
         }
-        let relayID = random.next() | 1
-        relays[relayID] = Relay(origin: source, owner: owner, id: signalID, expires: now + configuration.relayLifetime)
         send(DHTMessage(transaction: random.next(), salt: credential.salt,
                         body: .forward(relay: relayID, origin: source, key: key, id: signalID, payload: payload)), to: owner)
         return .forwarded
@@ -406,20 +233,20 @@ public final class DHTNode {
     private func notice(_ body: DHTMessage.Body, from source: Endpoint, now: UInt64) {
         switch body {
         case .forward(let relay, let origin, let key, let signalID, let payload):
-            guard holders[key]?.contains(source) == true else {
+            guard signaling.acceptsForward(for: key, from: source) else {
                 statistics.unexpectedResponses += 1
                 return
             }
             events.append(.signalled(SignalRequest(holder: source, relay: relay, origin: origin, key: key, id: signalID, payload: payload)))
         case .reply(let relayID, let payload):
-            guard let relay = relays[relayID], relay.expires > now, relay.owner == source else {
+            guard let relay = signaling.relay(relayID, from: source, now: now) else {
                 statistics.unexpectedResponses += 1
                 return
             }
             send(DHTMessage(transaction: random.next(), salt: credential.salt,
                             body: .deliver(id: relay.id, from: source, payload: payload)), to: relay.origin)
         case .deliver(let signalID, let from, let payload):
-            guard let sent = outstanding[signalID], sent.expires > now, sent.holders.contains(source) else {
+            guard signaling.acceptsDelivery(of: signalID, from: source, now: now) else {
                 statistics.unexpectedResponses += 1
                 return
             }
@@ -430,80 +257,42 @@ public final class DHTNode {
     }
 
     /// The entry held here for `key`, if any and still alive.
-    public func localEntry(_ key: NodeID, now: UInt64) -> PeerEntry? {
-        guard let stored = store[key], alive(stored.entry, now: now) else { return nil }
-        return stored.entry
-    }
+    public func localEntry(_ key: NodeID, now: UInt64) -> PeerEntry? { entries.entry(key, at: time(now)) }
 
     // MARK: Input
 
     /// One datagram from `source`. Anything invalid is counted and dropped; nothing throws.
     public func receive(_ datagram: [UInt8], from source: Endpoint, now: UInt64) {
         statistics.received += 1
-        clock = max(clock, now)
+        rpc.advanceClock(to: now)
         let piece: DHTDatagram.Piece
         do { piece = try DHTDatagram.parse(datagram) } catch {
             statistics.dropped += 1
             return
         }
         let bytes: [UInt8]
-        var completed: (key: Key, request: Reassembly)?
+        var completed: Reassembler.Completed?
         if piece.count == 1 {
             bytes = Array(piece.bytes)
         } else {
-            let key = Key(endpoint: source, transaction: piece.transaction)
             // A piece of an answer to a request of ours is expected; every other piece counts
             // against its source's rate (§5.5), so that pieces cannot flood where requests cannot.
-            if pending[piece.transaction]?.endpoint != source, !allow(source, now: now) {
+            if !rpc.awaits(piece.transaction, from: source), !rateLimiter.allow(source, now: now) {
                 statistics.rateLimited += 1
                 statistics.refusedPieces += 1
                 return
             }
-            if var done = answered[key] {
-                // A piece of the request answered (bytes it already holds, with the same values):
-                // the answer again. Anything else (expired, another message under the transaction)
-                // starts a new message.
-                let same = (try? done.request.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)) == false
-                if same, done.at + Self.reassemblyLifetime > now {
-                    if done.repeatedAt + Self.repeatInterval <= now {
-                        answered[key]?.repeatedAt = now
-                        emit(done.datagrams, to: source)
-                        statistics.answersRepeated += 1
-                    }
-                    return
-                }
-                forgetAnswer(key)
-            }
-            var entry = reassembly[key]
-            if let partial = entry, partial.started + Self.reassemblyLifetime <= now {
-                removePartial(key)
-                entry = nil
-            }
-            if entry == nil {
-                guard let buffer = try? Reassembly(length: piece.length, count: piece.count, index: piece.index,
-                                                   bytes: piece.bytes.count, maximumLength: DHTMessage.maximumSize) else {
-                    statistics.dropped += 1
-                    return
-                }
-                makeRoomForPartial(from: source)
-                entry = (now, buffer)
-                partialsBySource[source, default: 0] += 1
-                partialsByNetwork[source.network, default: 0] += 1
-            }
-            guard var (started, buffer) = entry,
-                  (try? buffer.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)) != nil else {
-                removePartial(key)
-                statistics.dropped += 1
+            switch reassembler.add(piece, from: source, now: now, statistics: &statistics) {
+            case .incomplete:
                 return
-            }
-            guard let message = buffer.message else {
-                reassembly[key] = (started, buffer)
+            case .answerAgain(let datagrams):
+                emit(datagrams, to: source)
+                statistics.answersRepeated += 1
                 return
+            case .complete(let message, let request):
+                completed = request
+                bytes = message
             }
-            started = 0
-            removePartial(key)
-            completed = (key, buffer)
-            bytes = message
         }
         let message: DHTMessage
         do { message = try DHTMessage(parsing: bytes, transaction: piece.transaction) } catch {
@@ -515,13 +304,13 @@ public final class DHTNode {
             return
         }
         if message.body.isNotice {
-            guard allow(source, now: now) else {
+            guard rateLimiter.allow(source, now: now) else {
                 statistics.rateLimited += 1
                 return
             }
             notice(message.body, from: source, now: now)
         } else if message.body.isRequest {
-            guard allow(source, now: now) else {
+            guard rateLimiter.allow(source, now: now) else {
                 statistics.rateLimited += 1
                 return
             }
@@ -530,63 +319,12 @@ public final class DHTNode {
             }
             // A requester that takes only smaller datagrams (§9) gets its answers, and later
             // messages, in pieces of that size.
-            if let limit = piece.answerLimit { pathSizes.limit(source, to: limit, now: now) }
+            if let limit = piece.answerLimit { rpc.limit(source, to: limit, now: now) }
             let sent = answer(message, sender: sender.id, from: source, requestSize: datagram.count, now: now)
-            if let completed, !sent.isEmpty { rememberAnswer(sent, to: completed.request, for: completed.key, now: now) }
+            if let completed, !sent.isEmpty { reassembler.remember(sent, answering: completed, now: now) }
         } else {
             handleResponse(message, sender: sender.id, from: source, length: bytes.count, now: now)
         }
-    }
-
-    /// Before a new partial message from `source` is kept: each source and each network gets a
-    /// bounded share of the reassembly state (§5.1). Over its share, the source's (or its network's)
-    /// oldest partial goes; when the whole table is full, the oldest partial of the network that
-    /// holds the most. A flood thus only ever displaces its own partial messages.
-    private func makeRoomForPartial(from source: Endpoint) {
-        func evictOldest(where belongs: (Key) -> Bool) {
-            guard let oldest = reassembly.filter({ belongs($0.key) }).min(by: { $0.value.started < $1.value.started }) else { return }
-            removePartial(oldest.key)
-            statistics.refusedPieces += 1
-        }
-        let network = source.network
-        if partialsBySource[source, default: 0] >= Self.reassemblyPerSource {
-            evictOldest { $0.endpoint == source }
-        } else if partialsByNetwork[network, default: 0] >= Self.reassemblyPerNetwork {
-            evictOldest { $0.endpoint.network == network }
-        }
-        if reassembly.count >= Self.reassemblyLimit, let busiest = partialsByNetwork.max(by: { $0.value < $1.value })?.key {
-            evictOldest { $0.endpoint.network == busiest }
-        }
-    }
-
-    private func removePartial(_ key: Key) {
-        guard reassembly.removeValue(forKey: key) != nil else { return }
-        let network = key.endpoint.network
-        let fromSource = partialsBySource[key.endpoint, default: 1] - 1, fromNetwork = partialsByNetwork[network, default: 1] - 1
-        partialsBySource[key.endpoint] = fromSource > 0 ? fromSource : nil
-        partialsByNetwork[network] = fromNetwork > 0 ? fromNetwork : nil
-    }
-
-    /// Partial messages held now (for tests and statistics).
-    var partialMessages: Int { reassembly.count }
-
-    private func rememberAnswer(_ datagrams: [[UInt8]], to request: Reassembly, for key: Key, now: UInt64) {
-        func forgetOldest(where belongs: (Key) -> Bool) {
-            if let oldest = answered.filter({ belongs($0.key) }).min(by: { $0.value.at < $1.value.at }) { forgetAnswer(oldest.key) }
-        }
-        if answeredBySource[key.endpoint, default: 0] >= Self.reassemblyPerSource { forgetOldest { $0.endpoint == key.endpoint } }
-        if answered.count >= Self.reassemblyLimit { forgetOldest { _ in true } }
-        forgetAnswer(key)
-        // The answer just sent counts as the latest: a duplicate of the request's pieces arriving
-        // right behind it is no retry.
-        answered[key] = (now, now, request, datagrams)
-        answeredBySource[key.endpoint, default: 0] += 1
-    }
-
-    private func forgetAnswer(_ key: Key) {
-        guard answered.removeValue(forKey: key) != nil else { return }
-        let left = answeredBySource[key.endpoint, default: 1] - 1
-        answeredBySource[key.endpoint] = left > 0 ? left : nil
     }
 
     // MARK: Answers
@@ -595,7 +333,7 @@ public final class DHTNode {
     @discardableResult
     private func answer(_ request: DHTMessage, sender: NodeID, from source: Endpoint, requestSize: Int, now: UInt64) -> [[UInt8]] {
         statistics.requestsAnswered += 1
-        let token = self.token(for: source)
+        let token = tokens.token(for: source)
         var body: DHTMessage.Body
         switch request.body {
         case .ping:
@@ -603,24 +341,17 @@ public final class DHTNode {
         case .findNode(let target, _):
             body = .nodes(observed: source, token: token, held: nil,
                           contacts: table.closest(to: target, count: configuration.k, excluding: sender))
-        case .findValue(let key, let presented):
-            // The owner's own copy of its entry is not offered (others hold it; it is kept only to
-            // refuse another key for the name, §5.2).
-            let held = store[key].flatMap { alive($0.entry, now: now) && !isOwn($0) ? $0 : nil }
-            if let held, validToken(presented, for: source) {
-                body = .value(entry: held.wire)
-            } else {
-                body = .nodes(observed: source, token: token, held: held?.entry.lastSeen,
-                              contacts: table.closest(to: key, count: configuration.k, excluding: sender))
-            }
-        case .store(let presented, let wire):
-            let status = accept(wire, token: presented, from: source, sender: sender, now: now)
-            body = status == .outOfTime ? .storedOutOfTime(holderTime: unix(now)) : .stored(status)
         case .signal(let presented, let key, let signalID, let payload):
             body = .signalAck(relay(key: key, id: signalID, payload: payload, token: presented, from: source, now: now))
+        // Records: each kind's store answers its own requests.
+        case .findValue, .store:
+            let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
+            guard let answer = entries.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
+            body = recordBody(answer, source: source, sender: sender, token: token)
         case .mailPut, .mailFetch, .mailDelete:
-            guard let answer = answerMail(request.body, from: source, now: now) else { return [] }
-            body = answer
+            let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
+            guard let answer = inboxes.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
+            body = recordBody(answer, source: source, sender: sender, token: token)
         default:
             return []
         }
@@ -635,54 +366,15 @@ public final class DHTNode {
         return send(response, to: source)
     }
 
-    private func accept(_ wire: [UInt8], token: UInt64, from source: Endpoint, sender: NodeID, now: UInt64) -> StoreStatus {
-        guard validToken(token, for: source) else { return .badToken }
-        // An entry outside this holder's window is refused for its time, with this holder's time in
-        // the answer, so that an owner whose clock is off learns by how much (§5.2).
-        if let entry = try? PeerEntry(wire: wire), !alive(entry, now: now) || entry.lastSeen > unix(now) / 1000 + PeerEntry.maximumClockSkew {
-            statistics.refusedEntries += 1
-            return .outOfTime
+    /// The message a record store's answer stands for.
+    private func recordBody(_ answer: RecordAnswer, source: Endpoint, sender: NodeID, token: UInt64) -> DHTMessage.Body {
+        switch answer {
+        case .body(let body):
+            return body
+        case .closest(let key, let held):
+            return .nodes(observed: source, token: token, held: held,
+                          contacts: table.closest(to: key, count: configuration.k, excluding: sender))
         }
-        guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now) else {
-            statistics.refusedEntries += 1
-            return .invalid
-        }
-        let key = NodeID.key(of: entry.identity)
-        if let existing = store[key], alive(existing.entry, now: now) {
-            if existing.entry.publicKey != entry.publicKey {
-                statistics.refusedEntries += 1
-                return .taken
-            }
-            if existing.entry.lastSeen >= entry.lastSeen {
-                guard existing.wire == wire else { return .older }
-                store[key]?.storedAt = now
-                return .stored
-            }
-        } else {
-            guard storedBy[source, default: 0] < configuration.entriesPerSource, store.count < configuration.maximumEntries else {
-                statistics.refusedEntries += 1
-                return .quota
-            }
-        }
-        if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
-        // The owner's address is learnt only from a fresher entry stored by the node the entry names
-        // (a copy replayed from elsewhere, or a holder's republishing, does not move it).
-        let owner = sender.bytes == entry.nodeID ? source : (store[key]?.entry.publicKey == entry.publicKey ? store[key]?.owner : nil)
-        store[key] = Stored(entry: entry, wire: wire, from: source, storedAt: now, owner: owner)
-        storedBy[source, default: 0] += 1
-        statistics.storedEntries += 1
-        return .stored
-    }
-
-    /// Fields, signature (through the process-wide cache), and not expired.
-    private func verified(_ entry: PeerEntry, wire: [UInt8], now: UInt64) -> Bool {
-        guard alive(entry, now: now) else { return false }
-        return VerifiedEntries.shared.check(entry, wire: wire, now: unix(now) / 1000)
-    }
-
-    /// Entries carry Unix seconds (§5.2): their lifetime is judged on the Unix clock.
-    private func alive(_ entry: PeerEntry, now: UInt64) -> Bool {
-        entry.lastSeen &* 1000 &+ configuration.entryLifetime > unix(now)
     }
 
     // MARK: Clocks
@@ -704,47 +396,26 @@ public final class DHTNode {
     /// applies to the entries this node signs and to its judgement of others' entries.
     public var clockCorrection: Int64 = 0
 
+    /// Both clocks at monotonic time `now`, for the record stores.
+    private func time(_ now: UInt64) -> RecordTime { RecordTime(now: now, unix: unix(now)) }
+
     // MARK: Responses
 
     /// `length`: the answer's bytes (the message, without datagram headers).
     private func handleResponse(_ message: DHTMessage, sender: NodeID, from source: Endpoint, length: Int, now: UInt64) {
-        // Accepted only from the address that was asked, and only from the node we meant to ask.
-        guard let request = pending[message.transaction], request.endpoint == source,
-              request.expected == nil || request.expected == sender else {
-            statistics.unexpectedResponses += 1
-            return
-        }
-        pending[message.transaction] = nil
-        // Path size (§9): the largest datagram this exchange needed at the attempt's size, or would
-        // have needed at the larger size of the attempt before.
-        let needed = DHTDatagram.overhead + max(length, DHTMessage(transaction: 0, salt: credential.salt, body: request.body).bytes.count)
-        if request.steppedDown {
-            if needed > request.size {
-                if pathSizes.smallerWorked(source, size: request.size, now: now) { statistics.pathSizeReductions += 1 }
-                if lastConfirmedBy != source {
-                    lastConfirmedBy = source
-                    if ownLink.smallerWorked(0, size: request.size, now: now) { statistics.pathSizeReductions += 1 }
-                }
-            }
-        } else {
-            pathSizes.largerWorked(source, size: min(needed, request.size))
-            ownLink.largerWorked(0, size: min(needed, request.size))
-        }
-        // Karn's rule (RFC 6298 §3): an answer to a request sent more than once may answer any of
-        // its attempts (they share the transaction), so it gives no sample.
-        if request.attempt == 0 { rtt.add(sample: Double(now - request.sentAt)) }
-        if !recentlyFailed.isEmpty { recentlyFailed[sender] = nil }
+        guard let request = rpc.answered(message, sender: sender, from: source, length: length, now: now,
+                                         statistics: &statistics) else { return }
         if let oldest = table.seen(Contact(id: sender, endpoint: source), now: now) {
             ping(oldest.endpoint, expected: oldest.id, now: now)
         }
         switch message.body {
-        case .pong(_, let token), .nodes(_, let token, _, _): tokens[source] = token
+        case .pong(_, let token), .nodes(_, let token, _, _): tokens.received[source] = token
         default: break
         }
         switch request.purpose {
         case .ping, .resignal: break
         case .retoken(let body):
-            guard case .signal(_, let key, let signalID, let payload) = body, let token = tokens[source] else { return }
+            guard case .signal(_, let key, let signalID, let payload) = body, let token = tokens.received[source] else { return }
             self.request(.signal(token: token, key: key, id: signalID, payload: payload), to: source,
                          expected: request.expected, purpose: .resignal, now: now)
         case .bootstrap(let lookupID):
@@ -802,32 +473,31 @@ public final class DHTNode {
 
     /// When `handleTimeout` must next run.
     public var nextDeadline: UInt64? {
-        var next = min(pending.values.map { min($0.deadline, $0.softDeadline ?? .max) }.min() ?? nextRefresh, nextRefresh)
-        if let keepalive = nextKeepalive { next = min(next, keepalive) }
+        var next = min(rpc.nextDeadline ?? nextRefresh, nextRefresh)
+        if let keepalive = signaling.nextKeepalive { next = min(next, keepalive) }
         // Partial messages expire on time even on an idle node (§5.1).
-        if let oldest = reassembly.values.map(\.started).min() { next = min(next, oldest + Self.reassemblyLifetime) }
-        if let oldest = answered.values.map(\.at).min() { next = min(next, oldest + Self.reassemblyLifetime) }
+        if let expiry = reassembler.nextExpiry { next = min(next, expiry) }
         return next
     }
 
     public func handleTimeout(now: UInt64) {
-        clock = max(clock, now)
-        for (transaction, request) in pending where request.deadline <= now || (request.softDeadline ?? .max) <= now {
+        rpc.advanceClock(to: now)
+        for (transaction, request) in rpc.pending where request.deadline <= now || (request.softDeadline ?? .max) <= now {
             // Soft timeout (§5.4): the lookup stops counting the request against its α and asks the
             // next candidate; the request keeps its deadline and retries, and an answer still counts.
             if let soft = request.softDeadline, soft <= now {
-                pending[transaction]?.softDeadline = nil
+                rpc.passedSoftDeadline(transaction)
                 if case .lookup(let lookupID, let candidate) = request.purpose, let lookup = lookups[lookupID] {
                     lookup.stalled(candidate)
                     advance(lookup, now: now)
                 }
             }
             guard request.deadline <= now else { continue }
-            pending[transaction] = nil
+            rpc.remove(transaction)
             statistics.timeouts += 1
             // A contact fails once per request that got no answer, not once per lost attempt, and
             // not when pieces of its answer came (it is alive; the path lost one piece).
-            let answering = reassembly[Key(endpoint: request.endpoint, transaction: transaction)] != nil
+            let answering = reassembler.isReassembling(from: request.endpoint, transaction: transaction)
             // A request (or a piece of its answer: a VALUE is 5 datagrams) that was lost is sent
             // again, up to twice (a small network has no other node to ask); pings are not: they
             // test liveness. A lookup's request only while the lookup waits for it (§5.4): pieces of
@@ -846,34 +516,11 @@ public final class DHTNode {
             // request in five, and its routing table entry should not go for that.
             if let expected = request.expected, !again, !answering {
                 if request.isPing || request.attempt >= 2 { table.failed(expected) }
-                rememberFailure(expected, now: now)
+                rpc.rememberFailure(expected, now: now)
             }
             if again {
-                var again = request
-                again.attempt += 1
-                again.sentAt = now
-                again.deadline = now + requestTimeout
-                again.softDeadline = nil
-                // Nothing came back: the next attempt, and the answer it asks for, go in smaller
-                // datagrams (§9): a path MTU black hole loses every large datagram and no small one.
-                // (Or at once in the size this node now knows its link carries.)
-                let known = datagramSize(for: request.endpoint, now: now)
-                if !answering, let smaller = Pieces.stepBelow(min(request.size, known + 1)) {
-                    again.size = smaller
-                    again.steppedDown = true
-                } else {
-                    again.size = min(request.size, known)
-                    again.steppedDown = false
-                }
-                // The same transaction (§5.1): the receiver's reassembly of the request, and this
-                // node's of the answer, keep the pieces earlier attempts delivered, so an attempt
-                // only has to bring what they lost. A 5-piece STORE at 10% loss arrives whole in
-                // 59% of single tries; in 99.5% when each piece has three.
-                let retry = transaction
-                pending[retry] = again
                 if case .lookup(let lookupID, _) = request.purpose { lookups[lookupID]?.result.messages += 1 }
-                send(DHTMessage(transaction: retry, salt: credential.salt, body: request.body), to: request.endpoint,
-                     size: again.size, answerLimit: Self.asksForLimit(request.body) ? again.size : nil)
+                rpc.retry(transaction, request, answering: answering, now: now, statistics: &statistics)
                 continue
             }
             switch request.purpose {
@@ -904,25 +551,14 @@ public final class DHTNode {
             case .republished: break
             }
         }
-        if let keepalive = nextKeepalive, now >= keepalive {
-            // Owners: keep the NAT mapping toward every holder of an own entry open.
-            for endpoint in Set(holders.values.joined()) { ping(endpoint, expected: nil, now: now) }
-            nextKeepalive = holders.isEmpty ? nil : now + configuration.keepaliveInterval
+        // Owners: keep the NAT mapping toward every holder of an own entry open.
+        if let endpoints = signaling.keepalive(now: now) {
+            for endpoint in endpoints { ping(endpoint, expected: nil, now: now) }
         }
-        // Expired relays and signals go every 5 s (each is also checked for expiry where it is used).
-        if now >= nextSweep {
-            nextSweep = now + 5000
-            if !relays.isEmpty { relays = relays.filter { $0.value.expires > now } }
-            if !outstanding.isEmpty { outstanding = outstanding.filter { $0.value.expires > now } }
-            mailboxes.sweep(unix: unix(now))
-        }
-        for (key, partial) in reassembly where partial.started + Self.reassemblyLifetime <= now { removePartial(key) }
-        for (key, done) in answered where done.at + Self.reassemblyLifetime <= now { forgetAnswer(key) }
-        if now >= tokenRotatedAt + configuration.tokenRotation {
-            previousTokenSecret = tokenSecret
-            tokenSecret = Self.randomSecret(&random)
-            tokenRotatedAt = now
-        }
+        // Expired relays and signals, and inbox items, go every 5 s.
+        if signaling.sweep(now: now) { inboxes.expire(at: time(now)) }
+        reassembler.expire(now: now)
+        tokens.rotate(now: now, random: &random)
         if now >= nextRefresh {
             nextRefresh = now + configuration.refreshInterval
             refresh(now: now)
@@ -930,7 +566,8 @@ public final class DHTNode {
     }
 
     /// Seed's periodic refresh: look up a random id in every idle bucket, ping dormant contacts (so a
-    /// split network heals), re-contact the bootstrap nodes when the table is short, drop expired entries.
+    /// split network heals), re-contact the bootstrap nodes when the table is short, drop expired
+    /// entries, and start the record stores' republishing.
     public func refresh(now: UInt64) {
         for index in table.staleBuckets(before: now - min(now, configuration.refreshInterval)).prefix(8) {
             table.touch(bucket: index, now: now)
@@ -939,108 +576,33 @@ public final class DHTNode {
         }
         for contact in table.takeDormant(8) { ping(contact.endpoint, expected: contact.id, now: now) }
         if table.count < configuration.k { for endpoint in bootstrapNodes { ping(endpoint, expected: nil, now: now) } }
-        for (key, stored) in store where !alive(stored.entry, now: now) {
-            store[key] = nil
-            storedBy[stored.from, default: 1] -= 1
-        }
-        // Holders republish (Kademlia, §2.5 of the paper) what no STORE refreshed during the last
-        // period, so that an entry reaches the nodes that became its closest; when the owner
-        // re-announces every period, nobody needs to.
-        for (key, stored) in store where now >= stored.storedAt + configuration.refreshInterval {
-            store[key]?.storedAt = now
-            startLookup(target: key, kind: .announce(stored.wire), now: now, silent: true)
-        }
-        // Inbox items likewise, hourly: to the k nodes now closest to the inbox key (§8.3).
-        if configuration.storesMail {
-            for (key, items) in mailboxes.dueForRepublishing(now: now, unix: unix(now), interval: configuration.mailRepublishInterval,
-                                                             limit: configuration.mailRepublishLimit) {
-                startLookup(target: key, kind: .republishMail(items), now: now, silent: true)
-            }
-        }
-        if storedBy.count > 10_000 { storedBy = storedBy.filter { $0.value > 0 } }
-        if buckets.count > 10_000 { buckets.removeAll() }
-        if tokens.count > 10_000 { tokens.removeAll() }
+        let clocks = time(now)
+        entries.expire(at: clocks)
+        for (key, kind) in entries.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
+        for (key, kind) in inboxes.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
+        entries.trim()
+        rateLimiter.trim()
+        tokens.trim()
     }
 
     // MARK: Sending
 
-    private func newTransaction() -> UInt64 {
-        var transaction = random.next()
-        while pending[transaction] != nil { transaction = random.next() }
-        return transaction
-    }
-
-    /// Sends `message` in datagrams of at most `size` bytes (by default what the endpoint's path
-    /// carries, §9); `answerLimit` asks the receiver to answer in datagrams of at most that size.
     @discardableResult
-    private func send(_ message: DHTMessage, to endpoint: Endpoint, size: Int? = nil, answerLimit: Int? = nil) -> [[UInt8]] {
-        let size = size ?? datagramSize(for: endpoint, now: clock)
-        let datagrams = DHTDatagram.encode(message, datagramSize: size, answerLimit: answerLimit)
-        emit(datagrams, to: endpoint)
-        return datagrams
+    private func send(_ message: DHTMessage, to endpoint: Endpoint) -> [[UInt8]] {
+        rpc.send(message, to: endpoint, statistics: &statistics)
     }
 
     private func emit(_ datagrams: [[UInt8]], to endpoint: Endpoint) {
-        for datagram in datagrams { outbox.append((endpoint, datagram)) }
-        statistics.sent += datagrams.count
+        rpc.emit(datagrams, to: endpoint, statistics: &statistics)
     }
 
-    /// Requests whose answer may take more than one datagram of a smaller size: they carry the
-    /// answer limit when sent below 1,200 bytes (§9). (A node of an earlier version drops a frame
-    /// with the limit; it gets one only after a full-size attempt got nothing back.)
-    static func asksForLimit(_ body: DHTMessage.Body) -> Bool {
-        switch body {
-        case .findNode, .findValue, .mailFetch: true
-        default: false
-        }
-    }
-
-    private func request(_ body: DHTMessage.Body, to endpoint: Endpoint, expected: NodeID?, purpose: Purpose, now: UInt64) {
-        clock = max(clock, now)
-        let transaction = newTransaction()
-        var soft: UInt64?
-        if case .lookup = purpose { soft = now + softTimeout }
-        let size = datagramSize(for: endpoint, now: now)
-        pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now, deadline: now + requestTimeout,
-                                       softDeadline: soft, purpose: purpose, body: body, size: size)
-        send(DHTMessage(transaction: transaction, salt: credential.salt, body: body), to: endpoint, size: size,
-             answerLimit: Self.asksForLimit(body) && size < Pieces.maximumDatagramSize ? size : nil)
+    private func request(_ body: DHTMessage.Body, to endpoint: Endpoint, expected: NodeID?, purpose: Transactions.Purpose,
+                         now: UInt64) {
+        rpc.request(body, to: endpoint, expected: expected, purpose: purpose, now: now, random: &random, statistics: &statistics)
     }
 
     private func ping(_ endpoint: Endpoint, expected: NodeID?, now: UInt64) {
         request(.ping, to: endpoint, expected: expected, purpose: .ping(expected), now: now)
-    }
-
-    private func token(for endpoint: Endpoint) -> UInt64 { Self.token(endpoint, secret: tokenSecret) }
-
-    private func validToken(_ token: UInt64, for endpoint: Endpoint) -> Bool {
-        token == Self.token(endpoint, secret: tokenSecret) || token == Self.token(endpoint, secret: previousTokenSecret)
-    }
-
-    private static func token(_ endpoint: Endpoint, secret: [UInt8]) -> UInt64 {
-        var out = [UInt8](repeating: 0, count: 16)
-        let input = endpoint.wire
-        _ = crypto_generichash(&out, 16, input, UInt64(input.count), secret, secret.count)
-        return out.prefix(8).reduce(0) { $0 << 8 | UInt64($1) } | 1  // never 0 (0 means "no token")
-    }
-
-    private func allow(_ source: Endpoint, now: UInt64) -> Bool {
-        let rate = configuration.requestsPerSecond
-        if buckets[source] == nil, buckets.count >= Self.rateBucketLimit {
-            // Buckets idle for 2 s are full again: forgetting them changes nothing.
-            buckets = buckets.filter { now - min(now, $0.value.at) < 2000 }
-            if buckets.count >= Self.rateBucketLimit { buckets.removeAll() }
-        }
-        var bucket = buckets[source] ?? (2 * rate, now)
-        bucket.tokens = min(2 * rate, bucket.tokens + Double(now - min(now, bucket.at)) / 1000 * rate)
-        bucket.at = now
-        guard bucket.tokens >= 1 else {
-            buckets[source] = bucket
-            return false
-        }
-        bucket.tokens -= 1
-        buckets[source] = bucket
-        return true
     }
 
     // MARK: Lookups
@@ -1069,57 +631,29 @@ public final class DHTNode {
         return lookupID
     }
 
+    /// Sends what `lookup` asks for next, each request filed under the lookup; ends it when done.
     private func advance(_ lookup: Lookup, now: UInt64) {
-        switch lookup.phase {
-        case .searching:
-            for (contact, query) in lookup.next(alpha: configuration.alpha, tokens: tokens) {
-                lookup.result.messages += 1
-                request(query, to: contact.endpoint, expected: contact.id, purpose: .lookup(lookup.id, contact.id), now: now)
+        let ended = lookup.advance(alpha: configuration.alpha, signalFanout: configuration.signalFanout,
+                                   tokens: tokens.received) { contact, body, role in
+            let purpose: Transactions.Purpose
+            switch role {
+            case .query: purpose = .lookup(lookup.id, contact.id)
+            case .signal(let signalID):
+                signaling.sent(signalID, to: contact.endpoint, now: now)
+                purpose = .signal(lookup.id)
+            case .store: purpose = .store(lookup.id)
+            case .republish: purpose = .republished
             }
-            if case .signal(let signalID, let payload) = lookup.kind {
-                for (contact, token) in lookup.signalTargets(limit: configuration.signalFanout) {
-                    lookup.signalsInFlight += 1
-                    lookup.result.messages += 1
-                    outstanding[signalID, default: ([], now + 60_000)].holders.insert(contact.endpoint)
-                    request(.signal(token: token, key: lookup.target, id: signalID, payload: payload), to: contact.endpoint,
-                            expected: contact.id, purpose: .signal(lookup.id), now: now)
-                }
-            }
-            guard lookup.isDone else { return }
-            if case .announce(let wire) = lookup.kind {
-                lookup.phase = .storing
-                for (contact, token) in lookup.storeTargets() {
-                    lookup.storesInFlight += 1
-                    lookup.result.messages += 1
-                    request(.store(token: token, entry: wire), to: contact.endpoint, expected: contact.id,
-                            purpose: .store(lookup.id), now: now)
-                }
-                if lookup.storesInFlight > 0 { return }
-            }
-            if case .republishMail(let items) = lookup.kind {
-                for (contact, token) in lookup.storeTargets() {
-                    for item in items {
-                        lookup.result.messages += 1
-                        request(.mailPut(token: token, item: item), to: contact.endpoint, expected: contact.id,
-                                purpose: .republished, now: now)
-                    }
-                }
-            }
-            finish(lookup, now: now)
-        case .storing:
-            if lookup.storesInFlight <= 0 { finish(lookup, now: now) }
-        case .finished:
-            return
+            request(body, to: contact.endpoint, expected: contact.id, purpose: purpose, now: now)
         }
+        if ended { finish(lookup, now: now) }
     }
 
     private func finish(_ lookup: Lookup, now: UInt64) {
-        lookup.phase = .finished
-        lookup.result.closest = lookup.answeredClosest()
+        lookup.finish()
         lookups[lookup.id] = nil
         if case .announce = lookup.kind, !lookup.isSilent {
-            holders[lookup.target] = Array(lookup.holders.prefix(configuration.k))
-            if nextKeepalive == nil { nextKeepalive = now + configuration.keepaliveInterval }
+            signaling.stored(lookup.target, on: Array(lookup.holders.prefix(configuration.k)), now: now)
         }
         if !lookup.isSilent { events.append(.lookupFinished(lookup.id, lookup.result)) }
         if lookup.isJoin { refreshFartherBuckets(now: now) }
@@ -1142,18 +676,13 @@ public final class DHTNode {
 
     /// Checks an entry a lookup received (the process-wide cache spares repeated signature checks).
     func acceptable(_ wire: [UInt8], key: NodeID, now: UInt64) -> PeerEntry? {
-        guard let entry = try? PeerEntry(wire: wire), NodeID.key(of: entry.identity) == key,
-              verified(entry, wire: wire, now: now) else {
-            statistics.refusedEntries += 1
-            return nil
-        }
-        return entry
+        entries.acceptable(wire, key: key, at: time(now), statistics: &statistics)
     }
-}
 
-extension DHTNode {
+    // MARK: Saved state
+
     public func savedState(now: UInt64) -> SavedState {
-        SavedState(contacts: table.contacts, entries: store.values.filter { alive($0.entry, now: now) }.map(\.wire))
+        SavedState(contacts: table.contacts, entries: entries.saved(at: time(now)))
     }
 
     /// Loads a saved state: the contacts go into the table, the entries that still verify into the store.
@@ -1165,12 +694,6 @@ extension DHTNode {
             }
             _ = table.seen(contact, now: now)
         }
-        let local = Self.localSource
-        for wire in state.entries {
-            guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, now: now) else { continue }
-            let key = NodeID.key(of: entry.identity)
-            if let held = store[key], held.entry.lastSeen >= entry.lastSeen { continue }
-            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: now)
-        }
+        entries.restore(state.entries, at: time(now))
     }
 }

@@ -45,9 +45,12 @@ public struct LookupResult: Sendable {
     }
 }
 
-/// One iterative lookup: the candidates nearest the target, α requests in flight, until the k
-/// nearest that are alive have all answered. A request unanswered after the soft timeout no longer
-/// counts against α, nor among the k nearest (§5.4); candidates that failed recently come last.
+/// One iterative lookup (docs/PROTOCOL.md §5.4): the candidates nearest the target, α requests in
+/// flight, until the k nearest that are alive have all answered. A request unanswered after the soft
+/// timeout no longer counts against α, nor among the k nearest; candidates that failed recently come
+/// last. It decides what to send next (`advance`) and keeps the result; the node sends, files the
+/// requests under their transactions and hands the answers back (`answered`, `stalled`, `failed`).
+/// Distances are XOR distances to `target`; it holds no times.
 final class Lookup {
     enum Kind {
         case nodes
@@ -108,6 +111,69 @@ final class Lookup {
     func add(_ contact: Contact, round: Int, suspect: Bool = false) {
         guard candidates[contact.id] == nil else { return }
         candidates[contact.id] = Candidate(contact: contact, round: round, suspect: suspect)
+    }
+
+    /// What a request sent by `advance` is for: the node files its answer (or timeout) accordingly.
+    enum Role {
+        /// FIND_NODE or FIND_VALUE to a candidate.
+        case query
+        /// SIGNAL `id` to a holder of the key (§5.6).
+        case signal(UInt64)
+        /// STORE of the announced entry to one of the k closest (§5.2).
+        case store
+        /// MAIL_PUT of an inbox item to one of the k closest (a holder republishing, §8.3).
+        case republish
+    }
+
+    /// Moves the lookup on: hands `send`, in this order, the next queries (at most α in flight), the
+    /// SIGNALs to the next holders (signal), and once the search is done the STOREs (announce) or the
+    /// MAIL_PUTs (republishing), each counted in `result.messages`. Returns true when the lookup has
+    /// ended: the node then calls `finish` and reports it.
+    func advance(alpha: Int, signalFanout: Int, tokens: [Endpoint: UInt64],
+                 send: (Contact, DHTMessage.Body, Role) -> Void) -> Bool {
+        switch phase {
+        case .searching:
+            for (contact, query) in next(alpha: alpha, tokens: tokens) {
+                result.messages += 1
+                send(contact, query, .query)
+            }
+            if case .signal(let signalID, let payload) = kind {
+                for (contact, token) in signalTargets(limit: signalFanout) {
+                    signalsInFlight += 1
+                    result.messages += 1
+                    send(contact, .signal(token: token, key: target, id: signalID, payload: payload), .signal(signalID))
+                }
+            }
+            guard isDone else { return false }
+            if case .announce(let wire) = kind {
+                phase = .storing
+                for (contact, token) in storeTargets() {
+                    storesInFlight += 1
+                    result.messages += 1
+                    send(contact, .store(token: token, entry: wire), .store)
+                }
+                if storesInFlight > 0 { return false }
+            }
+            if case .republishMail(let items) = kind {
+                for (contact, token) in storeTargets() {
+                    for item in items {
+                        result.messages += 1
+                        send(contact, .mailPut(token: token, item: item), .republish)
+                    }
+                }
+            }
+            return true
+        case .storing:
+            return storesInFlight <= 0
+        case .finished:
+            return false
+        }
+    }
+
+    /// Ends the lookup: its result gets the nearest candidates that answered.
+    func finish() {
+        phase = .finished
+        result.closest = answeredClosest()
     }
 
     /// The k nearest candidates that have neither failed nor stalled; those that failed recently

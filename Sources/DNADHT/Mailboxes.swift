@@ -184,3 +184,72 @@ struct Mailboxes {
         }
     }
 }
+
+/// A holder's inboxes as a record kind (docs/PROTOCOL.md §8.3): MAIL_PUT, MAIL_FETCH and
+/// MAIL_DELETE from other nodes, the driver's own requests (`local`), expiry and hourly
+/// republishing. `mailboxes` keeps the items and their rules; this adds the token check and
+/// whether this node keeps inboxes at all (bootstrap nodes do not). Republishing is monotonic ms,
+/// lifetimes Unix ms.
+struct MailStore: RecordStore {
+    private(set) var mailboxes: Mailboxes
+    /// Whether this node keeps inboxes for others (`DHTConfiguration.storesMail`).
+    let isHolder: Bool
+    /// Items no MAIL_PUT brought for this long (ms) are stored again, at most `republishLimit` per inbox.
+    let republishInterval: UInt64
+    let republishLimit: Int
+
+    init(configuration: DHTConfiguration) {
+        mailboxes = Mailboxes(perSender: configuration.mailPerSender, perInbox: configuration.mailPerInbox,
+                              maximumBytes: configuration.mailBytes)
+        isHolder = configuration.storesMail
+        republishInterval = configuration.mailRepublishInterval
+        republishLimit = configuration.mailRepublishLimit
+    }
+
+    /// Inbox items held here (key records and messages).
+    var count: Int { mailboxes.messageCount }
+
+    /// A request of the driver's, answered from this node's own inboxes.
+    mutating func local(_ request: MailRequest, at time: RecordTime) -> MailAnswer {
+        switch request {
+        case .put(let item): return .status(mailboxes.put(item, now: time.now, unix: time.unix))
+        case .fetch(let key, let skip):
+            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, unix: time.unix)
+            return .items(total: total, items: items)
+        case .delete(let deletion): return mailboxes.delete(deletion, unix: time.unix).map { .deleted($0) } ?? .status(.invalid)
+        }
+    }
+
+    /// MAIL_PUT, MAIL_FETCH, MAIL_DELETE.
+    mutating func answer(_ request: DHTMessage.Body, from requester: RecordRequester, at time: RecordTime,
+                         statistics: inout DHTStatistics) -> RecordAnswer? {
+        switch request {
+        case .mailPut(let presented, let item):
+            guard isHolder else { return .body(.mailStored(.notHolder)) }
+            guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.mailStored(.badToken)) }
+            return .body(.mailStored(mailboxes.put(item, now: time.now, unix: time.unix)))
+        case .mailFetch(let presented, let key, let skip):
+            guard isHolder else { return .body(.mailStored(.notHolder)) }
+            guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.mailStored(.badToken)) }
+            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, unix: time.unix)
+            return .body(.mailItems(total: total, items: items))
+        case .mailDelete(let presented, let request):
+            guard isHolder else { return .body(.mailStored(.notHolder)) }
+            guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.mailStored(.badToken)) }
+            guard let count = mailboxes.delete(request, unix: time.unix) else { return .body(.mailStored(.invalid)) }
+            return .body(.mailDeleted(count: count))
+        default:
+            return nil
+        }
+    }
+
+    /// Expired messages and stale key records go (every 5 s).
+    mutating func expire(at time: RecordTime) { mailboxes.sweep(unix: time.unix) }
+
+    /// Inbox items likewise, hourly: to the k nodes now closest to the inbox key (§8.3).
+    mutating func republish(at time: RecordTime) -> [(key: NodeID, lookup: Lookup.Kind)] {
+        guard isHolder else { return [] }
+        return mailboxes.dueForRepublishing(now: time.now, unix: time.unix, interval: republishInterval, limit: republishLimit)
+            .map { ($0.key, .republishMail($0.items)) }
+    }
+}

@@ -1,6 +1,215 @@
 import DNACrypto
 import DNAWire
 
+/// The signed peer entries a DHT node holds (docs/PROTOCOL.md §5.2), one per key (the hash of the
+/// entry's identity): the entry, its wire bytes, who stored it, and where its owner's node is (for
+/// signals, §5.6); per-source and total quotas. Lifetimes are judged on the Unix clock, since
+/// entries carry Unix seconds; `storedAt` is monotonic ms. The node's own entry is held here too
+/// (from `localSource`), only to refuse another key for its name: it is never offered.
+struct PeerEntryStore: RecordStore {
+    struct Stored {
+        var entry: PeerEntry
+        var wire: [UInt8]
+        var from: Endpoint
+        /// When a STORE of it last arrived (or this node republished it).
+        var storedAt: UInt64
+        /// Where the owner's node stored it from: signals for the key are forwarded there.
+        var owner: Endpoint?
+    }
+
+    /// The source recorded for entries this node holds of its own accord (its own, restored ones).
+    static let localSource = Endpoint(address: [UInt8](repeating: 0, count: 16), port: 0)!
+
+    private var store: [NodeID: Stored] = [:]
+    private var storedBy: [Endpoint: Int] = [:]
+    /// This node's id (its own entry names it).
+    let own: NodeID
+    /// Entries expire this long after their last_seen, in ms.
+    let lifetime: UInt64
+    let perSource: Int
+    let maximum: Int
+    /// Entries no STORE refreshed for this long (ms) are republished.
+    let republishInterval: UInt64
+
+    init(own: NodeID, configuration: DHTConfiguration) {
+        self.own = own
+        lifetime = configuration.entryLifetime
+        perSource = configuration.entriesPerSource
+        maximum = configuration.maximumEntries
+        republishInterval = configuration.refreshInterval
+    }
+
+    var count: Int { store.count }
+
+    /// Entries carry Unix seconds (§5.2): their lifetime is judged on the Unix clock.
+    func alive(_ entry: PeerEntry, unix: UInt64) -> Bool {
+        entry.lastSeen &* 1000 &+ lifetime > unix
+    }
+
+    /// Fields, signature (through the process-wide cache), and not expired.
+    func verified(_ entry: PeerEntry, wire: [UInt8], unix: UInt64) -> Bool {
+        guard alive(entry, unix: unix) else { return false }
+        return VerifiedEntries.shared.check(entry, wire: wire, now: unix / 1000)
+    }
+
+    /// This node's own entry, held by its announce.
+    private func isOwn(_ stored: Stored) -> Bool { stored.from == Self.localSource && stored.entry.nodeID == own.bytes }
+
+    /// The entry held at `key` that this node offers others: alive, and not its own.
+    func offered(_ key: NodeID, at time: RecordTime) -> Stored? {
+        store[key].flatMap { alive($0.entry, unix: time.unix) && !isOwn($0) ? $0 : nil }
+    }
+
+    /// The entry held here for `key`, if alive.
+    func entry(_ key: NodeID, at time: RecordTime) -> PeerEntry? {
+        guard let stored = store[key], alive(stored.entry, unix: time.unix) else { return nil }
+        return stored.entry
+    }
+
+    /// Where signals for `key` go: the owner's address, when the entry is alive and its owner known.
+    func owner(of key: NodeID, at time: RecordTime) -> Endpoint? {
+        guard let held = store[key], alive(held.entry, unix: time.unix) else { return nil }
+        return held.owner
+    }
+
+    /// The owner's node holds its own entry as well (§5.2): it is a node like the others, often
+    /// among the closest to the key, and must refuse another key for the name as they do. (A node
+    /// that holds a live entry of the name with another key keeps it: this announce is the
+    /// squatter's, and its lookup reports the name taken.)
+    mutating func holdOwn(_ entry: PeerEntry, wire: [UInt8], key: NodeID, at time: RecordTime) {
+        let local = Self.localSource
+        if verified(entry, wire: wire, unix: time.unix),
+           store[key].map({ !alive($0.entry, unix: time.unix) || ($0.entry.publicKey == entry.publicKey && $0.entry.lastSeen < entry.lastSeen) }) ?? true {
+            if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
+            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now, owner: nil)
+            storedBy[local, default: 0] += 1
+        }
+    }
+
+    /// Drops the entry held at `key`.
+    mutating func forget(_ key: NodeID) {
+        guard let held = store.removeValue(forKey: key) else { return }
+        storedBy[held.from, default: 1] -= 1
+        if storedBy[held.from] == 0 { storedBy[held.from] = nil }
+    }
+
+    /// Checks an entry a lookup received for `key` (the process-wide cache spares repeated
+    /// signature checks).
+    func acceptable(_ wire: [UInt8], key: NodeID, at time: RecordTime, statistics: inout DHTStatistics) -> PeerEntry? {
+        guard let entry = try? PeerEntry(wire: wire), NodeID.key(of: entry.identity) == key,
+              verified(entry, wire: wire, unix: time.unix) else {
+            statistics.refusedEntries += 1
+            return nil
+        }
+        return entry
+    }
+
+    // MARK: RecordStore
+
+    /// STORE and FIND_VALUE.
+    mutating func answer(_ request: DHTMessage.Body, from requester: RecordRequester, at time: RecordTime,
+                         statistics: inout DHTStatistics) -> RecordAnswer? {
+        switch request {
+        case .findValue(let key, let presented):
+            // The owner's own copy of its entry is not offered (others hold it; it is kept only to
+            // refuse another key for the name, §5.2).
+            let held = offered(key, at: time)
+            if let held, requester.tokens.isValid(presented, for: requester.source) { return .body(.value(entry: held.wire)) }
+            return .closest(to: key, held: held?.entry.lastSeen)
+        case .store(let presented, let wire):
+            let status = accept(wire, token: presented, from: requester, at: time, statistics: &statistics)
+            return .body(status == .outOfTime ? .storedOutOfTime(holderTime: time.unix) : .stored(status))
+        default:
+            return nil
+        }
+    }
+
+    private mutating func accept(_ wire: [UInt8], token: UInt64, from requester: RecordRequester, at time: RecordTime,
+                                 statistics: inout DHTStatistics) -> StoreStatus {
+        let source = requester.source
+        guard requester.tokens.isValid(token, for: source) else { return .badToken }
+        // An entry outside this holder's window is refused for its time, with this holder's time in
+        // the answer, so that an owner whose clock is off learns by how much (§5.2).
+        if let entry = try? PeerEntry(wire: wire),
+           !alive(entry, unix: time.unix) || entry.lastSeen > time.unix / 1000 + PeerEntry.maximumClockSkew {
+            statistics.refusedEntries += 1
+            return .outOfTime
+        }
+        guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, unix: time.unix) else {
+            statistics.refusedEntries += 1
+            return .invalid
+        }
+        let key = NodeID.key(of: entry.identity)
+        if let existing = store[key], alive(existing.entry, unix: time.unix) {
+            if existing.entry.publicKey != entry.publicKey {
+                statistics.refusedEntries += 1
+                return .taken
+            }
+            if existing.entry.lastSeen >= entry.lastSeen {
+                guard existing.wire == wire else { return .older }
+                store[key]?.storedAt = time.now
+                return .stored
+            }
+        } else {
+            guard storedBy[source, default: 0] < perSource, store.count < maximum else {
+                statistics.refusedEntries += 1
+                return .quota
+            }
+        }
+        if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
+        // The owner's address is learnt only from a fresher entry stored by the node the entry names
+        // (a copy replayed from elsewhere, or a holder's republishing, does not move it).
+        let owner = requester.sender.bytes == entry.nodeID ? source : (store[key]?.entry.publicKey == entry.publicKey ? store[key]?.owner : nil)
+        store[key] = Stored(entry: entry, wire: wire, from: source, storedAt: time.now, owner: owner)
+        storedBy[source, default: 0] += 1
+        statistics.storedEntries += 1
+        return .stored
+    }
+
+    /// Drops expired entries (at each refresh).
+    mutating func expire(at time: RecordTime) {
+        for (key, stored) in store where !alive(stored.entry, unix: time.unix) {
+            store[key] = nil
+            storedBy[stored.from, default: 1] -= 1
+        }
+    }
+
+    /// Holders republish (Kademlia, §2.5 of the paper) what no STORE refreshed during the last
+    /// period, so that an entry reaches the nodes that became its closest; when the owner
+    /// re-announces every period, nobody needs to.
+    mutating func republish(at time: RecordTime) -> [(key: NodeID, lookup: Lookup.Kind)] {
+        var due: [(key: NodeID, lookup: Lookup.Kind)] = []
+        for (key, stored) in store where time.now >= stored.storedAt + republishInterval {
+            store[key]?.storedAt = time.now
+            due.append((key, .announce(stored.wire)))
+        }
+        return due
+    }
+
+    /// Forgets sources that have no entry left here, when they grow past 10,000 (at each refresh).
+    mutating func trim() {
+        if storedBy.count > 10_000 { storedBy = storedBy.filter { $0.value > 0 } }
+    }
+
+    // MARK: Saved state
+
+    /// The wire bytes of the live entries held.
+    func saved(at time: RecordTime) -> [[UInt8]] {
+        store.values.filter { alive($0.entry, unix: time.unix) }.map(\.wire)
+    }
+
+    /// Holds the saved entries that still verify, unless a fresher one of the key is held.
+    mutating func restore(_ wires: [[UInt8]], at time: RecordTime) {
+        let local = Self.localSource
+        for wire in wires {
+            guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, unix: time.unix) else { continue }
+            let key = NodeID.key(of: entry.identity)
+            if let held = store[key], held.entry.lastSeen >= entry.lastSeen { continue }
+            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now)
+        }
+    }
+}
+
 /// Entries whose signature was already checked in this process, by SHA-256 of their wire bytes:
 /// a lookup and a storing node need not check the same 3.3 KB signature twice.
 final class VerifiedEntries: @unchecked Sendable {

@@ -1,6 +1,6 @@
 extension DHTNode {
-    /// What survives a restart: the routing table's contacts and the entries held (the node's
-    /// credential is saved by the driver next to it).
+    /// What survives a restart (docs/PROTOCOL.md §5.4, "Restart"): the routing table's contacts and
+    /// the entries held (the node's credential is saved by the driver next to it).
     public struct SavedState: Equatable, Sendable {
         public var contacts: [Contact]
         public var entries: [[UInt8]]
