@@ -55,15 +55,41 @@ struct Mailboxes {
 
     var messageCount: Int { inboxes.values.reduce(0) { $0 + $1.messages.count } }
 
+    /// A MAIL_PUT's item that passed `validate`, with its inbox key.
+    enum Item {
+        case record(InboxKeyRecord, key: NodeID)
+        case message(OfflineMessage, key: NodeID)
+    }
+
     /// MAIL_PUT: a key record (only its owner's key may replace it, and only with a newer one) or a
     /// sealed message (checked: structure, signature, times; deduplicated by id).
     /// `now`: monotonic ms (when it was stored, for republishing); `unix`: Unix ms (lifetimes).
     mutating func put(_ item: [UInt8], now: UInt64, unix: UInt64) -> MailStatus {
+        guard let checked = Self.validate(item, unix: unix) else { return .invalid }
+        return store(checked, wire: item, now: now)
+    }
+
+    /// A MAIL_PUT's item checked on its own: a key record (structure, not created in the future)
+    /// or a sealed message (structure, signature, times); nil when invalid. `unix`: Unix ms.
+    static func validate(_ item: [UInt8], unix: UInt64) -> Item? {
         let seconds = unix / 1000
-        guard item.count >= 2 else { return .invalid }
+        guard item.count >= 2 else { return nil }
         if item[1] == InboxKeyRecord.kind {
             guard let record = try? InboxKeyRecord(parsing: item), record.created <= seconds + Offline.skew,
-                  let key = NodeID(bytes: record.inboxKey[...]) else { return .invalid }
+                  let key = NodeID(bytes: record.inboxKey[...]) else { return nil }
+            return .record(record, key: key)
+        }
+        guard let message = try? OfflineMessage(parsing: item, now: seconds),
+              let key = NodeID(bytes: message.inboxKey[...]) else { return nil }
+        return .message(message, key: key)
+    }
+
+    /// Stores a valid item (`wire`) against what its inbox holds: a key record replaces the held one
+    /// only with the same owner key and a newer creation time; a message is deduplicated by id (and
+    /// refused once deleted); quotas per inbox, per sender and in bytes. `now`: monotonic ms.
+    mutating func store(_ checked: Item, wire item: [UInt8], now: UInt64) -> MailStatus {
+        switch checked {
+        case .record(let record, let key):
             var inbox = inboxes[key] ?? Inbox()
             if let held = inbox.record {
                 guard held.ownerKey == record.ownerKey else { return .taken }
@@ -82,23 +108,22 @@ struct Mailboxes {
             inbox.recordStoredAt = now
             inboxes[key] = inbox
             return .stored
-        }
-        guard let message = try? OfflineMessage(parsing: item, now: seconds),
-              let key = NodeID(bytes: message.inboxKey[...]) else { return .invalid }
-        var inbox = inboxes[key] ?? Inbox()
-        if inbox.deleted[message.id] != nil { return .duplicate }
-        if let index = inbox.messages.firstIndex(where: { $0.id == message.id }) {
-            inbox.messages[index].storedAt = now
+        case .message(let message, let key):
+            var inbox = inboxes[key] ?? Inbox()
+            if inbox.deleted[message.id] != nil { return .duplicate }
+            if let index = inbox.messages.firstIndex(where: { $0.id == message.id }) {
+                inbox.messages[index].storedAt = now
+                inboxes[key] = inbox
+                return .duplicate
+            }
+            let sender = Sodium.sha256(message.senderKey)
+            guard inbox.messages.count < perInbox, inbox.messages.filter({ $0.sender == sender }).count < perSender,
+                  bytes + item.count <= maximumBytes else { return .quota }
+            inbox.messages.append(Message(id: message.id, sender: sender, expires: message.expires, wire: item, storedAt: now))
+            bytes += item.count
             inboxes[key] = inbox
-            return .duplicate
+            return .stored
         }
-        let sender = Sodium.sha256(message.senderKey)
-        guard inbox.messages.count < perInbox, inbox.messages.filter({ $0.sender == sender }).count < perSender,
-              bytes + item.count <= maximumBytes else { return .quota }
-        inbox.messages.append(Message(id: message.id, sender: sender, expires: message.expires, wire: item, storedAt: now))
-        bytes += item.count
-        inboxes[key] = inbox
-        return .stored
     }
 
     /// MAIL_FETCH: the items from the `skip`-th (record first, then messages in arrival order), as
@@ -220,14 +245,30 @@ struct MailStore: RecordStore {
         }
     }
 
-    /// MAIL_PUT, MAIL_FETCH, MAIL_DELETE.
+    /// A key record or a sealed message, checked on its own (`Mailboxes.validate`).
+    func validate(_ wire: [UInt8], at time: RecordTime) -> Validated<Mailboxes.Item, MailStatus> {
+        guard let checked = Mailboxes.validate(wire, unix: time.unix) else { return .refused(.invalid) }
+        return .valid(checked)
+    }
+
+    /// Stores it in its inbox by the inbox's rules (`Mailboxes.store`).
+    mutating func store(_ checked: Mailboxes.Item, wire: [UInt8], from requester: RecordRequester, at time: RecordTime,
+                        statistics: inout DHTStatistics) -> MailStatus {
+        mailboxes.store(checked, wire: wire, now: time.now)
+    }
+
+    /// MAIL_PUT (token, then `validate`, then `store`), MAIL_FETCH, MAIL_DELETE.
     mutating func answer(_ request: DHTMessage.Body, from requester: RecordRequester, at time: RecordTime,
                          statistics: inout DHTStatistics) -> RecordAnswer? {
         switch request {
         case .mailPut(let presented, let item):
             guard isHolder else { return .body(.mailStored(.notHolder)) }
             guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.mailStored(.badToken)) }
-            return .body(.mailStored(mailboxes.put(item, now: time.now, unix: time.unix)))
+            switch validate(item, at: time) {
+            case .refused(let status): return .body(.mailStored(status))
+            case .valid(let checked):
+                return .body(.mailStored(store(checked, wire: item, from: requester, at: time, statistics: &statistics)))
+            }
         case .mailFetch(let presented, let key, let skip):
             guard isHolder else { return .body(.mailStored(.notHolder)) }
             guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.mailStored(.badToken)) }

@@ -20,7 +20,7 @@ struct PeerEntryStore: RecordStore {
     /// The source recorded for entries this node holds of its own accord (its own, restored ones).
     static let localSource = Endpoint(address: [UInt8](repeating: 0, count: 16), port: 0)!
 
-    private var store: [NodeID: Stored] = [:]
+    private var entries: [NodeID: Stored] = [:]
     private var storedBy: [Endpoint: Int] = [:]
     /// This node's id (its own entry names it).
     let own: NodeID
@@ -39,7 +39,7 @@ struct PeerEntryStore: RecordStore {
         republishInterval = configuration.refreshInterval
     }
 
-    var count: Int { store.count }
+    var count: Int { entries.count }
 
     /// Entries carry Unix seconds (§5.2): their lifetime is judged on the Unix clock.
     func alive(_ entry: PeerEntry, unix: UInt64) -> Bool {
@@ -57,18 +57,18 @@ struct PeerEntryStore: RecordStore {
 
     /// The entry held at `key` that this node offers others: alive, and not its own.
     func offered(_ key: NodeID, at time: RecordTime) -> Stored? {
-        store[key].flatMap { alive($0.entry, unix: time.unix) && !isOwn($0) ? $0 : nil }
+        entries[key].flatMap { alive($0.entry, unix: time.unix) && !isOwn($0) ? $0 : nil }
     }
 
     /// The entry held here for `key`, if alive.
     func entry(_ key: NodeID, at time: RecordTime) -> PeerEntry? {
-        guard let stored = store[key], alive(stored.entry, unix: time.unix) else { return nil }
+        guard let stored = entries[key], alive(stored.entry, unix: time.unix) else { return nil }
         return stored.entry
     }
 
     /// Where signals for `key` go: the owner's address, when the entry is alive and its owner known.
     func owner(of key: NodeID, at time: RecordTime) -> Endpoint? {
-        guard let held = store[key], alive(held.entry, unix: time.unix) else { return nil }
+        guard let held = entries[key], alive(held.entry, unix: time.unix) else { return nil }
         return held.owner
     }
 
@@ -79,16 +79,16 @@ struct PeerEntryStore: RecordStore {
     mutating func holdOwn(_ entry: PeerEntry, wire: [UInt8], key: NodeID, at time: RecordTime) {
         let local = Self.localSource
         if verified(entry, wire: wire, unix: time.unix),
-           store[key].map({ !alive($0.entry, unix: time.unix) || ($0.entry.publicKey == entry.publicKey && $0.entry.lastSeen < entry.lastSeen) }) ?? true {
-            if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
-            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now, owner: nil)
+           entries[key].map({ !alive($0.entry, unix: time.unix) || ($0.entry.publicKey == entry.publicKey && $0.entry.lastSeen < entry.lastSeen) }) ?? true {
+            if let previous = entries[key] { storedBy[previous.from, default: 1] -= 1 }
+            entries[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now, owner: nil)
             storedBy[local, default: 0] += 1
         }
     }
 
     /// Drops the entry held at `key`.
     mutating func forget(_ key: NodeID) {
-        guard let held = store.removeValue(forKey: key) else { return }
+        guard let held = entries.removeValue(forKey: key) else { return }
         storedBy[held.from, default: 1] -= 1
         if storedBy[held.from] == 0 { storedBy[held.from] = nil }
     }
@@ -106,7 +106,7 @@ struct PeerEntryStore: RecordStore {
 
     // MARK: RecordStore
 
-    /// STORE and FIND_VALUE.
+    /// STORE (token, then `validate`, then `store`) and FIND_VALUE.
     mutating func answer(_ request: DHTMessage.Body, from requester: RecordRequester, at time: RecordTime,
                          statistics: inout DHTStatistics) -> RecordAnswer? {
         switch request {
@@ -126,41 +126,57 @@ struct PeerEntryStore: RecordStore {
 
     private mutating func accept(_ wire: [UInt8], token: UInt64, from requester: RecordRequester, at time: RecordTime,
                                  statistics: inout DHTStatistics) -> StoreStatus {
-        let source = requester.source
-        guard requester.tokens.isValid(token, for: source) else { return .badToken }
-        // An entry outside this holder's window is refused for its time, with this holder's time in
-        // the answer, so that an owner whose clock is off learns by how much (§5.2).
+        guard requester.tokens.isValid(token, for: requester.source) else { return .badToken }
+        switch validate(wire, at: time) {
+        case .refused(let status):
+            statistics.refusedEntries += 1
+            return status
+        case .valid(let entry):
+            return store(entry, wire: wire, from: requester, at: time, statistics: &statistics)
+        }
+    }
+
+    /// A signed entry checked on its own: structure, fields and signature, and within this holder's
+    /// window. An entry outside the window is refused for its time (answered with this holder's
+    /// time, so that an owner whose clock is off learns by how much, §5.2); any other fault: invalid.
+    func validate(_ wire: [UInt8], at time: RecordTime) -> Validated<PeerEntry, StoreStatus> {
         if let entry = try? PeerEntry(wire: wire),
            !alive(entry, unix: time.unix) || entry.lastSeen > time.unix / 1000 + PeerEntry.maximumClockSkew {
-            statistics.refusedEntries += 1
-            return .outOfTime
+            return .refused(.outOfTime)
         }
-        guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, unix: time.unix) else {
-            statistics.refusedEntries += 1
-            return .invalid
-        }
+        guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, unix: time.unix) else { return .refused(.invalid) }
+        return .valid(entry)
+    }
+
+    /// Stores a valid entry against the one held for its key (§5.2): a live entry of another key
+    /// keeps the name (taken); one of the same key is replaced only by a fresher entry (the same
+    /// bytes again count as stored, and refresh it); a new key needs room in the source's and the
+    /// total quota. The owner's address is learnt from the node the entry names.
+    mutating func store(_ entry: PeerEntry, wire: [UInt8], from requester: RecordRequester, at time: RecordTime,
+                        statistics: inout DHTStatistics) -> StoreStatus {
+        let source = requester.source
         let key = NodeID.key(of: entry.identity)
-        if let existing = store[key], alive(existing.entry, unix: time.unix) {
+        if let existing = entries[key], alive(existing.entry, unix: time.unix) {
             if existing.entry.publicKey != entry.publicKey {
                 statistics.refusedEntries += 1
                 return .taken
             }
             if existing.entry.lastSeen >= entry.lastSeen {
                 guard existing.wire == wire else { return .older }
-                store[key]?.storedAt = time.now
+                entries[key]?.storedAt = time.now
                 return .stored
             }
         } else {
-            guard storedBy[source, default: 0] < perSource, store.count < maximum else {
+            guard storedBy[source, default: 0] < perSource, entries.count < maximum else {
                 statistics.refusedEntries += 1
                 return .quota
             }
         }
-        if let previous = store[key] { storedBy[previous.from, default: 1] -= 1 }
+        if let previous = entries[key] { storedBy[previous.from, default: 1] -= 1 }
         // The owner's address is learnt only from a fresher entry stored by the node the entry names
         // (a copy replayed from elsewhere, or a holder's republishing, does not move it).
-        let owner = requester.sender.bytes == entry.nodeID ? source : (store[key]?.entry.publicKey == entry.publicKey ? store[key]?.owner : nil)
-        store[key] = Stored(entry: entry, wire: wire, from: source, storedAt: time.now, owner: owner)
+        let owner = requester.sender.bytes == entry.nodeID ? source : (entries[key]?.entry.publicKey == entry.publicKey ? entries[key]?.owner : nil)
+        entries[key] = Stored(entry: entry, wire: wire, from: source, storedAt: time.now, owner: owner)
         storedBy[source, default: 0] += 1
         statistics.storedEntries += 1
         return .stored
@@ -168,8 +184,8 @@ struct PeerEntryStore: RecordStore {
 
     /// Drops expired entries (at each refresh).
     mutating func expire(at time: RecordTime) {
-        for (key, stored) in store where !alive(stored.entry, unix: time.unix) {
-            store[key] = nil
+        for (key, stored) in entries where !alive(stored.entry, unix: time.unix) {
+            entries[key] = nil
             storedBy[stored.from, default: 1] -= 1
         }
     }
@@ -179,8 +195,8 @@ struct PeerEntryStore: RecordStore {
     /// re-announces every period, nobody needs to.
     mutating func republish(at time: RecordTime) -> [(key: NodeID, lookup: Lookup.Kind)] {
         var due: [(key: NodeID, lookup: Lookup.Kind)] = []
-        for (key, stored) in store where time.now >= stored.storedAt + republishInterval {
-            store[key]?.storedAt = time.now
+        for (key, stored) in entries where time.now >= stored.storedAt + republishInterval {
+            entries[key]?.storedAt = time.now
             due.append((key, .announce(stored.wire)))
         }
         return due
@@ -195,7 +211,7 @@ struct PeerEntryStore: RecordStore {
 
     /// The wire bytes of the live entries held.
     func saved(at time: RecordTime) -> [[UInt8]] {
-        store.values.filter { alive($0.entry, unix: time.unix) }.map(\.wire)
+        entries.values.filter { alive($0.entry, unix: time.unix) }.map(\.wire)
     }
 
     /// Holds the saved entries that still verify, unless a fresher one of the key is held.
@@ -204,8 +220,8 @@ struct PeerEntryStore: RecordStore {
         for wire in wires {
             guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, unix: time.unix) else { continue }
             let key = NodeID.key(of: entry.identity)
-            if let held = store[key], held.entry.lastSeen >= entry.lastSeen { continue }
-            store[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now)
+            if let held = entries[key], held.entry.lastSeen >= entry.lastSeen { continue }
+            entries[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now)
         }
     }
 }

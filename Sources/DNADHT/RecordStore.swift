@@ -22,17 +22,36 @@ enum RecordAnswer {
     case closest(to: NodeID, held: UInt64?)
 }
 
+/// What validation made of a record: the record, or the status that refuses it.
+enum Validated<Record, Status> {
+    case valid(Record)
+    case refused(Status)
+}
+
 /// One kind of record a DHT node keeps for others and serves (docs/PROTOCOL.md §5.2: peer entries,
 /// `PeerEntryStore`; §8.3: inbox items, `MailStore`). The node keeps one store per kind, hands it
-/// the requests of its kind, and runs its expiry and its republishing; what the kind's records
-/// are, and its rules, stay inside the store. A further kind (e.g. signed values at any key) adds
-/// its request bodies to `DHTMessage.Body`, a store conforming to this, and a `Lookup.Kind` that
-/// stores its records on the k closest nodes.
+/// the requests of its kind (`answer`), and runs its expiry and its republishing; what the kind's
+/// records are, and its rules, stay inside the store. A write goes: the presented token
+/// (`RecordRequester.tokens`), then `validate`, then `store`. A further kind (e.g. signed values
+/// at any key) adds its request bodies to `DHTMessage.Body`, a store conforming to this, a case in
+/// `DHTNode.answer` and a `Lookup.Kind` that stores its records on the k closest nodes.
 protocol RecordStore {
-    /// Answers `request` when it is one of this kind's, else nil. A write is checked in this order:
-    /// the presented token (`requester.tokens`), then the record (format, signature, times), then
-    /// the kind's replacement rule against the record held under its key and its quotas; then it is
-    /// stored. A read answers from what is held. Refusals are counted in `statistics`.
+    /// A record of this kind that passed `validate`.
+    associatedtype Record
+    /// What a write is answered with (STORED's status, MAIL_STORED's).
+    associatedtype Status
+
+    /// Validation: the record `wire` holds, checked on its own (structure, signature, times at
+    /// `time`), or the status that refuses it. Consults nothing held.
+    func validate(_ wire: [UInt8], at time: RecordTime) -> Validated<Record, Status>
+
+    /// Storage and replacement: stores a valid `record` (`wire`) unless the kind's replacement rule
+    /// keeps the record held under its key, or a quota is full; returns the status to answer.
+    mutating func store(_ record: Record, wire: [UInt8], from requester: RecordRequester, at time: RecordTime,
+                        statistics: inout DHTStatistics) -> Status
+
+    /// Answers `request` when it is one of this kind's, else nil: a write after its token,
+    /// `validate` and `store`; a read from what is held. Refusals are counted in `statistics`.
     mutating func answer(_ request: DHTMessage.Body, from requester: RecordRequester, at time: RecordTime,
                          statistics: inout DHTStatistics) -> RecordAnswer?
 
