@@ -7,6 +7,7 @@ import DNAWire
 /// entries carry Unix seconds; `storedAt` is monotonic ms. The node's own entry is held here too
 /// (from `localSource`), only to refuse another key for its name: it is never offered.
 struct PeerEntryStore: RecordStore {
+    /// An entry held, as stored: its bytes, its source, and when (monotonic ms).
     struct Stored {
         var entry: PeerEntry
         var wire: [UInt8]

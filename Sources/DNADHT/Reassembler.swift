@@ -6,6 +6,7 @@ import DNAWire
 /// source and each network (/24, /64) gets a bounded share; everything lives `lifetime` ms
 /// (monotonic). Counts what it refuses in the node's statistics.
 struct Reassembler {
+    /// A message is put together per source endpoint and transaction id (§5.1).
     struct Key: Hashable {
         var endpoint: Endpoint
         var transaction: UInt64

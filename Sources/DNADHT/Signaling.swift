@@ -27,6 +27,7 @@ public struct SignalDelivery: Sendable, Equatable {
 /// pinged every `keepaliveInterval` so that its NAT keeps their mappings. As a signaller: the
 /// signals it sent and the holders that may deliver answers to them. Times are monotonic ms.
 struct Signaling {
+    /// Holder: a signal forwarded from `origin` to `owner` as signal `id`, until `expires` (ms).
     struct Relay {
         var origin: Endpoint
         var owner: Endpoint

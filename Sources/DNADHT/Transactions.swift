@@ -28,6 +28,7 @@ struct Transactions {
         case republished
     }
 
+    /// A request in flight: where it went, which node should answer, its timers (ms) and attempts.
     struct Pending {
         var endpoint: Endpoint
         var expected: NodeID?
