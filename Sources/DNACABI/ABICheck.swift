@@ -78,6 +78,7 @@ func abiCheck() {
     sameType(CDNATransport.transport_send_stream, DNACABI.transport_send_stream)
     sameType(CDNATransport.transport_receive, DNACABI.transport_receive)
     sameType(CDNATransport.transport_receive_stream, DNACABI.transport_receive_stream)
+    sameType(CDNATransport.transport_receive_into, DNACABI.transport_receive_into)
     sameType(CDNATransport.transport_send_offline, DNACABI.transport_send_offline)
     sameType(CDNATransport.transport_receive_offline, DNACABI.transport_receive_offline)
     sameType(CDNATransport.transport_fetch_offline, DNACABI.transport_fetch_offline)

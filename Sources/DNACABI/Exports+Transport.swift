@@ -17,7 +17,7 @@ extension DNAErrorCode {
         case .closed: self = .closed
         case .unknownConnection: self = .notFound
         case .tooLarge: self = .tooLarge
-        case .nameTooLong: self = .bufferTooSmall
+        case .nameTooLong, .bufferTooSmall: self = .bufferTooSmall
         case .invalid: self = .invalidArgument
         case .io: self = .io
         case .nameTaken: self = .nameTaken
@@ -200,6 +200,25 @@ private func receiveOn(_ function: StaticString, _ context: OpaquePointer?, _ co
         data.pointee = try mallocCopy(message.bytes)
         length.pointee = message.bytes.count
         streamOut?.pointee = message.stream
+    }
+}
+
+@_cdecl("transport_receive_into")
+public func transport_receive_into(_ context: OpaquePointer?, _ connectionID: Int32, _ streamOut: UnsafeMutablePointer<UInt32>?,
+                                   _ buffer: UnsafeMutablePointer<UInt8>?, _ capacity: Int,
+                                   _ lengthOut: UnsafeMutablePointer<Int>?, _ timeoutMilliseconds: Int32) -> Int32 {
+    cCall("transport_receive_into") {
+        let node = try Handle<TransportNode>.borrow(context, "ctx")
+        let into = try CArg.mutableBytes(buffer, capacity, "buffer")
+        let length = try CArg.required(lengthOut, "len_out")
+        do {
+            let message = try node.receive(connectionID, into: into, timeout: Int(timeoutMilliseconds))
+            length.pointee = message.length
+            streamOut?.pointee = message.stream
+        } catch TransportNode.Failure.bufferTooSmall(let needed) {
+            length.pointee = needed
+            throw TransportNode.Failure.bufferTooSmall(needed)
+        }
     }
 }
 

@@ -58,6 +58,8 @@ public final class TransportNode: @unchecked Sendable {
         case tooLarge(Int)
         /// The caller's buffer cannot take the peer's name (this many bytes would).
         case nameTooLong(Int)
+        /// The caller's buffer cannot take the next message (this many bytes would); it stays queued.
+        case bufferTooSmall(Int)
         case invalid(String)
         case io(String)
         /// Holders refused this identity's entry: the name is held by another key (§5.2).
@@ -74,6 +76,7 @@ public final class TransportNode: @unchecked Sendable {
             case .unknownConnection(let id): "no connection \(id)"
             case .tooLarge(let size): "message of \(size) bytes is too large"
             case .nameTooLong(let needed): "the peer's name needs \(needed) bytes"
+            case .bufferTooSmall(let needed): "the next message needs a buffer of \(needed) bytes"
             case .invalid(let why): why
             case .io(let why): why
             case .nameTaken(let name): "\(name) is held in the DHT by another key"
@@ -730,6 +733,16 @@ public final class TransportNode: @unchecked Sendable {
         }
     }
 
+    /// `receive`, copying the message into the caller's `buffer` (no allocation per message); its
+    /// stream and length. A message longer than `buffer` stays queued: `.bufferTooSmall(its length)`.
+    public func receive(_ id: Int32, into buffer: UnsafeMutableRawBufferPointer, timeout: Int) throws(Failure) -> (stream: UInt32, length: Int) {
+        let peer = try lookup(id)
+        defer { updateReadiness() }
+        do { return try peer.connection.receive(into: buffer, timeout: timeout < 0 ? Int(Int32.max) : timeout) } catch {
+            throw Self.map(error)
+        }
+    }
+
     /// Bytes connection `id` holds (see `TransportConnection.buffered`): `send`, queued or not
     /// acknowledged, at most `reliable.maximumQueuedBytes` (or one larger message); `receive`,
     /// arrived and not yet taken with `receive`, at most `reliable.receiveBuffer` (or one larger message).
@@ -893,6 +906,7 @@ public final class TransportNode: @unchecked Sendable {
         case .closed: .closed
         case .full, .timeout: .timeout
         case .tooLarge(let size): .tooLarge(size)
+        case .bufferTooSmall(let needed): .bufferTooSmall(needed)
         }
     }
 

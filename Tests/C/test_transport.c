@@ -96,6 +96,23 @@ int main(void) {
     CHECK(len == 8 && data && memcmp(data, "hi alice", 8) == 0);
     dna_buffer_free(data);
 
+    /* Into the caller's buffer: too small leaves the message queued and says its length. */
+    {
+        uint8_t into[64], tiny[4];
+        CHECK_EQ_INT(transport_send_stream(bob, bob_id, 7, big, 40), DNA_OK);
+        len = 0;
+        CHECK_EQ_INT(transport_receive_into(alice, alice_id, &stream, tiny, sizeof tiny, &len, 5000), DNA_ERR_BUFFER_TOO_SMALL);
+        CHECK(len == 40);
+        len = 0;
+        stream = 0;
+        CHECK_EQ_INT(transport_receive_into(alice, alice_id, &stream, into, sizeof into, &len, 5000), DNA_OK);
+        CHECK(len == 40 && stream == 7 && memcmp(into, big, 40) == 0);
+        CHECK_EQ_INT(transport_receive_into(alice, alice_id, NULL, into, sizeof into, &len, 0), DNA_ERR_TIMEOUT);
+        CHECK_EQ_INT(transport_receive_into(alice, alice_id, NULL, NULL, 8, &len, 0), DNA_ERR_INVALID_ARGUMENT);
+        CHECK_EQ_INT(transport_receive_into(alice, alice_id, NULL, into, sizeof into, NULL, 0), DNA_ERR_INVALID_ARGUMENT);
+        CHECK_EQ_INT(transport_receive_into(alice, -1, NULL, into, sizeof into, &len, 0), DNA_ERR_NOT_FOUND);
+    }
+
     /* Presence. */
     CHECK_EQ_INT(transport_get_presence(alice, alice_id, &status), DNA_OK);
     CHECK_EQ_INT(status, TRANSPORT_PRESENCE_ONLINE);

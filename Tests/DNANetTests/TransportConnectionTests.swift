@@ -76,6 +76,24 @@ import Testing
         }
     }
 
+    /// A message sent while the loop is busy with the peer's traffic, then a disconnect at once: the
+    /// disconnect waits for its acknowledgement, and nothing is left over. The loop's end-of-pass
+    /// verdict "idle" used to overwrite the one `send` had set, so the disconnect returned in 1 ms
+    /// with the message unacknowledged (the transport's environment test failed 1 run in 20).
+    @Test func aDisconnectRightAfterASendWaitsForItsAcknowledgement() throws {
+        var leftOver = 0
+        for round in 0..<300 {
+            let (a, b) = try Self.pair()
+            try b.send([1])  // a's loop gets busy with this
+            let until = DispatchTime.microseconds() + UInt64(round % 60)
+            while DispatchTime.microseconds() < until {}
+            try a.send(Array("round \(round)".utf8))
+            if !a.disconnect(linger: 5_000).isEmpty { leftOver += 1 }
+            b.close()
+        }
+        #expect(leftOver == 0, "\(leftOver) of 300 disconnects left the message just sent unacknowledged")
+    }
+
     @Test func forgedDatagramsAreRefusedAndTheConnectionGoesOn() throws {
         var fds: [Int32] = [-1, -1]
         #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0)
@@ -135,6 +153,15 @@ import Testing
         #expect(b.isDead && b.refused == 2)
         #expect(throws: TransportConnection.Failure.closed) { try b.receive(timeout: 0) }
         Glibc.close(fds[0])
+    }
+}
+
+/// The monotonic clock in microseconds.
+enum DispatchTime {
+    static func microseconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1_000
     }
 }
 

@@ -716,6 +716,29 @@ class Transport(_Handle):
                                             ctypes.byref(length), _timeout_arg(timeout_ms)), "receive")
         return stream.value, take_buffer(pointer, length.value)
 
+    def receive_into(self, connection, buffer, timeout_ms=None):
+        """Copies the next message into `buffer` (a writable bytes-like object, e.g. a bytearray the
+        caller reuses: nothing is allocated per message) and returns (stream, length). A message
+        longer than the buffer stays queued: DNAError BUFFER_TOO_SMALL, whose `needed` says its length.
+        Raises TIMEOUT and CLOSED as receive_stream."""
+        view = memoryview(buffer)
+        if view.readonly:
+            raise TypeError("receive_into needs a writable buffer")
+        view = view.cast("B")
+        capacity = view.nbytes
+        holder = (ctypes.c_char * capacity).from_buffer(view) if capacity else None
+        length = ctypes.c_size_t(0)
+        stream = ctypes.c_uint32(0)
+        code = lib.transport_receive_into(self._live(), int(connection), ctypes.byref(stream), holder, capacity,
+                                          ctypes.byref(length), _timeout_arg(timeout_ms))
+        del holder
+        if code == ErrorCode.BUFFER_TOO_SMALL:
+            error = DNAError(code, "receive_into")
+            error.needed = length.value
+            raise error
+        _check(code, "receive_into")
+        return stream.value, length.value
+
     def receive(self, connection, timeout_ms=None):
         """The next message's bytes (any stream); see receive_stream."""
         pointer = _native.u8p()

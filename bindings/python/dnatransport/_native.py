@@ -178,6 +178,7 @@ FUNCTIONS = {
     "transport_send_stream": (c_int, [c_void_p, c_int, c_uint32, u8p, c_size_t]),
     "transport_receive": (c_int, [c_void_p, c_int, POINTER(u8p), POINTER(c_size_t), c_int]),
     "transport_receive_stream": (c_int, [c_void_p, c_int, POINTER(c_uint32), POINTER(u8p), POINTER(c_size_t), c_int]),
+    "transport_receive_into": (c_int, [c_void_p, c_int, POINTER(c_uint32), c_void_p, c_size_t, POINTER(c_size_t), c_int]),
     "transport_send_offline": (c_int, [c_void_p, c_char_p, u8p, c_size_t]),
     "transport_receive_offline": (c_int, [c_void_p, c_char_p, c_size_t, POINTER(u8p), POINTER(c_size_t),
                                           POINTER(c_uint64), c_int]),

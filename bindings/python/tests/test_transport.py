@@ -76,6 +76,33 @@ def test_the_announce_state_says_whether_peers_can_find_this_identity(network, t
     assert caught.value.code == dna.ErrorCode.INVALID_ARGUMENT  # the binding refuses a closed Transport
 
 
+def test_receive_into_reuses_the_callers_buffer(network):
+    alice, bob = network("alice"), network("bob")
+    conn = alice.connect("bob")
+    incoming, _ = bob.accept(timeout_ms=10000)
+    buffer = bytearray(1 << 16)
+    for index, size in enumerate((0, 1, 1200, 5000, 1 << 16)):
+        alice.send(conn, bytes([index]) * size, stream=index)
+    sizes = {}
+    for _ in range(5):
+        stream, length = bob.receive_into(incoming, buffer, timeout_ms=5000)
+        assert buffer[:length] == bytes([stream]) * length
+        sizes[stream] = length
+    assert sizes == dict(enumerate((0, 1, 1200, 5000, 1 << 16)))
+    # Too small: the message stays queued, the error says its length.
+    alice.send(conn, b"x" * 100)
+    with pytest.raises(dna.DNAError) as caught:
+        bob.receive_into(incoming, bytearray(10), timeout_ms=5000)
+    assert caught.value.code == dna.ErrorCode.BUFFER_TOO_SMALL and caught.value.needed == 100
+    view = memoryview(buffer)[100:300]
+    assert bob.receive_into(incoming, view, timeout_ms=0) == (0, 100) and bytes(view[:100]) == b"x" * 100
+    with pytest.raises(TypeError):
+        bob.receive_into(incoming, b"read-only")
+    with pytest.raises(dna.DNAError) as caught:
+        bob.receive_into(incoming, buffer, timeout_ms=0)
+    assert caught.value.code == dna.ErrorCode.TIMEOUT
+
+
 def test_streams_do_not_block_each_other_and_order_holds(network):
     alice, bob = network("alice"), network("bob")
     conn = alice.connect("bob")
