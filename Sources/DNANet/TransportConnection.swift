@@ -153,28 +153,26 @@ public final class TransportConnection: @unchecked Sendable {
     /// each other stream, however much those hold. Taking a message frees its room in the receive
     /// window (§7.2).
     public func receive(timeout: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8]) {
-        let got = monitor.wait(milliseconds: timeout) { () -> (UInt32, [UInt8])?? in
-            if let message = inbox.next() {
-                takes.append((message.0, message.1.count))
-                if takes.count == 1 { alarm?.armNow() }
-                return .some(message)
-            }
-            if dead || !running { return .some(nil) }
-            return nil
-        }
-        guard let got else { throw .timeout }
-        guard let message = got else { throw .closed }
-        return message
+        try take(timeout: timeout, fitting: .max)
     }
 
     /// `receive`, with the message copied into `buffer` (the caller's: reused, so that no memory is
     /// allocated per message). Returns the message's stream and length. A message longer than
     /// `buffer` stays queued, the next in turn: `.bufferTooSmall(its length)`.
     public func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Int) throws(Failure) -> (stream: UInt32, length: Int) {
+        let (stream, bytes) = try take(timeout: timeout, fitting: buffer.count)
+        bytes.withUnsafeBytes { message in
+            if let base = buffer.baseAddress, let source = message.baseAddress { base.copyMemory(from: source, byteCount: message.count) }
+        }
+        return (stream, bytes.count)
+    }
+
+    /// The next delivered message if it has at most `limit` bytes (else `.bufferTooSmall`, and it
+    /// stays queued), waiting up to `timeout` ms; the loop hears that it was taken.
+    private func take(timeout: Int, fitting limit: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8]) {
         let got = monitor.wait(milliseconds: timeout) { () -> Result<(UInt32, [UInt8]), Failure>? in
-            if let (_, length) = inbox.peek() {
-                guard length <= buffer.count else { return .failure(.bufferTooSmall(length)) }
-                guard let message = inbox.next() else { return nil }
+            if limit < .max, let (_, length) = inbox.peek(), length > limit { return .failure(.bufferTooSmall(length)) }
+            if let message = inbox.next() {
                 takes.append((message.0, message.1.count))
                 if takes.count == 1 { alarm?.armNow() }
                 return .success(message)
@@ -183,14 +181,7 @@ public final class TransportConnection: @unchecked Sendable {
             return nil
         }
         guard let got else { throw .timeout }
-        switch got {
-        case .success(let (stream, bytes)):
-            bytes.withUnsafeBytes { message in
-                if let base = buffer.baseAddress, let source = message.baseAddress { base.copyMemory(from: source, byteCount: message.count) }
-            }
-            return (stream, bytes.count)
-        case .failure(let failure): throw failure
-        }
+        return try got.get()
     }
 
     /// Messages waiting to be received.
