@@ -435,6 +435,11 @@ public final class DHTNode {
                 if !lookup.isSilent { lookup.holders.append(source) }
             }
             if case .stored(.taken) = message.body { lookup.result.taken += 1 }
+            switch message.body {
+            case .stored(.badToken), .stored(.quota): lookup.storeLeftAPlace()
+            case .stored, .storedOutOfTime: break
+            default: lookup.storeLeftAPlace()
+            }
             if case .storedOutOfTime(let holderTime) = message.body {
                 lookup.result.clockOffsets.append(Int64(bitPattern: holderTime &- unix(now)))
             }
@@ -538,6 +543,7 @@ public final class DHTNode {
             case .store(let lookupID):
                 if let lookup = lookups[lookupID] {
                     lookup.storesInFlight -= 1
+                    lookup.storeLeftAPlace()
                     advance(lookup, now: now)
                 }
             case .signal(let lookupID):

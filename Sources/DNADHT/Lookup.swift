@@ -86,6 +86,16 @@ final class Lookup {
     var phase = Phase.searching
     var result = LookupResult(closest: [])
     var storesInFlight = 0
+    /// Announce: the candidates sent a STORE, and how many of those left no place among the holders
+    /// (no answer, a bad token or over quota): each such place goes to the next nearest candidate
+    /// that answered, so that a node that answers lookups but drops STOREs (a Sybil near the key,
+    /// or a path that loses the entry's pieces) costs the entry no holder (§5.2).
+    private var storeSentTo = Set<NodeID>()
+    private var storePlacesOpen = 0
+    /// Announce: FIND_NODEs sent after the search to find nodes for those places (k at most), and
+    /// the holders asked for the nodes nearest themselves.
+    private var replacementQueries = 0
+    private var askedForNeighbours = Set<NodeID>()
     /// Announce: the nodes that stored the entry.
     var holders: [Endpoint] = []
     /// Signal: SIGNALs in flight, the holders already sent one, and how many of those did not
@@ -148,6 +158,7 @@ final class Lookup {
             if case .announce(let wire) = kind {
                 phase = .storing
                 for (contact, token) in storeTargets() {
+                    storeSentTo.insert(contact.id)
                     storesInFlight += 1
                     result.messages += 1
                     send(contact, .store(token: token, entry: wire), .store)
@@ -164,7 +175,41 @@ final class Lookup {
             }
             return true
         case .storing:
-            return storesInFlight <= 0
+            if case .announce(let wire) = kind, storePlacesOpen > 0 {
+                for (contact, token) in replacementStoreTargets(limit: storePlacesOpen) {
+                    storePlacesOpen -= 1
+                    storeSentTo.insert(contact.id)
+                    storesInFlight += 1
+                    result.messages += 1
+                    send(contact, .store(token: token, entry: wire), .store)
+                }
+                // No node that answered is left: the search goes on to the next nearest candidates
+                // not asked yet (an answer brings the token a STORE needs, and further candidates).
+                let asking = candidates.values.filter { $0.state == .waiting }.count
+                var more = min(storePlacesOpen - asking, k - replacementQueries)
+                if more > 0 {
+                    let fresh = candidates.values.filter { $0.state == .fresh }.sorted(by: isAskedBefore).prefix(more)
+                    for candidate in fresh {
+                        replacementQueries += 1
+                        more -= 1
+                        result.messages += 1
+                        send(candidate.contact, ask(candidate, tokens: tokens), .query)
+                    }
+                }
+                // None left either: every node that answered lists the same k nearest. The farthest
+                // node that stored the entry is asked for the nodes nearest itself instead, which
+                // include the next nodes beyond it from the key.
+                if more > 0, asking == 0, storesInFlight == 0,
+                   let farthest = candidates.values.filter({ $0.state == .answered && storeSentTo.contains($0.contact.id)
+                       && !askedForNeighbours.contains($0.contact.id) }).max(by: isAskedBefore) {
+                    askedForNeighbours.insert(farthest.contact.id)
+                    replacementQueries += 1
+                    result.messages += 1
+                    candidates[farthest.contact.id]?.state = .waiting
+                    send(farthest.contact, .findNode(target: farthest.contact.id, token: tokens[farthest.contact.endpoint] ?? 0), .query)
+                }
+            }
+            return storesInFlight <= 0 && !candidates.values.contains { $0.state == .waiting }
         case .finished:
             return false
         }
@@ -179,10 +224,14 @@ final class Lookup {
     /// The k nearest candidates that have neither failed nor stalled; those that failed recently
     /// and have not answered this lookup come after all others.
     private var nearest: [Candidate] {
-        Array(candidates.values.filter { $0.state != .failed && $0.state != .stalled }.sorted { a, b in
-            let lastA = a.suspect && a.state != .answered, lastB = b.suspect && b.state != .answered
-            return lastA != lastB ? lastB : (a.contact.id ^ target) < (b.contact.id ^ target)
-        }.prefix(k))
+        Array(candidates.values.filter { $0.state != .failed && $0.state != .stalled }.sorted(by: isAskedBefore).prefix(k))
+    }
+
+    /// The lookup's order: nearest first, except that candidates that failed recently and have not
+    /// answered come after all others.
+    private func isAskedBefore(_ a: Candidate, _ b: Candidate) -> Bool {
+        let lastA = a.suspect && a.state != .answered, lastB = b.suspect && b.state != .answered
+        return lastA != lastB ? lastB : (a.contact.id ^ target) < (b.contact.id ^ target)
     }
 
     var isDone: Bool {
@@ -228,17 +277,22 @@ final class Lookup {
         let again = candidates.values.filter { $0.state == .waiting && $0.askedAgain }.count
         chosen.insert(contentsOf: holdersToAsk.prefix(max(0, (keys.count > 1 ? alpha : 1) - again)), at: 0)
         for candidate in chosen where inFlight < alpha {
-            candidates[candidate.contact.id]?.state = .waiting
-            if candidate.state == .answered { candidates[candidate.contact.id]?.askedAgain = true }
             inFlight += 1
-            let token = tokens[candidate.contact.endpoint] ?? 0
-            candidates[candidate.contact.id]?.token = token
-            switch kind {
-            case .nodes, .announce, .republishMail: out.append((candidate.contact, .findNode(target: target, token: token)))
-            case .value, .signal: out.append((candidate.contact, .findValue(key: target, token: token)))
-            }
+            out.append((candidate.contact, ask(candidate, tokens: tokens)))
         }
         return out
+    }
+
+    /// Marks `candidate` asked and returns the request for it.
+    private func ask(_ candidate: Candidate, tokens: [Endpoint: UInt64]) -> DHTMessage.Body {
+        candidates[candidate.contact.id]?.state = .waiting
+        if candidate.state == .answered { candidates[candidate.contact.id]?.askedAgain = true }
+        let token = tokens[candidate.contact.endpoint] ?? 0
+        candidates[candidate.contact.id]?.token = token
+        switch kind {
+        case .nodes, .announce, .republishMail: return .findNode(target: target, token: token)
+        case .value, .signal: return .findValue(key: target, token: token)
+        }
     }
 
     func answered(_ id: NodeID, with body: DHTMessage.Body, now: UInt64, node: DHTNode) {
@@ -334,5 +388,25 @@ final class Lookup {
 
     func storeTargets() -> [(Contact, UInt64)] {
         nearest.filter { $0.state == .answered && $0.token != 0 }.map { ($0.contact, $0.token) }
+    }
+
+    /// Announce: a STORE came back without the entry stored for a reason another node may not have
+    /// (no answer, a bad token, over quota: not a taken name, an invalid entry or a clock the holder
+    /// refuses, which every holder would answer alike). Its place goes to the next candidate.
+    func storeLeftAPlace() {
+        guard phase == .storing, storeSentTo.count < Self.maximumStores(k: k) else { return }
+        storePlacesOpen += 1
+    }
+
+    /// At most this many STOREs per announce: k, and as many again in place of those that failed.
+    static func maximumStores(k: Int) -> Int { 2 * k }
+
+    /// The nearest candidates that answered with a token and were not sent the entry yet, beyond
+    /// the k nearest (`limit` at most, within `maximumStores` in all).
+    private func replacementStoreTargets(limit: Int) -> [(Contact, UInt64)] {
+        let room = min(limit, Self.maximumStores(k: k) - storeSentTo.count)
+        guard room > 0 else { return [] }
+        return candidates.values.filter { $0.state == .answered && $0.token != 0 && !storeSentTo.contains($0.contact.id) }
+            .sorted { ($0.contact.id ^ target) < ($1.contact.id ^ target) }.prefix(room).map { ($0.contact, $0.token) }
     }
 }
