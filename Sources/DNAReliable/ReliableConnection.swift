@@ -120,7 +120,8 @@ public struct ReliableConfiguration: Sendable {
 /// so RTT samples are never ambiguous); ACK frames carry the cumulative packet number, up to 32
 /// ranges received above it, and the receive window. Loss: 3 later packets acknowledged, or 9/8 RTT
 /// later ones, or the RTO (RFC 6298). Congestion: NewReno (slow start, congestion avoidance, one
-/// window reduction per round trip, a one-packet window after an RTO).
+/// window reduction per round trip, a one-packet window after an RTO), reduced to no less than the
+/// Westwood+ estimate, and not at all for a loss that looks random (no queue in the RTT, §7.3).
 public final class ReliableConnection {
     public let configuration: ReliableConfiguration
 
@@ -233,6 +234,14 @@ public final class ReliableConnection {
     public private(set) var congestionWindow: Int
     private var slowStartThreshold = Int.max
     private var recoveryStart: UInt64 = 0
+    /// Westwood+'s estimate of what the path carries: a loss takes the window down to it, not to
+    /// half (§7.3).
+    private var bandwidth = BandwidthEstimator()
+    /// Packets acknowledged and declared lost lately: both halve when they reach
+    /// `lossHistory` together, so their ratio follows the last few hundred packets (a small window
+    /// loses one packet of three at random; one round trip's count says nothing).
+    private var recentAcknowledged = 0
+    private var recentLost = 0
     /// The receive buffer the peer advertises (this side's own until its first ACK).
     private var peerWindow: Int
     private var rtt = RTTEstimator()
@@ -361,6 +370,8 @@ public final class ReliableConnection {
         public var probes = 0
         /// ACK frames sent (delayed: see `ReliableConfiguration.acknowledgeEvery`).
         public var acknowledgementsSent = 0
+        /// Packets declared lost while the path showed no queue (random loss: the window stayed, §7.3).
+        public var randomLosses = 0
     }
 
     public init(configuration: ReliableConfiguration = ReliableConfiguration(), now: UInt64) {
@@ -419,6 +430,7 @@ public final class ReliableConnection {
         silentTimeouts = 0
         pingSentAt = nil
         lastReceived = now
+        bandwidth.reset()
         loseEverythingInFlight(now: now)
         backoff = 1
         ackNow = true
@@ -642,7 +654,10 @@ public final class ReliableConnection {
         if largestAcked.map({ largest.0 > $0 }) ?? true {
             largestAcked = largest.0
             updateRTT(sample: Double(now - largest.1.sentAt))
+            bandwidth.measured(rtt: Double(now - largest.1.sentAt), now: now)
         }
+        bandwidth.acknowledged(newlyAcked.reduce(0) { $0 + $1.1.size }, now: now, smoothedRTT: rtt.smoothed)
+        countRecent(acknowledged: newlyAcked.count, lost: 0)
         for (_, sent) in newlyAcked {
             acknowledge(sent)
             // NewReno growth, none while recovering from a loss sent after the recovery started.
@@ -760,11 +775,42 @@ public final class ReliableConnection {
             newestLostSentAt = max(newestLostSentAt, sent.sentAt)
             requeue(sent)
         }
+        countRecent(acknowledged: 0, lost: lost.count)
+        // Loss differentiation (§7.3): a loss while the RTT shows no queue, with no more than
+        // `randomLossLimit` of the recent packets lost, is taken as random (a lossy link, not a full
+        // queue): the window stays. NewReno halved it at every such loss: under 10% random loss
+        // the window stayed at a few packets and the RTOs of lost tails took most of the time.
+        let lossRate = Double(recentLost) / Double(max(1, recentLost + recentAcknowledged))
+        if !bandwidth.seesQueue, lossRate <= Self.randomLossLimit {
+            statistics.randomLosses += lost.count
+            return
+        }
         if newestLostSentAt > recoveryStart || recoveryStart == 0 {
             recoveryStart = now
-            slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
-            congestionWindow = slowStartThreshold
+            slowStartThreshold = thresholdAfterLoss
+            congestionWindow = min(congestionWindow, slowStartThreshold)
         }
+    }
+
+    /// The largest share of the recent packets lost that may be taken as random loss.
+    static let randomLossLimit = 0.2
+    /// Packets (acknowledged and lost) the recent loss rate looks back over, about.
+    static let lossHistory = 512
+
+    private func countRecent(acknowledged: Int, lost: Int) {
+        recentAcknowledged += acknowledged
+        recentLost += lost
+        if recentAcknowledged + recentLost >= Self.lossHistory {
+            recentAcknowledged /= 2
+            recentLost /= 2
+        }
+    }
+
+    /// ssthresh after a loss (bytes): half the window (NewReno), or the Westwood+ estimate
+    /// (`BandwidthEstimator.floor`) when larger; at least 2 packets.
+    private var thresholdAfterLoss: Int {
+        let floor = bandwidth.floor
+        return max(floor, congestionWindow / 2, 2 * configuration.fragmentSize)
     }
 
     /// Every packet in flight is queued again, the window falls to one packet and ssthresh to half
@@ -775,7 +821,7 @@ public final class ReliableConnection {
             if let sent = removeSent(packet) { requeue(sent) }
             packet += 1
         }
-        slowStartThreshold = max(congestionWindow / 2, 2 * configuration.fragmentSize)
+        slowStartThreshold = thresholdAfterLoss
         congestionWindow = configuration.fragmentSize
         recoveryStart = now
         rtoDeadline = nil

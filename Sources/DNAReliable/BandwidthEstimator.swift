@@ -1,0 +1,70 @@
+/// The sender's estimate of the path's bandwidth-delay product, for telling random loss from
+/// congestion: TCP Westwood+ (Mascolo, Casetti, Gerla, Sanadidi, Wang, "TCP Westwood: Bandwidth
+/// Estimation for Enhanced Transport over Wireless Links", MobiCom 2001; Grieco and Mascolo, "Performance
+/// evaluation and comparison of Westwood+, New Reno, and Vegas TCP congestion control", CCR 2004;
+/// Linux's tcp_westwood). Bytes acknowledged are counted over intervals of one smoothed RTT (at least
+/// 1 ms, the clock's unit) and each interval's rate goes through a low-pass filter (7/8 old, 1/8
+/// new); the path's round-trip time is the smallest sample of the last 10 s (a path that changed
+/// is forgotten by `reset`).
+///
+/// After a loss the window falls to half, or to `floor` (the estimate times the minimum RTT) when
+/// that is larger; `seesQueue` tells a loss behind a queue from a random one. Units: bytes and
+/// milliseconds. Sans-I/O: times come in with the calls.
+struct BandwidthEstimator {
+    /// Bytes per ms (the filtered rate of acknowledged bytes); 0 before the first interval ends.
+    private(set) var rate = 0.0
+    /// The smallest RTT sample (ms) since `minimumRTTAt`; nil before the first sample.
+    private(set) var minimumRTT: Double?
+    private var minimumRTTAt: UInt64 = 0
+    /// The latest RTT sample (ms).
+    private(set) var latestRTT: Double?
+    private var intervalStart: UInt64?
+    private var intervalBytes = 0
+
+    /// How long a minimum RTT stands (ms) before a larger sample replaces it (BBR's RTprop window).
+    static let minimumRTTWindow: UInt64 = 10_000
+
+    /// `bytes` newly acknowledged at `now`; `smoothedRTT`: the connection's SRTT (ms), if measured.
+    mutating func acknowledged(_ bytes: Int, now: UInt64, smoothedRTT: Double?) {
+        guard let start = intervalStart else {
+            intervalStart = now
+            intervalBytes = 0
+            return
+        }
+        intervalBytes += bytes
+        let elapsed = now &- start
+        guard elapsed >= UInt64(max(1, (smoothedRTT ?? 1).rounded(.up))) else { return }
+        let sample = Double(intervalBytes) / Double(elapsed)
+        rate = rate == 0 ? sample : 0.875 * rate + 0.125 * sample
+        intervalStart = now
+        intervalBytes = 0
+    }
+
+    /// An RTT sample (ms) at `now`.
+    mutating func measured(rtt sample: Double, now: UInt64) {
+        latestRTT = sample
+        if let minimum = minimumRTT, sample > minimum, now &- minimumRTTAt < Self.minimumRTTWindow { return }
+        minimumRTT = sample
+        minimumRTTAt = now
+    }
+
+    /// Westwood+'s ssthresh after a loss, in bytes: the estimated rate times the minimum RTT (taken
+    /// as at least 1 ms, the clock's unit); 0 before anything was measured.
+    var floor: Int {
+        guard let minimum = minimumRTT, rate > 0 else { return 0 }
+        let bytes = rate * max(1, minimum)
+        return bytes < Double(Int.max / 2) ? Int(bytes) : Int.max / 2
+    }
+
+    /// Whether the latest RTT sample shows a queue on the path: above the minimum by an eighth of
+    /// it, at least 4 ms and at most 16 ms (HyStart++'s delay threshold, RFC 9406 §4.2; the clock's
+    /// unit and a path's usual jitter stay below 4 ms). Loss with no queue behind it is taken as
+    /// random (§7.3). True before any sample.
+    var seesQueue: Bool {
+        guard let latest = latestRTT, let minimum = minimumRTT else { return true }
+        return latest - minimum >= min(max(minimum / 8, 4), 16)
+    }
+
+    /// Forgets everything (a new path).
+    mutating func reset() { self = BandwidthEstimator() }
+}
