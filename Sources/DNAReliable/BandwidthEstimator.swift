@@ -18,6 +18,13 @@ struct BandwidthEstimator {
     private var minimumRTTAt: UInt64 = 0
     /// The latest RTT sample (ms).
     private(set) var latestRTT: Double?
+    /// The smallest sample of the round under way and of the last whole round (HyStart++'s
+    /// per-round minimum, RFC 9406 §4.2): a round lasts at least the minimum RTT (1 ms at least)
+    /// and 8 samples. One late sample (a thread that was not scheduled) is no queue.
+    private var roundMinimum = Double.infinity
+    private var roundSamples = 0
+    private var roundStart: UInt64 = 0
+    private(set) var lastRoundMinimum: Double?
     private var intervalStart: UInt64?
     private var intervalBytes = 0
 
@@ -43,6 +50,14 @@ struct BandwidthEstimator {
     /// An RTT sample (ms) at `now`.
     mutating func measured(rtt sample: Double, now: UInt64) {
         latestRTT = sample
+        roundMinimum = min(roundMinimum, sample)
+        roundSamples += 1
+        if roundSamples >= Self.samplesPerRound, now &- roundStart >= UInt64(max(1, (minimumRTT ?? 1).rounded(.up))) {
+            lastRoundMinimum = roundMinimum
+            roundMinimum = .infinity
+            roundSamples = 0
+            roundStart = now
+        }
         if let minimum = minimumRTT, sample > minimum, now &- minimumRTTAt < Self.minimumRTTWindow { return }
         minimumRTT = sample
         minimumRTTAt = now
@@ -56,14 +71,20 @@ struct BandwidthEstimator {
         return bytes < Double(Int.max / 2) ? Int(bytes) : Int.max / 2
     }
 
-    /// Whether the latest RTT sample shows a queue on the path: above the minimum by an eighth of
-    /// it, at least 4 ms and at most 16 ms (HyStart++'s delay threshold, RFC 9406 §4.2; the clock's
-    /// unit and a path's usual jitter stay below 4 ms). Loss with no queue behind it is taken as
-    /// random (§7.3). True before any sample.
+    /// Whether the RTT shows a queue on the path: the smallest sample of the last round (of the
+    /// round under way once it has `samplesPerRound`, or before any round ended) above the minimum
+    /// by an eighth of it, at least 4 ms and at most 16 ms (HyStart++'s delay threshold, RFC 9406
+    /// §4.2; the clock's unit and a path's usual jitter stay below 4 ms). Loss with no queue behind
+    /// it is taken as random (§7.3). True before any sample.
     var seesQueue: Bool {
-        guard let latest = latestRTT, let minimum = minimumRTT else { return true }
-        return latest - minimum >= min(max(minimum / 8, 4), 16)
+        guard let minimum = minimumRTT else { return true }
+        let current = roundSamples > 0 ? roundMinimum : nil
+        guard let recent = roundSamples >= Self.samplesPerRound ? current : lastRoundMinimum ?? current else { return true }
+        return recent - minimum >= min(max(minimum / 8, 4), 16)
     }
+
+    /// RTT samples a round takes at least (HyStart++'s N_RTT_SAMPLE).
+    static let samplesPerRound = 8
 
     /// Forgets everything (a new path).
     mutating func reset() { self = BandwidthEstimator() }

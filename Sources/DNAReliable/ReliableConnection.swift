@@ -87,6 +87,11 @@ public struct ReliableConfiguration: Sendable {
     public var minimumRTO: UInt64 = 50
     public var maximumRTO: UInt64 = 60_000
     public var initialRTO: UInt64 = 1000
+    /// A first RTT sample (ms), taken at most as `initialRTO` / 3: the handshake's time, an upper
+    /// bound (RFC 9002 §6.2.2 likewise takes the handshake's round trips). Without it the first RTO
+    /// is `initialRTO` and no tail loss probe goes out before a sample: in the lab at 10% loss a
+    /// first flight whose acknowledgements were lost waited 1 s, 40% of a 32 MiB transfer.
+    public var handshakeRTT: UInt64?
     /// A PING after this long without anything received; 3 unanswered pings mean the peer is gone.
     public var keepaliveInterval: UInt64 = 25_000
     public var missedPingsForDead = 3
@@ -231,6 +236,8 @@ public final class ReliableConnection {
     private var persistDeadline: UInt64?
     private var persistBackoff: UInt64 = 1
     public private(set) var bytesInFlight = 0
+    /// The last pass sent `burst` packets and the window had room for more (`nextDeadline` is now).
+    private var burstLimited = false
     public private(set) var congestionWindow: Int
     private var slowStartThreshold = Int.max
     private var recoveryStart: UInt64 = 0
@@ -383,6 +390,7 @@ public final class ReliableConnection {
         rto = configuration.initialRTO
         lastReceived = now
         received = ReceivedPackets(maximumRanges: configuration.maximumReceivedRanges)
+        if let sample = configuration.handshakeRTT { updateRTT(sample: Double(min(sample, configuration.initialRTO / 3))) }
     }
 
     // MARK: Input from the application
@@ -896,6 +904,7 @@ public final class ReliableConnection {
 
     public var nextDeadline: UInt64? {
         guard !isDead else { return nil }
+        if burstLimited { return 0 }
         let keepalive = pingSentAt.map { $0 + pingWait } ?? lastReceived + configuration.keepaliveInterval
         let ack = ackNeeded ? ackDeadline ?? keepalive : keepalive
         return min(probeDeadline ?? keepalive, rtoDeadline ?? keepalive, keepalive, ack, persistDeadline ?? keepalive)
@@ -1114,6 +1123,11 @@ public final class ReliableConnection {
             if rtoDeadline == nil { rtoDeadline = now + currentRTO }
         }
         if sent > 0 { armProbe(now: now) }
+        // The burst ended the pass with room in the window: the driver comes back at once (after
+        // what else it has to do), not at the next acknowledgement. Without this the sender waited
+        // for an ACK after each burst of 64 (in the lab under loss, 64 packets in flight with a
+        // window of 100 KB).
+        burstLimited = sent >= configuration.burst && bytesInFlight + configuration.fragmentSize <= congestionWindow
         if flowBlocked && inFlightCount == 0 && !isDead {
             if persistDeadline == nil {
                 persistDeadline = now + min(configuration.maximumRTO, max(configuration.minimumRTO, rto) * persistBackoff)

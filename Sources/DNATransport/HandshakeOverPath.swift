@@ -22,11 +22,15 @@ enum HandshakeOverPath {
     }
 
     /// The initiator's side. Returns once the responder has every piece of message 3, so that the
-    /// first record it receives finds its session ready.
+    /// first record it receives finds its session ready, with the handshake's time in ms (two round
+    /// trips and both sides' signatures: an upper bound of the path's RTT for the connection's first
+    /// RTO, §7.3).
     /// `datagramSize`: where message 1 starts (a size an earlier handshake with the peer found, §9).
     static func initiate(path: DatagramPath, identity: Identity, peer: IdentityName, publicKey: [UInt8],
-                         timeout: Int, datagramSize: Int = Pieces.maximumDatagramSize) throws(Failure) -> SecureSession {
-        let end = monotonicMilliseconds() + UInt64(max(0, timeout))
+                         timeout: Int, datagramSize: Int = Pieces.maximumDatagramSize) throws(Failure)
+        -> (session: SecureSession, milliseconds: UInt64) {
+        let started = monotonicMilliseconds()
+        let end = started + UInt64(max(0, timeout))
         let initiator: HandshakeInitiator
         var configuration = configuration
         configuration.datagramSize = datagramSize
@@ -36,7 +40,7 @@ enum HandshakeOverPath {
         } catch { throw Failure(description: "\(error)") }
         while true {
             for datagram in initiator.takeDatagrams() { _ = path.send(datagram) }
-            if initiator.isFinished, let session = initiator.session { return session }
+            if initiator.isFinished, let session = initiator.session { return (session, monotonicMilliseconds() - started) }
             if let failure = initiator.failure { throw Failure(description: "\(failure)") }
             let now = monotonicMilliseconds()
             guard now < end else { throw Failure(description: "no answer within \(timeout) ms") }
@@ -54,18 +58,25 @@ enum HandshakeOverPath {
 
     /// The responder's side, for the one initiator at the other end of `fd`. The responder object
     /// goes on answering late pieces of message 3 once the connection runs (TransportConnection's
-    /// `unopened`).
-    static func respond(path: DatagramPath, responder: HandshakeResponder<Int>, timeout: Int) throws(Failure) -> SecureSession {
+    /// `unopened`). Also returns the time in ms from the first handshake datagram to the session
+    /// (a round trip and the initiator's signature: an upper bound of the path's RTT).
+    static func respond(path: DatagramPath, responder: HandshakeResponder<Int>, timeout: Int) throws(Failure)
+        -> (session: SecureSession, milliseconds: UInt64) {
         let end = monotonicMilliseconds() + UInt64(max(0, timeout))
         var lastError: HandshakeError?
+        var firstArrival: UInt64?
         while true {
             for (_, datagram) in responder.takeDatagrams() { _ = path.send(datagram) }
-            if let (_, session) = responder.takeSessions().first { return session }
+            if let (_, session) = responder.takeSessions().first {
+                let now = monotonicMilliseconds()
+                return (session, now - min(firstArrival ?? now, now))
+            }
             let now = monotonicMilliseconds()
             guard now < end else {
                 throw Failure(description: lastError.map { "\($0)" } ?? "no complete handshake within \(timeout) ms")
             }
             if let datagram = path.receive(waitingUntil: min(responder.nextDeadline ?? end, end)), isHandshake(datagram) {
+                if firstArrival == nil { firstArrival = monotonicMilliseconds() }
                 do { try responder.receive(datagram, from: 0, now: monotonicMilliseconds()) } catch { lastError = error }
             }
             if let deadline = responder.nextDeadline, monotonicMilliseconds() >= deadline {

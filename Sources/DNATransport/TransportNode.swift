@@ -113,6 +113,8 @@ public final class TransportNode: @unchecked Sendable {
         let responder: HandshakeResponder<Int>?
         /// The initiator's: the peer's entry and the holders that forwarded the offer.
         var known: Known? = nil
+        /// The handshake's time (ms), an upper bound of the path's RTT: the connection's first sample.
+        var handshakeMilliseconds: UInt64? = nil
     }
 
     /// How long `connect` waits for the answer to its offer (ms).
@@ -477,10 +479,10 @@ public final class TransportNode: @unchecked Sendable {
             throw monitor.locked({ running }) ? .unreachable("ICE: \(error)") : .closed
         }
         marks.append(monotonicMilliseconds())
-        let session: SecureSession
+        let session: SecureSession, handshakeTime: UInt64
         do {
             let known = monitor.locked { pathSizes.size(for: peer, now: monotonicMilliseconds()) }
-            session = try HandshakeOverPath.initiate(path: link, identity: identity, peer: peer, publicKey: entry.publicKey,
+            (session, handshakeTime) = try HandshakeOverPath.initiate(path: link, identity: identity, peer: peer, publicKey: entry.publicKey,
                                                      timeout: remaining(), datagramSize: known)
             monitor.locked { pathSizes.handshakeFound(peer, started: known, found: session.datagramSize, now: monotonicMilliseconds()) }
         } catch {
@@ -493,7 +495,8 @@ public final class TransportNode: @unchecked Sendable {
         log("\(kind == .resume ? "new path" : "connected") to \(peer) in \(marks[marks.count - 1] - marks[0]) ms "
             + "(lookup/gathering/signal/answer/ICE/handshake \(phases) ms; \(session.suite))"
             + (session.datagramSize < Pieces.maximumDatagramSize ? "; the path carries datagrams of \(session.datagramSize) bytes" : ""))
-        return Path(link: link, session: session, agent: agent, responder: nil, known: Known(entry: entry, holders: holders))
+        return Path(link: link, session: session, agent: agent, responder: nil, known: Known(entry: entry, holders: holders),
+                    handshakeMilliseconds: handshakeTime)
     }
 
     /// The initiator's side of a lost path: new paths are tried until one works or the resume window
@@ -951,6 +954,7 @@ public final class TransportNode: @unchecked Sendable {
         let box = IDBox()
         var reliable = configuration.reliable
         reliable.datagramSize = path.session.datagramSize  // what the handshake found the path carries (§9)
+        reliable.handshakeRTT = path.handshakeMilliseconds
         let connection = TransportConnection(
             path: path.link, sealer: path.session.sealer, opener: path.session.opener, configuration: reliable,
             unopened: Self.unopened(path.responder), resumable: true,
@@ -1115,13 +1119,13 @@ public final class TransportNode: @unchecked Sendable {
             throw .unreachable("ICE: \(error)")
         }
         let responder = HandshakeResponder<Int>(identity: identity, configuration: HandshakeOverPath.configuration)
-        let session: SecureSession
-        do { session = try HandshakeOverPath.respond(path: link, responder: responder, timeout: remaining()) } catch {
+        let session: SecureSession, handshakeTime: UInt64
+        do { (session, handshakeTime) = try HandshakeOverPath.respond(path: link, responder: responder, timeout: remaining()) } catch {
             link.close()
             agent.close()
             throw .unreachable("handshake: \(error)")
         }
-        let path = Path(link: link, session: session, agent: agent, responder: responder)
+        let path = Path(link: link, session: session, agent: agent, responder: responder, handshakeMilliseconds: handshakeTime)
         if let (id, peer) = resumed {
             // The new path must end at the key that made the connection.
             guard session.peerPublicKey == peer.peerKey else {

@@ -166,6 +166,41 @@ final class SimulatedPath {
               + "a: \(path.a.statistics), b: \(path.b.statistics)")
     }
 
+    /// The handshake's time is the first RTT sample (§7.3): a first flight lost whole is sent again
+    /// after a probe timeout of about twice it, not after the 1 s initial RTO.
+    @Test(arguments: [(UInt64?.none, UInt64(1000)), (30, 60)])
+    func aLostFirstFlightWaitsForTheHandshakesTimeNotTheInitialRTO(handshakeRTT: UInt64?, expected: UInt64) throws {
+        var configuration = ReliableConfiguration()
+        configuration.handshakeRTT = handshakeRTT
+        let path = SimulatedPath(configuration: configuration)
+        path.delay = 10
+        path.jitter = 0
+        path.cut = true
+        let start = path.now
+        try path.a.send([1, 2, 3], stream: 0, now: path.now)
+        path.run(limit: 1)
+        path.cut = false
+        #expect(path.run(limit: 3000) { path.messageCount[false] == 1 })
+        let took = path.now - start
+        #expect(took >= expected && took <= expected + 100, "the first flight lost: delivered after \(took) ms")
+    }
+
+    /// A pass sends at most `burst` datagrams; with room left in the window the next deadline is at
+    /// once, so the driver sends the rest without waiting for an acknowledgement (§7.3).
+    @Test func aBurstThatLeftRoomInTheWindowAsksToBeCalledAgainAtOnce() throws {
+        var configuration = ReliableConfiguration()
+        configuration.burst = 4
+        let connection = ReliableConnection(configuration: configuration, now: 1_000)
+        try connection.send([UInt8](repeating: 1, count: 9 * configuration.fragmentSize), stream: 0, now: 1_000)
+        #expect(connection.takeFrames().count == 4)
+        #expect(connection.nextDeadline == 0)
+        connection.handleTimeout(now: 1_000)
+        #expect(connection.takeFrames().count == 4)
+        connection.handleTimeout(now: 1_000)
+        #expect(connection.takeFrames().count == 1)  // the message's 9th and last fragment
+        #expect((connection.nextDeadline ?? 0) > 1_000)
+    }
+
     @Test func aLargeMessageOnOneStreamDoesNotDelayASmallOneOnAnother() throws {
         let path = SimulatedPath()
         path.rate = 1250  // 10 Mbit/s: the 4 MiB message takes over 3 s
@@ -569,17 +604,18 @@ final class SimulatedPath {
 
     /// Loss differentiation (docs/PROTOCOL.md §7.3): 10% random loss with no queue behind it keeps
     /// the window. NewReno halved it at each loss: 1.9%, 0.86% and 0.76% of the lossless throughput
-    /// at 10, 20 and 80 ms RTT (a window of a few packets, 98 to 897 RTOs for lost tails); now 58%,
-    /// 36% and 94%, with no RTO. Losses at the full queue still halve it: the lossless runs take
-    /// the same virtual time as with NewReno alone (1.453, 1.548 and 4.743 s).
+    /// at 10, 20 and 80 ms RTT (a window of a few packets, 98 to 897 RTOs for lost tails); now 74%,
+    /// 57% and 52%, with no RTO.
     @Test(arguments: [UInt64(5), 10, 40])
     func tenPercentRandomLossKeepsMostOfTheThroughput(delay: UInt64) {
         let clean = Self.bulk(loss: 0, delay: delay, megabytes: 16)
         let lossy = Self.bulk(loss: 0.1, delay: delay, megabytes: 16)
         let ratio = clean.seconds / lossy.seconds
         print("reliable, 16 MiB through \(2 * delay) ms RTT: \(clean.seconds) s clean, \(lossy.seconds) s at 10% loss (\(ratio)); "
-              + "random losses \(lossy.statistics.randomLosses), RTOs \(lossy.statistics.timeouts)")
-        #expect(ratio >= 0.3, "10% random loss: \(ratio) of the lossless throughput")
-        #expect(clean.statistics.randomLosses <= clean.statistics.retransmissions)
+              + "random losses \(lossy.statistics.randomLosses), RTOs \(lossy.statistics.timeouts); clean: \(clean.statistics.retransmissions) retransmitted, \(clean.statistics.randomLosses) taken as random")
+        #expect(ratio >= 0.45, "10% random loss: \(ratio) of the lossless throughput")
+        // Without random loss, what the full queue drops is taken as congestion: all of it at 10 and
+        // 20 ms; at 80 ms 156 of 783 (those of the round in which slow start filled the queue).
+        #expect(clean.statistics.randomLosses * 4 <= clean.statistics.retransmissions, "overflow taken as random loss")
     }
 }

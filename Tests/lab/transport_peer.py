@@ -14,6 +14,10 @@ JSON line per event on stdout.
     --listen --record: -> {"event": "got", "index"} for each message as it is read (no echo)
     --to NAME --trickle N --interval S: sends message "trickle <i>" every S seconds; once the
                connection ends, the rest with send_offline -> {"event": "sent", "live": k} (k sent live)
+    --bulk N (with --listen or --to): the connecting side sends N messages of 1 MiB on stream 0; the
+               listener reads them into one buffer and answers "done" -> {"event": "bulk", "messages",
+               "bytes", "seconds", "cpu_seconds"} at the sender (from the first send to the answer), and
+               {"event": "received", "cpu_seconds"} at the listener
     --collect: -> {"event": "offline", "sender", "text"} for each inbox message until stdin closes
     --to NAME --rounds N --seconds S --interval I: N times: connect, send a numbered message every I
                seconds for S seconds, each echoed by NAME (--listen), wait until every one came back
@@ -174,6 +178,7 @@ def main():
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--pause", type=float, default=0.0, help="seconds between round trips")
     parser.add_argument("--exchange", type=int, default=0)
+    parser.add_argument("--bulk", type=int, default=0)
     parser.add_argument("--record", action="store_true")
     parser.add_argument("--trickle", type=int, default=0)
     parser.add_argument("--interval", type=float, default=0.25)
@@ -203,6 +208,17 @@ def main():
         def echo(conn):
             if args.exchange:
                 emit(**exchange(transport, dna, conn, "b", args.exchange))
+                return
+            if args.bulk:
+                buffer = bytearray(1 << 20)
+                cpu = time.process_time()
+                try:
+                    for _ in range(args.bulk):
+                        transport.receive_into(conn, buffer, timeout_ms=120000)
+                    transport.send(conn, b"done")
+                except dna.DNAError:
+                    pass
+                emit(event="received", cpu_seconds=round(time.process_time() - cpu, 3))
                 return
             try:
                 while True:
@@ -266,6 +282,17 @@ def main():
     emit(event="connected", ms=round((time.monotonic() - started) * 1000, 1))
     if args.exchange:
         emit(**exchange(transport, dna, conn, "a", args.exchange))
+        transport.disconnect(conn)
+        transport.close()
+        return
+    if args.bulk:
+        message = os.urandom(1 << 20)
+        started, cpu = time.monotonic(), time.process_time()
+        for _ in range(args.bulk):
+            transport.send(conn, message)  # waits while the send buffer is full
+        answer = transport.receive(conn, timeout_ms=120000)
+        emit(event="bulk", messages=args.bulk, bytes=args.bulk << 20, answer=answer.decode(),
+             seconds=round(time.monotonic() - started, 3), cpu_seconds=round(time.process_time() - cpu, 3))
         transport.disconnect(conn)
         transport.close()
         return
