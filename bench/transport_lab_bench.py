@@ -2,8 +2,8 @@
 at 64 B (Python on both ends) and the throughput of 10,000 mixed messages each way at once (0 to
 1,499 B on 3 streams, five of 1 MiB), beside a raw UDP echo between the same namespaces in the same
 run (the limit). Bare libnice's RTT through the fd on the same paths is in nat_bench.py's output.
-Then 64 MiB of 1 MiB messages one way without loss and with 10% random loss on both routers (issue 16
-goal 6), and connects under loss (issue 19): 20 connects one after the other, each trickling messages for 2 s,
+Then 64 MiB of 1 MiB messages one way without loss and with 5% and 10% random loss on each router
+(9.75% and 19% on the path; issue 16 goal 6), with each side's CPU per MiB, and connects under loss (issue 19): 20 connects one after the other, each trickling messages for 2 s,
 with 10% and 30% random loss on both routers for every datagram (the DHT's included): how many
 connected, their times, the errors of the others, and the messages echoed.
 

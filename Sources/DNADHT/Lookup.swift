@@ -96,6 +96,8 @@ final class Lookup {
     /// the holders asked for the nodes nearest themselves.
     private var replacementQueries = 0
     private var askedForNeighbours = Set<NodeID>()
+    /// Announce: the endpoints that stored the entry (status stored or older).
+    var storedAt = Set<Endpoint>()
     /// Announce: the nodes that stored the entry.
     var holders: [Endpoint] = []
     /// Signal: SIGNALs in flight, the holders already sent one, and how many of those did not
@@ -200,12 +202,13 @@ final class Lookup {
                 // node that stored the entry is asked for the nodes nearest itself instead, which
                 // include the next nodes beyond it from the key.
                 if more > 0, asking == 0, storesInFlight == 0,
-                   let farthest = candidates.values.filter({ $0.state == .answered && storeSentTo.contains($0.contact.id)
+                   let farthest = candidates.values.filter({ $0.state == .answered && storedAt.contains($0.contact.endpoint)
                        && !askedForNeighbours.contains($0.contact.id) }).max(by: isAskedBefore) {
                     askedForNeighbours.insert(farthest.contact.id)
                     replacementQueries += 1
                     result.messages += 1
                     candidates[farthest.contact.id]?.state = .waiting
+                    candidates[farthest.contact.id]?.askedAgain = true
                     send(farthest.contact, .findNode(target: farthest.contact.id, token: tokens[farthest.contact.endpoint] ?? 0), .query)
                 }
             }
@@ -324,7 +327,12 @@ final class Lookup {
         candidates[id] = candidate
     }
 
-    func failed(_ id: NodeID) { candidates[id]?.state = .failed }
+    /// The request to `id` got no answer. A candidate asked again (a holder for a fresher entry, or
+    /// for the nodes nearest itself) goes back to having answered: its first answer stands.
+    func failed(_ id: NodeID) {
+        guard let candidate = candidates[id] else { return }
+        candidates[id]?.state = candidate.askedAgain ? .answered : .failed
+    }
 
     /// Whether the request to `id`, unanswered at its timeout, is worth sending again (§5.4): the
     /// lookup asked it again for a fresher entry it said it holds, or it has no fresh candidate

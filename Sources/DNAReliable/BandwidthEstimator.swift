@@ -4,8 +4,8 @@
 /// evaluation and comparison of Westwood+, New Reno, and Vegas TCP congestion control", CCR 2004;
 /// Linux's tcp_westwood). Bytes acknowledged are counted over intervals of one smoothed RTT (at least
 /// 1 ms, the clock's unit) and each interval's rate goes through a low-pass filter (7/8 old, 1/8
-/// new); the path's round-trip time is the smallest sample of the last 10 s (a path that changed
-/// is forgotten by `reset`).
+/// new); the path's round-trip time is the smallest sample since the path began (`reset` starts
+/// a new path).
 ///
 /// After a loss the window falls to half, or to `floor` (the estimate times the minimum RTT) when
 /// that is larger; `seesQueue` tells a loss behind a queue from a random one. Units: bytes and
@@ -13,9 +13,12 @@
 struct BandwidthEstimator {
     /// Bytes per ms (the filtered rate of acknowledged bytes); 0 before the first interval ends.
     private(set) var rate = 0.0
-    /// The smallest RTT sample (ms) since `minimumRTTAt`; nil before the first sample.
+    /// The smallest RTT sample (ms) since the path began; nil before the first sample. It never
+    /// expires: a minimum that rose after a while (BBR's 10 s RTprop window) rose to a queued sample
+    /// under a standing queue (a buffer larger than the window's halving drains), and losses then
+    /// looked random; one that stays too low after a route change makes every loss congestion
+    /// (NewReno's behaviour), the safe side. A new path (`reset`) measures it anew.
     private(set) var minimumRTT: Double?
-    private var minimumRTTAt: UInt64 = 0
     /// The latest RTT sample (ms).
     private(set) var latestRTT: Double?
     /// The smallest sample of the round under way and of the last whole round (HyStart++'s
@@ -27,9 +30,6 @@ struct BandwidthEstimator {
     private(set) var lastRoundMinimum: Double?
     private var intervalStart: UInt64?
     private var intervalBytes = 0
-
-    /// How long a minimum RTT stands (ms) before a larger sample replaces it (BBR's RTprop window).
-    static let minimumRTTWindow: UInt64 = 10_000
 
     /// `bytes` newly acknowledged at `now`; `smoothedRTT`: the connection's SRTT (ms), if measured.
     mutating func acknowledged(_ bytes: Int, now: UInt64, smoothedRTT: Double?) {
@@ -58,9 +58,7 @@ struct BandwidthEstimator {
             roundSamples = 0
             roundStart = now
         }
-        if let minimum = minimumRTT, sample > minimum, now &- minimumRTTAt < Self.minimumRTTWindow { return }
-        minimumRTT = sample
-        minimumRTTAt = now
+        minimumRTT = min(minimumRTT ?? sample, sample)
     }
 
     /// Westwood+'s ssthresh after a loss, in bytes: the estimated rate times the minimum RTT (taken

@@ -439,6 +439,8 @@ public final class ReliableConnection {
         pingSentAt = nil
         lastReceived = now
         bandwidth.reset()
+        recentAcknowledged = 0
+        recentLost = 0
         loseEverythingInFlight(now: now)
         backoff = 1
         ackNow = true
@@ -824,11 +826,15 @@ public final class ReliableConnection {
     /// Every packet in flight is queued again, the window falls to one packet and ssthresh to half
     /// the window (after an RTO, and on a new path).
     private func loseEverythingInFlight(now: UInt64) {
-        var packet = lowestInFlight
+        var packet = lowestInFlight, lost = 0
         while packet < nextPacket {
-            if let sent = removeSent(packet) { requeue(sent) }
+            if let sent = removeSent(packet) {
+                requeue(sent)
+                lost += 1
+            }
             packet += 1
         }
+        countRecent(acknowledged: 0, lost: lost)
         slowStartThreshold = thresholdAfterLoss
         congestionWindow = configuration.fragmentSize
         recoveryStart = now
@@ -1127,7 +1133,7 @@ public final class ReliableConnection {
         // what else it has to do), not at the next acknowledgement. Without this the sender waited
         // for an ACK after each burst of 64 (in the lab under loss, 64 packets in flight with a
         // window of 100 KB).
-        burstLimited = sent >= configuration.burst && bytesInFlight + configuration.fragmentSize <= congestionWindow
+        burstLimited = sent > 0 && sent >= configuration.burst && bytesInFlight + configuration.fragmentSize <= congestionWindow
         if flowBlocked && inFlightCount == 0 && !isDead {
             if persistDeadline == nil {
                 persistDeadline = now + min(configuration.maximumRTO, max(configuration.minimumRTO, rto) * persistBackoff)

@@ -217,8 +217,8 @@ def main():
                         transport.receive_into(conn, buffer, timeout_ms=120000)
                     transport.send(conn, b"done")
                 except dna.DNAError:
-                    pass
-                emit(event="received", cpu_seconds=round(time.process_time() - cpu, 3))
+                    return  # a connection that broke off reports nothing
+                emit(event="received", messages=args.bulk, cpu_seconds=round(time.process_time() - cpu, 3))
                 return
             try:
                 while True:
