@@ -431,9 +431,8 @@ public final class DHTNode {
             guard let lookup = lookups[lookupID] else { return }
             if case .stored(let status) = message.body, status == .stored || status == .older {
                 lookup.result.stored += 1
-                lookup.storedAt.insert(source)
                 if status == .older { lookup.result.notNewer += 1 }
-                if !lookup.isSilent { lookup.holders.append(source) }
+                lookup.holders.append(source)
             }
             if case .stored(.taken) = message.body { lookup.result.taken += 1 }
             switch message.body {

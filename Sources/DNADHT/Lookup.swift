@@ -96,8 +96,6 @@ final class Lookup {
     /// the holders asked for the nodes nearest themselves.
     private var replacementQueries = 0
     private var askedForNeighbours = Set<NodeID>()
-    /// Announce: the endpoints that stored the entry (status stored or older).
-    var storedAt = Set<Endpoint>()
     /// Announce: the nodes that stored the entry.
     var holders: [Endpoint] = []
     /// Signal: SIGNALs in flight, the holders already sent one, and how many of those did not
@@ -159,12 +157,7 @@ final class Lookup {
             guard isDone else { return false }
             if case .announce(let wire) = kind {
                 phase = .storing
-                for (contact, token) in storeTargets() {
-                    storeSentTo.insert(contact.id)
-                    storesInFlight += 1
-                    result.messages += 1
-                    send(contact, .store(token: token, entry: wire), .store)
-                }
+                for (contact, token) in storeTargets() { sendStore(wire, to: contact, token: token, send) }
                 if storesInFlight > 0 { return false }
             }
             if case .republishMail(let items) = kind {
@@ -180,10 +173,7 @@ final class Lookup {
             if case .announce(let wire) = kind, storePlacesOpen > 0 {
                 for (contact, token) in replacementStoreTargets(limit: storePlacesOpen) {
                     storePlacesOpen -= 1
-                    storeSentTo.insert(contact.id)
-                    storesInFlight += 1
-                    result.messages += 1
-                    send(contact, .store(token: token, entry: wire), .store)
+                    sendStore(wire, to: contact, token: token, send)
                 }
                 // No node that answered is left: the search goes on to the next nearest candidates
                 // not asked yet (an answer brings the token a STORE needs, and further candidates).
@@ -202,7 +192,7 @@ final class Lookup {
                 // node that stored the entry is asked for the nodes nearest itself instead, which
                 // include the next nodes beyond it from the key.
                 if more > 0, asking == 0, storesInFlight == 0,
-                   let farthest = candidates.values.filter({ $0.state == .answered && storedAt.contains($0.contact.endpoint)
+                   let farthest = candidates.values.filter({ $0.state == .answered && holders.contains($0.contact.endpoint)
                        && !askedForNeighbours.contains($0.contact.id) }).max(by: isAskedBefore) {
                     askedForNeighbours.insert(farthest.contact.id)
                     replacementQueries += 1
@@ -216,6 +206,13 @@ final class Lookup {
         case .finished:
             return false
         }
+    }
+
+    private func sendStore(_ wire: [UInt8], to contact: Contact, token: UInt64, _ send: (Contact, DHTMessage.Body, Role) -> Void) {
+        storeSentTo.insert(contact.id)
+        storesInFlight += 1
+        result.messages += 1
+        send(contact, .store(token: token, entry: wire), .store)
     }
 
     /// Ends the lookup: its result gets the nearest candidates that answered.
