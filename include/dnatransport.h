@@ -14,6 +14,7 @@
 #include "dnatransport/dna_identity.h"
 #include "dnatransport/dna_session.h"
 #include "dnatransport/dht_discovery.h"
+#include "dnatransport/dht_values.h"
 #include "dnatransport/nat_traversal.h"
 #include "dnatransport/network_transport.h"
 

@@ -53,6 +53,11 @@ func abiCheck() {
     sameType(CDNATransport.dht_get_port, DNACABI.dht_get_port)
     sameType(CDNATransport.dht_get_stats, DNACABI.dht_get_stats)
     sameType(CDNATransport.dht_free, DNACABI.dht_free)
+    // dht_values.h
+    sameType(CDNATransport.dht_value_key, DNACABI.dht_value_key)
+    sameType(CDNATransport.dht_value_put, DNACABI.dht_value_put)
+    sameType(CDNATransport.dht_value_delete, DNACABI.dht_value_delete)
+    sameType(CDNATransport.dht_value_get, DNACABI.dht_value_get)
     sameType(CDNATransport.dht_peer_entry_signed_max, DNACABI.dht_peer_entry_signed_max)
     sameType(CDNATransport.dht_peer_entry_sign, DNACABI.dht_peer_entry_sign)
     sameType(CDNATransport.dht_peer_entry_verify, DNACABI.dht_peer_entry_verify)

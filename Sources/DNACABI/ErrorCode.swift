@@ -35,6 +35,7 @@ enum DNAErrorCode: Int32, CaseIterable {
     case nameTaken = -26
     case clockSkew = -27
     case refused = -28
+    case superseded = -29
 
     init(_ error: FrameError) {
         switch error {
@@ -46,6 +47,15 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .checksumMismatch: self = .checksum
         case .payloadTooLarge: self = .tooLarge
         case .bufferTooSmall: self = .bufferTooSmall
+        }
+    }
+
+    init(_ error: SignedValueError) {
+        switch error {
+        case .invalidData: self = .tooLarge
+        case .badSignature: self = .badSignature
+        case .invalidSigner(let identity): self.init(identity)
+        case .malformed, .invalidPublicKey, .invalidLifetime, .createdInTheFuture, .expired: self = .invalidArgument
         }
     }
 
@@ -117,6 +127,9 @@ enum DNAErrorCode: Int32, CaseIterable {
         case is Unreachable: self = .unreachable
         case is NameTaken: self = .nameTaken
         case is ClockSkew: self = .clockSkew
+        case is Superseded: self = .superseded
+        case is TooLarge: self = .tooLarge
+        case let error as SignedValueError: self.init(error)
         case is Timeout: self = .timeout
         case is Closed: self = .closed
         case is IOFailure: self = .io
@@ -158,6 +171,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .nameTaken: "name held in the DHT by another key"
         case .clockSkew: "clock too far off the DHT's holders"
         case .refused: "the peer refused the connection"
+        case .superseded: "a newer value of this writer's slot is held"
         }
     }
 }

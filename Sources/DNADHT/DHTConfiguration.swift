@@ -38,6 +38,23 @@ public struct DHTConfiguration: Sendable {
     /// `mailRepublishLimit` items per inbox per refresh.
     public var mailRepublishInterval: UInt64 = 3_600_000
     public var mailRepublishLimit = 64
+    /// Signed values (§10.4): values one signer may have stored here and their wire bytes; values
+    /// at one key (every signer's slots); values whose last put came from one source address; wire
+    /// bytes of all values held.
+    public var valuesPerSigner = 256
+    public var valueBytesPerSigner = 4 << 20
+    public var valuesPerKey = 512
+    public var valuesPerSource = 4096
+    public var valueBytes = 256 << 20
+    /// Values arriving in parts that a holder puts together at once: per source address, in all.
+    /// Each lives `valueUploadLifetime` ms after its last part.
+    public var valueUploadsPerSource = 4
+    public var valueUploads = 64
+    public var valueUploadLifetime: UInt64 = 10_000
+    /// A holder stores the values no put refreshed for this long again on the nodes then closest to
+    /// their key (checked at each refresh; at most `valueRepublishLimit` values per refresh).
+    public var valueRepublishInterval: UInt64 = 3_600_000
+    public var valueRepublishLimit = 256
 
     public init() {}
 }
@@ -67,4 +84,9 @@ public struct DHTStatistics: Equatable, Sendable {
     public var pathSizeReductions = 0
     /// Answers sent again to a retried multi-datagram request whose pieces had all come (§5.1).
     public var answersRepeated = 0
+    /// Signed values (§10): stored here (new or replacing), refused (invalid, out of time, over a
+    /// quota, busy, or superseded by one held), and values a get fetched that did not verify.
+    public var storedValues = 0
+    public var refusedValues = 0
+    public var refusedFetchedValues = 0
 }

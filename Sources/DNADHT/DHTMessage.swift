@@ -37,6 +37,14 @@ public enum StoreStatus: UInt8, Sendable {
     case outOfTime = 6
 }
 
+/// Why VALUE_PART carries no part.
+public enum ValueFetchStatus: UInt8, Sendable {
+    case part = 0
+    /// No value of that id at that key here (replaced, expired, or never held).
+    case notHeld = 1
+    case badToken = 2
+}
+
 /// Answers to SIGNAL.
 public enum SignalStatus: UInt8, Sendable {
     case forwarded = 0   // sent on to the owner of the key
@@ -54,6 +62,106 @@ public enum MailStatus: UInt8, Sendable {
     case invalid = 4     // structure, signature or times
     case quota = 5       // the sender's share of the inbox, the inbox or the node is full
     case taken = 6       // the inbox belongs to another key (first come, first served)
+}
+
+/// The answer to VALUE_PUT (docs/PROTOCOL.md §10.2).
+public enum ValueStatus: UInt8, Sendable, CaseIterable {
+    case stored = 0
+    /// A value of the signer's slot that supersedes this one is held (§10.1).
+    case older = 1
+    /// The part is kept; the value is not whole yet.
+    case more = 2
+    case badToken = 3
+    /// Structure, signature, key, or the bytes do not hash to the value id.
+    case invalid = 4
+    /// The signer's, the source's, the key's or the holder's share is full.
+    case quota = 5
+    /// Created more than 600 s after the holder's clock, or expired by it. On the wire the holder's
+    /// Unix time in ms follows, as with STORED (§5.2).
+    case outOfTime = 6
+    /// Too many values are being uploaded here (by this source, or in all).
+    case busy = 7
+}
+
+/// One part of a signed value's wire bytes (§10.2): values are up to 71,120 bytes, and a DHT message
+/// carries at most 32 pieces, so a value travels in parts of `size` bytes (every part but the last),
+/// each its own request. `id` is the value id (SHA-256 of the whole wire bytes).
+public struct ValuePart: Equatable, Sendable {
+    public var id: [UInt8]
+    public var index: Int
+    public var count: Int
+    /// The whole value's length in bytes.
+    public var length: Int
+    public var bytes: [UInt8]
+
+    /// Bytes of every part but the last: a VALUE_PUT of one fits 32 pieces of the smallest datagram
+    /// size (500 bytes, §9).
+    public static let size = 14_000
+
+    /// The parts of `wire` (whose id is `id`).
+    static func split(_ wire: [UInt8], id: [UInt8]) -> [ValuePart] {
+        let count = Pieces.count(length: wire.count, pieceSize: size)
+        return (0..<count).map { index in
+            ValuePart(id: id, index: index, count: count, length: wire.count,
+                      bytes: Array(wire[Pieces.range(of: index, length: wire.count, pieceSize: size)]))
+        }
+    }
+
+    /// Whether the numbering is the one `split` makes for a value of `length` bytes.
+    var isConsistent: Bool {
+        id.count == 32 && length >= 1 && length <= SignedValue.maximumWireSize && count == Pieces.count(length: length, pieceSize: Self.size)
+            && index >= 0 && index < count && bytes.count == Pieces.range(of: index, length: length, pieceSize: Self.size).count
+    }
+}
+
+/// What a holder lists of a value it holds (VALUE_LIST, §10.3): enough for a reader to choose the
+/// freshest per signer and slot before fetching any.
+public struct ValueDescriptor: Equatable, Sendable {
+    /// SHA-256 of the value's wire bytes.
+    public var id: [UInt8]
+    /// SHA-256 of the signer's public key.
+    public var signerID: [UInt8]
+    public var slot: UInt32
+    public var sequence: UInt64
+    public var created: UInt64
+    public var lifetime: UInt32
+    public var type: UInt16
+    public var flags: UInt8
+    /// Wire bytes.
+    public var length: Int
+
+    static let wireSize = 32 + 32 + 4 + 8 + 8 + 4 + 2 + 1 + 4
+
+    public init(_ value: SignedValue, id: [UInt8], length: Int) {
+        self.id = id
+        signerID = value.signerID
+        slot = value.slot
+        sequence = value.sequence
+        created = value.created
+        lifetime = value.lifetime
+        type = value.type
+        flags = value.flags
+        self.length = length
+    }
+
+    init(id: [UInt8], signerID: [UInt8], slot: UInt32, sequence: UInt64, created: UInt64, lifetime: UInt32, type: UInt16,
+         flags: UInt8, length: Int) {
+        self.id = id
+        self.signerID = signerID
+        self.slot = slot
+        self.sequence = sequence
+        self.created = created
+        self.lifetime = lifetime
+        self.type = type
+        self.flags = flags
+        self.length = length
+    }
+
+    /// The reader's order among descriptors of one signer and slot: higher sequence, then greater id
+    /// (`SignedValue.supersedes`).
+    func supersedes(_ other: ValueDescriptor) -> Bool {
+        sequence != other.sequence ? sequence > other.sequence : other.id.lexicographicallyPrecedes(id)
+    }
 }
 
 /// One DHT message (docs/PROTOCOL.md §5.1, signaling §5.6).
@@ -87,6 +195,17 @@ struct DHTMessage: Equatable {
         /// The owner's signed request to remove delivered messages.
         case mailDelete(token: UInt64, request: [UInt8])
         case mailDeleted(count: Int)
+        /// Signed values (§10): one part of a value to store at `key`.
+        case valuePut(token: UInt64, key: NodeID, part: ValuePart)
+        /// `holderTime` (Unix ms) is carried with `.outOfTime` only (0 otherwise).
+        case valueStored(ValueStatus, holderTime: UInt64)
+        /// The values held at `key` (of one signer when `signer` is given; with a sequence above
+        /// `since`), from the `skip`-th on.
+        case valueGet(token: UInt64, key: NodeID, signer: [UInt8]?, since: UInt64, skip: Int)
+        case valueList(total: Int, descriptors: [ValueDescriptor])
+        case valueFetch(token: UInt64, key: NodeID, id: [UInt8], index: Int)
+        /// A part of the value asked for, or nil with why not (`ValueFetchStatus`).
+        case valuePart(ValueFetchStatus, ValuePart?)
 
         var kind: UInt8 {
             switch self {
@@ -109,13 +228,20 @@ struct DHTMessage: Equatable {
             case .mailItems: 17
             case .mailDelete: 18
             case .mailDeleted: 19
+            case .valuePut: 20
+            case .valueStored: 21
+            case .valueGet: 22
+            case .valueList: 23
+            case .valueFetch: 24
+            case .valuePart: 25
             }
         }
 
         var isRequest: Bool {
             switch self {
-            case .ping, .findNode, .findValue, .store, .signal, .mailPut, .mailFetch, .mailDelete: true
-            case .pong, .nodes, .value, .stored, .storedOutOfTime, .signalAck, .forward, .reply, .deliver, .mailStored, .mailItems, .mailDeleted: false
+            case .ping, .findNode, .findValue, .store, .signal, .mailPut, .mailFetch, .mailDelete, .valuePut, .valueGet, .valueFetch: true
+            case .pong, .nodes, .value, .stored, .storedOutOfTime, .signalAck, .forward, .reply, .deliver, .mailStored, .mailItems, .mailDeleted,
+                 .valueStored, .valueList, .valuePart: false
             }
         }
 
@@ -148,12 +274,20 @@ struct DHTMessage: Equatable {
     /// largest entry are smaller).
     static let maximumSize = 2 + NodeCredential.saltSize + 2 + 1 + mailItemsBudget + 4 * 32 + maximumMailItem
     static let maximumMailItems = 32
+    /// VALUE_LIST carries at most this many descriptors (a reader asks again with `skip` for more).
+    static let maximumDescriptors = 64
 
     /// kind (1) | flags (1) | sender salt (16) | body.
     var bytes: [UInt8] {
         var out: [UInt8] = [body.kind, 0] + salt
         func u64(_ v: UInt64) { out += (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
         func u32(_ v: Int) { out += (0..<4).map { UInt8(truncatingIfNeeded: v >> (24 - 8 * $0)) } }
+        /// id (32) | index (1) | count (1) | value length (4) | part length (2) | part.
+        func valuePart(_ part: ValuePart) {
+            out += part.id + [UInt8(part.index), UInt8(part.count)]
+            u32(part.length)
+            out += [UInt8(part.bytes.count >> 8), UInt8(part.bytes.count & 0xFF)] + part.bytes
+        }
         switch body {
         case .ping: break
         case .pong(let observed, let token):
@@ -220,10 +354,41 @@ struct DHTMessage: Equatable {
             out += request
         case .mailDeleted(let count):
             out += [UInt8(count >> 8 & 0xFF), UInt8(count & 0xFF)]
+        case .valuePut(let token, let key, let part):
+            u64(token)
+            out += key.bytes
+            valuePart(part)
+        case .valueStored(let status, let holderTime):
+            out.append(status.rawValue)
+            if status == .outOfTime { u64(holderTime) }
+        case .valueGet(let token, let key, let signer, let since, let skip):
+            u64(token)
+            out += key.bytes + (signer ?? [UInt8](repeating: 0, count: 32))
+            u64(since)
+            out += [UInt8(skip >> 8 & 0xFF), UInt8(skip & 0xFF)]
+        case .valueList(let total, let descriptors):
+            out += [UInt8(total >> 8 & 0xFF), UInt8(total & 0xFF), UInt8(descriptors.count)]
+            for descriptor in descriptors {
+                out += descriptor.id + descriptor.signerID
+                u32(Int(descriptor.slot))
+                u64(descriptor.sequence)
+                u64(descriptor.created)
+                u32(Int(descriptor.lifetime))
+                out += [UInt8(descriptor.type >> 8), UInt8(descriptor.type & 0xFF), descriptor.flags]
+                u32(descriptor.length)
+            }
+        case .valueFetch(let token, let key, let id, let index):
+            u64(token)
+            out += key.bytes + id + [UInt8(index)]
+        case .valuePart(let status, let part):
+            out.append(status.rawValue)
+            if let part { valuePart(part) }
         }
         if case .findNode = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         if case .findValue = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         if case .mailFetch = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
+        if case .valueGet = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
+        if case .valueFetch = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         return out
     }
 
@@ -263,6 +428,13 @@ struct DHTMessage: Equatable {
             let length = try u16()
             guard length <= Self.maximumSignalPayload else { throw .malformed("signal payload of \(length) bytes") }
             return Array(try take(length))
+        }
+        func valuePart() throws(DHTError) -> ValuePart {
+            let valueID = Array(try take(32))
+            let index = Int(try take(1).first ?? 0), count = Int(try take(1).first ?? 0), length = try u32()
+            let part = ValuePart(id: valueID, index: index, count: count, length: length, bytes: Array(try take(try u16())))
+            guard part.isConsistent else { throw .malformed("value part \(index) of \(count), \(length) bytes") }
+            return part
         }
         let kind = try take(1).first ?? 0
         let flags = try take(1).first ?? 0
@@ -324,6 +496,35 @@ struct DHTMessage: Equatable {
             body = .mailDelete(token: token, request: try item())
         case 19:
             body = .mailDeleted(count: try u16())
+        case 20:
+            let token = try u64(), key = try id()
+            body = .valuePut(token: token, key: key, part: try valuePart())
+        case 21:
+            guard let status = ValueStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
+            body = .valueStored(status, holderTime: status == .outOfTime ? try u64() : 0)
+        case 22:
+            let token = try u64(), key = try id(), signer = Array(try take(32)), since = try u64()
+            body = .valueGet(token: token, key: key, signer: signer.allSatisfy { $0 == 0 } ? nil : signer, since: since, skip: try u16())
+        case 23:
+            let total = try u16()
+            let count = Int(try take(1).first ?? 0)
+            guard count <= Self.maximumDescriptors, count <= total else { throw .malformed("\(count) of \(total) values") }
+            var descriptors: [ValueDescriptor] = []
+            for _ in 0..<count {
+                let valueID = Array(try take(32)), signer = Array(try take(32))
+                let slot = UInt32(try u32()), sequence = try u64(), created = try u64(), lifetime = UInt32(try u32())
+                let type = UInt16(try u16()), flags = try take(1).first ?? 0, length = try u32()
+                guard length >= 1, length <= SignedValue.maximumWireSize else { throw .malformed("value of \(length) bytes") }
+                descriptors.append(ValueDescriptor(id: valueID, signerID: signer, slot: slot, sequence: sequence, created: created,
+                                                   lifetime: lifetime, type: type, flags: flags, length: length))
+            }
+            body = .valueList(total: total, descriptors: descriptors)
+        case 24:
+            let token = try u64(), key = try id(), valueID = Array(try take(32))
+            body = .valueFetch(token: token, key: key, id: valueID, index: Int(try take(1).first ?? 0))
+        case 25:
+            guard let status = ValueFetchStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
+            body = .valuePart(status, status == .part ? try valuePart() : nil)
         default: throw .malformed("kind \(kind)")
         }
         guard flags & ~(kind == 4 ? 1 : 0) == 0 else { throw .malformed("flags") }

@@ -8,6 +8,10 @@ public enum DHTEvent: Sendable {
     case delivered(SignalDelivery)
     /// The answer of `from` to mail request `operation` (§8), or nil when it did not answer in time.
     case mailAnswered(operation: UInt64, from: Endpoint, answer: MailAnswer?)
+    /// A put of a signed value ended (§10.2).
+    case valuePut(LookupID, ValuePutResult)
+    /// A get of the values at a key ended (§10.3).
+    case valuesGot(LookupID, ValueGetResult)
 }
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
@@ -38,7 +42,13 @@ public final class DHTNode {
     private var rateLimiter: RateLimiter
     private var entries: PeerEntryStore
     private var inboxes: MailStore
+    private var values: ValueStore
     private var signaling: Signaling
+    /// Value puts and gets past their lookup (§10), by the lookup's id; the silent ones (republishing)
+    /// report nothing.
+    private var valuePuts: [LookupID: ValuePut] = [:]
+    private var valueGets: [LookupID: ValueGet] = [:]
+    private var silentValueOperations = Set<LookupID>()
 
     private var lookups: [LookupID: Lookup] = [:]
     private var nextLookupID: LookupID = 1
@@ -60,6 +70,7 @@ public final class DHTNode {
         rateLimiter = RateLimiter(rate: configuration.requestsPerSecond)
         entries = PeerEntryStore(own: credential.id, configuration: configuration)
         inboxes = MailStore(configuration: configuration)
+        values = ValueStore(configuration: configuration)
         signaling = Signaling(configuration: configuration)
     }
 
@@ -126,6 +137,32 @@ public final class DHTNode {
     public var id: NodeID { credential.id }
     public var routingTableSize: Int { table.count }
     public var storedCount: Int { entries.count }
+
+    /// Signed values held here (for others, and this node's own while it is among the closest).
+    public var valueCount: Int { values.count }
+
+    /// The values held here at `key` (alive), ordered by signer id, then slot.
+    public func localValues(_ key: NodeID, query: ValueQuery = ValueQuery(), now: UInt64) -> [SignedValue] {
+        values.held(at: key, signer: query.signer, since: query.since, at: time(now)).map(\.value)
+    }
+
+    /// Stores a signed value on the k nodes closest to its key (§10.2), this node included when it
+    /// is one of them; the result comes as a `.valuePut` event with the returned id. The value is
+    /// verified first (fields, times on this node's clock, signature): one that every holder would
+    /// refuse is refused here.
+    public func putValue(_ value: SignedValue, now: UInt64) throws(SignedValueError) -> LookupID {
+        try value.verify(now: unix(now) / 1000)
+        guard let key = NodeID(bytes: value.key[...]) else { throw .malformed("key") }
+        let wire = value.wireBytes
+        return startLookup(target: key, kind: .putValue(wire, id: Sodium.sha256(wire)), now: now)
+    }
+
+    /// Gets the values at `key` from the k nodes closest to it (§10.3): the freshest verified one per
+    /// signer and slot, as a `.valuesGot` event with the returned id.
+    @discardableResult
+    public func getValues(_ key: NodeID, query: ValueQuery = ValueQuery(), now: UInt64) -> LookupID {
+        startLookup(target: key, kind: .getValues(query), now: now)
+    }
 
     /// Drops the entry held at `key`, as a holder that restarted with empty storage would have
     /// none (tests, operators).
@@ -348,6 +385,10 @@ public final class DHTNode {
             let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
             guard let answer = entries.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
+        case .valuePut, .valueGet, .valueFetch:
+            let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
+            guard let answer = values.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
+            body = recordBody(answer, source: source, sender: sender, token: token)
         case .mailPut, .mailFetch, .mailDelete:
             let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
             guard let answer = inboxes.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
@@ -471,7 +512,68 @@ public final class DHTNode {
             events.append(.mailAnswered(operation: operation, from: source, answer: answer))
         case .republished:
             if case .mailStored(.stored) = message.body { statistics.mailRepublished += 1 }
+        case .value(let operation, let holderID):
+            valueAnswered(operation, holder: Contact(id: holderID, endpoint: source), request: request.body, answer: message.body, now: now)
         }
+    }
+
+    /// An answer to a request of a value put or get, or nil for none (after its retries).
+    private func valueAnswered(_ operation: LookupID, holder: Contact, request: DHTMessage.Body, answer: DHTMessage.Body?, now: UInt64) {
+        let send = valueSender(operation, now: now)
+        switch request {
+        case .valuePut(_, _, let part):
+            guard let put = valuePuts[operation] else { return }
+            if case .valueStored(let status, let holderTime)? = answer {
+                put.answered(holder, part: part.index, status: status, offset: Int64(bitPattern: holderTime &- unix(now)), send: send)
+            } else {
+                put.failed(holder.id)
+            }
+        case .valueGet:
+            guard let get = valueGets[operation] else { return }
+            if let answer { get.listed(by: holder, answer, send: send) } else { get.listFailed(holder.id) }
+        case .valueFetch(_, _, let valueID, let index):
+            guard let get = valueGets[operation] else { return }
+            if let answer {
+                get.fetched(from: holder, valueID: valueID, index: index, answer, verify: { acceptableValue($0, now: now) }, send: send)
+            } else {
+                get.fetchFailed(from: holder.id, valueID: valueID, send: send)
+            }
+        default:
+            return
+        }
+        advanceValue(operation, now: now)
+    }
+
+    /// What value operation `operation` sends goes as a request filed under it.
+    private func valueSender(_ operation: LookupID, now: UInt64) -> (Contact, DHTMessage.Body) -> Void {
+        { [unowned self] contact, body in
+            request(body, to: contact.endpoint, expected: contact.id, purpose: .value(operation, contact.id), now: now)
+        }
+    }
+
+    /// Moves a value put or get on; reports it when it ends.
+    private func advanceValue(_ operation: LookupID, now: UInt64) {
+        let send = valueSender(operation, now: now)
+        let silent = silentValueOperations.contains(operation)
+        if let put = valuePuts[operation], put.advance(send: send) {
+            valuePuts[operation] = nil
+            silentValueOperations.remove(operation)
+            if !silent { events.append(.valuePut(operation, put.result)) }
+        }
+        if let get = valueGets[operation], get.advance(send: send) {
+            valueGets[operation] = nil
+            silentValueOperations.remove(operation)
+            if !silent { events.append(.valuesGot(operation, get.result)) }
+        }
+    }
+
+    /// A value a get fetched, checked on its own (the process-wide cache spares repeated checks).
+    private func acceptableValue(_ wire: [UInt8], now: UInt64) -> SignedValue? {
+        guard case .valid(let value) = values.validate(wire, at: time(now)) else {
+            statistics.refusedFetchedValues += 1
+            return nil
+        }
+        return value
     }
 
     // MARK: Timers
@@ -510,6 +612,10 @@ public final class DHTNode {
             // to ask and nothing else in flight. Otherwise it asks others, and a node that is gone
             // costs it one request and one soft timeout.
             var again = request.attempt < 2 && !request.isPing
+            // A part of a value (13 datagrams, or 31 on a path of 500-byte datagrams, §9) is sent up
+            // to five times: the holder keeps the pieces each attempt brought (§5.1), and a holder
+            // given up costs the put a place or the get a source.
+            if case .value = request.purpose { again = request.attempt < 4 }
             if again, case .lookup(let lookupID, let candidate) = request.purpose {
                 // (Also when this node learnt meanwhile that its link loses datagrams of the size the
                 // request or its answer used: the lookup would otherwise lose every such contact, §9.)
@@ -555,6 +661,8 @@ public final class DHTNode {
             case .mail(let operation):
                 events.append(.mailAnswered(operation: operation, from: request.endpoint, answer: nil))
             case .republished: break
+            case .value(let operation, let holderID):
+                valueAnswered(operation, holder: Contact(id: holderID, endpoint: request.endpoint), request: request.body, answer: nil, now: now)
             }
         }
         // Owners: keep the NAT mapping toward every holder of an own entry open.
@@ -586,6 +694,8 @@ public final class DHTNode {
         entries.expire(at: clocks)
         for (key, kind) in entries.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
         for (key, kind) in inboxes.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
+        values.expire(at: clocks)
+        for (key, kind) in values.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
         entries.trim()
         rateLimiter.trim()
         tokens.trim()
@@ -658,11 +768,43 @@ public final class DHTNode {
     private func finish(_ lookup: Lookup, now: UInt64) {
         lookup.finish()
         lookups[lookup.id] = nil
+        switch lookup.kind {
+        case .putValue(let wire, let valueID):
+            startValuePut(after: lookup, wire: wire, valueID: valueID, now: now)
+            return
+        case .getValues(let query):
+            let holders = Array(lookup.answeredWithTokens().prefix(configuration.k))
+            let local = values.held(at: lookup.target, signer: query.signer, since: query.since, at: time(now)).map(\.value)
+            valueGets[lookup.id] = ValueGet(id: lookup.id, key: lookup.target, query: query, holders: holders, local: local,
+                                            messages: lookup.result.messages)
+            if lookup.isSilent { silentValueOperations.insert(lookup.id) }
+            advanceValue(lookup.id, now: now)
+            return
+        default:
+            break
+        }
         if case .announce = lookup.kind, !lookup.isSilent {
             signaling.stored(lookup.target, on: Array(lookup.holders.prefix(configuration.k)), now: now)
         }
         if !lookup.isSilent { events.append(.lookupFinished(lookup.id, lookup.result)) }
         if lookup.isJoin { refreshFartherBuckets(now: now) }
+    }
+
+    /// The put after its lookup: this node holds the value too when it is among the k closest to the
+    /// key (no node sends itself a request); the others get it from `ValuePut`.
+    private func startValuePut(after lookup: Lookup, wire: [UInt8], valueID: [UInt8], now: UInt64) {
+        let candidates = lookup.answeredWithTokens()
+        let closest = candidates.prefix(configuration.k).map(\.0)
+        var heldHere = false
+        if closest.count < configuration.k || closest.contains(where: { (id ^ lookup.target) < ($0.id ^ lookup.target) }),
+           case .valid(let value) = values.validate(wire, at: time(now)) {
+            let status = values.hold(value, wire: wire, at: time(now), statistics: &statistics)
+            heldHere = status == .stored
+        }
+        valuePuts[lookup.id] = ValuePut(id: lookup.id, key: lookup.target, wire: wire, valueID: valueID, candidates: candidates,
+                                        k: configuration.k, heldHere: heldHere, messages: lookup.result.messages)
+        if lookup.isSilent { silentValueOperations.insert(lookup.id) }
+        advanceValue(lookup.id, now: now)
     }
 
     /// After joining, as in the Kademlia paper: look up a random id in every bucket farther than the

@@ -60,6 +60,10 @@ final class Lookup {
         case republishMail([[UInt8]])
         /// FIND_VALUE that sends the signal to the first holders it meets.
         case signal(UInt64, [UInt8])
+        /// FIND_NODE; then the node puts the signed value (`ValuePut`, §10.2) on the closest.
+        case putValue([UInt8], id: [UInt8])
+        /// FIND_NODE; then the node gets the values at the key from the closest (`ValueGet`, §10.3).
+        case getValues(ValueQuery)
     }
 
     enum Phase { case searching, storing, finished }
@@ -290,7 +294,7 @@ final class Lookup {
         let token = tokens[candidate.contact.endpoint] ?? 0
         candidates[candidate.contact.id]?.token = token
         switch kind {
-        case .nodes, .announce, .republishMail: return .findNode(target: target, token: token)
+        case .nodes, .announce, .republishMail, .putValue, .getValues: return .findNode(target: target, token: token)
         case .value, .signal: return .findValue(key: target, token: token)
         }
     }
@@ -389,6 +393,12 @@ final class Lookup {
             .sorted { ($0.contact.id ^ target) < ($1.contact.id ^ target) }.prefix(room)
         for candidate in chosen { signalled.insert(candidate.contact.id) }
         return chosen.map { ($0.contact, $0.token) }
+    }
+
+    /// Every candidate that answered with a token, nearest first (the holders a value put or get
+    /// starts from, and their replacements).
+    func answeredWithTokens() -> [(Contact, UInt64)] {
+        candidates.values.filter { $0.state == .answered && $0.token != 0 }.sorted(by: isAskedBefore).map { ($0.contact, $0.token) }
     }
 
     func storeTargets() -> [(Contact, UInt64)] {

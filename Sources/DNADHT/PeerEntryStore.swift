@@ -227,8 +227,8 @@ struct PeerEntryStore: RecordStore {
     }
 }
 
-/// Entries whose signature was already checked in this process, by SHA-256 of their wire bytes:
-/// a lookup and a storing node need not check the same 3.3 KB signature twice.
+/// Entries and values whose signature was already checked in this process, by SHA-256 of their wire
+/// bytes: a lookup and a storing node need not check the same 3.3 KB signature twice.
 final class VerifiedEntries: @unchecked Sendable {
     static let shared = VerifiedEntries()
     private var known = Set<[UInt8]>()
@@ -236,11 +236,19 @@ final class VerifiedEntries: @unchecked Sendable {
     private let lock = PThreadLock()
 
     func check(_ entry: PeerEntry, wire: [UInt8], now: UInt64) -> Bool {
+        check(wire, fields: { (try? entry.validateFields(now: now)) != nil }, signature: { (try? entry.verify(now: now)) != nil })
+    }
+
+    /// The same for a signed value (§10.1); `now` in Unix seconds.
+    func check(_ value: SignedValue, wire: [UInt8], now: UInt64) -> Bool {
+        check(wire, fields: { (try? value.validateFields(now: now)) != nil }, signature: { (try? value.verify(now: now)) != nil })
+    }
+
+    /// `fields` when `wire` verified before (its digest is known), else `signature` (which checks both).
+    private func check(_ wire: [UInt8], fields: () -> Bool, signature: () -> Bool) -> Bool {
         let digest = Sodium.sha256(wire)
-        if lock.withLock({ known.contains(digest) }) {
-            return (try? entry.validateFields(now: now)) != nil
-        }
-        guard (try? entry.verify(now: now)) != nil else { return false }
+        if lock.withLock({ known.contains(digest) }) { return fields() }
+        guard signature() else { return false }
         lock.withLock {
             if known.insert(digest).inserted { order.append(digest) }
             if order.count > 10_000 { known.remove(order.removeFirst()) }

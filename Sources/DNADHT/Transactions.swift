@@ -26,6 +26,8 @@ struct Transactions {
         case mail(UInt64)
         /// A holder republishing inbox items: answers change nothing.
         case republished
+        /// A request of value put or get `LookupID` (§10) to node `NodeID`; the body says which.
+        case value(LookupID, NodeID)
     }
 
     /// A request in flight: where it went, which node should answer, its timers (ms) and attempts.

@@ -141,6 +141,9 @@ public final class DHTService: @unchecked Sendable {
     private let monitor = Monitor()
     private var commands: [(DHTNode, UInt64) -> Void] = []
     private var results: [LookupID: LookupResult] = [:]
+    /// Ended value puts and gets (§10), until their caller takes them.
+    private var valuePutResults: [LookupID: ValuePutResult] = [:]
+    private var valueGetResults: [LookupID: ValueGetResult] = [:]
     /// Signaling: signals for this node's keys, and answers to the signals it sent (bounded queues).
     private var incomingSignals: [SignalRequest] = []
     /// The last signals queued (id, origin, payload), so that copies through other holders are dropped.
@@ -352,6 +355,66 @@ public final class DHTService: @unchecked Sendable {
         guard mayWait, let id = perform(start) else { return nil }
         let result = monitor.wait(milliseconds: timeout) { results[id] }
         _ = monitor.locked { results.removeValue(forKey: id) }
+        return result
+    }
+
+    /// Puts a signed value on the k nodes closest to its key (§10.2) and waits up to `timeout` ms
+    /// for the result: nil when it did not end in time, when the service stopped, or on the loop
+    /// thread. Throws when the node refuses the value before sending it (fields, times, signature).
+    public func putValue(_ value: SignedValue, timeout: Int = 30_000) throws(SignedValueError) -> ValuePutResult? {
+        guard mayWait, let started = perform({ node, now in Result { () throws(SignedValueError) in try node.putValue(value, now: now) } })
+        else { return nil }
+        let id = try started.get()
+        let result = monitor.wait(milliseconds: timeout) { valuePutResults[id] }
+        _ = monitor.locked { valuePutResults.removeValue(forKey: id) }
+        return result
+    }
+
+    /// The last sequence this service wrote per key and slot (`writeValue`).
+    private var lastSequences: [[UInt8]: UInt64] = [:]
+
+    /// Waits up to `timeout` ms for the routing table to hold a contact; false when it did not (or
+    /// the service stopped). A put or get made before the node joined waits here rather than
+    /// ending at once with no holder.
+    public func waitForContacts(timeout: Int) -> Bool {
+        let end = monotonicMilliseconds() + UInt64(max(0, timeout))
+        while true {
+            guard let size = routingTableSize else { return false }
+            if size > 0 { return true }
+            if monotonicMilliseconds() >= end { return false }
+            usleep(20_000)
+        }
+    }
+
+    /// Signs a value as `identity` at `key` (20 bytes) and puts it (§10.2), waiting up to `timeout`
+    /// ms in all (for contacts first). Its sequence: this clock's Unix ms, or one more than the last
+    /// this service wrote for the key and slot when that is higher; created: the node's Unix time
+    /// (with its clock correction, §5.2). Returns the put's result and the sequence, nil when no
+    /// contact came, the put did not end in time, or the service stopped. Throws for a value the
+    /// node refuses (fields, sizes).
+    public func writeValue(as identity: Identity, key: [UInt8], slot: UInt32, data: [UInt8], type: UInt16, lifetime: UInt32,
+                           flags: UInt8 = 0, timeout: Int) throws(SignedValueError) -> (result: ValuePutResult, sequence: UInt64)? {
+        let started = monotonicMilliseconds()
+        guard waitForContacts(timeout: timeout), let unix = perform({ node, now in node.unix(now) }) else { return nil }
+        let place = key + [UInt8(slot >> 24 & 0xFF), UInt8(slot >> 16 & 0xFF), UInt8(slot >> 8 & 0xFF), UInt8(slot & 0xFF)]
+        let sequence = monitor.locked { () -> UInt64 in
+            let next = max(unix, (lastSequences[place] ?? 0) &+ 1)
+            lastSequences[place] = next
+            return next
+        }
+        var value = SignedValue(key: key, signer: identity.name, slot: slot, sequence: sequence, created: unix / 1000,
+                                lifetime: lifetime, type: type, flags: flags, data: data)
+        try value.sign(with: identity, now: unix / 1000)
+        let left = timeout - Int(monotonicMilliseconds() - started)
+        guard left > 0, let result = try putValue(value, timeout: left) else { return nil }
+        return (result, sequence)
+    }
+
+    /// Gets the values at `key` (§10.3) and waits up to `timeout` ms: nil as for `putValue`.
+    public func getValues(_ key: NodeID, query: ValueQuery = ValueQuery(), timeout: Int = 30_000) -> ValueGetResult? {
+        guard mayWait, let id = perform({ node, now in node.getValues(key, query: query, now: now) }) else { return nil }
+        let result = monitor.wait(milliseconds: timeout) { valueGetResults[id] }
+        _ = monitor.locked { valueGetResults.removeValue(forKey: id) }
         return result
     }
 
@@ -700,6 +763,8 @@ public final class DHTService: @unchecked Sendable {
             for event in events {
                 switch event {
                 case .lookupFinished(let id, let result): results[id] = result
+                case .valuePut(let id, let result): valuePutResults[id] = result
+                case .valuesGot(let id, let result): valueGetResults[id] = result
                 case .signalled(let request):
                     // The same signal arrives through several holders at once: keep the first.
                     // A copy a second later is the signaller sending again (its first, or the
@@ -723,6 +788,8 @@ public final class DHTService: @unchecked Sendable {
                 }
             }
             if results.count > 1000 { results.removeAll() }
+            if valuePutResults.count > 1000 { valuePutResults.removeAll() }
+            if valueGetResults.count > 1000 { valueGetResults.removeAll() }
             // Under the lock: a command queued after the take above armed the alarm already, and
             // this must not push its wake-up back.
             if commands.isEmpty {

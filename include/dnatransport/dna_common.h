@@ -67,6 +67,8 @@ extern "C" {
 #define DNA_ERR_REFUSED           (-28) /* the peer completed the handshake, then refused the connection: it
                                            found no entry of this identity in the DHT (announce stored
                                            nowhere), or one with another key (PROTOCOL.md §7.5) */
+#define DNA_ERR_SUPERSEDED        (-29) /* the DHT's holders keep a newer value of this writer's slot (PROTOCOL.md
+                                           §10.1): another process of the identity wrote it */
 
 /* Log levels, from most to least verbose. */
 #define DNA_LOG_TRACE    0

@@ -51,6 +51,7 @@ class ErrorCode(enum.IntEnum):
     NAME_TAKEN = -26
     CLOCK_SKEW = -27
     REFUSED = -28
+    SUPERSEDED = -29
 
 
 class MessageType(enum.IntEnum):

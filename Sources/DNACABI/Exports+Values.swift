@@ -1,0 +1,152 @@
+import CDNATransport
+import DNACrypto
+import DNADHT
+import DNANet
+import Glibc
+
+// dht_values.h: signed values at any DHT key (docs/PROTOCOL.md §10).
+
+/// Holders keep a newer value of the writer's slot.
+struct Superseded: Error {}
+
+/// Data above DHT_VALUE_MAX_DATA.
+struct TooLarge: Error {}
+
+/// timeout_ms as the value calls take it: 0 means 30 s; negative is refused.
+private func valueTimeout(_ milliseconds: Int32) throws -> Int {
+    guard milliseconds >= 0 else { throw InvalidArgument("timeout_ms is negative") }
+    return milliseconds == 0 ? 30_000 : Int(milliseconds)
+}
+
+/// The 20 key bytes at `key`.
+private func valueKey(_ key: UnsafePointer<UInt8>?) throws -> [UInt8] {
+    guard let key else { throw InvalidArgument("key is NULL") }
+    return Array(UnsafeBufferPointer(start: key, count: SignedValue.keySize))
+}
+
+@_cdecl("dht_value_key")
+public func dht_value_key(_ text: UnsafePointer<CChar>?, _ keyOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
+    cCall("dht_value_key") {
+        guard let text else { throw InvalidArgument("text is NULL") }
+        let out = try CArg.required(keyOut, "key_out")
+        let digest = Sodium.sha256(UnsafeRawBufferPointer(start: text, count: strlen(text)))
+        for index in 0..<SignedValue.keySize { out[index] = digest[index] }
+    }
+}
+
+/// Signs and puts a value or a tombstone for the C calls; the result's error as the header says.
+private func write(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, slot: UInt32,
+                   data: [UInt8], type: UInt16, lifetime: UInt32, flags: UInt8, timeout: Int32,
+                   holdersOut: UnsafeMutablePointer<Int32>?, sequenceOut: UnsafeMutablePointer<UInt64>?) throws {
+    let service = try Handle<CDHT>.borrow(context, "ctx").service
+    let name = try CArg.identity(identity)
+    let key = try valueKey(key)
+    let milliseconds = try valueTimeout(timeout)
+    guard lifetime >= 1, lifetime <= SignedValue.maximumLifetime else {
+        throw InvalidArgument("lifetime_s is \(lifetime): 1 to \(SignedValue.maximumLifetime)")
+    }
+    guard data.count <= SignedValue.maximumDataSize else { throw TooLarge() }
+    let signer = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
+    guard service.statistics != nil else { throw Closed() }
+    guard let (result, sequence) = try service.writeValue(as: signer, key: key, slot: slot, data: data, type: type,
+                                                          lifetime: lifetime, flags: flags, timeout: milliseconds) else {
+        if service.statistics == nil { throw Closed() }
+        if (service.routingTableSize ?? 0) == 0 { throw Unreachable() }
+        throw Timeout()
+    }
+    holdersOut?.pointee = Int32(clamping: result.stored)
+    sequenceOut?.pointee = sequence
+    guard result.holders.isEmpty else { return }
+    if result.superseded > 0 { throw Superseded() }
+    if !result.clockOffsets.isEmpty { throw ClockSkew() }
+    throw Unreachable()
+}
+
+@_cdecl("dht_value_put")
+public func dht_value_put(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ slot: UInt32,
+                          _ data: UnsafePointer<UInt8>?, _ dataLength: Int, _ type: UInt16, _ lifetime: UInt32, _ timeout: Int32,
+                          _ holdersOut: UnsafeMutablePointer<Int32>?, _ sequenceOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall("dht_value_put") {
+        let bytes = try CArg.bytes(data, dataLength, "data")
+        guard bytes.count <= SignedValue.maximumDataSize else { throw TooLarge() }
+        try write(context, identity, key, slot: slot, data: Array(bytes), type: type, lifetime: lifetime, flags: 0, timeout: timeout,
+                  holdersOut: holdersOut, sequenceOut: sequenceOut)
+    }
+}
+
+@_cdecl("dht_value_delete")
+public func dht_value_delete(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ slot: UInt32,
+                             _ lifetime: UInt32, _ timeout: Int32, _ holdersOut: UnsafeMutablePointer<Int32>?) -> Int32 {
+    cCall("dht_value_delete") {
+        try write(context, identity, key, slot: slot, data: [], type: 0, lifetime: lifetime == 0 ? SignedValue.maximumLifetime : lifetime,
+                  flags: SignedValue.tombstoneFlag, timeout: timeout, holdersOut: holdersOut, sequenceOut: nil)
+    }
+}
+
+@_cdecl("dht_value_get")
+public func dht_value_get(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>?, _ signerID: UnsafePointer<UInt8>?, _ since: UInt64,
+                          _ timeout: Int32, _ valuesOut: UnsafeMutablePointer<UnsafeMutablePointer<dht_value_t>?>?,
+                          _ countOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    cCall("dht_value_get") {
+        let service = try Handle<CDHT>.borrow(context, "ctx").service
+        let key = try valueKey(key)
+        let signer = signerID.map { Array(UnsafeBufferPointer(start: $0, count: 32)) }
+        let values = try CArg.required(valuesOut, "values_out")
+        let count = try CArg.required(countOut, "count_out")
+        values.pointee = nil
+        count.pointee = 0
+        let milliseconds = try valueTimeout(timeout)
+        let started = monotonicMilliseconds()
+        guard let nodeKey = NodeID(bytes: key) else { throw InvalidArgument("key") }
+        guard service.waitForContacts(timeout: milliseconds) else {
+            if service.statistics == nil { throw Closed() }
+            throw Unreachable()
+        }
+        let left = milliseconds - Int(monotonicMilliseconds() - started)
+        guard left > 0, let result = service.getValues(nodeKey, query: ValueQuery(signer: signer, since: since), timeout: left) else {
+            if service.statistics == nil { throw Closed() }
+            throw Timeout()
+        }
+        (values.pointee, count.pointee) = try ValueArray.make(result.values)
+    }
+}
+
+/// The array dht_value_get returns: the structs, then every value's data, in one malloc'd block the
+/// caller frees with dna_buffer_free.
+enum ValueArray {
+    static func make(_ values: [SignedValue]) throws -> (UnsafeMutablePointer<dht_value_t>?, Int) {
+        guard !values.isEmpty else { return (nil, 0) }
+        let head = MemoryLayout<dht_value_t>.stride * values.count
+        let total = head + values.reduce(0) { $0 + $1.data.count }
+        guard let block = malloc(total) else { throw OutOfMemory() }
+        let array = block.bindMemory(to: dht_value_t.self, capacity: values.count)
+        var data = block.advanced(by: head).assumingMemoryBound(to: UInt8.self)
+        for (index, value) in values.enumerated() {
+            var out = dht_value_t()
+            withUnsafeMutableBytes(of: &out.key) { $0.copyBytes(from: value.key.prefix(SignedValue.keySize)) }
+            withUnsafeMutableBytes(of: &out.signer) { buffer in
+                buffer.copyBytes(from: value.signer.utf8.prefix(buffer.count - 1))
+                buffer[min(value.signer.utf8.count, buffer.count - 1)] = 0
+            }
+            withUnsafeMutableBytes(of: &out.signer_id) { $0.copyBytes(from: value.signerID) }
+            out.slot = value.slot
+            out.sequence = value.sequence
+            out.created = value.created
+            out.lifetime = value.lifetime
+            out.type = value.type
+            out.flags = value.flags
+            out.data_len = value.data.count
+            if value.data.isEmpty {
+                out.data = nil
+            } else {
+                value.data.withUnsafeBufferPointer { source in
+                    if let base = source.baseAddress { data.update(from: base, count: source.count) }
+                }
+                out.data = UnsafePointer(data)
+                data = data.advanced(by: value.data.count)
+            }
+            (array + index).initialize(to: out)
+        }
+        return (array, values.count)
+    }
+}

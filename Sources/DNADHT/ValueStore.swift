@@ -1,0 +1,266 @@
+import DNACrypto
+import DNAWire
+
+/// The signed values a DHT node holds for others (docs/PROTOCOL.md §10): at each key, one value per
+/// signer and slot, the freshest (`SignedValue.supersedes`); values put together from their parts
+/// (VALUE_PUT) before they are checked; listed (VALUE_GET) and served part by part (VALUE_FETCH).
+/// Quotas per signer, per key, per source address and in bytes; a bounded number of uploads in
+/// progress per source and in all. Lifetimes are judged on the Unix clock (values carry Unix
+/// seconds); `storedAt` and uploads' times are monotonic ms.
+struct ValueStore: RecordStore {
+    /// A value held: the value, its wire bytes and id, who put it last, and when (monotonic ms).
+    struct Stored {
+        var value: SignedValue
+        var wire: [UInt8]
+        var id: [UInt8]
+        var from: Endpoint
+        var storedAt: UInt64
+    }
+
+    /// Where a value lives at its key: one signer's slot.
+    struct Slot: Hashable {
+        var signer: [UInt8]
+        var slot: UInt32
+    }
+
+    /// A value arriving in parts, by source and value id.
+    private struct UploadKey: Hashable {
+        var source: Endpoint
+        var id: [UInt8]
+    }
+
+    private struct Upload {
+        var key: NodeID
+        var parts: Reassembly
+        var lastPart: UInt64
+    }
+
+    private var values: [NodeID: [Slot: Stored]] = [:]
+    /// Value id → its key and slot, for fetches and for puts of a value held already.
+    private var byID: [[UInt8]: (key: NodeID, slot: Slot)] = [:]
+    private var bySource: [Endpoint: Int] = [:]
+    private var bySigner: [[UInt8]: (count: Int, bytes: Int)] = [:]
+    private(set) var bytes = 0
+    private var uploads: [UploadKey: Upload] = [:]
+    private var uploadsBySource: [Endpoint: Int] = [:]
+    let configuration: DHTConfiguration
+
+    init(configuration: DHTConfiguration) {
+        self.configuration = configuration
+    }
+
+    var count: Int { byID.count }
+    var uploadCount: Int { uploads.count }
+
+    private func alive(_ value: SignedValue, unix: UInt64) -> Bool { value.expires > unix / 1000 }
+
+    /// The values held at `key` (alive; of one signer when given; with a sequence above `since`),
+    /// in a stable order: signer id, then slot.
+    func held(at key: NodeID, signer: [UInt8]? = nil, since: UInt64 = 0, at time: RecordTime) -> [Stored] {
+        guard let slots = values[key] else { return [] }
+        return slots.filter { entry in
+            alive(entry.value.value, unix: time.unix) && entry.value.value.sequence > since
+                && (signer.map { $0 == entry.key.signer } ?? true)
+        }.sorted { a, b in a.key.signer != b.key.signer ? a.key.signer.lexicographicallyPrecedes(b.key.signer) : a.key.slot < b.key.slot }
+        .map(\.value)
+    }
+
+    // MARK: RecordStore
+
+    /// VALUE_PUT (token, the parts put together, then `validate` and `store`), VALUE_GET, VALUE_FETCH.
+    mutating func answer(_ request: DHTMessage.Body, from requester: RecordRequester, at time: RecordTime,
+                         statistics: inout DHTStatistics) -> RecordAnswer? {
+        switch request {
+        case .valuePut(let presented, let key, let part):
+            let status = put(part, key: key, token: presented, from: requester, at: time, statistics: &statistics)
+            return .body(.valueStored(status, holderTime: status == .outOfTime ? time.unix : 0))
+        case .valueGet(let presented, let key, let signer, let since, let skip):
+            let matching = held(at: key, signer: signer, since: since, at: time)
+            guard requester.tokens.isValid(presented, for: requester.source) else {
+                return .closest(to: key, held: matching.isEmpty ? nil : UInt64(matching.count))
+            }
+            let page = matching.dropFirst(skip).prefix(DHTMessage.maximumDescriptors)
+            return .body(.valueList(total: min(matching.count, 0xFFFF),
+                                    descriptors: page.map { ValueDescriptor($0.value, id: $0.id, length: $0.wire.count) }))
+        case .valueFetch(let presented, let key, let id, let index):
+            guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.valuePart(.badToken, nil)) }
+            guard let place = byID[id], place.key == key, let stored = values[key]?[place.slot], alive(stored.value, unix: time.unix),
+                  let part = ValuePart.split(stored.wire, id: id).first(where: { $0.index == index }) else {
+                return .body(.valuePart(.notHeld, nil))
+            }
+            return .body(.valuePart(.part, part))
+        default:
+            return nil
+        }
+    }
+
+    /// One part of a value: a value held already is stored at once (its other parts need not come);
+    /// otherwise the part joins the source's upload of that value, and the last part makes the
+    /// value, which must hash to its id.
+    private mutating func put(_ part: ValuePart, key: NodeID, token: UInt64, from requester: RecordRequester, at time: RecordTime,
+                              statistics: inout DHTStatistics) -> ValueStatus {
+        guard requester.tokens.isValid(token, for: requester.source) else { return .badToken }
+        if let place = byID[part.id], place.key == key, let stored = values[key]?[place.slot], alive(stored.value, unix: time.unix) {
+            values[key]?[place.slot]?.storedAt = time.now
+            return .stored
+        }
+        let wire: [UInt8]
+        if part.count == 1 {
+            wire = part.bytes
+        } else {
+            let uploadKey = UploadKey(source: requester.source, id: part.id)
+            expireUploads(now: time.now)
+            if uploads[uploadKey] == nil {
+                guard uploadsBySource[requester.source, default: 0] < configuration.valueUploadsPerSource,
+                      uploads.count < configuration.valueUploads,
+                      let parts = try? Reassembly(length: part.length, count: part.count, index: part.index, bytes: part.bytes.count,
+                                                  maximumLength: SignedValue.maximumWireSize) else {
+                    statistics.refusedValues += 1
+                    return .busy
+                }
+                uploads[uploadKey] = Upload(key: key, parts: parts, lastPart: time.now)
+                uploadsBySource[requester.source, default: 0] += 1
+            }
+            guard var upload = uploads[uploadKey], upload.key == key, upload.parts.length == part.length else {
+                statistics.refusedValues += 1
+                return .invalid
+            }
+            guard (try? upload.parts.add(index: part.index, length: part.length, count: part.count, bytes: part.bytes[...])) != nil else {
+                statistics.refusedValues += 1
+                return .invalid
+            }
+            upload.lastPart = time.now
+            guard upload.parts.isComplete else {
+                uploads[uploadKey] = upload
+                return .more
+            }
+            removeUpload(uploadKey)
+            guard let whole = upload.parts.message else { return .more }
+            wire = whole
+        }
+        guard Sodium.sha256(wire) == part.id else {
+            statistics.refusedValues += 1
+            return .invalid
+        }
+        switch validate(wire, at: time) {
+        case .refused(let status):
+            statistics.refusedValues += 1
+            return status
+        case .valid(let value):
+            guard value.key == key.bytes else {
+                statistics.refusedValues += 1
+                return .invalid
+            }
+            return store(value, wire: wire, from: requester, at: time, statistics: &statistics)
+        }
+    }
+
+    private mutating func removeUpload(_ key: UploadKey) {
+        guard uploads.removeValue(forKey: key) != nil else { return }
+        uploadsBySource[key.source, default: 1] -= 1
+        if uploadsBySource[key.source] == 0 { uploadsBySource[key.source] = nil }
+    }
+
+    /// Drops uploads whose last part came `valueUploadLifetime` ago.
+    mutating func expireUploads(now: UInt64) {
+        for (key, upload) in uploads where upload.lastPart + configuration.valueUploadLifetime <= now { removeUpload(key) }
+    }
+
+    /// A value checked on its own: structure, fields and signature, and within this holder's window
+    /// (created at most 600 s ahead of its clock, not expired: else out of time, answered with the
+    /// holder's time as for entries, §5.2).
+    func validate(_ wire: [UInt8], at time: RecordTime) -> Validated<SignedValue, ValueStatus> {
+        guard let value = try? SignedValue(wire: wire) else { return .refused(.invalid) }
+        let seconds = time.unix / 1000
+        if value.expires <= seconds || value.created > seconds + SignedValue.maximumClockSkew { return .refused(.outOfTime) }
+        guard VerifiedEntries.shared.check(value, wire: wire, now: seconds) else { return .refused(.invalid) }
+        return .valid(value)
+    }
+
+    /// Stores a valid value against what its slot holds (§10.4): it replaces only a value it
+    /// supersedes (the same bytes again refresh it; a superseding one held answers older); a new
+    /// value, or a larger one, needs room in the signer's, the key's, the source's and the total share.
+    mutating func store(_ value: SignedValue, wire: [UInt8], from requester: RecordRequester, at time: RecordTime,
+                        statistics: inout DHTStatistics) -> ValueStatus {
+        insert(value, wire: wire, from: requester.source, at: time, statistics: &statistics)
+    }
+
+    private mutating func insert(_ value: SignedValue, wire: [UInt8], from source: Endpoint, at time: RecordTime,
+                                 statistics: inout DHTStatistics) -> ValueStatus {
+        guard let key = NodeID(bytes: value.key[...]) else { return .invalid }
+        let signer = value.signerID, slot = Slot(signer: signer, slot: value.slot), id = Sodium.sha256(wire)
+        let previous = values[key]?[slot].flatMap { alive($0.value, unix: time.unix) ? $0 : nil }
+        if let previous {
+            if previous.id == id {
+                values[key]?[slot]?.storedAt = time.now
+                return .stored
+            }
+            guard value.supersedes(previous.value) else {
+                statistics.refusedValues += 1
+                return .older
+            }
+        }
+        let held = bySigner[signer] ?? (0, 0)
+        let added = wire.count - (previous?.wire.count ?? 0)
+        let newSlot = previous == nil
+        guard held.bytes + added <= configuration.valueBytesPerSigner, bytes + added <= configuration.valueBytes,
+              !newSlot || (held.count < configuration.valuesPerSigner && (values[key]?.count ?? 0) < configuration.valuesPerKey
+                           && bySource[source, default: 0] < configuration.valuesPerSource) else {
+            statistics.refusedValues += 1
+            return .quota
+        }
+        if values[key]?[slot] != nil { remove(key, slot) }
+        values[key, default: [:]][slot] = Stored(value: value, wire: wire, id: id, from: source, storedAt: time.now)
+        byID[id] = (key, slot)
+        bySource[source, default: 0] += 1
+        bySigner[signer, default: (0, 0)].count += 1
+        bySigner[signer, default: (0, 0)].bytes += wire.count
+        bytes += wire.count
+        statistics.storedValues += 1
+        return .stored
+    }
+
+    private mutating func remove(_ key: NodeID, _ slot: Slot) {
+        guard let stored = values[key]?.removeValue(forKey: slot) else { return }
+        if values[key]?.isEmpty == true { values[key] = nil }
+        byID[stored.id] = nil
+        bySource[stored.from, default: 1] -= 1
+        if bySource[stored.from] == 0 { bySource[stored.from] = nil }
+        bySigner[slot.signer, default: (1, stored.wire.count)].count -= 1
+        bySigner[slot.signer, default: (1, stored.wire.count)].bytes -= stored.wire.count
+        if bySigner[slot.signer]?.count == 0 { bySigner[slot.signer] = nil }
+        bytes -= stored.wire.count
+    }
+
+    /// Drops the values (and tombstones) whose lifetime ended, and stale uploads.
+    mutating func expire(at time: RecordTime) {
+        for (key, slots) in values {
+            for (slot, stored) in slots where !alive(stored.value, unix: time.unix) { remove(key, slot) }
+        }
+        expireUploads(now: time.now)
+    }
+
+    /// Values no put refreshed for `valueRepublishInterval`, oldest first, at most
+    /// `valueRepublishLimit`: stored again on the k nodes now closest to their key.
+    mutating func republish(at time: RecordTime) -> [(key: NodeID, lookup: Lookup.Kind)] {
+        var due: [(key: NodeID, slot: Slot, storedAt: UInt64)] = []
+        for (key, slots) in values {
+            for (slot, stored) in slots where time.now >= stored.storedAt + configuration.valueRepublishInterval
+                && alive(stored.value, unix: time.unix) {
+                due.append((key, slot, stored.storedAt))
+            }
+        }
+        due.sort { $0.storedAt < $1.storedAt }
+        return due.prefix(configuration.valueRepublishLimit).compactMap { item in
+            guard let stored = values[item.key]?[item.slot] else { return nil }
+            values[item.key]?[item.slot]?.storedAt = time.now
+            return (item.key, .putValue(stored.wire, id: stored.id))
+        }
+    }
+
+    /// Holds a value this node wrote or was given while it is among the k closest to its key (a node
+    /// sends itself no requests), under the local source.
+    mutating func hold(_ value: SignedValue, wire: [UInt8], at time: RecordTime, statistics: inout DHTStatistics) -> ValueStatus {
+        insert(value, wire: wire, from: PeerEntryStore.localSource, at: time, statistics: &statistics)
+    }
+}

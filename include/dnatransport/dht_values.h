@@ -1,0 +1,97 @@
+/*
+ * dht_values.h: signed values at any DHT key (docs/PROTOCOL.md §10): what a messenger keeps in the
+ * network (profiles, contact lists, group membership). A value is signed by its writer (ML-DSA-65),
+ * lives for its lifetime after its creation time (both carried, so every holder agrees), and is
+ * stored on the k nodes closest to its key. Many writers may write at one key: each holds one value
+ * per slot there, and a write replaces only that writer's older value of the slot.
+ *
+ * The calls below work on a dht_context_t (dht_discovery.h) and block for at most timeout_ms.
+ *
+ * Threads: any function from any thread; a context may be used by several threads at once.
+ */
+#ifndef DNATRANSPORT_DHT_VALUES_H
+#define DNATRANSPORT_DHT_VALUES_H
+
+#include "dna_common.h"
+#include "dht_discovery.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bytes of a key, of a signer id (SHA-256 of the signer's public key). */
+#define DHT_VALUE_KEY_SIZE 20
+#define DHT_VALUE_SIGNER_ID_SIZE 32
+/* The most data a value carries (64 KiB), and the longest lifetime (30 days, in seconds). */
+#define DHT_VALUE_MAX_DATA 65536
+#define DHT_VALUE_MAX_LIFETIME 2592000u
+/* dht_value_t.flags: the slot was deleted (no data); the data is sealed to one reader. */
+#define DHT_VALUE_FLAG_TOMBSTONE 1u
+#define DHT_VALUE_FLAG_SEALED 2u
+
+/* One verified value, as dht_value_get returns it. Strings are NUL-terminated inside their arrays. */
+typedef struct {
+    uint8_t key[DHT_VALUE_KEY_SIZE];
+    char signer[256];                             /* the writer's identity name */
+    uint8_t signer_id[DHT_VALUE_SIGNER_ID_SIZE];  /* SHA-256 of the writer's public key */
+    uint32_t slot;
+    uint64_t sequence;       /* higher replaces lower, per writer and slot */
+    uint64_t created;        /* Unix seconds */
+    uint32_t lifetime;       /* seconds after created */
+    uint16_t type;           /* the application's own number */
+    uint8_t flags;           /* DHT_VALUE_FLAG_* */
+    size_t data_len;
+    const uint8_t *data;     /* data_len bytes inside the array dht_value_get returned */
+} dht_value_t;
+
+/**
+ * The key for an application's key text: the first 20 bytes of SHA-256(text), as identities' keys
+ * are made (PROTOCOL.md §2). text: NUL-terminated, any bytes. Returns DNA_OK,
+ * DNA_ERR_INVALID_ARGUMENT (NULL). Any thread.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_key(const char *text, uint8_t key_out[DHT_VALUE_KEY_SIZE]);
+
+/**
+ * Signs a value as identity (its key in the context's data_dir, made on first use) and stores it
+ * on the k nodes closest to key, replacing identity's earlier value of the slot there. The
+ * sequence is chosen here: this machine's Unix time in ms, or one more than the last sequence this
+ * context wrote for the key and slot when that is higher. created is now; lifetime_s 1 to
+ * DHT_VALUE_MAX_LIFETIME; data_len at most DHT_VALUE_MAX_DATA (data may be NULL when 0).
+ * Waits up to timeout_ms (0: 30 s) for the node to have contacts, then for the holders' answers.
+ * holders_out (may be NULL): nodes that stored it, this node included when it is one of the
+ * closest. sequence_out (may be NULL): the sequence written.
+ * Returns DNA_OK (at least one other node stored it), DNA_ERR_UNREACHABLE (none did: no contacts,
+ * or no answer), DNA_ERR_SUPERSEDED (holders hold a newer value of this writer's slot, written by
+ * another process of the identity), DNA_ERR_CLOCK_SKEW (holders refused it for its time),
+ * DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT, DNA_ERR_TOO_LARGE, DNA_ERR_KEY_FILE,
+ * DNA_ERR_KEY_PERMISSIONS, DNA_ERR_CLOSED. Any thread but a log handler's.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_put(dht_context_t *ctx, const char *identity,
+    const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, const uint8_t *data, size_t data_len, uint16_t type,
+    uint32_t lifetime_s, int timeout_ms, int *holders_out, uint64_t *sequence_out);
+
+/**
+ * Deletes identity's value of the slot at key: writes a tombstone (a value with no data and
+ * DHT_VALUE_FLAG_TOMBSTONE) at the next sequence, which holders keep for lifetime_s (give at least
+ * the deleted value's remaining lifetime; 0: DHT_VALUE_MAX_LIFETIME). Returns as dht_value_put.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_delete(dht_context_t *ctx, const char *identity,
+    const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, uint32_t lifetime_s, int timeout_ms, int *holders_out);
+
+/**
+ * Gets the values at key from the k nodes closest to it: the freshest verified value per writer and
+ * slot (tombstones included), ordered by signer_id, then slot. signer_id (may be NULL: every writer)
+ * keeps one writer's; since keeps those with a sequence above it (0: all).
+ * *values_out: (out, owned) an array of *count_out values, its data inside the same allocation;
+ * free it with dna_buffer_free (NULL when the count is 0). Waits up to timeout_ms (0: 30 s).
+ * Returns DNA_OK (also with no value found), DNA_ERR_UNREACHABLE (no contacts), DNA_ERR_TIMEOUT,
+ * DNA_ERR_INVALID_ARGUMENT, DNA_ERR_NO_MEMORY, DNA_ERR_CLOSED. Any thread but a log handler's.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_get(dht_context_t *ctx, const uint8_t key[DHT_VALUE_KEY_SIZE],
+    const uint8_t *signer_id, uint64_t since, int timeout_ms, dht_value_t **values_out, size_t *count_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DNATRANSPORT_DHT_VALUES_H */
