@@ -58,6 +58,7 @@ func abiCheck() {
     sameType(CDNATransport.dht_value_put, DNACABI.dht_value_put)
     sameType(CDNATransport.dht_value_delete, DNACABI.dht_value_delete)
     sameType(CDNATransport.dht_value_get, DNACABI.dht_value_get)
+    sameType(CDNATransport.transport_get_dht, DNACABI.transport_get_dht)
     sameType(CDNATransport.dht_peer_entry_signed_max, DNACABI.dht_peer_entry_signed_max)
     sameType(CDNATransport.dht_peer_entry_sign, DNACABI.dht_peer_entry_sign)
     sameType(CDNATransport.dht_peer_entry_verify, DNACABI.dht_peer_entry_verify)

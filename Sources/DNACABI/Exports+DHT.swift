@@ -10,7 +10,13 @@ import STUNServer
 /// The service behind a dht_context_t handle.
 final class CDHT {
     let service: DHTService
-    init(_ service: DHTService) { self.service = service }
+    /// False for a transport context's DHT (transport_get_dht): the transport owns the service, and
+    /// dht_free leaves it running.
+    let owned: Bool
+    init(_ service: DHTService, owned: Bool = true) {
+        self.service = service
+        self.owned = owned
+    }
 }
 
 /// The service refused the call because it is stopping.
@@ -148,7 +154,7 @@ public func dht_get_stats(_ context: OpaquePointer?, _ statsOut: UnsafeMutablePo
 
 @_cdecl("dht_free")
 public func dht_free(_ context: OpaquePointer?) {
-    guard let context, let object = try? Handle<CDHT>.borrow(context, "ctx") else { return }
+    guard let context, let object = try? Handle<CDHT>.borrow(context, "ctx"), object.owned else { return }
     Handle<CDHT>.free(context)
     object.service.stop()
 }

@@ -340,5 +340,6 @@ public func transport_disconnect(_ context: OpaquePointer?, _ connectionID: Int3
 public func transport_free(_ context: OpaquePointer?) {
     guard let node = try? Handle<TransportNode>.borrow(context, "ctx") else { return }
     Handle<TransportNode>.free(context)
+    TransportDHTs.shared.release(node)
     node.close()
 }

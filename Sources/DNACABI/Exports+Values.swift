@@ -2,6 +2,8 @@ import CDNATransport
 import DNACrypto
 import DNADHT
 import DNANet
+import DNATransport
+import DNAWire
 import Glibc
 
 // dht_values.h: signed values at any DHT key (docs/PROTOCOL.md §10).
@@ -149,4 +151,35 @@ enum ValueArray {
         }
         return (array, values.count)
     }
+}
+
+/// The dht_context_t handles of transport contexts' DHTs (transport_get_dht): one per transport
+/// context, freed by transport_free.
+final class TransportDHTs: @unchecked Sendable {
+    static let shared = TransportDHTs()
+    private var handles: [ObjectIdentifier: OpaquePointer] = [:]
+    private let lock = PThreadLock()
+
+    func handle(for node: TransportNode) -> OpaquePointer {
+        lock.withLock {
+            if let handle = handles[ObjectIdentifier(node)] { return handle }
+            let handle = Handle<CDHT>.make(CDHT(node.dht, owned: false))
+            handles[ObjectIdentifier(node)] = handle
+            return handle
+        }
+    }
+
+    func release(_ node: TransportNode) {
+        guard let handle = lock.withLock({ handles.removeValue(forKey: ObjectIdentifier(node)) }) else { return }
+        Handle<CDHT>.free(handle)
+    }
+}
+
+@_cdecl("transport_get_dht")
+public func transport_get_dht(_ context: OpaquePointer?) -> OpaquePointer? {
+    var handle: OpaquePointer?
+    _ = cCall("transport_get_dht") {
+        handle = TransportDHTs.shared.handle(for: try Handle<TransportNode>.borrow(context, "ctx"))
+    }
+    return handle
 }

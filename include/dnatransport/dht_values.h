@@ -14,6 +14,7 @@
 
 #include "dna_common.h"
 #include "dht_discovery.h"
+#include "network_transport.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -43,6 +44,15 @@ typedef struct {
     size_t data_len;
     const uint8_t *data;     /* data_len bytes inside the array dht_value_get returned */
 } dht_value_t;
+
+/**
+ * The DHT node of a transport context, so that a messenger uses one node and one identity for its
+ * connections and its values: the dht_ calls work on it (dht_value_put signs with the identities
+ * in the transport's data_dir). The handle belongs to ctx: it stays valid until transport_free,
+ * and dht_free on it does nothing. Returns NULL (dna_last_error: DNA_ERR_INVALID_ARGUMENT) when
+ * ctx is not a live transport context. Any thread.
+ */
+DNA_EXPORT dht_context_t *transport_get_dht(transport_context_t *ctx);
 
 /**
  * The key for an application's key text: the first 20 bytes of SHA-256(text), as identities' keys

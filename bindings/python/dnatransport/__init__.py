@@ -3,6 +3,7 @@
 Every C function is reached through a Pythonic call here; failures raise DNAError carrying the
 library's code and its dna_strerror text.
 """
+import collections
 import ctypes
 import enum
 import os
@@ -17,7 +18,8 @@ __all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "v
            "MAX_PAYLOAD", "library_path", "Identity", "PeerEntry", "fingerprint", "IDENTITY_MAX",
            "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "Initiator", "Responder", "Session", "MAX_DATAGRAM",
            "SESSION_OVERHEAD", "DHT", "CandidateType", "Candidate", "NatTraversal",
-           "NAT_MAX_CANDIDATES", "NAT_MAX_DATAGRAM"]
+           "NAT_MAX_CANDIDATES", "NAT_MAX_DATAGRAM", "Value", "value_key", "VALUE_MAX_DATA", "VALUE_MAX_LIFETIME",
+           "VALUE_FLAG_TOMBSTONE", "VALUE_FLAG_SEALED"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -483,7 +485,85 @@ class Session(_Handle):
 
 
 
-class DHT(_Handle):
+VALUE_MAX_DATA = 65536
+VALUE_MAX_LIFETIME = 30 * 24 * 3600
+VALUE_FLAG_TOMBSTONE = 1
+VALUE_FLAG_SEALED = 2
+
+
+class Value(collections.namedtuple("Value", "key signer signer_id slot sequence created lifetime type flags data")):
+    """A verified signed value (dht_value_t, docs/PROTOCOL.md §10): key (20 bytes), signer (the writer's
+    name), signer_id (SHA-256 of its public key, 32 bytes), slot, sequence, created (Unix s),
+    lifetime (s), type, flags (VALUE_FLAG_*), data (bytes)."""
+
+    @property
+    def is_tombstone(self):
+        """The writer deleted the slot."""
+        return bool(self.flags & VALUE_FLAG_TOMBSTONE)
+
+
+def value_key(text):
+    """The 20-byte key of an application's key text (str or bytes): SHA-256 truncated (dht_value_key)."""
+    out = (ctypes.c_uint8 * 20)()
+    _check(lib.dht_value_key(_name_arg(text), out), "value_key")
+    return bytes(out)
+
+
+def _key_arg(key):
+    """A key: 20 bytes as they are, or key text (str) hashed with value_key."""
+    if isinstance(key, str):
+        key = value_key(key)
+    key = bytes(key)
+    if len(key) != 20:
+        raise DNAError(ErrorCode.INVALID_ARGUMENT, "a key is 20 bytes (or key text)")
+    return (ctypes.c_uint8 * 20).from_buffer_copy(key)
+
+
+class _ValueCalls:
+    """Signed values at any DHT key (dht_values.h), on a DHT or a Transport's DHT. Keys are 20 bytes
+    or key text (hashed with value_key). Calls block for at most timeout_ms (0: 30 s)."""
+
+    def put(self, identity, key, data, slot=0, type=0, lifetime=24 * 3600, timeout_ms=0):
+        """Signs data as identity (its key made on first use) and stores it at key in identity's slot,
+        replacing its older value there. Returns (holders, sequence). Raises DNAError: UNREACHABLE
+        (no node stored it), SUPERSEDED, CLOCK_SKEW, TOO_LARGE (over VALUE_MAX_DATA), TIMEOUT."""
+        keep, pointer = _bytes_arg(data)
+        holders, sequence = ctypes.c_int(0), ctypes.c_uint64(0)
+        _check(lib.dht_value_put(self._dht(), _name_arg(identity), _key_arg(key), int(slot), pointer,
+                                 len(keep) if keep is not None else 0, int(type), int(lifetime), int(timeout_ms),
+                                 ctypes.byref(holders), ctypes.byref(sequence)), "put")
+        return holders.value, sequence.value
+
+    def delete(self, identity, key, slot=0, lifetime=0, timeout_ms=0):
+        """Deletes identity's value of the slot (a tombstone kept lifetime s; 0: 30 days). Returns holders."""
+        holders = ctypes.c_int(0)
+        _check(lib.dht_value_delete(self._dht(), _name_arg(identity), _key_arg(key), int(slot), int(lifetime),
+                                    int(timeout_ms), ctypes.byref(holders)), "delete")
+        return holders.value
+
+    def get(self, key, signer_id=None, since=0, timeout_ms=0):
+        """The freshest verified Value per writer and slot at key (tombstones included), ordered by
+        signer_id then slot; signer_id (32 bytes) keeps one writer's, since those with a higher sequence."""
+        signer = None
+        if signer_id is not None:
+            signer_id = bytes(signer_id)
+            if len(signer_id) != 32:
+                raise DNAError(ErrorCode.INVALID_ARGUMENT, "signer_id is 32 bytes")
+            signer = (ctypes.c_uint8 * 32).from_buffer_copy(signer_id)
+        values = ctypes.POINTER(_native.DHTValueC)()
+        count = ctypes.c_size_t(0)
+        _check(lib.dht_value_get(self._dht(), _key_arg(key), signer, int(since), int(timeout_ms), ctypes.byref(values),
+                                 ctypes.byref(count)), "get")
+        try:
+            return [Value(bytes(v.key), v.signer.decode("utf-8", "replace"), bytes(v.signer_id), v.slot, v.sequence,
+                          v.created, v.lifetime, v.type, v.flags, ctypes.string_at(v.data, v.data_len) if v.data_len else b"")
+                    for v in (values[i] for i in range(count.value))]
+        finally:
+            if values:
+                lib.dna_buffer_free(values)
+
+
+class DHT(_Handle, _ValueCalls):
     """A DHT node (dht_init): one UDP socket and one I/O thread. data_dir holds its node id, routing
     table, entries and the identities it announces. Calls block until the network answers."""
 
@@ -509,6 +589,9 @@ class DHT(_Handle):
     def announce(self, identity, ip, port):
         """Signs (with the identity's key in data_dir, made on first use) and stores identity -> ip:port."""
         _check(lib.dht_announce(self._live(), _name_arg(identity), ip.encode(), int(port)), "announce")
+
+    def _dht(self):
+        return self._live()
 
     def find_peer(self, identity):
         """(ip, port) of identity's freshest verified entry; raises DNAError NOT_FOUND."""
@@ -646,6 +729,20 @@ def _timeout_arg(timeout_ms):
     return -1 if timeout_ms is None else int(timeout_ms)
 
 
+class _TransportDHT(_ValueCalls):
+    """A Transport's own DHT node (transport_get_dht): put, get and delete with the transport's
+    identities and data_dir. Valid while the Transport is open."""
+
+    def __init__(self, transport):
+        self._transport = transport
+
+    def _dht(self):
+        handle = lib.transport_get_dht(self._transport._live())
+        if not handle:
+            raise DNAError(lib.dna_last_error(), "dht")
+        return handle
+
+
 class Transport(_Handle):
     """One identity on the network (transport_init): a DHT node that announces the identity, and its
     connections. Connections are ints; messages are bytes. Blocking calls release the GIL.
@@ -656,6 +753,11 @@ class Transport(_Handle):
     receive() on some connection would not block, so a Transport works with select/selectors."""
 
     _free_name = "transport_free"
+
+    @property
+    def dht(self):
+        """This transport's DHT node, for signed values: put, get, delete (see DHT)."""
+        return _TransportDHT(self)
 
     def __init__(self, identity, data_dir=None, bootstrap=None, stun_server=None, turn_server=None,
                  turn_username=None, turn_password=None, bind_ip=None, port=0, connect_timeout_ms=0,

@@ -100,6 +100,14 @@ class TransportConfigC(Structure):
                 ("resume_window_ms", c_int)]
 
 
+class DHTValueC(Structure):
+    """dht_value_t"""
+    _fields_ = [("key", c_uint8 * 20), ("signer", ctypes.c_char * 256), ("signer_id", c_uint8 * 32),
+                ("slot", ctypes.c_uint32), ("sequence", ctypes.c_uint64), ("created", ctypes.c_uint64),
+                ("lifetime", ctypes.c_uint32), ("type", c_uint16), ("flags", c_uint8), ("data_len", c_size_t),
+                ("data", POINTER(c_uint8))]
+
+
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 u8p = POINTER(c_uint8)
 
@@ -157,6 +165,14 @@ FUNCTIONS = {
     "dht_peer_entry_sign": (c_int, [POINTER(PeerEntryC), c_char_p]),
     "dht_peer_entry_verify": (c_int, [POINTER(PeerEntryC)]),
     "dht_peer_entry_signed_bytes": (c_int, [POINTER(PeerEntryC), u8p, c_size_t, POINTER(c_size_t)]),
+    # dht_values.h
+    "transport_get_dht": (c_void_p, [c_void_p]),
+    "dht_value_key": (c_int, [c_char_p, u8p]),
+    "dht_value_put": (c_int, [c_void_p, c_char_p, u8p, ctypes.c_uint32, u8p, c_size_t, c_uint16, ctypes.c_uint32, c_int,
+                              POINTER(c_int), POINTER(ctypes.c_uint64)]),
+    "dht_value_delete": (c_int, [c_void_p, c_char_p, u8p, ctypes.c_uint32, ctypes.c_uint32, c_int, POINTER(c_int)]),
+    "dht_value_get": (c_int, [c_void_p, u8p, u8p, ctypes.c_uint64, c_int, POINTER(POINTER(DHTValueC)),
+                              POINTER(c_size_t)]),
     # nat_traversal.h
     "nat_traversal_init": (c_void_p, [c_char_p]),
     "nat_set_turn_server": (c_int, [c_void_p, c_char_p, c_char_p, c_char_p]),

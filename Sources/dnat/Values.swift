@@ -1,0 +1,140 @@
+import ArgumentParser
+import DNACrypto
+import DNADHT
+import DNANet
+import DNAWire
+import Glibc
+
+/// What `dnat put` and `dnat get` share: a DHT node of their own, joined through the bootstrap nodes.
+struct ValueNode: ParsableArguments {
+    @Option(help: "Nodes to join through, comma-separated host:port (default: $DNA_BOOTSTRAP).") var bootstrap: String?
+    @Option(name: .customLong("data-dir"), help: "Keys and DHT state (default: $DNA_HOME or ~/.dna).") var dataDir: String?
+    @Option(help: "Address to bind (default: every interface).") var bind: String?
+    @Flag(help: "KEY is 40 hex digits (the 20 key bytes), not key text.") var hex = false
+    @Option(help: "Seconds to wait for the network.") var timeout: Int = 30
+
+    var directory: String? { dataDir ?? getenv("DNA_HOME").map { String(cString: $0) } }
+
+    /// The key: SHA-256 of the text, truncated to 20 bytes (dht_value_key), or the hex bytes.
+    func key(_ text: String) throws -> [UInt8] {
+        guard hex else { return Array(Sodium.sha256(Array(text.utf8)).prefix(20)) }
+        let digits = Array(text.utf8).map { byte -> UInt8? in
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+            default: nil
+            }
+        }
+        guard digits.count == 40, !digits.contains(nil) else { throw ValidationError("--hex: KEY must be 40 hex digits") }
+        let values = digits.compactMap { $0 }
+        return stride(from: 0, to: 40, by: 2).map { values[$0] << 4 | values[$0 + 1] }
+    }
+
+    /// A started node that joined the network (or a validation error saying why not).
+    func start() throws -> DHTService {
+        var configuration = DHTServiceConfiguration()
+        configuration.bindHost = bind
+        configuration.dataDirectory = directory
+        let nodes = bootstrap ?? getenv("DNA_BOOTSTRAP").map { String(cString: $0) } ?? ""
+        let endpoints = nodes.split(separator: ",").flatMap { resolve(String($0).trimmed) }
+        if endpoints.isEmpty { throw ValidationError("no bootstrap node: give --bootstrap host:port or set DNA_BOOTSTRAP") }
+        let service: DHTService
+        do { service = try DHTService(configuration: configuration) { _ in } } catch {
+            throw ValidationError("cannot start a DHT node: \(error)")
+        }
+        guard service.bootstrap(endpoints) == true else {
+            service.stop()
+            throw ValidationError("no bootstrap node answered (\(nodes))")
+        }
+        return service
+    }
+}
+
+/// `dnat put`: sign a value and store it at a key.
+struct Put: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Sign a value as an identity and store it at a key in the DHT (docs/PROTOCOL.md §10).",
+        discussion: "Example: dnat put group:friends 'hello' --as alice --bootstrap 127.0.0.1:4567\n"
+            + "The value replaces this identity's earlier value of the slot at the key. Exit status 1 when no node stored it.")
+
+    @Argument(help: "The key text (or, with --hex, the 20 key bytes in hex).") var key: String
+    @Argument(help: "The value (UTF-8 text; '-' reads the bytes from standard input).") var value: String
+    @Option(name: .customLong("as"), help: "The identity that signs it.") var identity: String
+    @Option(help: "The slot (one value per identity and slot at a key).") var slot: UInt32 = 0
+    @Option(help: "Lifetime in seconds (at most 30 days).") var ttl: UInt32 = 86_400
+    @Option(help: "The application's type number.") var type: UInt16 = 0
+    @Flag(help: "Delete the slot instead (a tombstone kept --ttl seconds); VALUE is ignored.") var delete = false
+    @OptionGroup var node: ValueNode
+
+    func run() throws {
+        let name: IdentityName
+        do { name = try IdentityName(identity) } catch { throw ValidationError("--as: \(error)") }
+        let key = try node.key(self.key)
+        var data = Array(value.utf8)
+        if value == "-", !delete { data = readStandardInput() }
+        if delete { data = [] }
+        guard data.count <= SignedValue.maximumDataSize else { throw ValidationError("the value is over 64 KiB") }
+        let signer = try IdentityStore(dataDirectory: node.directory).load(name, create: true)
+        let service = try node.start()
+        defer { service.stop() }
+        let written: (result: ValuePutResult, sequence: UInt64)?
+        do {
+            written = try service.writeValue(as: signer, key: key, slot: slot, data: data, type: type, lifetime: ttl,
+                                             flags: delete ? SignedValue.tombstoneFlag : 0, timeout: node.timeout * 1000)
+        } catch { throw ValidationError("the value is refused: \(error)") }
+        guard let written else {
+            print("no answer within \(node.timeout) s")
+            throw ExitCode.failure
+        }
+        let result = written.result
+        print("\(delete ? "deleted" : "stored") at \(Hex.encode(key)) slot \(slot) sequence \(written.sequence): "
+              + "\(result.stored) holders" + (result.superseded > 0 ? ", \(result.superseded) hold a newer value" : ""))
+        if result.holders.isEmpty { throw ExitCode.failure }
+    }
+
+    private func readStandardInput() -> [UInt8] {
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while bytes.count <= SignedValue.maximumDataSize {
+            let count = read(0, &buffer, buffer.count)
+            if count <= 0 { break }
+            bytes += buffer[0..<count]
+        }
+        return bytes
+    }
+}
+
+/// `dnat get`: the values at a key.
+struct Get: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the values stored at a key in the DHT: the freshest verified one per identity and slot.",
+        discussion: "Each line: signer, slot, sequence, type, created (Unix s), lifetime (s), then the value "
+            + "(text, or hex: when it is not UTF-8), or 'deleted'. Exit status 1 when the network did not answer.")
+
+    @Argument(help: "The key text (or, with --hex, the 20 key bytes in hex).") var key: String
+    @Option(help: "Only values with a sequence above this.") var since: UInt64 = 0
+    @OptionGroup var node: ValueNode
+
+    func run() throws {
+        let key = try node.key(self.key)
+        let service = try node.start()
+        defer { service.stop() }
+        guard let nodeKey = NodeID(bytes: key), let result = service.getValues(nodeKey, query: ValueQuery(since: since),
+                                                                               timeout: node.timeout * 1000) else {
+            print("no answer within \(node.timeout) s")
+            throw ExitCode.failure
+        }
+        for value in result.values {
+            let shown: String
+            if value.isTombstone {
+                shown = "deleted"
+            } else if let text = String(validating: value.data, as: UTF8.self), !text.contains(where: { $0.isNewline }) {
+                shown = text
+            } else {
+                shown = "hex:" + Hex.encode(value.data)
+            }
+            print("\(value.signer) \(value.slot) \(value.sequence) \(value.type) \(value.created) \(value.lifetime) \(shown)")
+        }
+    }
+}

@@ -1,0 +1,135 @@
+"""Signed values at any DHT key (dht_values.h, docs/PROTOCOL.md §10) through the C API on loopback:
+30 real nodes in one process, values put by one node and got from others."""
+import concurrent.futures
+import hashlib
+import time
+
+import pytest
+
+import dnatransport as dna
+from dnatransport import DNAError, ErrorCode
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory):
+    root = tmp_path_factory.mktemp("values")
+    nodes = [dna.DHT(data_dir=root / f"node{i}", bind_ip="127.0.0.1") for i in range(30)]
+    seed = f"127.0.0.1:{nodes[0].port}"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda node: node.bootstrap([seed]), nodes[1:]))
+    for node in nodes:
+        node.refresh()
+    yield nodes
+    for node in nodes:
+        node.close()
+
+
+def test_value_key_is_sha256_of_the_text_truncated():
+    assert dna.value_key("group:friends") == hashlib.sha256(b"group:friends").digest()[:20]
+    assert dna.value_key(b"\xff\x00") == hashlib.sha256(b"\xff").digest()[:20]  # C text ends at NUL
+
+
+def test_values_of_every_size_are_put_on_one_node_and_got_from_others(network):
+    for size in (0, 1, 1000, 14_000, 30_000, dna.VALUE_MAX_DATA):
+        data = bytes((i * 7 + size) & 0xFF for i in range(size))
+        key = f"profile:{size}"
+        holders, sequence = network[3].put("alice", key, data, type=9, lifetime=3600)
+        assert holders >= 15, f"{size} bytes stored on {holders} nodes"
+        for reader in (network[11], network[27]):
+            values = reader.get(key)
+            assert len(values) == 1, f"{size} bytes: {values}"
+            value = values[0]
+            assert (value.data, value.signer, value.slot, value.sequence, value.type) == (data, "alice", 0, sequence, 9)
+            assert value.key == dna.value_key(key) and not value.is_tombstone
+            assert value.lifetime == 3600 and abs(value.created - time.time()) < 60
+    with pytest.raises(DNAError) as caught:
+        network[3].put("alice", "profile:big", bytes(dna.VALUE_MAX_DATA + 1))
+    assert caught.value.code == ErrorCode.TOO_LARGE
+
+
+def test_writers_hold_one_value_per_slot_and_a_write_replaces_only_their_own(network):
+    key = "group:friends"
+    network[1].put("alice", key, b"alice 1", slot=0)
+    network[2].put("bob", key, b"bob 1", slot=0)
+    network[2].put("bob", key, b"bob's second slot", slot=1)
+    _, latest = network[1].put("alice", key, b"alice 2", slot=0)
+    values = network[20].get(key)
+    by_writer = {(v.signer, v.slot): v.data for v in values}
+    assert by_writer == {("alice", 0): b"alice 2", ("bob", 0): b"bob 1", ("bob", 1): b"bob's second slot"}
+    # Ordered by signer id, then slot; one writer's only; what changed since a sequence.
+    assert [(v.signer_id, v.slot) for v in values] == sorted((v.signer_id, v.slot) for v in values)
+    bob = next(v.signer_id for v in values if v.signer == "bob")
+    assert {v.signer for v in network[21].get(key, signer_id=bob)} == {"bob"}
+    assert [v.data for v in network[22].get(key, since=latest - 1)] == [b"alice 2"]
+    # Deleting is a tombstone at a higher sequence: the slot reads as deleted, bob's stay.
+    assert network[1].delete("alice", key, slot=0) >= 15
+    after = {(v.signer, v.slot): v for v in network[23].get(key)}
+    assert after[("alice", 0)].is_tombstone and after[("alice", 0)].data == b""
+    assert after[("bob", 0)].data == b"bob 1"
+
+
+def test_a_put_before_the_node_has_contacts_waits_and_then_fails(tmp_path):
+    with dna.DHT(data_dir=tmp_path / "alone", bind_ip="127.0.0.1") as alone:
+        start = time.monotonic()
+        with pytest.raises(DNAError) as caught:
+            alone.put("alice", "k", b"x", timeout_ms=300)
+        assert caught.value.code == ErrorCode.UNREACHABLE
+        assert 0.25 < time.monotonic() - start < 5
+        with pytest.raises(DNAError) as caught:
+            alone.get("k", timeout_ms=300)
+        assert caught.value.code == ErrorCode.UNREACHABLE
+
+
+def test_bad_arguments_are_refused(network):
+    node = network[4]
+    for bad in (lambda: node.put("alice", b"short", b"x"), lambda: node.get(b"\x00" * 19),
+                lambda: node.get("k", signer_id=b"\x01" * 31), lambda: node.put("alice", "k", b"x", lifetime=0),
+                lambda: node.put("alice", "k", b"x", lifetime=dna.VALUE_MAX_LIFETIME + 1),
+                lambda: node.put("", "k", b"x")):
+        with pytest.raises(DNAError) as caught:
+            bad()
+        assert caught.value.code == ErrorCode.INVALID_ARGUMENT
+
+
+def test_a_transports_dht_puts_with_its_own_node_and_identity(network, tmp_path):
+    seed = f"127.0.0.1:{network[0].port}"
+    with dna.Transport("carol", data_dir=tmp_path / "carol", bootstrap=[seed], bind_ip="127.0.0.1") as carol:
+        holders, _ = carol.dht.put("carol", "carol:status", b"online")
+        assert holders >= 15
+        assert [(v.signer, v.data) for v in network[9].get("carol:status")] == [("carol", b"online")]
+        assert carol.dht.get("carol:status")[0].data == b"online"
+    with pytest.raises(DNAError):
+        carol.dht.get("carol:status")  # the transport is closed
+
+
+def test_dnat_put_and_get_from_the_command_line(network, tmp_path):
+    import subprocess
+    from test_dnat_node import DNAT
+    common = ["--bind", "127.0.0.1", "--bootstrap", f"127.0.0.1:{network[0].port}", "--timeout", "20"]
+
+    def dnat(*args, data_dir):
+        return subprocess.run([str(DNAT), *args, *common, "--data-dir", str(tmp_path / data_dir)],
+                              capture_output=True, text=True, timeout=60)
+
+    put = dnat("put", "cli:board", "first note", "--as", "dave", "--slot", "4", "--type", "3", data_dir="dave")
+    assert put.returncode == 0, put.stdout + put.stderr
+    assert "slot 4" in put.stdout and "holders" in put.stdout
+    binary = subprocess.run([str(DNAT), "put", "cli:board", "-", "--as", "erin", *common, "--data-dir", str(tmp_path / "erin")],
+                            input=b"\x00\xff", capture_output=True, timeout=60)
+    assert binary.returncode == 0, binary.stderr
+    got = dnat("get", "cli:board", data_dir="reader")
+    assert got.returncode == 0, got.stderr
+    lines = sorted(got.stdout.splitlines())
+    assert len(lines) == 2, got.stdout
+    dave = next(line.split(" ", 6) for line in lines if line.startswith("dave "))
+    assert dave[1] == "4" and dave[3] == "3" and dave[5] == "86400" and dave[6] == "first note"
+    assert any(line.startswith("erin 0 ") and line.endswith(" hex:00ff") for line in lines)
+    # The same key given as its 20 bytes in hex; and a slot deleted.
+    deleted = dnat("put", "cli:board", "", "--delete", "--as", "dave", "--slot", "4", data_dir="dave")
+    assert deleted.returncode == 0 and deleted.stdout.startswith("deleted"), deleted.stdout + deleted.stderr
+    by_hex = dnat("get", dna.value_key("cli:board").hex(), "--hex", data_dir="reader")
+    assert any(line.startswith("dave 4 ") and line.endswith(" deleted") for line in by_hex.stdout.splitlines()), by_hex.stdout
+    # No bootstrap node: a usage error, not a hang.
+    alone = subprocess.run([str(DNAT), "get", "x", "--data-dir", str(tmp_path / "x")], capture_output=True, text=True,
+                           timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert alone.returncode != 0 and "bootstrap" in alone.stderr
