@@ -52,9 +52,25 @@ def ours(rng):
             pass
         latencies.append(time.perf_counter() - start)
         requests.append(node.stats["sent"] - before)
+    values = value_gets(nodes, rng)
     for node in nodes:
         node.close()
-    return latencies, requests, found
+    return latencies, requests, found, values
+
+
+def value_gets(nodes, rng):
+    """Signed values (PROTOCOL.md §10): 20 keys, each with one 1 KiB value, got LOOKUPS times."""
+    keys = [f"value-bench{i}" for i in range(20)]
+    for key in keys:
+        rng.choice(nodes).put("benchwriter", key, bytes(1024), lifetime=3600)
+    latencies, found = [], 0
+    for _ in range(LOOKUPS):
+        node, key = rng.choice(nodes), rng.choice(keys)
+        start = time.perf_counter()
+        got = node.get(key)
+        latencies.append(time.perf_counter() - start)
+        found += len(got) == 1 and got[0].data == bytes(1024)
+    return latencies, found
 
 
 def opendht(rng):
@@ -85,23 +101,54 @@ def opendht(rng):
         latencies.append(time.perf_counter() - start)
         requests.append(sum(node.getNodeMessageStats()))
         found += any(bytes(v.data) == f"192.0.2.1:{1000 + i}".encode() for v in values)
+    values = opendht_value_gets(nodes, rng, dht)
     for runner in nodes:
         runner.join()
-    return latencies, requests, found
+    return latencies, requests, found, values
+
+
+def opendht_value_gets(nodes, rng, dht):
+    """The same for OpenDHT: one 1 KiB value per key (unsigned: its putSigned needs an identity per node)."""
+    keys = [dht.InfoHash.get(f"value-bench{i}") for i in range(20)]
+    for key in keys:
+        done = threading.Event()
+        rng.choice(nodes).put(key, dht.Value(bytes(1024)), lambda ok, n, d=done: d.set())
+        done.wait(30)
+    latencies, found = [], 0
+    for _ in range(LOOKUPS):
+        node, key = rng.choice(nodes), rng.choice(keys)
+        values, done = [], threading.Event()
+        start = time.perf_counter()
+        node.get(key, lambda v, out=values: out.append(v) or True, lambda ok, n, d=done: d.set())
+        done.wait(30)
+        latencies.append(time.perf_counter() - start)
+        found += any(bytes(v.data) == bytes(1024) for v in values)
+    return latencies, found
 
 
 def main():
     print(f"DHT lookups on loopback, {N} nodes each, {LOOKUPS} lookups one at a time, the same run")
     print(f"{'network':12} {'found':>11} {'p50 ms':>9} {'p99 ms':>9} {'req p50':>9} {'req mean':>9}")
     rng = random.Random(1)
-    mine = summary("dnatransport", *ours(rng))
+    *lookups, my_values = ours(rng)
+    mine = summary("dnatransport", *lookups)
     try:
-        theirs = summary("OpenDHT", *opendht(random.Random(1)))
+        *lookups, their_values = opendht(random.Random(1))
+        theirs = summary("OpenDHT", *lookups)
     except ImportError:
         print("OpenDHT: python3-opendht is not installed (apt-get install python3-opendht)")
         return 0
     print(f"ratios (dnatransport / OpenDHT): p50 latency {mine[0] / theirs[0]:.2f}, requests per lookup {mine[1] / theirs[1]:.2f}")
     print("goal: requests per lookup < 1 and p50 latency <= 1")
+    print(f"\nValue gets (1 KiB values at 20 keys, {LOOKUPS} gets one at a time; ours signed and verified, OpenDHT's plain)")
+    print(f"{'network':12} {'found':>11} {'p50 ms':>9} {'p99 ms':>9}")
+    gets = []
+    for name, (latencies, found) in (("dnatransport", my_values), ("OpenDHT", their_values)):
+        lat = sorted(latencies)
+        p50, p99 = lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        gets.append(p50)
+        print(f"{name:12} {found:>5}/{len(latencies):<5} {p50:9.1f} {p99:9.1f}")
+    print(f"ratio (dnatransport / OpenDHT): get p50 latency {gets[0] / gets[1]:.2f}")
     return 0
 
 
