@@ -77,6 +77,7 @@ def rtt_on_a_delayed_path(delays=(10, 40), rounds=5, count=50, sizes=(64, 1024),
                         for name, probe in order[::-1] if index % 2 else order:
                             p50s.setdefault((name, size), []).append(statistics.median(probe.rtt(size, count, pause)))
                 direct = to_b() - before
+            line = lab.stop_delay_line()
         for size in sizes:
             ours, raw_udp = p50s[("transport", size)], p50s[("raw", size)]
             ratios = sorted(a / b for a, b in zip(ours, raw_udp))
@@ -86,7 +87,7 @@ def rtt_on_a_delayed_path(delays=(10, 40), rounds=5, count=50, sizes=(64, 1024),
                   f"({min(raw_udp):.3f}-{max(raw_udp):.3f}): {statistics.median(ratios):.4f}x "
                   f"({ratios[0]:.4f}-{ratios[-1]:.4f}), +{statistics.median(added):.0f} us ({added[0]:.0f}-{added[-1]:.0f})")
         print(f"  ({delay} ms: connected in {connected['ms']:.0f} ms; {direct} datagrams from a's router to b's during "
-              f"the rounds: the path is direct)")
+              f"the rounds: the path is direct; the delay line: {line})")
     print("  (goal (c): <= 1.02x raw UDP)")
     # Where the added time comes from: the same path without delay, round trips back to back (caches
     # and CPUs warm) against round trips 1, 5 and 20 ms apart (each side's threads idle in between).

@@ -71,15 +71,13 @@ def arrived_ns(ancillary, fallback):
     return fallback
 
 
-def run(delay_ns, names, stats):
-    ports = [open_port(name) for name in names]
-    # queues[i]: frames that came in on ports[i], waiting to leave on the other port.
-    queues = [collections.deque(), collections.deque()]
-    counts, dropped, late = [0, 0], [0, 0], collections.deque(maxlen=100000)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    print("ready", flush=True)
-    while not stop:
+class Stopped(Exception):
+    pass
+
+
+def forward(ports, queues, counts, dropped, late, delay_ns):
+    """The line: frames that are due leave, the next wait lasts until the next is due or a frame comes."""
+    while True:
         now = time.clock_gettime_ns(time.CLOCK_REALTIME)
         for i in (0, 1):
             queue, out = queues[i], ports[1 - i]
@@ -88,18 +86,12 @@ def run(delay_ns, names, stats):
                 try:
                     out.send(frame)
                     counts[i] += 1
-                    if stats:
-                        late.append(now - due)
-                except BlockingIOError:
-                    dropped[i] += 1  # the interface's queue is full: the frame is lost, as on a wire
+                    late.append(now - due)
                 except OSError:
-                    dropped[i] += 1
+                    dropped[i] += 1  # the interface's queue is full: the frame is lost, as on a wire
         heads = [q[0][0] for q in queues if q]
         timeout = max(0, min(heads) - time.clock_gettime_ns(time.CLOCK_REALTIME)) / 1e9 if heads else None
-        try:
-            readable, _, _ = select.select(ports, [], [], timeout)
-        except InterruptedError:
-            continue
+        readable, _, _ = select.select(ports, [], [], timeout)
         now = time.clock_gettime_ns(time.CLOCK_REALTIME)
         for sock in readable:
             i = ports.index(sock)
@@ -113,6 +105,24 @@ def run(delay_ns, names, stats):
                     continue
                 # Due `delay` after the kernel took it in, not after this process woke up for it.
                 queues[i].append((min(now, arrived_ns(ancillary, now)) + delay_ns, frame))
+
+
+def run(delay_ns, names, stats):
+    ports = [open_port(name) for name in names]
+    # queues[i]: frames that came in on ports[i], waiting to leave on the other port.
+    queues = [collections.deque(), collections.deque()]
+    counts, dropped, late = [0, 0], [0, 0], collections.deque(maxlen=100000)
+
+    def stopped(*_):
+        raise Stopped()
+
+    # (A handler that only set a flag would not end a select() without a timeout: Python retries it.)
+    signal.signal(signal.SIGTERM, stopped)
+    print("ready", flush=True)
+    try:
+        forward(ports, queues, counts, dropped, late, delay_ns)
+    except Stopped:
+        pass
     if stats:
         ordered = sorted(late)
         pick = (lambda q: ordered[min(len(ordered) - 1, int(len(ordered) * q))] // 1000) if ordered else (lambda q: 0)

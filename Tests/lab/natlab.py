@@ -206,8 +206,8 @@ class Lab:
             sh("ip", "-n", line, "link", "set", "dev", end, "up")
         self.delay_process = self.popen("dl", [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                                                "delayline.py"),
-                                               "--delay-ms", self.delay, "dl0", "dl1"],
-                                        stdout=subprocess.PIPE, text=True)
+                                               "--delay-ms", self.delay, "--stats", "dl0", "dl1"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if self.delay_process.stdout.readline().strip() != "ready":
             raise LabError(f"the delay line did not start (exit {self.delay_process.wait(5)})")
 
@@ -424,6 +424,22 @@ table ip filter {{
         route = sh("ip", "route", "get", SERVER[0], ns=self.ns("a"))
         if " mtu " in route:
             raise LabError(f"a learnt a path MTU (the ICMP error was not dropped): {route.strip()}")
+
+    def stop_delay_line(self):
+        """Stops the delay line (the link goes down) and returns its account: frames each way and how
+        late they left beyond the delay (p50, p99, max)."""
+        process = getattr(self, "delay_process", None)
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.terminate()
+        try:
+            _, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return None
+        lines = [line for line in err.splitlines() if line.startswith("delayline ")]
+        return lines[-1][len("delayline "):] if lines else None
 
     def count_forwarded(self, router, address):
         """Starts counting the datagrams `router` forwards to `address` (from now on); returns a
