@@ -3,11 +3,13 @@ at 64 B (Python on both ends) and the throughput of 10,000 mixed messages each w
 1,499 B on 3 streams, five of 1 MiB), beside a raw UDP echo between the same namespaces in the same
 run (the limit). Bare libnice's RTT through the fd on the same paths is in nat_bench.py's output.
 Then 64 MiB of 1 MiB messages one way without loss and with 5% and 10% random loss on each router
-(9.75% and 19% on the path; issue 16 goal 6), with each side's CPU per MiB, and connects under loss (issue 19): 20 connects one after the other, each trickling messages for 2 s,
+(9.75% and 19% on the path; issue 16 goal 6), with each side's CPU per MiB; RTT through a path with 10 and 40 ms added each way (the lab's delay
+line, natlab's `delay`: this kernel has no netem) beside raw UDP between the same NATed hosts over the
+same routers, taken in turn in one run (issue 16 (c)); and connects under loss (issue 19): 20 connects one after the other, each trickling messages for 2 s,
 with 10% and 30% random loss on both routers for every datagram (the DHT's included): how many
 connected, their times, the errors of the others, and the messages echoed.
 
-    sudo python3 bench/transport_lab_bench.py
+    sudo python3 bench/transport_lab_bench.py [paths | delayed-rtt | bulk-loss | connects] ...   (default: all)
 
 Needs the installed dnat and binding (DNA_TEST_PREFIX, PYTHONPATH), as Tests/lab.
 """
@@ -45,6 +47,69 @@ def main():
               + f"; 10,000 messages each way at once: {exchanged['bytes'] / 1e6:.1f} MB in {exchanged['seconds']} s "
               f"= {rate:.1f} MB/s each way")
 
+
+
+def rtt_on_a_delayed_path(delays=(10, 40), rounds=5, count=50, sizes=(64, 1024), pause=0.01):
+    """Issue 16 (c): RTT p50 over a path with `delay` ms added each way (a's link; both hosts behind
+    port-restricted NATs, the connection direct) against raw UDP between the same two hosts through
+    the same routers (udp_peer.py, hole punched), in one lab: `rounds` rounds, each with `count`
+    one-at-a-time round trips per size of both, in turn (which goes first alternates)."""
+    print(f"RTT through a delayed path (issue 16 (c)), port-restricted:port-restricted, direct; the lab's delay "
+          f"line adds the delay each way on a's link; p50 of {count} round trips per round, {rounds} rounds, "
+          f"transport and raw UDP in turn:")
+    for delay in delays:
+        p50s = {}
+        with natlab.Lab(a="port-restricted", b="port-restricted", node=str(lab_tests.DNAT), delay=delay) as lab:
+            to_b = lab.count_forwarded("ra", lab.address["rb"])
+            try:
+                raw = lab_tests.raw_udp_probe(lab)
+                transport, connected = lab_tests.transport_probe(lab)
+            except RuntimeError as error:
+                print(f"  {delay} ms: {error}")
+                continue
+            with raw, transport:
+                for probe in (raw, transport):
+                    probe.rtt(64, 5, pause)  # warm-up
+                before = to_b()
+                for index in range(rounds):
+                    for size in sizes:
+                        order = [("raw", raw), ("transport", transport)]
+                        for name, probe in order[::-1] if index % 2 else order:
+                            p50s.setdefault((name, size), []).append(statistics.median(probe.rtt(size, count, pause)))
+                direct = to_b() - before
+            line = lab.stop_delay_line()
+        for size in sizes:
+            ours, raw_udp = p50s[("transport", size)], p50s[("raw", size)]
+            ratios = sorted(a / b for a, b in zip(ours, raw_udp))
+            added = sorted(1000 * (a - b) for a, b in zip(ours, raw_udp))
+            print(f"  {delay} ms each way, {size} B: transport p50 {statistics.median(ours):.3f} ms "
+                  f"(rounds {min(ours):.3f}-{max(ours):.3f}), raw UDP {statistics.median(raw_udp):.3f} ms "
+                  f"({min(raw_udp):.3f}-{max(raw_udp):.3f}): {statistics.median(ratios):.4f}x "
+                  f"({ratios[0]:.4f}-{ratios[-1]:.4f}), +{statistics.median(added):.0f} us ({added[0]:.0f}-{added[-1]:.0f})")
+        print(f"  ({delay} ms: connected in {connected['ms']:.0f} ms; {direct} datagrams from a's router to b's during "
+              f"the rounds: the path is direct; the delay line: {line})")
+    print("  (goal (c): <= 1.02x raw UDP)")
+    # Where the added time comes from: the same path without delay, round trips back to back (caches
+    # and CPUs warm) against round trips 1, 5 and 20 ms apart (each side's threads idle in between).
+    with natlab.Lab(a="port-restricted", b="port-restricted", node=str(lab_tests.DNAT)) as lab:
+        try:
+            raw = lab_tests.raw_udp_probe(lab)
+            transport, _ = lab_tests.transport_probe(lab)
+        except RuntimeError as error:
+            print(f"  no delay: {error}")
+            return
+        with raw, transport:
+            for probe in (raw, transport):
+                probe.rtt(64, 5)
+            added = []
+            for idle in (0, 0.001, 0.005, 0.02):
+                ours, raw_udp = [], []
+                for _ in range(2):
+                    ours.append(statistics.median(transport.rtt(64, count, idle)))
+                    raw_udp.append(statistics.median(raw.rtt(64, count, idle)))
+                added.append(f"{idle * 1000:.0f} ms apart {1000 * statistics.median(ours):.0f} us vs "
+                             f"{1000 * statistics.median(raw_udp):.0f} (+{1000 * (statistics.median(ours) - statistics.median(raw_udp)):.0f})")
+    print("  the same path without delay, 64 B, transport vs raw UDP p50 by time between round trips: " + "; ".join(added))
 
 
 def connect_outcomes(loss, rounds=20):
@@ -120,9 +185,18 @@ def bulk_under_loss(rounds=3, losses=(5, 10)):
     print("  (goal 6: >= 0.5x at 10% random loss)")
 
 
-if __name__ == "__main__":
-    main()
-    bulk_under_loss()
+def connects_under_loss():
     print("Connects under random loss on both routers (port-restricted:symmetric, every datagram):")
     for loss in (10, 30):
         print(f"  {loss}% loss: {connect_outcomes(loss)}")
+
+
+PARTS = {"paths": main, "delayed-rtt": rtt_on_a_delayed_path, "bulk-loss": bulk_under_loss, "connects": connects_under_loss}
+
+if __name__ == "__main__":
+    chosen = sys.argv[1:] or list(PARTS)
+    unknown = [part for part in chosen if part not in PARTS]
+    if unknown:
+        sys.exit(f"usage: transport_lab_bench.py [{' | '.join(PARTS)}] ... (default: all)")
+    for part in chosen:
+        PARTS[part]()

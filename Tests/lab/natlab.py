@@ -10,6 +10,8 @@ Topology (all addresses are TEST-NET or private; nothing is routed to the root n
     srv:   203.0.113.10 and .11: coturn on both (UDP and TCP 3478), `dnat node` on .10:4567
     ra/rb: NAT routers, WAN 203.0.113.21/.22, LAN 10.0.1.1/10.0.2.1 (a 'same' router holds both hosts)
     a/b:   hosts: 10.0.1.2/10.0.2.2 behind their router, or 203.0.113.31/.32 when public
+    dl:    with delay: a delay line (delayline.py) in the link from a's side (ra, or a when public) to
+           the internet: every frame that crosses that link, either way, arrives `delay` ms later
 
 NAT kinds (postrouting on the router's WAN; forward policy drop, replies accepted; unsolicited packets
 to the router itself are dropped too, or they leave a conntrack entry that makes the host's own
@@ -111,11 +113,13 @@ def stun_mapping(sock, server, timeout=1.0, tries=3):
 
 class Lab:
     def __init__(self, a="public", b="public", loss=0, turn=True, node=None, workdir=None, loss_only="", mtu=None,
-                 segment=None):
+                 segment=None, delay=0):
         """loss: percent of the datagrams each router forwards that it drops; loss_only: an nftables
         match that limits the loss to the packets it matches (e.g. "udp sport != 4567"); mtu: see below;
         segment: cut UDP GSO runs into datagrams as they leave each host (default: with loss; see
-        _segment_before_routers)."""
+        _segment_before_routers); delay: milliseconds added to every frame each way on a's link to
+        the internet (`tc netem` stands in no kernel here: see delayline.py), so a path from a to b
+        or to the servers has a round trip 2 x delay longer; b's own link is not delayed."""
         if a not in KINDS or (b not in KINDS and b != "same"):
             raise LabError(f"unknown NAT kind {a!r} or {b!r}")
         if b == "same" and a != "port-restricted":
@@ -129,6 +133,9 @@ class Lab:
         if mtu is not None and a == "public":
             raise LabError("mtu needs a behind a router")
         self.mtu = None if mtu is None else int(mtu)
+        self.delay = float(delay)
+        if self.delay < 0:
+            raise LabError("delay must be >= 0")
         self.turn = turn
         self.node = node  # path of the dnat executable, or None for no bootstrap node
         self.tag = f"{PREFIX}{os.getpid()}x{random.randrange(1000)}"
@@ -173,17 +180,36 @@ class Lab:
         return name
 
     def _plug(self, role, ip, ifname="eth0"):
-        """A veth from role's namespace to the internet bridge."""
+        """A veth from role's namespace to the internet bridge; with a delay, a's side's link runs
+        through the delay line's namespace."""
         peer = f"p{len(self.namespaces)}{role}"[:15]
         self._wan_peer = getattr(self, "_wan_peer", {})
         self._wan_peer[role] = peer
-        sh("ip", "-n", self.ns(role), "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", self.ns("inet"))
+        if self.delay and role in ("a", "ra"):
+            self._delay_line(role, ifname, peer)
+        else:
+            sh("ip", "-n", self.ns(role), "link", "add", ifname, "type", "veth", "peer", "name", peer, "netns", self.ns("inet"))
         sh("ip", "-n", self.ns("inet"), "link", "set", peer, "master", "br0", "up")
         sh("ip", "-n", self.ns(role), "link", "set", ifname, "up")
         self._segment_before_routers(self.ns(role), ifname)
         if ip:
             sh("ip", "-n", self.ns(role), "addr", "add", f"{ip}/24", "dev", ifname)
             sh("ip", "-n", self.ns(role), "route", "add", "default", "via", "203.0.113.1")
+
+    def _delay_line(self, role, ifname, peer):
+        """role's ifname and the bridge's port `peer` as the two ends of delayline.py's namespace,
+        which forwards every frame between them `delay` ms late; returns once it runs."""
+        line = self._add_ns("dl")
+        sh("ip", "-n", self.ns(role), "link", "add", ifname, "type", "veth", "peer", "name", "dl0", "netns", line)
+        sh("ip", "-n", line, "link", "add", "dl1", "type", "veth", "peer", "name", peer, "netns", self.ns("inet"))
+        for end in ("dl0", "dl1"):
+            sh("ip", "-n", line, "link", "set", "dev", end, "up")
+        self.delay_process = self.popen("dl", [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                                               "delayline.py"),
+                                               "--delay-ms", self.delay, "--stats", "dl0", "dl1"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if self.delay_process.stdout.readline().strip() != "ready":
+            raise LabError(f"the delay line did not start (exit {self.delay_process.wait(5)})")
 
     def _build(self):
         for tool in ("ip", "nft", "turnserver"):
@@ -398,6 +424,36 @@ table ip filter {{
         route = sh("ip", "route", "get", SERVER[0], ns=self.ns("a"))
         if " mtu " in route:
             raise LabError(f"a learnt a path MTU (the ICMP error was not dropped): {route.strip()}")
+
+    def stop_delay_line(self):
+        """Stops the delay line (the link goes down) and returns its account: frames each way and how
+        late they left beyond the delay (p50, p99, max)."""
+        process = getattr(self, "delay_process", None)
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.terminate()
+        try:
+            _, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return None
+        lines = [line for line in err.splitlines() if line.startswith("delayline ")]
+        return lines[-1][len("delayline "):] if lines else None
+
+    def count_forwarded(self, router, address):
+        """Starts counting the datagrams `router` forwards to `address` (from now on); returns a
+        function that reads the count (e.g. to see that a path went direct: ra to rb's WAN)."""
+        name = f"to_{address.replace('.', '_')}"
+        sh("nft", "add", "counter", "ip", "filter", name, ns=self.ns(router))
+        sh("nft", "insert", "rule", "ip", "filter", "forward", "ip", "daddr", address, "counter", "name", name,
+           ns=self.ns(router))
+
+        def read():
+            listing = sh("nft", "list", "counter", "ip", "filter", name, ns=self.ns(router))
+            words = listing.split()
+            return int(words[words.index("packets") + 1])
+        return read
 
     # processes
     def popen(self, role, args, **kwargs):

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import natlab
-from transport_lab import DNAT, converse, events_of, peer
+from transport_lab import DNAT, converse, events_of, peer, raw_udp_probe, transport_probe
 
 CELLS = [("port-restricted", "port-restricted"), ("port-restricted", "symmetric"), ("symmetric", "symmetric"),
          ("public", "full-cone"), ("port-restricted", "same")]
@@ -43,6 +43,28 @@ def test_every_message_arrives_through_ten_percent_loss(a, b):
     assert [e["event"] for e in events] == ["connected", "done"], events
     assert events[1]["echoed"] == 200 and events[1]["in_order"], events
     print(f"10% loss {a}:{b}: connected in {events[0]['ms']} ms, RTT p50 {events[1]['rtt_ms']} ms")
+
+
+def test_a_delayed_path_delays_every_datagram_and_the_transport_goes_direct_over_it():
+    """The delay line on a's link (natlab's `delay`, the stand-in for netem): raw UDP between the
+    two NATed hosts never comes back sooner than 2 x the delay, and a connection by name (DHT,
+    ICE, handshake all through the line) goes direct, router to router, with its echoes in order.
+    Only lower bounds: how much later things come is the bench's (bench/transport_lab_bench.py)."""
+    delay = 20
+    with natlab.Lab(a="port-restricted", b="port-restricted", node=str(DNAT), delay=delay) as lab:
+        to_b = lab.count_forwarded("ra", lab.address["rb"])
+        with raw_udp_probe(lab) as raw:
+            udp = raw.rtt(64, 20) + raw.rtt(1024, 20)
+        probe, connected = transport_probe(lab)
+        with probe:
+            before = to_b()
+            transport = probe.rtt(64, 20) + probe.rtt(1024, 20)
+            direct = to_b() - before
+    assert len(udp) == 40 and min(udp) >= 2 * delay, udp
+    assert len(transport) == 40 and min(transport) >= 2 * delay, transport
+    assert direct >= 40, f"{direct} datagrams from a's router to b's during 40 echoes: not direct"
+    print(f"delay {delay} ms each way on a's link: raw UDP p50 {sorted(udp)[20]:.2f} ms, transport p50 "
+          f"{sorted(transport)[20]:.2f} ms, connected in {connected['ms']} ms")
 
 
 def test_offline_messages_wait_behind_nats():

@@ -29,6 +29,12 @@ def events_of(process, until, limit=120):
     return out
 
 
+def last_event(process, until):
+    """The event of `until` that ended process's output, or {"event": "exited"} when it ended first."""
+    events = events_of(process, until)
+    return events[-1] if events and events[-1]["event"] in until else {"event": "exited", "before": events}
+
+
 def converse(lab, messages=20, size=100):
     """bob listens behind b, alice behind a connects to him; returns alice's events."""
     bob = peer(lab, "b", "--as", "bob", "--listen")
@@ -39,3 +45,73 @@ def converse(lab, messages=20, size=100):
     bob.stdin.close()
     bob.wait(30)
     return events
+
+
+class Probe:
+    """A process that answers {"size", "count", "pause"} on stdin with {"event": "rtt", "rtt_ms"}:
+    transport_peer.py --probe over a connection, or udp_peer.py over raw UDP. Closing it ends the
+    process and the ones it needs (the echoing side)."""
+
+    def __init__(self, process, others=()):
+        self.process, self.others = process, list(others)
+
+    def rtt(self, size, count, pause=0.0):
+        """The `count` round trip times in ms of `size` bytes, one at a time."""
+        self.process.stdin.write(json.dumps({"size": size, "count": count, "pause": pause}) + "\n")
+        self.process.stdin.flush()
+        event = last_event(self.process, {"rtt", "error"})
+        if event["event"] != "rtt":
+            raise RuntimeError(f"probe failed: {event}")
+        return event["rtt_ms"]
+
+    def close(self):
+        for process in [self.process] + self.others:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+        for process in [self.process] + self.others:
+            process.wait(60)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def transport_probe(lab):
+    """alice (a) connected by name to bob (b), who echoes: a Probe, and the connect event."""
+    bob = peer(lab, "b", "--as", "bob", "--listen")
+    if last_event(bob, {"ready"})["event"] != "ready":
+        raise RuntimeError("bob did not start")
+    alice = peer(lab, "a", "--as", "alice", "--to", "bob", "--probe")
+    connected = last_event(alice, {"connected", "error"})
+    if connected["event"] != "connected":
+        bob.stdin.close()
+        raise RuntimeError(f"alice did not connect: {connected}")
+    return Probe(alice, [bob]), connected
+
+
+def raw_udp_probe(lab):
+    """Raw UDP from a to b through their routers (udp_peer.py; each learns the other's public
+    address by STUN, b opens its NAT first): a Probe."""
+    command = [sys.executable, os.path.join(HERE, "udp_peer.py")]
+    echo = lab.popen("b", command + ["--echo"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    client = lab.popen("a", command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    mapped = {}
+    for role, process in (("b", echo), ("a", client)):
+        event = last_event(process, {"mapped", "error"})
+        if event["event"] != "mapped":
+            raise RuntimeError(f"udp_peer in {role}: {event}")
+        mapped[role] = event["public"]
+    echo.stdin.write(json.dumps({"peer": mapped["a"]}) + "\n")
+    echo.stdin.flush()
+    if last_event(echo, {"punched"})["event"] != "punched":
+        raise RuntimeError("udp_peer in b did not punch")
+    client.stdin.write(json.dumps({"peer": mapped["b"]}) + "\n")
+    client.stdin.flush()
+    opened = last_event(client, {"open", "error"})
+    if opened["event"] != "open":
+        raise RuntimeError(f"raw UDP from a to b: {opened}")
+    return Probe(client, [echo])

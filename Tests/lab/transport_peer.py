@@ -19,6 +19,10 @@ JSON line per event on stdout.
                "bytes", "seconds", "cpu_seconds"} at the sender (from the first send to the answer), and
                {"event": "received", "cpu_seconds"} at the listener
     --collect: -> {"event": "offline", "sender", "text"} for each inbox message until stdin closes
+    --to NAME --probe: after "connected", for each command {"size": N, "count": K, "pause": S} on
+               stdin: K round trips of an N-byte message echoed by NAME (--listen), one at a time, S
+               seconds apart -> {"event": "rtt", "size", "rtt_ms": [...]}; disconnects at EOF
+               (udp_peer.py does the same over raw UDP)
     --to NAME --rounds N --seconds S --interval I: N times: connect, send a numbered message every I
                seconds for S seconds, each echoed by NAME (--listen), wait until every one came back
                (up to --wait seconds), disconnect -> {"event": "round", "round", "connected", "error",
@@ -28,6 +32,7 @@ JSON line per event on stdout.
                the process exits 0 unless something raised (the crash test counts on it)
 """
 import argparse
+import json
 import os
 import select
 import sys
@@ -187,6 +192,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--wait", type=float, default=90.0)
+    parser.add_argument("--probe", action="store_true")
     args = parser.parse_args()
 
     import dnatransport as dna
@@ -293,6 +299,27 @@ def main():
         answer = transport.receive(conn, timeout_ms=120000)
         emit(event="bulk", messages=args.bulk, bytes=args.bulk << 20, answer=answer.decode(),
              seconds=round(time.monotonic() - started, 3), cpu_seconds=round(time.process_time() - cpu, 3))
+        transport.disconnect(conn)
+        transport.close()
+        return
+    if args.probe:
+        sequence = 0
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            command, rtts = json.loads(line), []
+            for _ in range(command["count"]):
+                sequence += 1
+                payload = sequence.to_bytes(8, "big") + os.urandom(max(0, command["size"] - 8))
+                sent = time.monotonic()
+                transport.send(conn, payload)
+                reply = transport.receive(conn, timeout_ms=30000)
+                rtts.append((time.monotonic() - sent) * 1000)
+                if reply != payload:
+                    emit(event="error", name="echo differs", ms=None)
+                    break
+                time.sleep(command.get("pause", 0))
+            emit(event="rtt", size=command["size"], rtt_ms=[round(r, 4) for r in rtts])
         transport.disconnect(conn)
         transport.close()
         return
