@@ -140,6 +140,8 @@ public final class DHTNode {
 
     /// Signed values held here (for others, and this node's own while it is among the closest).
     public var valueCount: Int { values.count }
+    /// Values arriving in parts that this node is putting together now (§10.2).
+    var valueUploadCount: Int { values.uploadCount }
 
     /// The values held here at `key` (alive), ordered by signer id, then slot.
     public func localValues(_ key: NodeID, query: ValueQuery = ValueQuery(), now: UInt64) -> [SignedValue] {
@@ -536,7 +538,7 @@ public final class DHTNode {
             if let answer {
                 get.fetched(from: holder, valueID: valueID, index: index, answer, verify: { acceptableValue($0, now: now) }, send: send)
             } else {
-                get.fetchFailed(from: holder.id, valueID: valueID, send: send)
+                get.fetchFailed(from: holder.id, valueID: valueID, index: index, unanswered: true, send: send)
             }
         default:
             return

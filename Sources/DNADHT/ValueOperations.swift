@@ -158,10 +158,14 @@ final class ValuePut {
 /// A get (§10.3), after the lookup of the key: VALUE_GET to each of the k closest nodes that
 /// answered with a token (pages of 64 descriptors), then, per signer and slot, the value of the
 /// freshest descriptor fetched part by part from a holder that listed it, and verified (its bytes
-/// hash to the id, it is signed, at the key, and is what the descriptor said). A value that does
-/// not verify, or that the holder no longer has, makes the get try the next holder that listed it,
-/// then the next freshest descriptor: a holder that lists forged descriptors costs one fetch each,
-/// and hides nothing another holder holds.
+/// hash to the id, it is signed, at the key, and is what the descriptor said). Bytes that do not
+/// hash to the id, or a holder that no longer has them, make the get try the next holder that
+/// listed it; a value that hashes to its id but is not what the descriptor said (or not valid)
+/// makes it try the next freshest descriptor. A holder counts one descriptor per slot (an honest
+/// one holds one value per signer and slot) and opens at most its share of the slots a get
+/// follows; one that served bytes it did not list, or listed a descriptor its value belies, or
+/// left a fetch unanswered after every attempt, is asked for nothing more. So a holder that lists
+/// forged descriptors costs at most one fetch each, and hides nothing another holder holds.
 final class ValueGet {
     let id: LookupID
     let key: NodeID
@@ -186,6 +190,15 @@ final class ValueGet {
     }
 
     private let holders: [(contact: Contact, token: UInt64)]
+    /// Slots each holder opened (listed first), and the holders asked for nothing more: they
+    /// served bytes that belie what they listed, or left a fetch unanswered after its retries.
+    private var opened: [NodeID: Int] = [:]
+    private var excluded = Set<NodeID>()
+    /// Parts asked of each holder and not answered yet, over every slot's fetch: at most
+    /// `ValuePut.partsInFlight`, since this node puts together at most 4 messages of one source at
+    /// once (§5.1) and a part is a message of many datagrams (16 slots fetched from the one holder
+    /// that listed first would otherwise have their parts evicted before they were whole).
+    private var partsAsked: [NodeID: Int] = [:]
     /// Holders whose list is awaited, and the skip of the page asked.
     private var listing: [NodeID: Int] = [:]
     private var pages: [NodeID: Int] = [:]
@@ -198,9 +211,9 @@ final class ValueGet {
     /// Every list came: the fetches began.
     private var fetching = false
 
-    /// Slots one get follows, descriptors kept per slot, list pages asked per holder, fetches at once.
+    /// Slots one get follows, list pages asked per holder, fetches at once. (Descriptors kept per
+    /// slot: one per holder.)
     static let maximumSlots = 4096
-    static let maximumChoices = 8
     static let maximumPages = 64
     static let fetchesInFlight = 16
 
@@ -212,6 +225,11 @@ final class ValueGet {
         for value in local { found[ValueStore.Slot(signer: value.signerID, slot: value.slot)] = value }
         result.messages = messages
     }
+
+    /// Slots one holder may open: its share of `maximumSlots` (at least one page's worth), so that
+    /// a holder listing made-up slots page after page neither crowds out the others' nor costs the
+    /// get more than that many fetches.
+    var slotsPerHolder: Int { max(DHTMessage.maximumDescriptors, Self.maximumSlots / max(1, holders.count)) }
 
     /// Sends the first list requests, or the next fetches; true when the get has ended.
     func advance(send: (Contact, DHTMessage.Body) -> Void) -> Bool {
@@ -230,6 +248,7 @@ final class ValueGet {
         while fetches.count < Self.fetchesInFlight, !toFetch.isEmpty {
             startFetch(toFetch.removeFirst(), send)
         }
+        pump(send)
         guard fetches.isEmpty, toFetch.isEmpty else { return false }
         result.values = found.sorted { Self.order($0.key, $1.key) }.map(\.value)
         return true
@@ -268,13 +287,18 @@ final class ValueGet {
         let slot = ValueStore.Slot(signer: descriptor.signerID, slot: descriptor.slot)
         if let held = found[slot], !descriptor.supersedesValue(held) { return }  // what is at hand supersedes it (or is it)
         var list = choices[slot] ?? []
-        if list.isEmpty, choices.count >= Self.maximumSlots { return }
+        // One descriptor per holder and slot (the first it listed): a holder listing many for one
+        // slot would otherwise push the one the others listed out.
+        if list.contains(where: { $0.holders.contains { $0.contact.id == holder.contact.id } }) { return }
+        if list.isEmpty {
+            guard choices.count < Self.maximumSlots, opened[holder.contact.id, default: 0] < slotsPerHolder else { return }
+            opened[holder.contact.id, default: 0] += 1
+        }
         if let index = list.firstIndex(where: { $0.descriptor == descriptor }) {
-            if !list[index].holders.contains(where: { $0.contact.id == holder.contact.id }) { list[index].holders.append(holder) }
+            list[index].holders.append(holder)
         } else {
             list.append(Choice(descriptor: descriptor, holders: [holder]))
             list.sort { $0.descriptor.supersedes($1.descriptor) }
-            if list.count > Self.maximumChoices { list.removeLast() }
         }
         choices[slot] = list
     }
@@ -287,49 +311,70 @@ final class ValueGet {
                 choices[slot] = nil
                 return
             }
+            choice.holders.removeAll { excluded.contains($0.contact.id) }
             guard !choice.holders.isEmpty else {
                 list.removeFirst()
                 choices[slot] = list.isEmpty ? nil : list
                 result.undelivered += 1
                 continue
             }
-            let holder = choice.holders.removeFirst()
+            // The holder that listed it with the fewest parts asked of it now (the first on a tie).
+            let chosen = choice.holders.indices.min { partsAsked[choice.holders[$0].contact.id, default: 0]
+                < partsAsked[choice.holders[$1].contact.id, default: 0] } ?? 0
+            let holder = choice.holders.remove(at: chosen)
             list[0] = choice
             choices[slot] = list
             let count = Pieces.count(length: choice.descriptor.length, pieceSize: ValuePart.size)
             fetches[slot] = Fetch(choice: choice, holder: holder.contact, token: holder.token, parts: nil, inFlight: [], next: 0, count: count)
-            for _ in 0..<ValuePut.partsInFlight { fetchNext(slot, send) }
             return
         }
         choices[slot] = nil
     }
 
-    private func fetchNext(_ slot: ValueStore.Slot, _ send: (Contact, DHTMessage.Body) -> Void) {
-        guard var fetch = fetches[slot], fetch.next < fetch.count else { return }
+    /// Asks for the next parts of every fetch, in slot order, while their holders have room.
+    private func pump(_ send: (Contact, DHTMessage.Body) -> Void) {
+        for slot in fetches.keys.sorted(by: Self.order) {
+            while fetchNext(slot, send) {}
+        }
+    }
+
+    @discardableResult
+    private func fetchNext(_ slot: ValueStore.Slot, _ send: (Contact, DHTMessage.Body) -> Void) -> Bool {
+        guard var fetch = fetches[slot], fetch.next < fetch.count,
+              partsAsked[fetch.holder.id, default: 0] < ValuePut.partsInFlight else { return false }
+        partsAsked[fetch.holder.id, default: 0] += 1
         fetch.inFlight.insert(fetch.next)
         result.messages += 1
         send(fetch.holder, .valueFetch(token: fetch.token, key: key, id: fetch.choice.descriptor.id, index: fetch.next))
         fetch.next += 1
         fetches[slot] = fetch
+        return true
     }
 
-    /// The slot whose fetch from `holder` asked for value `valueID`.
-    private func fetchingSlot(_ holder: NodeID, _ valueID: [UInt8]) -> ValueStore.Slot? {
-        fetches.first { $0.value.holder.id == holder && $0.value.choice.descriptor.id == valueID }?.key
+    /// A part asked of `holder` was answered, or given up.
+    private func partEnded(_ holder: NodeID) {
+        partsAsked[holder, default: 1] -= 1
+        if partsAsked[holder] == 0 { partsAsked[holder] = nil }
+    }
+
+    /// The slot whose fetch from `holder` asked for part `index` of value `valueID` (two slots may
+    /// fetch the same id from one holder when it lists it twice: each answer goes to one of them).
+    private func fetchingSlot(_ holder: NodeID, _ valueID: [UInt8], _ index: Int) -> ValueStore.Slot? {
+        fetches.first { $0.value.holder.id == holder && $0.value.choice.descriptor.id == valueID && $0.value.inFlight.contains(index) }?.key
     }
 
     /// A VALUE_PART from `holder` in answer to the fetch of part `index` of `valueID`; `verify`
     /// checks a whole value (structure, fields, signature).
     func fetched(from holder: Contact, valueID: [UInt8], index: Int, _ body: DHTMessage.Body, verify: ([UInt8]) -> SignedValue?,
                  send: (Contact, DHTMessage.Body) -> Void) {
-        guard let slot = fetchingSlot(holder.id, valueID), var fetch = fetches[slot] else { return }
+        partEnded(holder.id)
+        guard let slot = fetchingSlot(holder.id, valueID, index), var fetch = fetches[slot] else { return }
         let descriptor = fetch.choice.descriptor
         guard case .valuePart(.part, let part?) = body, part.id == descriptor.id, part.length == descriptor.length,
               part.index == index else {
-            fetchFailed(from: holder.id, valueID: valueID, send: send)
+            drop(slot)
             return
         }
-        guard fetch.inFlight.contains(part.index) else { return }  // a part again
         fetch.inFlight.remove(part.index)
         if fetch.parts == nil {
             fetch.parts = try? Reassembly(length: part.length, count: part.count, index: part.index, bytes: part.bytes.count,
@@ -337,35 +382,56 @@ final class ValueGet {
         }
         guard var parts = fetch.parts,
               (try? parts.add(index: part.index, length: part.length, count: part.count, bytes: part.bytes)) != nil else {
-            fetchFailed(from: holder.id, valueID: valueID, send: send)
+            drop(slot)
             return
         }
         fetch.parts = parts
         guard let wire = parts.message else {
             fetches[slot] = fetch
-            fetchNext(slot, send)
             return
         }
         fetches[slot] = nil
-        if Sodium.sha256(wire) == descriptor.id, let value = verify(wire), value.key == key.bytes,
-           value.signerID == descriptor.signerID, value.slot == descriptor.slot, value.sequence == descriptor.sequence {
+        if let value = Self.matches(wire, descriptor, key: key, verify: verify) {
             found[slot] = value
             choices[slot] = nil
-        } else {
-            // Forged: no other holder is asked for these bytes; the next descriptor is.
-            result.refused += 1
-            if var list = choices[slot] {
-                list.removeFirst()
-                choices[slot] = list.isEmpty ? nil : list
-            }
-            if choices[slot] != nil { toFetch.insert(slot, at: 0) }
+            return
         }
+        result.refused += 1
+        if Sodium.sha256(wire) != descriptor.id {
+            // Bytes other than the ones listed: this holder lied; the next holder of the same value
+            // is asked (another may hold the real bytes).
+            excluded.insert(holder.id)
+        } else if var list = choices[slot] {
+            // The value is not what the descriptor said (or not valid): every holder that listed the
+            // descriptor lied, and no holder can serve other bytes under its id. The next descriptor.
+            for liar in list[0].holders { excluded.insert(liar.contact.id) }
+            excluded.insert(holder.id)
+            list.removeFirst()
+            choices[slot] = list.isEmpty ? nil : list
+        }
+        if choices[slot] != nil { toFetch.insert(slot, at: 0) }
     }
 
-    /// A fetch from `holder` failed (no answer after retries, not held, a bad token, a bad part):
-    /// the next holder of the same value is asked, or the next descriptor.
-    func fetchFailed(from holder: NodeID, valueID: [UInt8], send: (Contact, DHTMessage.Body) -> Void) {
-        guard let slot = fetchingSlot(holder, valueID) else { return }
+    /// The value `wire` is, when it is the one `descriptor` names: its bytes hash to the id, it is
+    /// valid, at the key, and of the descriptor's signer, slot and sequence.
+    private static func matches(_ wire: [UInt8], _ descriptor: ValueDescriptor, key: NodeID, verify: ([UInt8]) -> SignedValue?) -> SignedValue? {
+        guard Sodium.sha256(wire) == descriptor.id, let value = verify(wire), value.key == key.bytes,
+              value.signerID == descriptor.signerID, value.slot == descriptor.slot, value.sequence == descriptor.sequence else { return nil }
+        return value
+    }
+
+    /// A fetch from `holder` of part `index` failed (`unanswered`: no answer after its retries; or
+    /// not held, a bad token, a bad part): the next holder of the same value is asked, or the next
+    /// descriptor. A holder that left a part unanswered is asked for nothing more.
+    func fetchFailed(from holder: NodeID, valueID: [UInt8], index: Int, unanswered: Bool = false, send: (Contact, DHTMessage.Body) -> Void) {
+        partEnded(holder)
+        guard let slot = fetchingSlot(holder, valueID, index) else { return }
+        if unanswered { excluded.insert(holder) }
+        drop(slot)
+    }
+
+    /// Gives up the fetch of `slot` from its holder: the slot is fetched again, from the next one.
+    private func drop(_ slot: ValueStore.Slot) {
         fetches[slot] = nil
         toFetch.insert(slot, at: 0)
     }

@@ -43,6 +43,7 @@ struct ValueStore: RecordStore {
     private(set) var bytes = 0
     private var uploads: [UploadKey: Upload] = [:]
     private var uploadsBySource: [Endpoint: Int] = [:]
+    private var uploadsByNetwork: [[UInt8]: Int] = [:]
     let configuration: DHTConfiguration
 
     init(configuration: DHTConfiguration) {
@@ -112,7 +113,8 @@ struct ValueStore: RecordStore {
             expireUploads(now: time.now)
             if uploads[uploadKey] == nil {
                 guard uploadsBySource[requester.source, default: 0] < configuration.valueUploadsPerSource,
-                      uploads.count < configuration.valueUploads,
+                      uploadsByNetwork[Self.network(of: requester.source), default: 0] < Self.uploadsPerNetwork,
+                      makeRoomForUpload(from: requester.source),
                       let parts = try? Reassembly(length: part.length, count: part.count, index: part.index, bytes: part.bytes.count,
                                                   maximumLength: SignedValue.maximumWireSize) else {
                     statistics.refusedValues += 1
@@ -120,6 +122,7 @@ struct ValueStore: RecordStore {
                 }
                 uploads[uploadKey] = Upload(key: key, parts: parts, lastPart: time.now)
                 uploadsBySource[requester.source, default: 0] += 1
+                uploadsByNetwork[Self.network(of: requester.source), default: 0] += 1
             }
             guard var upload = uploads[uploadKey], upload.key == key, upload.parts.length == part.length else {
                 statistics.refusedValues += 1
@@ -159,6 +162,33 @@ struct ValueStore: RecordStore {
         guard uploads.removeValue(forKey: key) != nil else { return }
         uploadsBySource[key.source, default: 1] -= 1
         if uploadsBySource[key.source] == 0 { uploadsBySource[key.source] = nil }
+        let network = Self.network(of: key.source)
+        uploadsByNetwork[network, default: 1] -= 1
+        if uploadsByNetwork[network] == 0 { uploadsByNetwork[network] = nil }
+    }
+
+    /// Uploads one network (/24, /64) may have under way at once: a quarter of the default total.
+    static let uploadsPerNetwork = 16
+
+    /// What uploads' shares count by: the source's network (/24, /64), as the reassembly of
+    /// messages does (§5.1), so that one host cannot take every upload through many ports; a
+    /// loopback source by itself (nodes on one machine).
+    private static func network(of source: Endpoint) -> [UInt8] { source.isLoopback ? source.wire : source.network }
+
+    /// Room for a new upload from `source`: when every upload is taken, the oldest of the network
+    /// that has the most goes, if that network has more than the source's (so that sources of
+    /// other networks still get their share however many networks a flood comes from).
+    private mutating func makeRoomForUpload(from source: Endpoint) -> Bool {
+        guard uploads.count >= configuration.valueUploads else { return true }
+        let own = uploadsByNetwork[Self.network(of: source), default: 0]
+        guard let busiest = uploadsByNetwork.max(by: { a, b in a.value != b.value ? a.value < b.value : b.key.lexicographicallyPrecedes(a.key) }),
+              busiest.value > own + 1,
+              let oldest = uploads.filter({ Self.network(of: $0.key.source) == busiest.key })
+                  .min(by: { a, b in a.value.lastPart != b.value.lastPart ? a.value.lastPart < b.value.lastPart
+                                                                       : a.key.id.lexicographicallyPrecedes(b.key.id) })
+        else { return false }
+        removeUpload(oldest.key)
+        return true
     }
 
     /// Drops uploads whose last part came `valueUploadLifetime` ago.

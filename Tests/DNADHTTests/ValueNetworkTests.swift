@@ -1,0 +1,525 @@
+@testable import DNADHT
+import DNACrypto
+import DNAWire
+import Testing
+
+/// Signed values (docs/PROTOCOL.md §10) through a hostile network: holders among the k closest that
+/// lie in their lists and parts, concurrent writers, churn, deletions that a holder missed, and a
+/// source that floods a holder with uploads.
+@Suite(.serialized) struct ValueNetworkTests {
+    static let key = Array(Sodium.sha256(Array("group:hostile".utf8)).prefix(20))
+    static var nodeKey: NodeID { NodeID(bytes: key)! }
+
+    static func value(_ signer: Identity, key: [UInt8] = key, slot: UInt32 = 0, sequence: UInt64, created: UInt64,
+                      lifetime: UInt32 = 3600, flags: UInt8 = 0, data: [UInt8]) -> SignedValue {
+        ValueTests.value(signer, key: key, slot: slot, sequence: sequence, created: created, lifetime: lifetime, flags: flags, data: data)
+    }
+
+    /// The nodes of `network` nearest `key` first.
+    static func closest(to key: NodeID, in network: SimulatedNetwork) -> [Endpoint] {
+        network.order.sorted { a, b in (network.node(a)!.id ^ key) < (network.node(b)!.id ^ key) }
+    }
+
+    /// Makes the node at `endpoint` a liar: it keeps running as itself (routing, lookups, storing),
+    /// but each answer it sends to a request is first given to `rewrite` (the request, when it was
+    /// one datagram, and the answer), which returns what goes instead (nil: nothing).
+    static func wrap(_ endpoint: Endpoint, in network: SimulatedNetwork,
+                     rewrite: @escaping (_ request: DHTMessage.Body?, _ answer: DHTMessage.Body) -> DHTMessage.Body?) {
+        guard let node = network.node(endpoint) else { return }
+        network.adversaries[endpoint] = { [unowned network] from, datagram in
+            var request: DHTMessage.Body?
+            if let piece = try? DHTDatagram.parse(datagram), piece.count == 1 {
+                request = (try? DHTMessage(parsing: Array(piece.bytes), transaction: piece.transaction))?.body
+            }
+            node.receive(datagram, from: from, now: network.now)
+            var out: [(Endpoint, [UInt8])] = []
+            var pieces: [UInt64: Reassembly] = [:]
+            for (to, datagram) in node.takeDatagrams() {
+                guard to == from, let piece = try? DHTDatagram.parse(datagram) else {
+                    out.append((to, datagram))
+                    continue
+                }
+                var bytes = Array(piece.bytes)
+                if piece.count > 1 {
+                    if pieces[piece.transaction] == nil {
+                        pieces[piece.transaction] = try? Reassembly(length: piece.length, count: piece.count, index: piece.index,
+                                                                    bytes: piece.bytes.count, maximumLength: DHTMessage.maximumSize)
+                    }
+                    _ = try? pieces[piece.transaction]?.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)
+                    guard let whole = pieces[piece.transaction]?.message else { continue }
+                    bytes = whole
+                }
+                guard let message = try? DHTMessage(parsing: bytes, transaction: piece.transaction) else { continue }
+                guard let body = rewrite(request, message.body) else { continue }
+                let answer = DHTMessage(transaction: message.transaction, salt: message.salt, body: body)
+                out += DHTDatagram.encode(answer).map { (from, $0) }
+            }
+            network.flush(endpoint)  // its events and its next timer
+            return out
+        }
+    }
+
+    static func randomBytes(_ count: Int, _ random: inout SimRandom) -> [UInt8] {
+        (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+    }
+
+    /// Runs until every put and get in `started` reported (or `limit` ms passed).
+    struct Operation: Hashable {
+        var endpoint: Endpoint
+        var id: LookupID
+    }
+
+    static func waitAll(_ network: SimulatedNetwork, _ started: [(Endpoint, LookupID)], limit: UInt64 = 600_000)
+        -> (puts: [Operation: ValuePutResult], gets: [Operation: ValueGetResult]) {
+        let end = network.now + limit
+        var puts: [Operation: ValuePutResult] = [:], gets: [Operation: ValueGetResult] = [:]
+        let wanted = Dictionary(grouping: started, by: \.0).mapValues { Set($0.map(\.1)) }
+        while true {
+            puts = [:]
+            gets = [:]
+            var done = 0
+            for (endpoint, ids) in wanted {
+                for event in network.events[endpoint] ?? [] {
+                    switch event {
+                    case .valuePut(let id, let result) where ids.contains(id): puts[Operation(endpoint: endpoint, id: id)] = result; done += 1
+                    case .valuesGot(let id, let result) where ids.contains(id): gets[Operation(endpoint: endpoint, id: id)] = result; done += 1
+                    default: break
+                    }
+                }
+            }
+            if done >= started.count || network.now >= end { return (puts, gets) }
+            network.run(for: 200)
+        }
+    }
+
+    static func put(_ value: SignedValue, from endpoint: Endpoint, in network: SimulatedNetwork) throws -> ValuePutResult {
+        let node = try #require(network.node(endpoint))
+        let id = try node.putValue(value, now: network.now)
+        network.flush(endpoint)
+        return try #require(ValueTests.putResult(network, endpoint, id, limit: 300_000))
+    }
+
+    static func get(_ key: NodeID = nodeKey, from endpoint: Endpoint, in network: SimulatedNetwork,
+                    limit: UInt64 = 300_000) -> ValueGetResult? {
+        ValueTests.getResult(network, endpoint, network.start(endpoint) { $0.getValues(key, now: network.now) }, limit: limit)
+    }
+
+    // MARK: 1. Lying holders
+
+    /// Alice's slot at the key: sequences 1, then 3 (data in two parts); Bob's slot: sequence 1.
+    /// Put from a node far from the key; the readers are far from it too (they hold nothing).
+    static func lyingHoldersNetwork(seed: UInt64) throws -> (network: SimulatedNetwork, closest: [Endpoint], far: [Endpoint],
+                                                             values: [SignedValue]) {
+        let network = SimulationTests.network(80, seed: seed)
+        network.loss = 0.05
+        let closest = Self.closest(to: nodeKey, in: network)
+        let far = Array(closest.suffix(40))
+        let now = network.now / 1000
+        let alice = Announced.identities[30], bob = Announced.identities[31]
+        let first = value(alice, sequence: 1, created: now, data: Array(repeating: 1, count: 20_000))
+        let fresh = value(alice, sequence: 3, created: now, data: Array(repeating: 3, count: 20_000))
+        let other = value(bob, sequence: 1, created: now, data: Array("bob".utf8))
+        for item in [first, fresh, other] {
+            let result = try put(item, from: far[0], in: network)
+            #expect(result.stored >= 15, "stored on \(result.stored)")
+        }
+        let values = [fresh, other].sorted { $0.signerID.lexicographicallyPrecedes($1.signerID) }
+        return (network, Array(closest.prefix(20)), Array(far.dropFirst()), values)
+    }
+
+    @Test func forgedDescriptorsCostAFetchEachAndHideNothing() throws {
+        let (network, closest, far, values) = try Self.lyingHoldersNetwork(seed: 61)
+        var random = SimRandom(seed: 0xF0)
+        // 8 of the 20 closest list, for every value they hold, ten forged descriptors of the same
+        // signer and slot with higher sequences and made-up ids (and one of a made-up signer); half
+        // of them serve random bytes for those ids, the others say they do not hold them.
+        var forgedLengths: [[UInt8]: Int] = [:]
+        for (index, liar) in closest.prefix(16).enumerated() where index % 2 == 1 {
+            let servesBytes = index % 4 == 1
+            Self.wrap(liar, in: network) { request, answer in
+                switch answer {
+                case .valueList(_, let descriptors):
+                    var forged: [ValueDescriptor] = []
+                    for real in descriptors {
+                        for step in 1...10 {
+                            var fake = real
+                            fake.sequence = real.sequence + UInt64(step)
+                            fake.id = Self.randomBytes(32, &random)
+                            forgedLengths[fake.id] = fake.length
+                            forged.append(fake)
+                        }
+                    }
+                    if var madeUp = descriptors.first {
+                        madeUp.signerID = Self.randomBytes(32, &random)
+                        madeUp.id = Self.randomBytes(32, &random)
+                        forgedLengths[madeUp.id] = madeUp.length
+                        forged.append(madeUp)
+                    }
+                    forged = Array(forged.prefix(DHTMessage.maximumDescriptors))
+                    return .valueList(total: forged.count, descriptors: forged)
+                case .valuePart(.notHeld, _):
+                    guard servesBytes, case .valueFetch(_, _, let id, let index)? = request, let length = forgedLengths[id] else { return answer }
+                    let count = Pieces.count(length: length, pieceSize: ValuePart.size)
+                    let size = Pieces.range(of: index, length: length, pieceSize: ValuePart.size).count
+                    return .valuePart(.part, ValuePart(id: id, index: index, count: count, length: length,
+                                                       bytes: Self.randomBytes(size, &random)))
+                default:
+                    return answer
+                }
+            }
+        }
+        for reader in far.prefix(5) {
+            let got = try #require(Self.get(from: reader, in: network))
+            #expect(got.values == values, "got \(got.values.map { ($0.signer, $0.sequence) }); refused \(got.refused), undelivered \(got.undelivered)")
+            // Each liar's forged descriptor of a slot is refused (bytes that are not its id) or
+            // undelivered; the 4 that serve bytes are then asked for nothing more
+            // (each is asked for at most its 3 forged slots at once before its first refusal comes).
+            #expect(got.refused >= 1 && got.refused <= 12, "refused \(got.refused)")
+            #expect(got.refused + got.undelivered >= 8, "refused \(got.refused), undelivered \(got.undelivered)")
+        }
+    }
+
+    @Test func partsWithAlteredBytesOrValuesNotHeldMakeTheReaderAskAnotherHolder() throws {
+        let (network, closest, far, values) = try Self.lyingHoldersNetwork(seed: 62)
+        let alice = values.first { $0.sequence == 3 }!
+        // 8 of the 20 closest list what they hold, then serve every part with a byte altered; 3 say
+        // 4 others list, instead of Alice's value, a fourth sequence of it that they do not hold.
+        for (index, liar) in closest.prefix(12).enumerated() {
+            let corrupts = index < 8
+            Self.wrap(liar, in: network) { _, answer in
+                switch answer {
+                case .valuePart(.part, var part?) where corrupts:
+                    part.bytes[part.bytes.count / 2] ^= 0x40
+                    return .valuePart(.part, part)
+                case .valuePart(.part, let part?) where !corrupts && part.id == alice.id:
+                    return .valuePart(.notHeld, nil)
+                case .valueList(let total, var descriptors) where !corrupts:
+                    if let real = descriptors.first(where: { $0.id == alice.id }) {
+                        var claimed = real
+                        claimed.sequence = 4
+                        claimed.id = Sodium.sha256(real.id)
+                        descriptors.removeAll { $0.id == alice.id }
+                        descriptors.insert(claimed, at: 0)
+                    }
+                    return .valueList(total: max(total, descriptors.count), descriptors: descriptors)
+                default:
+                    return answer
+                }
+            }
+        }
+        var refused = 0, undelivered = 0
+        for reader in far.prefix(10) {
+            let got = try #require(Self.get(from: reader, in: network))
+            #expect(got.values == values, "got \(got.values.map { ($0.signer, $0.sequence) }); refused \(got.refused), undelivered \(got.undelivered)")
+            refused += got.refused
+            undelivered += got.undelivered
+            // A corrupted part costs one fetch from that holder, which is then asked for nothing
+            // more: at most one refusal per liar and slot fetched at once.
+            #expect(got.refused <= 16)
+            // The fourth sequence is listed by the 4 liars only, and none delivers it.
+            #expect(got.undelivered == 1, "undelivered \(got.undelivered)")
+        }
+        #expect(refused >= 1, "refused \(refused) in 10 gets")
+    }
+
+    @Test func aHolderThatListsWithoutEndCostsBoundedPagesAndFetches() throws {
+        let (network, closest, far, values) = try Self.lyingHoldersNetwork(seed: 63)
+        // One of the closest answers every VALUE_GET, whatever the skip, with a total of 65,535 and
+        // 64 descriptors of made-up signers; it does not hold them.
+        var pages = Set<Int>(), fetches = 0
+        let liar = closest[1], created = network.now / 1000
+        Self.wrap(liar, in: network) { request, answer in
+            switch (request, answer) {
+            case (.valueGet(_, _, _, _, let skip)?, _):
+                pages.insert(skip)
+                var random = SimRandom(seed: 0xAB ^ UInt64(skip))  // the same page again for a retry
+                let descriptors = (0..<DHTMessage.maximumDescriptors).map { _ in
+                    ValueDescriptor(id: Self.randomBytes(32, &random), signerID: Self.randomBytes(32, &random), slot: 0, sequence: 9,
+                                    created: created, lifetime: 3600, type: 7, flags: 0, length: 5_400)
+                }
+                return .valueList(total: 0xFFFF, descriptors: descriptors)
+            case (.valueFetch?, _):
+                fetches += 1
+                return answer
+            default:
+                return answer
+            }
+        }
+        let start = network.now
+        let got = try #require(Self.get(from: far[0], in: network), "the get never ended")
+        #expect(got.values == values)
+        #expect(pages.count <= ValueGet.maximumPages, "\(pages.count) pages asked of the liar")
+        // It opens at most its share of the slots a get follows (4,096 / holders), each one fetch.
+        #expect(fetches <= ValueGet.maximumSlots / 16 + 4, "\(fetches) fetches sent to the liar")
+        #expect(got.undelivered >= 1 && got.undelivered <= fetches, "undelivered \(got.undelivered), fetches \(fetches)")
+        #expect(network.now - start < 60_000, "the get took \(network.now - start) ms")
+    }
+
+    @Test func aHolderListingOneValueUnderManySlotsDoesNotStallTheGet() throws {
+        let network = SimulationTests.network(60, seed: 64)
+        let closest = Self.closest(to: Self.nodeKey, in: network)
+        let alice = Announced.identities[32]
+        let large = Self.value(alice, sequence: 2, created: network.now / 1000, data: Array(repeating: 7, count: SignedValue.maximumDataSize))
+        #expect(try Self.put(large, from: closest.last!, in: network).stored >= 15)
+        // One holder lists, beside the real descriptor, the same value id under 30 made-up signers:
+        // fetches of one id from one holder run side by side, and it serves each (the real bytes).
+        for (index, liar) in closest.prefix(3).enumerated() {
+            Self.wrap(liar, in: network) { _, answer in
+                guard case .valueList(_, let descriptors) = answer, let real = descriptors.first else { return answer }
+                var random = SimRandom(seed: 0xCD + UInt64(index))
+                let copies = (0..<30).map { _ in
+                    var copy = real
+                    copy.signerID = Self.randomBytes(32, &random)
+                    return copy
+                }
+                return .valueList(total: 31, descriptors: [real] + copies)
+            }
+        }
+        for reader in closest.suffix(5) {
+            let got = try #require(Self.get(from: reader, in: network), "the get never ended")
+            #expect(got.values == [large])
+            #expect(got.refused >= 1, "refused \(got.refused), undelivered \(got.undelivered)")
+        }
+    }
+
+    // MARK: 2. Concurrent writers
+
+    @Test func concurrentWritersEachEndAtTheirLastSequence() throws {
+        let network = SimulationTests.network(100, seed: 71)
+        network.loss = 0.1
+        let writers = Array(Announced.identities[40..<50])
+        let counts = (0..<10).map { 20 + 8 * $0 }  // 20 to 92 puts per writer
+        var next = Array(repeating: 0, count: 10)
+        var started: [(Endpoint, LookupID)] = []
+        var last: [SignedValue] = []
+        let nodes = Array(network.order.prefix(60))
+        // Interleaved: each round, every writer with puts left starts its next sequence, from one of
+        // two nodes of its own, 300 ms after the previous round (a put takes longer than that).
+        while next.enumerated().contains(where: { $0.element < counts[$0.offset] }) {
+            for index in 0..<10 where next[index] < counts[index] {
+                next[index] += 1
+                let endpoint = nodes[index * 2 + next[index] % 2]
+                let item = Self.value(writers[index], slot: UInt32(index), sequence: UInt64(next[index]), created: network.now / 1000,
+                                      data: Array("w\(index) s\(next[index])".utf8))
+                if next[index] == counts[index] { last.append(item) }
+                let node = try #require(network.node(endpoint))
+                started.append((endpoint, try node.putValue(item, now: network.now)))
+                network.flush(endpoint)
+            }
+            network.run(for: 300)
+        }
+        let (puts, _) = Self.waitAll(network, started)
+        #expect(puts.count == started.count, "\(puts.count) of \(started.count) puts ended")
+        let superseded = puts.values.map(\.superseded).reduce(0, +)
+        for reader in network.order.suffix(3) {
+            let got = try #require(Self.get(from: reader, in: network))
+            let sequences = Dictionary(uniqueKeysWithValues: got.values.map { ($0.slot, $0.sequence) })
+            #expect(sequences == Dictionary(uniqueKeysWithValues: last.map { ($0.slot, $0.sequence) }),
+                    "slots at \(sequences.sorted { $0.key < $1.key }.map(\.value)), expected \(counts); holders that had a later one: \(superseded)")
+            #expect(Set(got.values.map(\.id)) == Set(last.map(\.id)))
+        }
+    }
+
+    @Test func oneSequenceWrittenTwiceFromTwoNodesConvergesOnTheGreaterID() throws {
+        var configuration = SimulationTests.configuration()
+        configuration.refreshInterval = 60_000
+        configuration.valueRepublishInterval = 600_000
+        let network = SimulationTests.network(80, seed: 72, configuration: configuration)
+        network.loss = 0.1
+        let signer = Announced.identities[50], now = network.now / 1000
+        let a = Self.value(signer, sequence: 5, created: now, data: Array("from the phone".utf8))
+        let b = Self.value(signer, sequence: 5, created: now, data: Array("from the laptop".utf8))
+        let winner = a.supersedes(b) ? a : b
+        let closest = Self.closest(to: Self.nodeKey, in: network)
+        let writers = [closest[40], closest[60]]
+        var started: [(Endpoint, LookupID)] = []
+        for (endpoint, item) in zip(writers, [a, b]) {
+            started.append((endpoint, try #require(network.node(endpoint)).putValue(item, now: network.now)))
+            network.flush(endpoint)
+        }
+        let (puts, _) = Self.waitAll(network, started)
+        #expect(puts.count == 2)
+        for reader in [closest[30], closest[50], closest[70], closest[79], writers[0], writers[1]] {
+            let got = try #require(Self.get(from: reader, in: network))
+            #expect(got.values == [winner], "\(got.values.map { String(decoding: $0.data, as: UTF8.self) })")
+        }
+        // Holders that got only the other converge when the holders republish.
+        network.run(for: configuration.valueRepublishInterval + 2 * configuration.refreshInterval)
+        let holders = closest.prefix(20).compactMap { network.node($0)?.localValues(Self.nodeKey, now: network.now).first }
+        #expect(holders.count >= 19 && holders.allSatisfy { $0 == winner },
+                "\(holders.count) of the 20 closest hold it, \(holders.filter { $0 != winner }.count) the other")
+    }
+
+    // MARK: 3. Churn
+
+    @Test func valuesOutliveThirtyPercentOfTheNodesThroughRepublishing() throws {
+        var configuration = SimulationTests.configuration()
+        configuration.refreshInterval = 60_000
+        configuration.valueRepublishInterval = 300_000
+        let network = SimulationTests.network(300, seed: 73, configuration: configuration)
+        network.loss = 0.02
+        var random = SimRandom(seed: 73)
+        var items: [(key: NodeID, value: SignedValue)] = []
+        var started: [(Endpoint, LookupID)] = []
+        for index in 0..<50 {
+            let key = Array(Sodium.sha256(Array("churn \(index)".utf8)).prefix(20))
+            let item = Self.value(Announced.identities[index], key: key, sequence: 1, created: network.now / 1000, lifetime: 7200,
+                                  data: Array(repeating: UInt8(index), count: 100 + 300 * index))
+            let writer = network.order[Int(random.next() % 300)]
+            started.append((writer, try #require(network.node(writer)).putValue(item, now: network.now)))
+            network.flush(writer)
+            items.append((try #require(NodeID(bytes: key)), item))
+            network.run(for: 100)
+        }
+        let (puts, _) = Self.waitAll(network, started)
+        #expect(puts.values.allSatisfy { $0.stored >= 15 }, "holders per put: \(puts.values.map(\.stored).sorted())")
+        // 30% of the nodes go (never node 0, the bootstrap node), all at once.
+        var killed = 0
+        while killed < 90 {
+            let endpoint = network.order[1 + Int(random.next() % 299)]
+            if network.dead.insert(endpoint).inserted { killed += 1 }
+        }
+        let live = network.order.filter { !network.dead.contains($0) }
+        network.run(for: configuration.valueRepublishInterval + 3 * configuration.refreshInterval)
+        // Every value is again on (nearly) all of the 20 live nodes closest to its key.
+        var copies: [Int] = []
+        for (key, value) in items {
+            let nearest = live.sorted { a, b in (network.node(a)!.id ^ key) < (network.node(b)!.id ^ key) }.prefix(20)
+            copies.append(nearest.filter { network.node($0)?.localValues(key, now: network.now) == [value] }.count)
+        }
+        #expect(Double(copies.reduce(0, +)) / Double(copies.count) >= 17, "copies on the 20 nearest live nodes: \(copies)")
+        var gets: [(Endpoint, LookupID)] = []
+        var expected: [Operation: SignedValue] = [:]
+        for (key, value) in items {
+            for _ in 0..<2 {
+                let reader = live[Int(random.next() % UInt64(live.count))]
+                let id = network.start(reader) { $0.getValues(key, now: network.now) }
+                gets.append((reader, id))
+                expected[Operation(endpoint: reader, id: id)] = value
+            }
+        }
+        let (_, results) = Self.waitAll(network, gets)
+        let found = gets.filter { results[Operation(endpoint: $0.0, id: $0.1)]?.values == [expected[Operation(endpoint: $0.0, id: $0.1)]!] }.count
+        #expect(found * 100 >= 99 * gets.count, "found \(found) of \(gets.count) after 30% of the nodes left")
+        print("ValueNetworkTests churn: found \(found) of \(gets.count); copies on the 20 nearest live nodes: mean \(Double(copies.reduce(0, +)) / Double(copies.count)), min \(copies.min() ?? 0)")
+    }
+
+    // MARK: 4. Tombstones and expiry
+
+    @Test func aDeletedValueStaysDeletedWhenAHolderThatMissedTheDeletionRepublishesIt() throws {
+        var configuration = SimulationTests.configuration()
+        configuration.refreshInterval = 60_000
+        configuration.valueRepublishInterval = 600_000
+        let network = SimulationTests.network(60, seed: 74, configuration: configuration)
+        let closest = Self.closest(to: Self.nodeKey, in: network)
+        let signer = Announced.identities[51], start = network.now / 1000
+        let old = Self.value(signer, sequence: 1, created: start, lifetime: 1800, data: Array("my old profile".utf8))
+        #expect(try Self.put(old, from: closest[50], in: network).stored >= 19)
+        network.run(for: 60_000)
+        // Two holders are away while the slot is deleted (their datagrams are lost); they come back.
+        let missed = [closest[2], closest[7]]
+        for endpoint in missed { network.dead.insert(endpoint) }
+        let tombstone = Self.value(signer, sequence: 2, created: network.now / 1000,
+                                   lifetime: UInt32(old.expires - network.now / 1000), flags: SignedValue.tombstoneFlag, data: [])
+        let deleted = try Self.put(tombstone, from: closest[50], in: network)
+        #expect(deleted.stored >= 18, "stored on \(deleted.stored)")
+        for endpoint in missed { network.dead.remove(endpoint) }
+        for endpoint in missed { #expect(network.node(endpoint)?.localValues(Self.nodeKey, now: network.now) == [old]) }
+        // Whoever reads gets the tombstone, not the old value, from the holders that missed it too.
+        for reader in [closest[40], closest[55], missed[0]] {
+            let got = try #require(Self.get(from: reader, in: network))
+            #expect(got.values == [tombstone], "\(got.values.map { ($0.sequence, $0.isTombstone) })")
+        }
+        // The old copy's holders republish it first (their copy is older): it is refused as older
+        // everywhere, the tombstone reaches them, and the old value never comes back.
+        var sawOld = 0
+        for _ in 0..<12 {
+            network.run(for: configuration.refreshInterval)
+            sawOld = max(sawOld, closest.filter { network.node($0)?.localValues(Self.nodeKey, now: network.now) == [old] }.count)
+            let got = try #require(Self.get(from: closest[45], in: network))
+            #expect(got.values == [tombstone], "\(got.values.map { ($0.sequence, $0.isTombstone) })")
+        }
+        #expect(sawOld <= 2, "the old value was held by \(sawOld) nodes")
+        #expect(closest.prefix(20).allSatisfy { network.node($0)?.localValues(Self.nodeKey, now: network.now) == [tombstone] })
+        // Both end with the old value's lifetime: nothing is left, and a get finds nothing.
+        network.run(for: (old.expires - network.now / 1000 + 1) * 1000 + configuration.refreshInterval)
+        #expect(try #require(Self.get(from: closest[45], in: network)).values.isEmpty)
+        #expect(closest.allSatisfy { network.node($0)?.valueCount == 0 })
+    }
+
+    @Test func anExpiredValueIsNotReturnedEvenBeforeItsHoldersDropIt() throws {
+        var configuration = SimulationTests.configuration()
+        configuration.refreshInterval = 600_000
+        let network = SimulationTests.network(40, seed: 75, configuration: configuration)
+        let closest = Self.closest(to: Self.nodeKey, in: network)
+        let short = Self.value(Announced.identities[52], sequence: 1, created: network.now / 1000, lifetime: 30, data: [1])
+        #expect(try Self.put(short, from: closest[30], in: network).stored >= 19)
+        #expect(try #require(Self.get(from: closest[35], in: network)).values == [short])
+        network.run(for: 31_000)
+        #expect(closest.prefix(20).contains { network.node($0)?.valueCount == 1 })  // not swept yet
+        #expect(try #require(Self.get(from: closest[35], in: network)).values.isEmpty)
+    }
+
+    // MARK: 5. Holder resource bounds
+
+    /// A first part of a made-up value of three parts: a holder keeps it as an upload.
+    static func firstPart(_ random: inout SimRandom) -> ValuePart {
+        ValuePart(id: randomBytes(32, &random), index: 0, count: 3, length: 30_000, bytes: [UInt8](repeating: 0xEE, count: ValuePart.size))
+    }
+
+    static func statuses(_ answers: [DHTMessage.Body]) -> [ValueStatus] {
+        answers.compactMap { if case .valueStored(let status, _) = $0 { status } else { nil } }
+    }
+
+    @_optimize(none) @Test func aFloodOfUploadsStaysBoundedAndLeavesOtherSourcesTheirShare() throws {
+        let network = SimulationTests.network(5, seed: 76)
+        let holder = try #require(network.node(network.order[1]))
+        let key = Self.nodeKey
+        var random = SimRandom(seed: 76)
+        // One host, 40 ports, 6 uploads each.
+        var flooders: [ValueTests.Client] = []
+        for port in 2000..<2040 { flooders.append(ValueTests.Client(holder, in: network, endpoint: Endpoint(host: "203.0.113.7", port: UInt16(port))!)) }
+        var accepted = 0, busy = 0, transaction: UInt64 = 1000
+        for flooder in flooders {
+            for _ in 0..<6 {
+                transaction += 1
+                let status = Self.statuses(flooder.send(.valuePut(token: flooder.token, key: key, part: Self.firstPart(&random)), transaction: transaction))
+                if status == [.more] { accepted += 1 } else if status == [.busy] { busy += 1 }
+            }
+        }
+        #expect(accepted == ValueStore.uploadsPerNetwork && holder.valueUploadCount == accepted, "\(accepted) uploads kept for one host")
+        #expect(busy == 240 - accepted)
+        // Then 12 networks, 8 ports each: every upload is taken, never more.
+        for network24 in 1...12 {
+            for port in 0..<8 {
+                let flooder = ValueTests.Client(holder, in: network, endpoint: Endpoint(host: "203.0.\(network24).9", port: UInt16(3000 + port))!)
+                for _ in 0..<4 {
+                    transaction += 1
+                    _ = flooder.send(.valuePut(token: flooder.token, key: key, part: Self.firstPart(&random)), transaction: transaction)
+                    #expect(holder.valueUploadCount <= network.configuration.valueUploads)
+                }
+            }
+        }
+        #expect(holder.valueUploadCount == network.configuration.valueUploads)
+        // Sources of other networks still store values of several parts, while the flood goes on.
+        let now = network.now / 1000
+        var honest: [SignedValue] = []
+        for (index, host) in ["192.0.2.1", "198.51.100.20", "100.64.3.4", "172.16.5.6", "2001:db8::7"].enumerated() {
+            var client = ValueTests.Client(holder, in: network, endpoint: Endpoint(host: host, port: 5000)!)
+            let item = Self.value(Announced.identities[60 + index], sequence: 1, created: now, data: Array(repeating: UInt8(index), count: 40_000))
+            honest.append(item)
+            #expect(client.put(item) == [.more, .more, .more, .stored], "from \(host)")
+            for flooder in flooders.prefix(8) {
+                transaction += 1
+                _ = flooder.send(.valuePut(token: flooder.token, key: key, part: Self.firstPart(&random)), transaction: transaction)
+            }
+            #expect(holder.valueUploadCount <= network.configuration.valueUploads)
+        }
+        #expect(Set(holder.localValues(key, now: network.now).map(\.id)) == Set(honest.map(\.id)))
+        // Uploads end 10 s after their last part.
+        network.run(for: network.configuration.valueUploadLifetime + 1_000)
+        let late = ValueTests.Client(holder, in: network, endpoint: Endpoint(host: "192.0.2.99", port: 5000)!)
+        #expect(Self.statuses(late.send(.valuePut(token: late.token, key: key, part: Self.firstPart(&random)), transaction: 7)) == [.more])
+        #expect(holder.valueUploadCount == 1)
+    }
+}
