@@ -59,6 +59,8 @@ func abiCheck() {
     sameType(CDNATransport.dht_value_delete, DNACABI.dht_value_delete)
     sameType(CDNATransport.dht_value_get, DNACABI.dht_value_get)
     sameType(CDNATransport.transport_get_dht, DNACABI.transport_get_dht)
+    sameType(CDNATransport.dht_listen, DNACABI.dht_listen)
+    sameType(CDNATransport.dht_listen_cancel, DNACABI.dht_listen_cancel)
     sameType(CDNATransport.dht_peer_entry_signed_max, DNACABI.dht_peer_entry_signed_max)
     sameType(CDNATransport.dht_peer_entry_sign, DNACABI.dht_peer_entry_sign)
     sameType(CDNATransport.dht_peer_entry_verify, DNACABI.dht_peer_entry_verify)

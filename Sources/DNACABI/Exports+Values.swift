@@ -113,6 +113,56 @@ public func dht_value_get(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>
     }
 }
 
+/// The listeners of each context's service, so that dht_listen_cancel knows the ids it gave.
+final class ValueListeners: @unchecked Sendable {
+    static let shared = ValueListeners()
+    private var ids = Set<UInt64>()
+    private let lock = PThreadLock()
+    func add(_ id: UInt64) { lock.withLock { _ = ids.insert(id) } }
+    func remove(_ id: UInt64) -> Bool { lock.withLock { ids.remove(id) != nil } }
+}
+
+/// A C callback and its user data, called on the loop thread.
+private struct ValueCallback: @unchecked Sendable {
+    let function: dht_value_fn
+    let userData: UnsafeMutableRawPointer?
+}
+
+@_cdecl("dht_listen")
+public func dht_listen(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>?, _ signerID: UnsafePointer<UInt8>?, _ since: UInt64,
+                       _ function: dht_value_fn?, _ userData: UnsafeMutableRawPointer?, _ listenIDOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall("dht_listen") {
+        let service = try Handle<CDHT>.borrow(context, "ctx").service
+        guard let nodeKey = NodeID(bytes: try valueKey(key)) else { throw InvalidArgument("key") }
+        guard let function else { throw InvalidArgument("fn is NULL") }
+        let out = try CArg.required(listenIDOut, "listen_id_out")
+        let signer = signerID.map { Array(UnsafeBufferPointer(start: $0, count: 32)) }
+        let callback = ValueCallback(function: function, userData: userData)
+        let listenID = service.listen(nodeKey, query: ValueQuery(signer: signer, since: since)) { [callback] id, event in
+            let (code, value): (Int32, SignedValue) = switch event {
+            case .changed(let value): (DHT_VALUE_CHANGED, value)
+            case .expired(let value): (DHT_VALUE_EXPIRED, value)
+            }
+            guard let (array, _) = try? ValueArray.make([value]), let array else { return }
+            callback.function(id, code, array, callback.userData)
+            free(array)
+        }
+        guard let listenID else { throw Closed() }
+        ValueListeners.shared.add(listenID)
+        out.pointee = listenID
+    }
+}
+
+@_cdecl("dht_listen_cancel")
+public func dht_listen_cancel(_ context: OpaquePointer?, _ listenID: UInt64) -> Int32 {
+    cCall("dht_listen_cancel") {
+        let service = try Handle<CDHT>.borrow(context, "ctx").service
+        guard ValueListeners.shared.remove(listenID) else { throw NothingQueued() }
+        guard service.statistics != nil else { throw Closed() }
+        service.cancelListen(listenID)
+    }
+}
+
 /// The array dht_value_get returns: the structs, then every value's data, in one malloc'd block the
 /// caller frees with dna_buffer_free.
 enum ValueArray {

@@ -55,6 +55,14 @@ public struct DHTConfiguration: Sendable {
     /// their key (checked at each refresh; at most `valueRepublishLimit` values per refresh).
     public var valueRepublishInterval: UInt64 = 3_600_000
     public var valueRepublishLimit = 256
+    /// Subscriptions to a key's values (§10.5): a holder keeps at most `listenersPerSource` per source
+    /// address and `maximumListeners` in all, each `listenLifetime` ms; a listener renews its own
+    /// every `listenRenewal` ms (a lookup of the key, a subscription to the holders then closest,
+    /// and a get), which also finds holders that joined and survives its own change of address.
+    public var listenersPerSource = 64
+    public var maximumListeners = 10_000
+    public var listenLifetime: UInt64 = 600_000
+    public var listenRenewal: UInt64 = 300_000
 
     public init() {}
 }

@@ -37,6 +37,14 @@ public enum StoreStatus: UInt8, Sendable {
     case outOfTime = 6
 }
 
+/// The answer to VALUE_LISTEN (§10.5).
+public enum ValueListenStatus: UInt8, Sendable {
+    case listening = 0
+    /// This holder keeps no more subscriptions (of this source, or in all).
+    case busy = 1
+    case badToken = 2
+}
+
 /// Why VALUE_PART carries no part.
 public enum ValueFetchStatus: UInt8, Sendable {
     case part = 0
@@ -206,6 +214,13 @@ struct DHTMessage: Equatable {
         case valueFetch(token: UInt64, key: NodeID, id: [UInt8], index: Int)
         /// A part of the value asked for, or nil with why not (`ValueFetchStatus`).
         case valuePart(ValueFetchStatus, ValuePart?)
+        /// Subscribe (§10.5): push what changes at `key` (of one signer when given) to the requester
+        /// under `listener`, for the lifetime the answer gives.
+        case valueListen(token: UInt64, key: NodeID, signer: [UInt8]?, listener: UInt64)
+        /// `lifetime`: seconds the subscription lasts (0 when refused).
+        case valueListening(ValueListenStatus, lifetime: Int)
+        /// Holder to subscriber (a notice): values stored or replaced at `key`.
+        case valueNotify(listener: UInt64, key: NodeID, descriptors: [ValueDescriptor])
 
         var kind: UInt8 {
             switch self {
@@ -234,21 +249,25 @@ struct DHTMessage: Equatable {
             case .valueList: 23
             case .valueFetch: 24
             case .valuePart: 25
+            case .valueListen: 26
+            case .valueListening: 27
+            case .valueNotify: 28
             }
         }
 
         var isRequest: Bool {
             switch self {
-            case .ping, .findNode, .findValue, .store, .signal, .mailPut, .mailFetch, .mailDelete, .valuePut, .valueGet, .valueFetch: true
+            case .ping, .findNode, .findValue, .store, .signal, .mailPut, .mailFetch, .mailDelete, .valuePut, .valueGet, .valueFetch,
+                 .valueListen: true
             case .pong, .nodes, .value, .stored, .storedOutOfTime, .signalAck, .forward, .reply, .deliver, .mailStored, .mailItems, .mailDeleted,
-                 .valueStored, .valueList, .valuePart: false
+                 .valueStored, .valueList, .valuePart, .valueListening, .valueNotify: false
             }
         }
 
         /// One-way messages: neither a request nor the answer to one.
         var isNotice: Bool {
             switch self {
-            case .forward, .reply, .deliver: true
+            case .forward, .reply, .deliver, .valueNotify: true
             default: false
             }
         }
@@ -282,6 +301,20 @@ struct DHTMessage: Equatable {
         var out: [UInt8] = [body.kind, 0] + salt
         func u64(_ v: UInt64) { out += (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
         func u32(_ v: Int) { out += (0..<4).map { UInt8(truncatingIfNeeded: v >> (24 - 8 * $0)) } }
+        /// count (1) | descriptors: id (32) | signer id (32) | slot (4) | sequence (8) | created (8)
+        /// | lifetime (4) | type (2) | flags (1) | length (4).
+        func valueDescriptors(_ descriptors: [ValueDescriptor]) {
+            out.append(UInt8(descriptors.count))
+            for descriptor in descriptors {
+                out += descriptor.id + descriptor.signerID
+                u32(Int(descriptor.slot))
+                u64(descriptor.sequence)
+                u64(descriptor.created)
+                u32(Int(descriptor.lifetime))
+                out += [UInt8(descriptor.type >> 8), UInt8(descriptor.type & 0xFF), descriptor.flags]
+                u32(descriptor.length)
+            }
+        }
         /// id (32) | index (1) | count (1) | value length (4) | part length (2) | part.
         func valuePart(_ part: ValuePart) {
             out += part.id + [UInt8(part.index), UInt8(part.count)]
@@ -367,16 +400,18 @@ struct DHTMessage: Equatable {
             u64(since)
             out += [UInt8(skip >> 8 & 0xFF), UInt8(skip & 0xFF)]
         case .valueList(let total, let descriptors):
-            out += [UInt8(total >> 8 & 0xFF), UInt8(total & 0xFF), UInt8(descriptors.count)]
-            for descriptor in descriptors {
-                out += descriptor.id + descriptor.signerID
-                u32(Int(descriptor.slot))
-                u64(descriptor.sequence)
-                u64(descriptor.created)
-                u32(Int(descriptor.lifetime))
-                out += [UInt8(descriptor.type >> 8), UInt8(descriptor.type & 0xFF), descriptor.flags]
-                u32(descriptor.length)
-            }
+            out += [UInt8(total >> 8 & 0xFF), UInt8(total & 0xFF)]
+            valueDescriptors(descriptors)
+        case .valueListen(let token, let key, let signer, let listener):
+            u64(token)
+            out += key.bytes + (signer ?? [UInt8](repeating: 0, count: 32))
+            u64(listener)
+        case .valueListening(let status, let lifetime):
+            out += [status.rawValue, UInt8(lifetime >> 8 & 0xFF), UInt8(lifetime & 0xFF)]
+        case .valueNotify(let listener, let key, let descriptors):
+            u64(listener)
+            out += key.bytes
+            valueDescriptors(descriptors)
         case .valueFetch(let token, let key, let id, let index):
             u64(token)
             out += key.bytes + id + [UInt8(index)]
@@ -389,6 +424,7 @@ struct DHTMessage: Equatable {
         if case .mailFetch = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         if case .valueGet = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         if case .valueFetch = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
+        if case .valueListen = body, out.count < Self.paddedRequestSize { out += [UInt8](repeating: 0, count: Self.paddedRequestSize - out.count) }
         return out
     }
 
@@ -428,6 +464,20 @@ struct DHTMessage: Equatable {
             let length = try u16()
             guard length <= Self.maximumSignalPayload else { throw .malformed("signal payload of \(length) bytes") }
             return Array(try take(length))
+        }
+        func valueDescriptors() throws(DHTError) -> [ValueDescriptor] {
+            let count = Int(try take(1).first ?? 0)
+            guard count <= Self.maximumDescriptors else { throw .malformed("\(count) values") }
+            var descriptors: [ValueDescriptor] = []
+            for _ in 0..<count {
+                let valueID = Array(try take(32)), signer = Array(try take(32))
+                let slot = UInt32(try u32()), sequence = try u64(), created = try u64(), lifetime = UInt32(try u32())
+                let type = UInt16(try u16()), flags = try take(1).first ?? 0, length = try u32()
+                guard length >= 1, length <= SignedValue.maximumWireSize else { throw .malformed("value of \(length) bytes") }
+                descriptors.append(ValueDescriptor(id: valueID, signerID: signer, slot: slot, sequence: sequence, created: created,
+                                                   lifetime: lifetime, type: type, flags: flags, length: length))
+            }
+            return descriptors
         }
         func valuePart() throws(DHTError) -> ValuePart {
             let valueID = Array(try take(32))
@@ -507,17 +557,8 @@ struct DHTMessage: Equatable {
             body = .valueGet(token: token, key: key, signer: signer.allSatisfy { $0 == 0 } ? nil : signer, since: since, skip: try u16())
         case 23:
             let total = try u16()
-            let count = Int(try take(1).first ?? 0)
-            guard count <= Self.maximumDescriptors, count <= total else { throw .malformed("\(count) of \(total) values") }
-            var descriptors: [ValueDescriptor] = []
-            for _ in 0..<count {
-                let valueID = Array(try take(32)), signer = Array(try take(32))
-                let slot = UInt32(try u32()), sequence = try u64(), created = try u64(), lifetime = UInt32(try u32())
-                let type = UInt16(try u16()), flags = try take(1).first ?? 0, length = try u32()
-                guard length >= 1, length <= SignedValue.maximumWireSize else { throw .malformed("value of \(length) bytes") }
-                descriptors.append(ValueDescriptor(id: valueID, signerID: signer, slot: slot, sequence: sequence, created: created,
-                                                   lifetime: lifetime, type: type, flags: flags, length: length))
-            }
+            let descriptors = try valueDescriptors()
+            guard descriptors.count <= total else { throw .malformed("\(descriptors.count) of \(total) values") }
             body = .valueList(total: total, descriptors: descriptors)
         case 24:
             let token = try u64(), key = try id(), valueID = Array(try take(32))
@@ -525,6 +566,15 @@ struct DHTMessage: Equatable {
         case 25:
             guard let status = ValueFetchStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
             body = .valuePart(status, status == .part ? try valuePart() : nil)
+        case 26:
+            let token = try u64(), key = try id(), signer = Array(try take(32))
+            body = .valueListen(token: token, key: key, signer: signer.allSatisfy { $0 == 0 } ? nil : signer, listener: try u64())
+        case 27:
+            guard let status = ValueListenStatus(rawValue: try take(1).first ?? 0xFF) else { throw .malformed("status") }
+            body = .valueListening(status, lifetime: try u16())
+        case 28:
+            let listener = try u64(), key = try id()
+            body = .valueNotify(listener: listener, key: key, descriptors: try valueDescriptors())
         default: throw .malformed("kind \(kind)")
         }
         guard flags & ~(kind == 4 ? 1 : 0) == 0 else { throw .malformed("flags") }

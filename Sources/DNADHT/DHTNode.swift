@@ -12,6 +12,11 @@ public enum DHTEvent: Sendable {
     case valuePut(LookupID, ValuePutResult)
     /// A get of the values at a key ended (§10.3).
     case valuesGot(LookupID, ValueGetResult)
+    /// Listener `listen` (§10.5) learnt a value newer than any it knew for the value's signer and
+    /// slot (each value once, in sequence order per slot; a tombstone is a deletion).
+    case valueChanged(listen: UInt64, SignedValue)
+    /// A value listener `listen` knew reached the end of its lifetime.
+    case valueExpired(listen: UInt64, SignedValue)
 }
 
 /// A Kademlia node as a sans-I/O state machine (docs/PROTOCOL.md §5): datagrams with their source and
@@ -49,6 +54,11 @@ public final class DHTNode {
     private var valuePuts: [LookupID: ValuePut] = [:]
     private var valueGets: [LookupID: ValueGet] = [:]
     private var silentValueOperations = Set<LookupID>()
+    /// Subscriptions this node keeps as a holder, and its own listeners (§10.5); the gets run for a
+    /// listener (by the get's id), and the holders each listener is getting from after a push.
+    private var subscriptions: ValueSubscriptions
+    private var listens: [UInt64: ValueListen] = [:]
+    private var listenGets: [LookupID: (listen: UInt64, holder: Endpoint?)] = [:]
 
     private var lookups: [LookupID: Lookup] = [:]
     private var nextLookupID: LookupID = 1
@@ -71,6 +81,7 @@ public final class DHTNode {
         entries = PeerEntryStore(own: credential.id, configuration: configuration)
         inboxes = MailStore(configuration: configuration)
         values = ValueStore(configuration: configuration)
+        subscriptions = ValueSubscriptions(configuration: configuration)
         signaling = Signaling(configuration: configuration)
     }
 
@@ -165,6 +176,28 @@ public final class DHTNode {
     public func getValues(_ key: NodeID, query: ValueQuery = ValueQuery(), now: UInt64) -> LookupID {
         startLookup(target: key, kind: .getValues(query), now: now)
     }
+
+    /// Listens to the values at `key` (§10.5): looks the key up, subscribes to the k closest holders,
+    /// and gets what they hold; then every value stored or replaced there that `query` selects comes
+    /// as a `.valueChanged` event (once per value, in sequence order per slot), and each known
+    /// value's end as `.valueExpired`. The subscription is renewed every `listenRenewal` ms against
+    /// the holders then closest. Returns the listener's id.
+    public func listen(_ key: NodeID, query: ValueQuery = ValueQuery(), now: UInt64) -> UInt64 {
+        let listenID = random.next() | 1
+        listens[listenID] = ValueListen(id: listenID, key: key, query: query, renewAt: now + configuration.listenRenewal)
+        startLookup(target: key, kind: .listen(listenID), now: now, silent: true)
+        return listenID
+    }
+
+    /// Stops listener `id` (the holders' subscriptions end with their lifetime).
+    public func cancelListen(_ id: UInt64) {
+        listens[id] = nil
+        for (operation, get) in listenGets where get.listen == id { listenGets[operation] = nil }
+    }
+
+    /// Listeners this node runs, and subscriptions it keeps for others.
+    public var listenCount: Int { listens.count }
+    var subscriptionCount: Int { subscriptions.count }
 
     /// Drops the entry held at `key`, as a holder that restarted with empty storage would have
     /// none (tests, operators).
@@ -290,6 +323,21 @@ public final class DHTNode {
                 return
             }
             events.append(.delivered(SignalDelivery(id: signalID, holder: source, from: from, payload: payload)))
+        case .valueNotify(let listenID, let key, let descriptors):
+            // Only from a holder that accepted this listener's subscription; one get from it at a time.
+            guard let listen = listens[listenID], listen.key == key, let holderID = listen.holders[source],
+                  let token = tokens.received[source] else {
+                statistics.unexpectedResponses += 1
+                return
+            }
+            guard descriptors.contains(where: listen.isNews),
+                  !listenGets.values.contains(where: { $0.listen == listenID && $0.holder == source }) else { return }
+            let operation = nextLookupID
+            nextLookupID += 1
+            valueGets[operation] = ValueGet(id: operation, key: key, query: listen.query,
+                                            holders: [(Contact(id: holderID, endpoint: source), token)], local: listen.knownValues, messages: 0)
+            listenGets[operation] = (listenID, source)
+            advanceValue(operation, now: now)
         default:
             return
         }
@@ -389,8 +437,19 @@ public final class DHTNode {
             body = recordBody(answer, source: source, sender: sender, token: token)
         case .valuePut, .valueGet, .valueFetch:
             let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
+            let stored = statistics.storedValues
             guard let answer = values.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
+            if statistics.storedValues > stored, case .valuePut(_, let key, let part) = request.body {
+                notifySubscribers(key, valueID: part.id, now: now)
+            }
+        case .valueListen(let presented, let key, let signer, let listener):
+            guard tokens.isValid(presented, for: source) else {
+                body = .valueListening(.badToken, lifetime: 0)
+                break
+            }
+            let status = subscriptions.listen(key: key, signer: signer, listener: listener, from: source, now: now)
+            body = .valueListening(status, lifetime: status == .listening ? Int(subscriptions.lifetime / 1000) : 0)
         case .mailPut, .mailFetch, .mailDelete:
             let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
             guard let answer = inboxes.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
@@ -407,6 +466,16 @@ public final class DHTNode {
             response.body = .nodes(observed: observed, token: token, held: held, contacts: contacts)
         }
         return send(response, to: source)
+    }
+
+    /// Pushes a value stored or replaced at `key` to the subscribers of its key (and signer).
+    private func notifySubscribers(_ key: NodeID, valueID: [UInt8], now: UInt64) {
+        guard subscriptions.count > 0, let stored = values.held(at: key, at: time(now)).first(where: { $0.id == valueID }) else { return }
+        let descriptor = ValueDescriptor(stored.value, id: stored.id, length: stored.wire.count)
+        for subscriber in subscriptions.subscribers(of: key, signer: descriptor.signerID, now: now) {
+            send(DHTMessage(transaction: random.next(), salt: credential.salt,
+                            body: .valueNotify(listener: subscriber.listener, key: key, descriptors: [descriptor])), to: subscriber.source)
+        }
     }
 
     /// The message a record store's answer stands for.
@@ -516,6 +585,8 @@ public final class DHTNode {
             if case .mailStored(.stored) = message.body { statistics.mailRepublished += 1 }
         case .value(let operation, let holderID):
             valueAnswered(operation, holder: Contact(id: holderID, endpoint: source), request: request.body, answer: message.body, now: now)
+        case .listen(let listenID, let holderID):
+            if case .valueListening(.listening, _) = message.body { listens[listenID]?.holders[source] = holderID }
         }
     }
 
@@ -565,7 +636,13 @@ public final class DHTNode {
         if let get = valueGets[operation], get.advance(send: send) {
             valueGets[operation] = nil
             silentValueOperations.remove(operation)
-            if !silent { events.append(.valuesGot(operation, get.result)) }
+            if let listenGet = listenGets.removeValue(forKey: operation) {
+                if let listen = listens[listenGet.listen] {
+                    for value in listen.learn(get.result.values) { events.append(.valueChanged(listen: listen.id, value)) }
+                }
+            } else if !silent {
+                events.append(.valuesGot(operation, get.result))
+            }
         }
     }
 
@@ -586,6 +663,11 @@ public final class DHTNode {
         if let keepalive = signaling.nextKeepalive { next = min(next, keepalive) }
         // Partial messages expire on time even on an idle node (§5.1).
         if let expiry = reassembler.nextExpiry { next = min(next, expiry) }
+        // Listeners: their renewal, and the end of a value they know (Unix ms, on the monotonic clock).
+        for listen in listens.values {
+            next = min(next, listen.renewAt)
+            if let end = listen.nextExpiry { next = min(next, end &- UInt64(bitPattern: unixOffset &+ clockCorrection)) }
+        }
         return next
     }
 
@@ -665,6 +747,15 @@ public final class DHTNode {
             case .republished: break
             case .value(let operation, let holderID):
                 valueAnswered(operation, holder: Contact(id: holderID, endpoint: request.endpoint), request: request.body, answer: nil, now: now)
+            case .listen: break
+            }
+        }
+        // Listeners: report values that ended; renew subscriptions that are due.
+        for listen in listens.values {
+            for value in listen.expired(unix: unix(now)) { events.append(.valueExpired(listen: listen.id, value)) }
+            if now >= listen.renewAt {
+                listen.renewAt = now + configuration.listenRenewal
+                startLookup(target: listen.key, kind: .listen(listen.id), now: now, silent: true)
             }
         }
         // Owners: keep the NAT mapping toward every holder of an own entry open.
@@ -672,7 +763,10 @@ public final class DHTNode {
             for endpoint in endpoints { ping(endpoint, expected: nil, now: now) }
         }
         // Expired relays and signals, and inbox items, go every 5 s.
-        if signaling.sweep(now: now) { inboxes.expire(at: time(now)) }
+        if signaling.sweep(now: now) {
+            inboxes.expire(at: time(now))
+            subscriptions.expire(now: now)
+        }
         reassembler.expire(now: now)
         tokens.rotate(now: now, random: &random)
         if now >= nextRefresh {
@@ -774,6 +868,20 @@ public final class DHTNode {
         case .putValue(let wire, let valueID):
             startValuePut(after: lookup, wire: wire, valueID: valueID, now: now)
             return
+        case .listen(let listenID):
+            guard let listen = listens[listenID] else { return }
+            let holders = Array(lookup.answeredWithTokens().prefix(configuration.k))
+            listen.holders = [:]
+            for (contact, token) in holders {
+                request(.valueListen(token: token, key: listen.key, signer: listen.query.signer, listener: listenID), to: contact.endpoint,
+                        expected: contact.id, purpose: .listen(listenID, contact.id), now: now)
+            }
+            let local = values.held(at: listen.key, signer: listen.query.signer, since: listen.query.since, at: time(now)).map(\.value)
+            valueGets[lookup.id] = ValueGet(id: lookup.id, key: listen.key, query: listen.query, holders: holders,
+                                            local: local + listen.knownValues, messages: lookup.result.messages)
+            listenGets[lookup.id] = (listenID, nil)
+            advanceValue(lookup.id, now: now)
+            return
         case .getValues(let query):
             let holders = Array(lookup.answeredWithTokens().prefix(configuration.k))
             let local = values.held(at: lookup.target, signer: query.signer, since: query.since, at: time(now)).map(\.value)
@@ -800,8 +908,10 @@ public final class DHTNode {
         var heldHere = false
         if closest.count < configuration.k || closest.contains(where: { (id ^ lookup.target) < ($0.id ^ lookup.target) }),
            case .valid(let value) = values.validate(wire, at: time(now)) {
+            let stored = statistics.storedValues
             let status = values.hold(value, wire: wire, at: time(now), statistics: &statistics)
             heldHere = status == .stored
+            if statistics.storedValues > stored, let key = NodeID(bytes: value.key[...]) { notifySubscribers(key, valueID: valueID, now: now) }
         }
         valuePuts[lookup.id] = ValuePut(id: lookup.id, key: lookup.target, wire: wire, valueID: valueID, candidates: candidates,
                                         k: configuration.k, heldHere: heldHere, messages: lookup.result.messages)

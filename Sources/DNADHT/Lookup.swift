@@ -64,6 +64,8 @@ final class Lookup {
         case putValue([UInt8], id: [UInt8])
         /// FIND_NODE; then the node gets the values at the key from the closest (`ValueGet`, §10.3).
         case getValues(ValueQuery)
+        /// FIND_NODE; then the node subscribes listener `UInt64` to the closest and gets the values (§10.5).
+        case listen(UInt64)
     }
 
     enum Phase { case searching, storing, finished }
@@ -294,7 +296,7 @@ final class Lookup {
         let token = tokens[candidate.contact.endpoint] ?? 0
         candidates[candidate.contact.id]?.token = token
         switch kind {
-        case .nodes, .announce, .republishMail, .putValue, .getValues: return .findNode(target: target, token: token)
+        case .nodes, .announce, .republishMail, .putValue, .getValues, .listen: return .findNode(target: target, token: token)
         case .value, .signal: return .findValue(key: target, token: token)
         }
     }

@@ -28,6 +28,8 @@ struct Transactions {
         case republished
         /// A request of value put or get `LookupID` (§10) to node `NodeID`; the body says which.
         case value(LookupID, NodeID)
+        /// VALUE_LISTEN of listener `UInt64` to node `NodeID` (§10.5).
+        case listen(UInt64, NodeID)
     }
 
     /// A request in flight: where it went, which node should answer, its timers (ms) and attempts.

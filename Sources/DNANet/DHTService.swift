@@ -144,6 +144,8 @@ public final class DHTService: @unchecked Sendable {
     /// Ended value puts and gets (§10), until their caller takes them.
     private var valuePutResults: [LookupID: ValuePutResult] = [:]
     private var valueGetResults: [LookupID: ValueGetResult] = [:]
+    /// Listeners (§10.5): the handler each one's events go to, on the loop thread.
+    private var valueHandlers: [UInt64: @Sendable (UInt64, ValueEvent) -> Void] = [:]
     /// Signaling: signals for this node's keys, and answers to the signals it sent (bounded queues).
     private var incomingSignals: [SignalRequest] = []
     /// The last signals queued (id, origin, payload), so that copies through other holders are dropped.
@@ -368,6 +370,34 @@ public final class DHTService: @unchecked Sendable {
         let result = monitor.wait(milliseconds: timeout) { valuePutResults[id] }
         _ = monitor.locked { valuePutResults.removeValue(forKey: id) }
         return result
+    }
+
+    /// What a listener hears (§10.5).
+    public enum ValueEvent: Sendable, Equatable {
+        /// A value newer than any known for its signer and slot (a tombstone: the slot was deleted).
+        case changed(SignedValue)
+        /// A known value's lifetime ended.
+        case expired(SignedValue)
+    }
+
+    /// Listens to the values at `key` (§10.5): `handler` gets the listener's id and each change and
+    /// expiry, on the loop thread (it must not wait for this service). Returns the listener's id,
+    /// nil once stopped.
+    public func listen(_ key: NodeID, query: ValueQuery = ValueQuery(),
+                       handler: @escaping @Sendable (UInt64, ValueEvent) -> Void) -> UInt64? {
+        perform { [self] node, now in
+            let id = node.listen(key, query: query, now: now)
+            monitor.locked { valueHandlers[id] = handler }
+            return id
+        }
+    }
+
+    /// Stops listener `id`; no event of it comes after this returns (unless called from its handler).
+    public func cancelListen(_ id: UInt64) {
+        _ = perform { [self] node, _ in
+            node.cancelListen(id)
+            monitor.locked { valueHandlers[id] = nil }
+        }
     }
 
     /// The last sequence this service wrote per key and slot (`writeValue`).
@@ -765,6 +795,7 @@ public final class DHTService: @unchecked Sendable {
                 case .lookupFinished(let id, let result): results[id] = result
                 case .valuePut(let id, let result): valuePutResults[id] = result
                 case .valuesGot(let id, let result): valueGetResults[id] = result
+                case .valueChanged, .valueExpired: break  // handed to the handlers below, outside the lock
                 case .signalled(let request):
                     // The same signal arrives through several holders at once: keep the first.
                     // A copy a second later is the signaller sending again (its first, or the
@@ -800,6 +831,15 @@ public final class DHTService: @unchecked Sendable {
             }
         }
         if !events.isEmpty { monitor.broadcast() }
+        for event in events {
+            switch event {
+            case .valueChanged(let id, let value):
+                if let handler = monitor.locked({ valueHandlers[id] }) { handler(id, .changed(value)) }
+            case .valueExpired(let id, let value):
+                if let handler = monitor.locked({ valueHandlers[id] }) { handler(id, .expired(value)) }
+            default: break
+            }
+        }
     }
 
     /// A periodic re-announcement that no node stored is reported (warning) and tried again soon,

@@ -125,16 +125,51 @@ struct Get: ParsableCommand {
             print("no answer within \(node.timeout) s")
             throw ExitCode.failure
         }
-        for value in result.values {
-            let shown: String
-            if value.isTombstone {
-                shown = "deleted"
-            } else if let text = String(validating: value.data, as: UTF8.self), !text.contains(where: { $0.isNewline }) {
-                shown = text
-            } else {
-                shown = "hex:" + Hex.encode(value.data)
-            }
-            print("\(value.signer) \(value.slot) \(value.sequence) \(value.type) \(value.created) \(value.lifetime) \(shown)")
+        for value in result.values { print(Self.line(value)) }
+    }
+
+    /// signer, slot, sequence, type, created, lifetime, then the value: text, "hex:..." when it is not
+    /// one line of UTF-8, or "deleted".
+    static func line(_ value: SignedValue) -> String {
+        let shown: String
+        if value.isTombstone {
+            shown = "deleted"
+        } else if let text = String(validating: value.data, as: UTF8.self), !text.contains(where: { $0.isNewline }) {
+            shown = text
+        } else {
+            shown = "hex:" + Hex.encode(value.data)
         }
+        return "\(value.signer) \(value.slot) \(value.sequence) \(value.type) \(value.created) \(value.lifetime) \(shown)"
+    }
+}
+
+/// `dnat watch`: print each value pushed at a key as it arrives.
+struct Watch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Listen to a key in the DHT: print its values, then each one stored or replaced there as the holders push it.",
+        discussion: "Lines as dnat get prints them, after 'changed' or 'expired'. Runs until interrupted (SIGINT, SIGTERM).")
+
+    @Argument(help: "The key text (or, with --hex, the 20 key bytes in hex).") var key: String
+    @Option(help: "Only values with a sequence above this.") var since: UInt64 = 0
+    @OptionGroup var node: ValueNode
+
+    func run() throws {
+        let key = try node.key(self.key)
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        for signal in [SIGINT, SIGTERM] { sigaddset(&signals, signal) }
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        let service = try node.start()
+        defer { service.stop() }
+        guard let nodeKey = NodeID(bytes: key),
+              service.listen(nodeKey, query: ValueQuery(since: since), handler: { _, event in
+                  switch event {
+                  case .changed(let value): print("changed " + Get.line(value))
+                  case .expired(let value): print("expired " + Get.line(value))
+                  }
+                  fflush(nil)
+              }) != nil else { throw ExitCode.failure }
+        var info = siginfo_t()
+        _ = sigwaitinfo(&signals, &info)
     }
 }

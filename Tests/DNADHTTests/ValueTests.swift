@@ -160,6 +160,9 @@ import Testing
             "value_fetch": .valueFetch(token: 0x1122_3344_5566_7789, key: key, id: value.id, index: 0),
             "value_part": .valuePart(.part, parts[0]),
             "value_part_not_held": .valuePart(.notHeld, nil),
+            "value_listen": .valueListen(token: 0x1122_3344_5566_7789, key: key, signer: value.signerID, listener: 0x0A0B_0C0D_0E0F_1011),
+            "value_listening": .valueListening(.listening, lifetime: 600),
+            "value_notify": .valueNotify(listener: 0x0A0B_0C0D_0E0F_1011, key: key, descriptors: [descriptor]),
         ]
         #expect(vectors.messages.count == bodies.count)
         let transaction = UInt64(vectors.transaction, radix: 16) ?? 0
@@ -362,3 +365,93 @@ import Testing
     }
 }
 
+
+// MARK: Listening (§10.5)
+
+extension ValueTests {
+    static func changes(_ network: SimulatedNetwork, _ endpoint: Endpoint, _ listen: UInt64) -> [SignedValue] {
+        (network.events[endpoint] ?? []).compactMap { if case .valueChanged(let id, let value) = $0, id == listen { value } else { nil } }
+    }
+
+    static func expiries(_ network: SimulatedNetwork, _ endpoint: Endpoint, _ listen: UInt64) -> [SignedValue] {
+        (network.events[endpoint] ?? []).compactMap { if case .valueExpired(let id, let value) = $0, id == listen { value } else { nil } }
+    }
+
+    @Test func aListenerHearsEveryUpdateOnceInSequenceOrderAndTheExpiry() throws {
+        let network = SimulationTests.network(100, seed: 44)
+        network.loss = 0.1
+        let key = try #require(NodeID(bytes: Self.key))
+        let listener = network.order[17], writers = [network.order[40], network.order[71]]
+        // A value written before the listener starts is reported by its first get.
+        let before = Self.value(Self.bob, slot: 0, sequence: 1, created: network.now / 1000, lifetime: 600, data: [0])
+        let first = try #require(network.node(writers[1])).putValue(before, now: network.now)
+        network.flush(writers[1])
+        #expect(Self.putResult(network, writers[1], first)?.stored ?? 0 >= 15)
+        let node = try #require(network.node(listener))
+        let listen = node.listen(key, now: network.now)
+        network.flush(listener)
+        network.run(for: 3_000)
+        #expect(Self.changes(network, listener, listen) == [before])
+        // Alice's slot 0 written five times, one write every 3 s, from two nodes in turn; bob's slot
+        // deleted: each is pushed by the holders and reported once, in order.
+        var written: [SignedValue] = []
+        for sequence in 1...5 {
+            let value = Self.value(Self.alice, sequence: UInt64(sequence), created: network.now / 1000, lifetime: 600, data: [UInt8(sequence)])
+            let writer = writers[sequence % 2]
+            let id = try #require(network.node(writer)).putValue(value, now: network.now)
+            network.flush(writer)
+            #expect(Self.putResult(network, writer, id) != nil)
+            written.append(value)
+            network.run(for: 3_000)
+        }
+        let tombstone = Self.value(Self.bob, sequence: 2, created: network.now / 1000, lifetime: 300, flags: SignedValue.tombstoneFlag, data: [])
+        let deletion = try #require(network.node(writers[0])).putValue(tombstone, now: network.now)
+        network.flush(writers[0])
+        #expect(Self.putResult(network, writers[0], deletion) != nil)
+        network.run(for: 3_000)
+        let heard = Self.changes(network, listener, listen)
+        #expect(heard == [before] + written + [tombstone], "heard sequences \(heard.map { ($0.signer.description, $0.sequence) })")
+        // The values' lifetimes end (600 s after creation; the tombstone's 300 s): each expiry once.
+        network.loss = 0
+        network.run(for: 700_000)
+        let ended = Self.expiries(network, listener, listen)
+        #expect(Set(ended.map(\.id)) == Set([written[4].id, tombstone.id]) && ended.count == 2, "\(ended.map(\.sequence))")
+        #expect(Self.changes(network, listener, listen).count == heard.count)  // renewals report nothing twice
+        // Holders keep subscriptions bounded, and a cancelled listener hears nothing more.
+        node.cancelListen(listen)
+        let later = Self.value(Self.alice, sequence: 9, created: network.now / 1000, data: [9])
+        let id = try #require(network.node(writers[0])).putValue(later, now: network.now)
+        network.flush(writers[0])
+        _ = Self.putResult(network, writers[0], id)
+        network.run(for: 3_000)
+        #expect(Self.changes(network, listener, listen).count == heard.count)
+    }
+}
+
+extension ValueTests {
+    @Test func aListenerOfOneSignerHearsThatSignersChangesOnly() throws {
+        let network = SimulationTests.network(12, seed: 45)
+        let key = try #require(NodeID(bytes: Self.key))
+        let listener = network.order[5], writer = network.order[10]
+        func put(_ value: SignedValue) throws {
+            let id = try #require(network.node(writer)).putValue(value, now: network.now)
+            network.flush(writer)
+            #expect(Self.putResult(network, writer, id)?.stored ?? 0 >= 10)
+        }
+        let first = Self.value(Self.alice, sequence: 1, created: network.now / 1000, data: [1])
+        try put(first)
+        let node = try #require(network.node(listener))
+        let everyone = try #require(network.node(network.order[6])).listen(key, now: network.now)
+        network.flush(network.order[6])
+        let listen = node.listen(key, query: ValueQuery(signer: first.signerID), now: network.now)
+        network.flush(listener)
+        network.run(for: 1_000)
+        try put(Self.value(Self.bob, sequence: 1, created: network.now / 1000, data: [2]))
+        network.run(for: 1_000)
+        let tombstone = Self.value(Self.alice, sequence: 2, created: network.now / 1000, lifetime: 60, flags: SignedValue.tombstoneFlag, data: [])
+        try put(tombstone)
+        network.run(for: 1_000)
+        #expect(Self.changes(network, listener, listen) == [first, tombstone])
+        #expect(Self.changes(network, network.order[6], everyone).count == 3)
+    }
+}

@@ -29,9 +29,9 @@ def signed_bytes(v):
 
 
 def message(kind, body):
-    """kind (1) | flags (1) | salt (16) | body, padded to 300 bytes for VALUE_GET and VALUE_FETCH."""
+    """kind (1) | flags (1) | salt (16) | body, padded to 300 bytes for VALUE_GET, VALUE_FETCH, VALUE_LISTEN."""
     out = bytes([kind, 0]) + SALT + body
-    if kind in (22, 24) and len(out) < 300:
+    if kind in (22, 24, 26) and len(out) < 300:
         out += bytes(300 - len(out))
     return out
 
@@ -64,6 +64,9 @@ def main():
         "value_fetch": message(24, token + KEY + value_id + bytes([0])),
         "value_part": message(25, bytes([0]) + part(wire, value_id, 0)),
         "value_part_not_held": message(25, bytes([1])),
+        "value_listen": message(26, token + KEY + signer_id + struct.pack(">Q", 0x0A0B0C0D0E0F1011)),
+        "value_listening": message(27, bytes([0]) + struct.pack(">H", 600)),
+        "value_notify": message(28, struct.pack(">Q", 0x0A0B0C0D0E0F1011) + KEY + bytes([1]) + descriptor),
     }
     out = {
         "seed": SEED.hex(), "key": KEY.hex(), "salt": SALT.hex(), "transaction": f"{TRANSACTION:016x}",

@@ -100,6 +100,38 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_delete(dht_context_t *ctx, const char *
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_get(dht_context_t *ctx, const uint8_t key[DHT_VALUE_KEY_SIZE],
     const uint8_t *signer_id, uint64_t since, int timeout_ms, dht_value_t **values_out, size_t *count_out);
 
+/* dht_value_fn's event. */
+#define DHT_VALUE_CHANGED 0   /* a value newer than any known for its writer and slot (a tombstone: deleted) */
+#define DHT_VALUE_EXPIRED 1   /* a known value's lifetime ended */
+
+/**
+ * Receives a listener's event: listen_id as dht_listen gave it, event DHT_VALUE_*, the value (and its
+ * data) valid only during the call; user_data as given to dht_listen. Called on the context's I/O
+ * thread: it must return soon and must not call a function of the same context that waits for the
+ * network (dht_value_put, dht_value_get, dht_bootstrap...: they would fail).
+ */
+typedef void (*dht_value_fn)(uint64_t listen_id, int event, const dht_value_t *value, void *user_data);
+
+/**
+ * Listens to the values at key (PROTOCOL.md §10.5): the k holders closest to key push every value
+ * stored or replaced there, and fn hears each value once, newer than the last it heard for that
+ * writer and slot (in sequence order per slot; a write replaced before this node fetched it is
+ * skipped), beginning with the values held when the listener starts; and the end of each value's
+ * lifetime. signer_id (may be NULL) keeps one writer's; since keeps sequences above it. The
+ * subscription is renewed every 5 minutes against the holders then closest (holders that left,
+ * this node's new address). listen_id_out: (out) the listener's id. Returns DNA_OK,
+ * DNA_ERR_INVALID_ARGUMENT, DNA_ERR_CLOSED. Returns at once (the first events follow).
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_listen(dht_context_t *ctx, const uint8_t key[DHT_VALUE_KEY_SIZE], const uint8_t *signer_id,
+    uint64_t since, dht_value_fn fn, void *user_data, uint64_t *listen_id_out);
+
+/**
+ * Stops a listener: once this returns, fn is not called for it again (unless this is called from fn
+ * itself, where the current call is the last). Returns DNA_OK, DNA_ERR_NOT_FOUND (no such listener),
+ * DNA_ERR_INVALID_ARGUMENT, DNA_ERR_CLOSED. Any thread, fn included.
+ */
+DNA_EXPORT int dht_listen_cancel(dht_context_t *ctx, uint64_t listen_id);
+
 #ifdef __cplusplus
 }
 #endif

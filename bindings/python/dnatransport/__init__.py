@@ -7,6 +7,7 @@ import collections
 import ctypes
 import enum
 import os
+import select
 import threading
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ __all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "v
            "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "Initiator", "Responder", "Session", "MAX_DATAGRAM",
            "SESSION_OVERHEAD", "DHT", "CandidateType", "Candidate", "NatTraversal",
            "NAT_MAX_CANDIDATES", "NAT_MAX_DATAGRAM", "Value", "value_key", "VALUE_MAX_DATA", "VALUE_MAX_LIFETIME",
-           "VALUE_FLAG_TOMBSTONE", "VALUE_FLAG_SEALED"]
+           "VALUE_FLAG_TOMBSTONE", "VALUE_FLAG_SEALED", "Listener"]
 
 
 class ErrorCode(enum.IntEnum):
@@ -502,6 +503,121 @@ class Value(collections.namedtuple("Value", "key signer signer_id slot sequence 
         return bool(self.flags & VALUE_FLAG_TOMBSTONE)
 
 
+def _value_from_c(v):
+    return Value(bytes(v.key), v.signer.decode("utf-8", "replace"), bytes(v.signer_id), v.slot, v.sequence, v.created,
+                 v.lifetime, v.type, v.flags, ctypes.string_at(v.data, v.data_len) if v.data_len else b"")
+
+
+class Listener:
+    """A subscription to the values at a key (dht_listen, docs/PROTOCOL.md §10.5). Iterating yields
+    ("changed", Value) and ("expired", Value) as they come (blocking); fileno() is readable while an
+    event waits, so a Listener works with select/selectors; poll() returns the waiting events without
+    blocking. With a callback, each event also goes to callback(kind, value) on the library's I/O
+    thread (it must return soon and not wait for the network). cancel() (or close()) stops it."""
+
+    def __init__(self, dht, key, callback=None, signer_id=None, since=0):
+        self._dht_calls = dht
+        self._events = collections.deque()
+        self._lock = threading.Lock()
+        self._readable, self._writable = os.pipe()
+        os.set_blocking(self._writable, False)
+        self._callback = callback
+        self._c_callback = _native.VALUE_FN(self._on_event)
+        listen_id = ctypes.c_uint64(0)
+        signer = None if signer_id is None else (ctypes.c_uint8 * 32).from_buffer_copy(_signer_arg(signer_id))
+        try:
+            _check(lib.dht_listen(dht._dht(), _key_arg(key), signer, int(since), self._c_callback, None,
+                                  ctypes.byref(listen_id)), "listen")
+        except BaseException:
+            os.close(self._readable)
+            os.close(self._writable)
+            raise
+        self.id = listen_id.value
+        _live_listeners.add(self)  # the C callback must outlive every call the library may make
+
+    def _on_event(self, listen_id, event, value, user_data):
+        kind = "changed" if event == 0 else "expired"
+        item = (kind, _value_from_c(value.contents))
+        if self._callback is not None:  # first: whoever takes the event from the queue sees its callback done
+            try:
+                self._callback(*item)
+            except Exception:  # an exception cannot cross into C: the event is still queued
+                pass
+        with self._lock:  # the byte and the event together: readable exactly while an event waits
+            self._events.append(item)
+            try:
+                os.write(self._writable, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def fileno(self):
+        return self._readable
+
+    def _drain(self):
+        """Empties the pipe (under the lock, once the queue is empty)."""
+        try:
+            while select.select([self._readable], [], [], 0)[0] and os.read(self._readable, 65536):
+                pass
+        except OSError:
+            pass
+
+    def poll(self):
+        """The events that arrived, without blocking (a list of (kind, Value))."""
+        with self._lock:
+            events = list(self._events)
+            self._events.clear()
+            self._drain()
+        return events
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while True:
+            with self._lock:
+                if self._events:
+                    item = self._events.popleft()
+                    if not self._events:
+                        self._drain()
+                    return item
+            if self.id is None:
+                raise StopIteration
+            try:
+                select.select([self._readable], [], [], 0.5)
+            except (OSError, ValueError):
+                raise StopIteration
+
+    def cancel(self):
+        """Stops the listener; no event is added after this returns."""
+        if self.id is not None:
+            try:
+                lib.dht_listen_cancel(self._dht_calls._dht(), self.id)
+            except DNAError:
+                pass  # the DHT was closed: no call comes any more
+            self.id = None
+            _live_listeners.discard(self)
+            os.close(self._writable)
+            os.close(self._readable)
+
+    close = cancel
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cancel()
+
+
+_live_listeners = set()
+
+
+def _signer_arg(signer_id):
+    signer_id = bytes(signer_id)
+    if len(signer_id) != 32:
+        raise DNAError(ErrorCode.INVALID_ARGUMENT, "signer_id is 32 bytes")
+    return signer_id
+
+
 def value_key(text):
     """The 20-byte key of an application's key text (str or bytes): SHA-256 truncated (dht_value_key)."""
     out = (ctypes.c_uint8 * 20)()
@@ -541,23 +657,21 @@ class _ValueCalls:
                                     int(timeout_ms), ctypes.byref(holders)), "delete")
         return holders.value
 
+    def listen(self, key, callback=None, signer_id=None, since=0):
+        """A Listener of the values at key: an iterator of ("changed" | "expired", Value), pollable
+        (fileno), and callback(kind, value) on the I/O thread when given. Cancel it when done."""
+        return Listener(self, key, callback, signer_id, since)
+
     def get(self, key, signer_id=None, since=0, timeout_ms=0):
         """The freshest verified Value per writer and slot at key (tombstones included), ordered by
         signer_id then slot; signer_id (32 bytes) keeps one writer's, since those with a higher sequence."""
-        signer = None
-        if signer_id is not None:
-            signer_id = bytes(signer_id)
-            if len(signer_id) != 32:
-                raise DNAError(ErrorCode.INVALID_ARGUMENT, "signer_id is 32 bytes")
-            signer = (ctypes.c_uint8 * 32).from_buffer_copy(signer_id)
+        signer = None if signer_id is None else (ctypes.c_uint8 * 32).from_buffer_copy(_signer_arg(signer_id))
         values = ctypes.POINTER(_native.DHTValueC)()
         count = ctypes.c_size_t(0)
         _check(lib.dht_value_get(self._dht(), _key_arg(key), signer, int(since), int(timeout_ms), ctypes.byref(values),
                                  ctypes.byref(count)), "get")
         try:
-            return [Value(bytes(v.key), v.signer.decode("utf-8", "replace"), bytes(v.signer_id), v.slot, v.sequence,
-                          v.created, v.lifetime, v.type, v.flags, ctypes.string_at(v.data, v.data_len) if v.data_len else b"")
-                    for v in (values[i] for i in range(count.value))]
+            return [_value_from_c(values[i]) for i in range(count.value)]
         finally:
             if values:
                 lib.dna_buffer_free(values)

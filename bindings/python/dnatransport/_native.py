@@ -109,6 +109,7 @@ class DHTValueC(Structure):
 
 
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
+VALUE_FN = CFUNCTYPE(None, ctypes.c_uint64, c_int, POINTER(DHTValueC), c_void_p)
 u8p = POINTER(c_uint8)
 
 # Every export of libdnatransport: name -> (restype, argtypes). A test checks this against the .so.
@@ -173,6 +174,8 @@ FUNCTIONS = {
     "dht_value_delete": (c_int, [c_void_p, c_char_p, u8p, ctypes.c_uint32, ctypes.c_uint32, c_int, POINTER(c_int)]),
     "dht_value_get": (c_int, [c_void_p, u8p, u8p, ctypes.c_uint64, c_int, POINTER(POINTER(DHTValueC)),
                               POINTER(c_size_t)]),
+    "dht_listen": (c_int, [c_void_p, u8p, u8p, ctypes.c_uint64, VALUE_FN, c_void_p, POINTER(ctypes.c_uint64)]),
+    "dht_listen_cancel": (c_int, [c_void_p, ctypes.c_uint64]),
     # nat_traversal.h
     "nat_traversal_init": (c_void_p, [c_char_p]),
     "nat_set_turn_server": (c_int, [c_void_p, c_char_p, c_char_p, c_char_p]),

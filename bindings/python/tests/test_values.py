@@ -133,3 +133,67 @@ def test_dnat_put_and_get_from_the_command_line(network, tmp_path):
     alone = subprocess.run([str(DNAT), "get", "x", "--data-dir", str(tmp_path / "x")], capture_output=True, text=True,
                            timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert alone.returncode != 0 and "bootstrap" in alone.stderr
+
+
+def test_a_listener_hears_each_put_pushed_and_reports_the_latency(network):
+    import selectors
+    key = "room:lobby"
+    network[6].put("alice", key, b"before", slot=0)
+    heard_on_thread = []
+    listener = network[14].listen(key, callback=lambda kind, value: heard_on_thread.append((kind, value.data)))
+    try:
+        selector = selectors.DefaultSelector()
+        selector.register(listener, selectors.EVENT_READ)
+        assert selector.select(timeout=10), "the listener's first get brought nothing"
+        assert [(kind, v.data) for kind, v in listener.poll()] == [("changed", b"before")]
+        latencies = []
+        for i in range(20):
+            writer = network[6]  # alice's key is in node 6's data dir (each data dir has its own "alice")
+            start = time.monotonic()
+            _, sequence = writer.put("alice", key, f"message {i}".encode(), slot=0)
+            kind, value = next(listener)
+            latencies.append(time.monotonic() - start)
+            assert (kind, value.data, value.sequence) == ("changed", f"message {i}".encode(), sequence)
+        latencies.sort()
+        print(f"listen latency (put returned to event), 20 puts on 30 loopback nodes: "
+              f"p50 {latencies[10] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+        assert latencies[10] < 1.0
+        assert [d for _, d in heard_on_thread] == [b"before"] + [f"message {i}".encode() for i in range(20)]
+        # Another writer's slot, and a deletion: pushed too; a filter by signer keeps one writer's.
+        alice_only = network[15].listen(key, signer_id=network[3].get(key)[0].signer_id)  # node 6's alice, the only writer yet
+        assert selector.select(timeout=0) == []
+        network[8].put("bob", key, b"bob's", slot=1)
+        assert next(listener)[1].signer == "bob"
+        network[6].delete("alice", key, slot=0, lifetime=60)
+        kind, value = next(listener)
+        assert kind == "changed" and value.is_tombstone and value.signer == "alice"
+        seen, deadline = [], time.monotonic() + 10
+        while not any(v.is_tombstone for v in seen) and time.monotonic() < deadline:
+            select_ready = selectors.DefaultSelector()
+            select_ready.register(alice_only, selectors.EVENT_READ)
+            select_ready.select(timeout=1)
+            seen += [v for _, v in alice_only.poll()]
+        assert any(v.is_tombstone for v in seen) and {v.signer for v in seen} == {"alice"}, [(v.signer, v.sequence, v.flags) for v in seen]
+        alice_only.cancel()
+    finally:
+        listener.cancel()
+    assert dna.lib.dht_listen_cancel(network[14]._live(), 12345) == ErrorCode.NOT_FOUND
+
+
+def test_dnat_watch_prints_each_value_pushed(network, tmp_path):
+    import subprocess
+    from test_dnat_node import DNAT
+    watch = subprocess.Popen([str(DNAT), "watch", "cli:watched", "--bind", "127.0.0.1", "--bootstrap",
+                              f"127.0.0.1:{network[0].port}", "--data-dir", str(tmp_path / "watcher")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)  # joined and subscribed
+        lines = []
+        for text in ("first", "second"):  # (a write replaced before the watcher fetched it would be skipped)
+            network[12].put("frank", "cli:watched", text.encode())
+            lines.append(watch.stdout.readline().strip())
+        assert lines[0].startswith("changed frank 0 ") and lines[0].endswith(" first"), lines
+        assert lines[1].startswith("changed frank 0 ") and lines[1].endswith(" second"), lines
+    finally:
+        watch.terminate()
+        assert watch.wait(timeout=10) == 0

@@ -1,0 +1,115 @@
+import DNACrypto
+
+/// A holder's subscriptions (docs/PROTOCOL.md §10.5): who asked to hear of changes at which key, under
+/// which listener id, until when (monotonic ms). Bounded per source address and in all; a source that
+/// subscribes again with the same id refreshes its subscription.
+struct ValueSubscriptions {
+    struct Subscription {
+        var source: Endpoint
+        var listener: UInt64
+        var signer: [UInt8]?
+        var expires: UInt64
+    }
+
+    private var byKey: [NodeID: [Subscription]] = [:]
+    private var bySource: [Endpoint: Int] = [:]
+    private(set) var count = 0
+    let perSource: Int
+    let maximum: Int
+    /// How long a subscription lasts, in ms.
+    let lifetime: UInt64
+
+    init(configuration: DHTConfiguration) {
+        perSource = configuration.listenersPerSource
+        maximum = configuration.maximumListeners
+        lifetime = configuration.listenLifetime
+    }
+
+    /// VALUE_LISTEN from `source` (its token already checked).
+    mutating func listen(key: NodeID, signer: [UInt8]?, listener: UInt64, from source: Endpoint, now: UInt64) -> ValueListenStatus {
+        if let index = byKey[key]?.firstIndex(where: { $0.source == source && $0.listener == listener }) {
+            byKey[key]?[index].expires = now + lifetime
+            byKey[key]?[index].signer = signer
+            return .listening
+        }
+        guard bySource[source, default: 0] < perSource, count < maximum else { return .busy }
+        byKey[key, default: []].append(Subscription(source: source, listener: listener, signer: signer, expires: now + lifetime))
+        bySource[source, default: 0] += 1
+        count += 1
+        return .listening
+    }
+
+    /// The live subscriptions to changes of `signer`'s values at `key`.
+    func subscribers(of key: NodeID, signer: [UInt8], now: UInt64) -> [Subscription] {
+        (byKey[key] ?? []).filter { $0.expires > now && ($0.signer.map { $0 == signer } ?? true) }
+    }
+
+    /// Drops the subscriptions whose lifetime ended.
+    mutating func expire(now: UInt64) {
+        for (key, subscriptions) in byKey {
+            let (live, ended) = (subscriptions.filter { $0.expires > now }, subscriptions.filter { $0.expires <= now })
+            guard !ended.isEmpty else { continue }
+            byKey[key] = live.isEmpty ? nil : live
+            for subscription in ended {
+                bySource[subscription.source, default: 1] -= 1
+                if bySource[subscription.source] == 0 { bySource[subscription.source] = nil }
+                count -= 1
+            }
+        }
+    }
+}
+
+/// A subscription this node keeps to a key's values (§10.5): the holders that accepted it, the
+/// freshest value known per signer and slot, and when to subscribe again. The node reports each
+/// value once, in sequence order per slot (`learn`), and each expiry (`expired`).
+final class ValueListen {
+    let id: UInt64
+    let key: NodeID
+    let query: ValueQuery
+    /// Holders that accepted the subscription (their address and node id).
+    var holders: [Endpoint: NodeID] = [:]
+    /// The freshest value known per slot.
+    private(set) var known: [ValueStore.Slot: SignedValue] = [:]
+    /// When the node looks the key up again, subscribes to the holders then closest, and gets the
+    /// values (monotonic ms).
+    var renewAt: UInt64
+
+    init(id: UInt64, key: NodeID, query: ValueQuery, renewAt: UInt64) {
+        self.id = id
+        self.key = key
+        self.query = query
+        self.renewAt = renewAt
+    }
+
+    var knownValues: [SignedValue] { Array(known.values) }
+
+    /// Values a get brought: those newer than what is known for their slot, in sequence order (the
+    /// ones to report). A value seen before, or older, is not reported again.
+    func learn(_ values: [SignedValue]) -> [SignedValue] {
+        var fresh: [SignedValue] = []
+        for value in values.sorted(by: { $0.sequence < $1.sequence }) {
+            let slot = ValueStore.Slot(signer: value.signerID, slot: value.slot)
+            if let held = known[slot], !value.supersedes(held) { continue }
+            known[slot] = value
+            fresh.append(value)
+        }
+        return fresh
+    }
+
+    /// Whether a descriptor a holder pushed names a value newer than the one known for its slot.
+    func isNews(_ descriptor: ValueDescriptor) -> Bool {
+        guard query.signer.map({ $0 == descriptor.signerID }) ?? true, descriptor.sequence > query.since else { return false }
+        guard let held = known[ValueStore.Slot(signer: descriptor.signerID, slot: descriptor.slot)] else { return true }
+        return descriptor.supersedesValue(held)
+    }
+
+    /// The known values whose lifetime ended by `unix` (ms), forgotten now.
+    func expired(unix: UInt64) -> [SignedValue] {
+        let ended = known.filter { $0.value.expires <= unix / 1000 }
+        for slot in ended.keys { known[slot] = nil }
+        return ended.values.sorted { $0.sequence < $1.sequence }
+    }
+
+    /// The earliest end of a known value, in Unix ms.
+    var nextExpiry: UInt64? { known.values.map { $0.expires &* 1000 }.min() }
+}
