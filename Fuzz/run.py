@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TARGETS = ["frame", "dht", "dht-long", "dht-state", "handshake-responder", "handshake-initiator", "record", "reliable",
-           "offer", "peer-entry", "offline", "keyfile"]
+           "offer", "peer-entry", "offline", "keyfile", "value"]
 
 # Targets whose state outlives an input by design (dht-long's node): libFuzzer would run a full
 # LeakSanitizer scan after every input (the malloc and free counts differ), 50x slower.

@@ -358,6 +358,16 @@ func fuzzPeerEntry(_ data: [UInt8]) {
     try? entry.verify(now: Fixture.unix)
 }
 
+/// Signed values (§10.1): a value that parses has the same wire bytes; its parts put back together
+/// are its bytes; verification refuses or accepts without trapping.
+func fuzzValue(_ data: [UInt8]) {
+    guard let value = try? SignedValue(wire: data) else { return }
+    check(value.wireBytes == data, "value wire bytes")
+    let parts = ValuePart.split(data, id: value.id)
+    check(parts.flatMap(\.bytes) == data && parts.allSatisfy(\.isConsistent), "value parts")
+    try? value.verify(now: Fixture.unix)
+}
+
 /// Offline inbox records (§8): the first byte picks the kind: inbox key record, sealed message
 /// (parsed, then opened with bob's inbox keys), deletion (verified against bob's key).
 func fuzzOffline(_ data: [UInt8]) {
@@ -388,6 +398,7 @@ let targets: [(name: String, run: ([UInt8]) -> Void)] = [
     ("frame", fuzzFrame), ("dht", { fuzzDHT($0, longLived: false) }), ("dht-long", { fuzzDHT($0, longLived: true) }), ("dht-state", fuzzDHTState), ("handshake-responder", fuzzResponder),
     ("handshake-initiator", fuzzInitiator), ("record", fuzzRecord), ("reliable", fuzzReliable),
     ("offer", fuzzOffer), ("peer-entry", fuzzPeerEntry), ("offline", fuzzOffline), ("keyfile", fuzzKeyFile),
+    ("value", fuzzValue),
 ]
 nonisolated(unsafe) var selected: ([UInt8]) -> Void = fuzzFrame
 
@@ -417,6 +428,25 @@ func seeds() -> [String: [[UInt8]]] {
     }
     dht.append(encodeRecords(answers))
     dht.append(encodeRecords(requests))
+    // Signed values (§10): requests from source 1 and answers from the server, as whole messages
+    // (control bit 3: cut into pieces here).
+    var value = SignedValue(key: [UInt8](repeating: 0x42, count: 20), signer: Fixture.alice.name, slot: 1, sequence: 2,
+                            created: Fixture.unix, lifetime: 600, type: 3, data: [UInt8](repeating: 0x61, count: 20_000))
+    try! value.sign(with: Fixture.alice, now: Fixture.unix)
+    let valueKey = NodeID(bytes: value.key)!, wire = value.wireBytes, parts = ValuePart.split(wire, id: value.id)
+    let salt = a.credential.salt
+    func message(_ body: DHTMessage.Body) -> [UInt8] { DHTMessage(transaction: 77, salt: salt, body: body).bytes }
+    let valueRequests: [(UInt8, [UInt8])] = parts.map { (9, message(.valuePut(token: 1, key: valueKey, part: $0))) } + [
+        (9, message(.valueGet(token: 1, key: valueKey, signer: value.signerID, since: 1, skip: 0))),
+        (9, message(.valueFetch(token: 1, key: valueKey, id: value.id, index: 1))),
+    ]
+    let valueAnswers: [(UInt8, [UInt8])] = [
+        (13, message(.valueStored(.more, holderTime: 0))), (13, message(.valueStored(.outOfTime, holderTime: 5))),
+        (13, message(.valueList(total: 1, descriptors: [ValueDescriptor(value, id: value.id, length: wire.count)]))),
+        (13, message(.valuePart(.part, parts[1]))), (13, message(.valuePart(.notHeld, nil))),
+    ]
+    dht.append(encodeRecords(valueRequests))
+    dht.append(encodeRecords(valueAnswers))
     let entry = Fixture.entry, offline = Fixture.offline
     out["dht"] = dht
     out["dht-long"] = dht
@@ -471,6 +501,8 @@ func seeds() -> [String: [[UInt8]]] {
         ConnectOffer(kind: $0, token: [UInt8](repeating: 5, count: 16), ufrag: "abcd", password: "0123456789abcdefghijkl", candidates: candidates).bytes
     }
     out["peer-entry"] = [entry.wireBytes]
+    out["value"] = [wire, { var small = value; small.data = []; small.flags = SignedValue.tombstoneFlag
+                            try! small.sign(with: Fixture.alice, now: Fixture.unix); return small.wireBytes }()]
     let deletion = try! InboxDeletion(owner: Fixture.bob, ids: [[UInt8](repeating: 1, count: 16)], now: Fixture.unix)
     out["offline"] = [[0] + Fixture.inboxRecord.bytes, [1] + offline.bytes, [2] + deletion.bytes]
     out["keyfile"] = [KeyFile.encode(Fixture.alice)]
