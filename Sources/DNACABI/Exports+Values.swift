@@ -41,6 +41,7 @@ private func write(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?,
                    data: [UInt8], type: UInt16, lifetime: UInt32, flags: UInt8, timeout: Int32,
                    holdersOut: UnsafeMutablePointer<Int32>?, sequenceOut: UnsafeMutablePointer<UInt64>?) throws {
     let service = try Handle<CDHT>.borrow(context, "ctx").service
+    guard !service.isLoopThread else { throw InvalidArgument("called on the context's I/O thread (a callback): it would wait for itself") }
     let name = try CArg.identity(identity)
     let key = try valueKey(key)
     let milliseconds = try valueTimeout(timeout)
@@ -91,12 +92,13 @@ public func dht_value_get(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>
                           _ countOut: UnsafeMutablePointer<Int>?) -> Int32 {
     cCall("dht_value_get") {
         let service = try Handle<CDHT>.borrow(context, "ctx").service
-        let key = try valueKey(key)
-        let signer = signerID.map { Array(UnsafeBufferPointer(start: $0, count: 32)) }
         let values = try CArg.required(valuesOut, "values_out")
         let count = try CArg.required(countOut, "count_out")
         values.pointee = nil
         count.pointee = 0
+        guard !service.isLoopThread else { throw InvalidArgument("called on the context's I/O thread (a callback): it would wait for itself") }
+        let key = try valueKey(key)
+        let signer = signerID.map { Array(UnsafeBufferPointer(start: $0, count: 32)) }
         let milliseconds = try valueTimeout(timeout)
         let started = monotonicMilliseconds()
         guard let nodeKey = NodeID(bytes: key) else { throw InvalidArgument("key") }
@@ -109,17 +111,11 @@ public func dht_value_get(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>
             if service.statistics == nil { throw Closed() }
             throw Timeout()
         }
+        // No holder listed and none of the values is this node's own: the network did not answer
+        // (not "no value at this key").
+        if result.listed == 0, result.values.isEmpty, result.asked > 0 { throw Unreachable() }
         (values.pointee, count.pointee) = try ValueArray.make(result.values)
     }
-}
-
-/// The listeners of each context's service, so that dht_listen_cancel knows the ids it gave.
-final class ValueListeners: @unchecked Sendable {
-    static let shared = ValueListeners()
-    private var ids = Set<UInt64>()
-    private let lock = PThreadLock()
-    func add(_ id: UInt64) { lock.withLock { _ = ids.insert(id) } }
-    func remove(_ id: UInt64) -> Bool { lock.withLock { ids.remove(id) != nil } }
 }
 
 /// A C callback and its user data, called on the loop thread.
@@ -148,7 +144,6 @@ public func dht_listen(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>?, 
             free(array)
         }
         guard let listenID else { throw Closed() }
-        ValueListeners.shared.add(listenID)
         out.pointee = listenID
     }
 }
@@ -157,9 +152,7 @@ public func dht_listen(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>?, 
 public func dht_listen_cancel(_ context: OpaquePointer?, _ listenID: UInt64) -> Int32 {
     cCall("dht_listen_cancel") {
         let service = try Handle<CDHT>.borrow(context, "ctx").service
-        guard ValueListeners.shared.remove(listenID) else { throw NothingQueued() }
-        guard service.statistics != nil else { throw Closed() }
-        service.cancelListen(listenID)
+        guard service.cancelListen(listenID) else { throw NothingQueued() }
     }
 }
 

@@ -185,7 +185,7 @@ public final class DHTNode {
     public func listen(_ key: NodeID, query: ValueQuery = ValueQuery(), now: UInt64) -> UInt64 {
         let listenID = random.next() | 1
         listens[listenID] = ValueListen(id: listenID, key: key, query: query, renewAt: now + configuration.listenRenewal)
-        startLookup(target: key, kind: .listen(listenID), now: now, silent: true)
+        startLookup(target: key, kind: .listen(listenID), now: now)
         return listenID
     }
 
@@ -330,14 +330,14 @@ public final class DHTNode {
                 statistics.unexpectedResponses += 1
                 return
             }
-            guard descriptors.contains(where: listen.isNews),
-                  !listenGets.values.contains(where: { $0.listen == listenID && $0.holder == source }) else { return }
-            let operation = nextLookupID
-            nextLookupID += 1
-            valueGets[operation] = ValueGet(id: operation, key: key, query: listen.query,
-                                            holders: [(Contact(id: holderID, endpoint: source), token)], local: listen.knownValues, messages: 0)
-            listenGets[operation] = (listenID, source)
-            advanceValue(operation, now: now)
+            guard descriptors.contains(where: listen.isNews) else { return }
+            // A get from this holder under way may have listed before it stored this value: it is
+            // asked again when that get ends (all k holders push at once, so each one's get matters).
+            if listenGets.values.contains(where: { $0.listen == listenID && $0.holder == source }) {
+                listen.pushedDuringGet.insert(source)
+                return
+            }
+            startListenGet(listen, from: Contact(id: holderID, endpoint: source), token: token, now: now)
         default:
             return
         }
@@ -466,6 +466,16 @@ public final class DHTNode {
             response.body = .nodes(observed: observed, token: token, held: held, contacts: contacts)
         }
         return send(response, to: source)
+    }
+
+    /// A get of `listen`'s key from the one holder that pushed news to it.
+    private func startListenGet(_ listen: ValueListen, from holder: Contact, token: UInt64, now: UInt64) {
+        let operation = nextLookupID
+        nextLookupID += 1
+        valueGets[operation] = ValueGet(id: operation, key: listen.key, query: listen.query, holders: [(holder, token)],
+                                        local: listen.knownValues, messages: 0)
+        listenGets[operation] = (listen.id, holder.endpoint)
+        advanceValue(operation, now: now)
     }
 
     /// Pushes a value stored or replaced at `key` to the subscribers of its key (and signer).
@@ -639,6 +649,11 @@ public final class DHTNode {
             if let listenGet = listenGets.removeValue(forKey: operation) {
                 if let listen = listens[listenGet.listen] {
                     for value in listen.learn(get.result.values) { events.append(.valueChanged(listen: listen.id, value)) }
+                    // The holder pushed again while this get ran: ask it again.
+                    if let holder = listenGet.holder, listen.pushedDuringGet.remove(holder) != nil,
+                       let holderID = listen.holders[holder], let token = tokens.received[holder] {
+                        startListenGet(listen, from: Contact(id: holderID, endpoint: holder), token: token, now: now)
+                    }
                 }
             } else if !silent {
                 events.append(.valuesGot(operation, get.result))
@@ -755,7 +770,7 @@ public final class DHTNode {
             for value in listen.expired(unix: unix(now)) { events.append(.valueExpired(listen: listen.id, value)) }
             if now >= listen.renewAt {
                 listen.renewAt = now + configuration.listenRenewal
-                startLookup(target: listen.key, kind: .listen(listen.id), now: now, silent: true)
+                startLookup(target: listen.key, kind: .listen(listen.id), now: now)
             }
         }
         // Owners: keep the NAT mapping toward every holder of an own entry open.
@@ -871,7 +886,16 @@ public final class DHTNode {
         case .listen(let listenID):
             guard let listen = listens[listenID] else { return }
             let holders = Array(lookup.answeredWithTokens().prefix(configuration.k))
-            listen.holders = [:]
+            // Holders still among the closest keep being heard while they answer the new subscription;
+            // with none found (no contact yet), the renewal comes soon, backing off to the period.
+            let closest = Set(holders.map(\.0.endpoint))
+            listen.holders = listen.holders.filter { closest.contains($0.key) }
+            if holders.isEmpty {
+                listen.retry = min(max(1_000, listen.retry * 2), configuration.listenRenewal)
+                listen.renewAt = now + listen.retry
+            } else {
+                listen.retry = 0
+            }
             for (contact, token) in holders {
                 request(.valueListen(token: token, key: listen.key, signer: listen.query.signer, listener: listenID), to: contact.endpoint,
                         expected: contact.id, purpose: .listen(listenID, contact.id), now: now)

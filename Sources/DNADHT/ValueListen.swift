@@ -71,8 +71,11 @@ final class ValueListen {
     /// The freshest value known per slot.
     private(set) var known: [ValueStore.Slot: SignedValue] = [:]
     /// When the node looks the key up again, subscribes to the holders then closest, and gets the
-    /// values (monotonic ms).
+    /// values (monotonic ms); the backoff (ms) while lookups find no holder.
     var renewAt: UInt64
+    var retry: UInt64 = 0
+    /// Holders that pushed news while a get from them ran: each is asked again when it ends.
+    var pushedDuringGet = Set<Endpoint>()
 
     init(id: UInt64, key: NodeID, query: ValueQuery, renewAt: UInt64) {
         self.id = id

@@ -42,7 +42,9 @@ public struct ValueGetResult: Sendable {
     /// The freshest verified value per signer and slot that any of the k closest holders listed
     /// (tombstones included: a slot deleted), ordered by signer id, then slot.
     public var values: [SignedValue] = []
-    /// Holders that answered with their list.
+    /// Holders asked for their list (the k closest that answered the lookup with a token), and those
+    /// that answered with it.
+    public var asked = 0
     public var listed = 0
     /// Values fetched that did not verify (a holder that lied about what it holds), and values
     /// that were listed but that no holder could deliver.
@@ -224,6 +226,7 @@ final class ValueGet {
         self.holders = holders.map { (contact: $0.0, token: $0.1) }
         for value in local { found[ValueStore.Slot(signer: value.signerID, slot: value.slot)] = value }
         result.messages = messages
+        result.asked = holders.count
     }
 
     /// Slots one holder may open: its share of `maximumSlots` (at least one page's worth), so that

@@ -146,6 +146,8 @@ public final class DHTService: @unchecked Sendable {
     private var valueGetResults: [LookupID: ValueGetResult] = [:]
     /// Listeners (§10.5): the handler each one's events go to, on the loop thread.
     private var valueHandlers: [UInt64: @Sendable (UInt64, ValueEvent) -> Void] = [:]
+    /// The listener whose handler the loop thread is calling now (under the monitor).
+    private var dispatching: UInt64?
     /// Signaling: signals for this node's keys, and answers to the signals it sent (bounded queues).
     private var incomingSignals: [SignalRequest] = []
     /// The last signals queued (id, origin, payload), so that copies through other holders are dropped.
@@ -342,6 +344,19 @@ public final class DHTService: @unchecked Sendable {
         }, wake: {}, body)
     }
 
+    /// Queues `body` for the loop thread without waiting for it (runs it inline on the loop thread).
+    private func enqueue(_ body: @escaping (DHTNode, UInt64) -> Void) {
+        if loop.isCurrent {
+            if monitor.locked({ running }) { body(node, clock()) }
+            return
+        }
+        monitor.locked {
+            guard running else { return }
+            commands.append(body)
+            if commands.count == 1 { alarm?.armNow() }
+        }
+    }
+
     /// Waiting for the network on the loop thread would stop the loop that brings the answer.
     private var mayWait: Bool {
         if loop.isCurrent {
@@ -392,12 +407,21 @@ public final class DHTService: @unchecked Sendable {
         }
     }
 
-    /// Stops listener `id`; no event of it comes after this returns (unless called from its handler).
-    public func cancelListen(_ id: UInt64) {
-        _ = perform { [self] node, _ in
-            node.cancelListen(id)
-            monitor.locked { valueHandlers[id] = nil }
+    /// Whether the caller is this service's loop thread (a handler or a log line): calls that wait
+    /// for the network refuse it.
+    public var isLoopThread: Bool { loop.isCurrent }
+
+    /// Stops listener `id`: false when there is no such listener. Once this returns, its handler is
+    /// not called again (called from that handler, the current call is the last): the handler goes
+    /// at once, and a call of it under way on the loop thread is waited for.
+    @discardableResult
+    public func cancelListen(_ id: UInt64) -> Bool {
+        let existed = monitor.locked { valueHandlers.removeValue(forKey: id) != nil }
+        if !loop.isCurrent {
+            _ = monitor.wait(milliseconds: Int(Int32.max)) { dispatching == id ? nil : true }
         }
+        enqueue { node, _ in node.cancelListen(id) }
+        return existed
     }
 
     /// The last sequence this service wrote per key and slot (`writeValue`).
@@ -407,6 +431,7 @@ public final class DHTService: @unchecked Sendable {
     /// the service stopped). A put or get made before the node joined waits here rather than
     /// ending at once with no holder.
     public func waitForContacts(timeout: Int) -> Bool {
+        guard mayWait else { return false }
         let end = monotonicMilliseconds() + UInt64(max(0, timeout))
         while true {
             guard let size = routingTableSize else { return false }
@@ -425,7 +450,7 @@ public final class DHTService: @unchecked Sendable {
     public func writeValue(as identity: Identity, key: [UInt8], slot: UInt32, data: [UInt8], type: UInt16, lifetime: UInt32,
                            flags: UInt8 = 0, timeout: Int) throws(SignedValueError) -> (result: ValuePutResult, sequence: UInt64)? {
         let started = monotonicMilliseconds()
-        guard waitForContacts(timeout: timeout), let unix = perform({ node, now in node.unix(now) }) else { return nil }
+        guard mayWait, waitForContacts(timeout: timeout), let unix = perform({ node, now in node.unix(now) }) else { return nil }
         let place = key + [UInt8(slot >> 24 & 0xFF), UInt8(slot >> 16 & 0xFF), UInt8(slot >> 8 & 0xFF), UInt8(slot & 0xFF)]
         let sequence = monitor.locked { () -> UInt64 in
             let next = max(unix, (lastSequences[place] ?? 0) &+ 1)
@@ -832,12 +857,22 @@ public final class DHTService: @unchecked Sendable {
         }
         if !events.isEmpty { monitor.broadcast() }
         for event in events {
+            let (id, valueEvent): (UInt64, ValueEvent)
             switch event {
-            case .valueChanged(let id, let value):
-                if let handler = monitor.locked({ valueHandlers[id] }) { handler(id, .changed(value)) }
-            case .valueExpired(let id, let value):
-                if let handler = monitor.locked({ valueHandlers[id] }) { handler(id, .expired(value)) }
-            default: break
+            case .valueChanged(let listen, let value): (id, valueEvent) = (listen, .changed(value))
+            case .valueExpired(let listen, let value): (id, valueEvent) = (listen, .expired(value))
+            default: continue
+            }
+            // Looked up and marked under the monitor: a cancel from another thread waits for this call.
+            guard let handler = monitor.locked({ () -> (@Sendable (UInt64, ValueEvent) -> Void)? in
+                let handler = valueHandlers[id]
+                if handler != nil { dispatching = id }
+                return handler
+            }) else { continue }
+            handler(id, valueEvent)
+            monitor.locked {
+                dispatching = nil
+                monitor.broadcast()
             }
         }
     }

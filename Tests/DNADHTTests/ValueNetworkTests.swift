@@ -245,8 +245,16 @@ import Testing
                 return answer
             }
         }
-        let start = network.now
-        let got = try #require(Self.get(from: far[0], in: network), "the get never ended")
+        // A reader asks the k nearest nodes that answered its lookup; one whose lookup ended before
+        // the liar answered (about 1 run in 12, by the order of simultaneous timers) never meets it.
+        // Readers are tried until one asked the liar.
+        var start = network.now
+        var got = try #require(Self.get(from: far[0], in: network), "the get never ended")
+        for reader in far.dropFirst().prefix(3) where pages.isEmpty {
+            start = network.now
+            got = try #require(Self.get(from: reader, in: network), "the get never ended")
+        }
+        #expect(!pages.isEmpty, "no reader's get asked the liar for its list")
         #expect(got.values == values)
         #expect(pages.count <= ValueGet.maximumPages, "\(pages.count) pages asked of the liar")
         // It opens at most its share of the slots a get follows (4,096 / holders), each one fetch.

@@ -455,3 +455,34 @@ extension ValueTests {
         #expect(Self.changes(network, network.order[6], everyone).count == 3)
     }
 }
+
+extension ValueTests {
+    /// Writes close together: holders push while the listener's get from them runs; the newest value
+    /// still comes within seconds (each holder is asked again when its get ends), not at the renewal.
+    @Test func writesInQuickSuccessionReachTheListenerWithoutWaitingForTheRenewal() throws {
+        let network = SimulationTests.network(60, seed: 46)
+        let key = try #require(NodeID(bytes: Self.key))
+        let listener = network.order[8], writer = network.order[33]
+        let listen = try #require(network.node(listener)).listen(key, now: network.now)
+        network.flush(listener)
+        network.run(for: 2_000)
+        var last: SignedValue?
+        for round in 0..<5 {
+            // Two writes of one slot and one of another, all at once.
+            let values = [Self.value(Self.alice, sequence: UInt64(2 * round + 1), created: network.now / 1000, data: [1]),
+                          Self.value(Self.alice, sequence: UInt64(2 * round + 2), created: network.now / 1000, data: [2]),
+                          Self.value(Self.bob, slot: 1, sequence: UInt64(round + 1), created: network.now / 1000, data: [3])]
+            for value in values { _ = try #require(network.node(writer)).putValue(value, now: network.now) }
+            network.flush(writer)
+            network.run(for: 3_000)
+            last = values[1]
+            let heard = Self.changes(network, listener, listen)
+            let newest = heard.filter { $0.signer == Self.alice.name }.last
+            #expect(newest == last, "round \(round): heard alice's \(heard.filter { $0.signer == Self.alice.name }.map(\.sequence))")
+            #expect(heard.filter { $0.signer == Self.bob.name }.last == values[2], "round \(round)")
+            // Never an older value after a newer one, never one twice.
+            let sequences = heard.filter { $0.signer == Self.alice.name }.map(\.sequence)
+            #expect(sequences == sequences.sorted() && Set(sequences).count == sequences.count)
+        }
+    }
+}

@@ -73,8 +73,9 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_key(const char *text, uint8_t key_out[D
  * Returns DNA_OK (at least one other node stored it), DNA_ERR_UNREACHABLE (none did: no contacts,
  * or no answer), DNA_ERR_SUPERSEDED (holders hold a newer value of this writer's slot, written by
  * another process of the identity), DNA_ERR_CLOCK_SKEW (holders refused it for its time),
- * DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT, DNA_ERR_TOO_LARGE, DNA_ERR_KEY_FILE,
- * DNA_ERR_KEY_PERMISSIONS, DNA_ERR_CLOSED. Any thread but a log handler's.
+ * DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT (also when called from a dht_value_fn or log handler:
+ * the I/O thread would wait for itself), DNA_ERR_TOO_LARGE, DNA_ERR_KEY_FILE,
+ * DNA_ERR_KEY_PERMISSIONS, DNA_ERR_CLOSED. Any thread but the context's I/O thread.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_put(dht_context_t *ctx, const char *identity,
     const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, const uint8_t *data, size_t data_len, uint16_t type,
@@ -94,8 +95,10 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_delete(dht_context_t *ctx, const char *
  * keeps one writer's; since keeps those with a sequence above it (0: all).
  * *values_out: (out, owned) an array of *count_out values, its data inside the same allocation;
  * free it with dna_buffer_free (NULL when the count is 0). Waits up to timeout_ms (0: 30 s).
- * Returns DNA_OK (also with no value found), DNA_ERR_UNREACHABLE (no contacts), DNA_ERR_TIMEOUT,
- * DNA_ERR_INVALID_ARGUMENT, DNA_ERR_NO_MEMORY, DNA_ERR_CLOSED. Any thread but a log handler's.
+ * Returns DNA_OK (also with no value found), DNA_ERR_UNREACHABLE (no contacts, or none of the
+ * closest nodes answered), DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT (also when called from a
+ * dht_value_fn or log handler: the I/O thread would wait for itself), DNA_ERR_NO_MEMORY,
+ * DNA_ERR_CLOSED. Any thread but the context's I/O thread.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_get(dht_context_t *ctx, const uint8_t key[DHT_VALUE_KEY_SIZE],
     const uint8_t *signer_id, uint64_t since, int timeout_ms, dht_value_t **values_out, size_t *count_out);
@@ -107,8 +110,9 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_get(dht_context_t *ctx, const uint8_t k
 /**
  * Receives a listener's event: listen_id as dht_listen gave it, event DHT_VALUE_*, the value (and its
  * data) valid only during the call; user_data as given to dht_listen. Called on the context's I/O
- * thread: it must return soon and must not call a function of the same context that waits for the
- * network (dht_value_put, dht_value_get, dht_bootstrap...: they would fail).
+ * thread: it must return soon; a function of the same context that waits for the network
+ * (dht_value_put, dht_value_get, dht_bootstrap...) fails there with DNA_ERR_INVALID_ARGUMENT, and
+ * dht_free or transport_free must not be called from it. dht_listen and dht_listen_cancel may be.
  */
 typedef void (*dht_value_fn)(uint64_t listen_id, int event, const dht_value_t *value, void *user_data);
 
@@ -126,9 +130,10 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_listen(dht_context_t *ctx, const uint8_t key[
     uint64_t since, dht_value_fn fn, void *user_data, uint64_t *listen_id_out);
 
 /**
- * Stops a listener: once this returns, fn is not called for it again (unless this is called from fn
- * itself, where the current call is the last). Returns DNA_OK, DNA_ERR_NOT_FOUND (no such listener),
- * DNA_ERR_INVALID_ARGUMENT, DNA_ERR_CLOSED. Any thread, fn included.
+ * Stops a listener: once this returns, fn is not called for it again (called from fn itself, the
+ * current call is the last; from another thread, a call of fn under way is waited for). Returns
+ * DNA_OK, DNA_ERR_NOT_FOUND (no such listener of this context), DNA_ERR_INVALID_ARGUMENT. Any
+ * thread, fn included.
  */
 DNA_EXPORT int dht_listen_cancel(dht_context_t *ctx, uint64_t listen_id);
 

@@ -526,7 +526,7 @@ class Listener:
         listen_id = ctypes.c_uint64(0)
         signer = None if signer_id is None else (ctypes.c_uint8 * 32).from_buffer_copy(_signer_arg(signer_id))
         try:
-            _check(lib.dht_listen(dht._dht(), _key_arg(key), signer, int(since), self._c_callback, None,
+            _check(lib.dht_listen(dht._dht(), _key_arg(key), signer, _u(since, 64, "since"), self._c_callback, None,
                                   ctypes.byref(listen_id)), "listen")
         except BaseException:
             os.close(self._readable)
@@ -544,6 +544,8 @@ class Listener:
             except Exception:  # an exception cannot cross into C: the event is still queued
                 pass
         with self._lock:  # the byte and the event together: readable exactly while an event waits
+            if self._writable < 0:
+                return  # cancelled (from the callback itself)
             self._events.append(item)
             try:
                 os.write(self._writable, b"x")
@@ -555,6 +557,8 @@ class Listener:
 
     def _drain(self):
         """Empties the pipe (under the lock, once the queue is empty)."""
+        if self._readable < 0:
+            return
         try:
             while select.select([self._readable], [], [], 0)[0] and os.read(self._readable, 65536):
                 pass
@@ -580,24 +584,34 @@ class Listener:
                     if not self._events:
                         self._drain()
                     return item
-            if self.id is None:
-                raise StopIteration
+                if self.id is None:
+                    raise StopIteration
+                readable = self._readable
             try:
-                select.select([self._readable], [], [], 0.5)
+                select.select([readable], [], [], 0.5)
             except (OSError, ValueError):
                 raise StopIteration
 
     def cancel(self):
         """Stops the listener; no event is added after this returns."""
-        if self.id is not None:
-            try:
-                lib.dht_listen_cancel(self._dht_calls._dht(), self.id)
-            except DNAError:
-                pass  # the DHT was closed: no call comes any more
-            self.id = None
-            _live_listeners.discard(self)
-            os.close(self._writable)
-            os.close(self._readable)
+        with self._lock:
+            listen_id, self.id = self.id, None
+        if listen_id is None:
+            return
+        try:
+            code = lib.dht_listen_cancel(self._dht_calls._dht(), listen_id)
+        except DNAError:
+            code = ErrorCode.OK  # the DHT (or Transport) is closed: no call comes any more
+        if code not in (ErrorCode.OK, ErrorCode.NOT_FOUND, ErrorCode.CLOSED):
+            with self._lock:
+                self.id = listen_id  # still registered: the callback must stay alive
+            raise DNAError(code, "cancel")
+        with self._lock:  # no call of _on_event after dht_listen_cancel returned (or from it, now)
+            readable, writable = self._readable, self._writable
+            self._readable = self._writable = -1
+        os.close(writable)
+        os.close(readable)
+        _live_listeners.discard(self)
 
     close = cancel
 
@@ -621,8 +635,18 @@ def _signer_arg(signer_id):
 def value_key(text):
     """The 20-byte key of an application's key text (str or bytes): SHA-256 truncated (dht_value_key)."""
     out = (ctypes.c_uint8 * 20)()
+    if b"\0" in _name_arg(text):
+        raise DNAError(ErrorCode.INVALID_ARGUMENT, "key text with a NUL byte (C text ends there)")
     _check(lib.dht_value_key(_name_arg(text), out), "value_key")
     return bytes(out)
+
+
+def _u(value, bits, name):
+    """value as an unsigned integer of `bits` bits, or DNAError INVALID_ARGUMENT (ctypes would mask it)."""
+    value = int(value)
+    if not 0 <= value < 1 << bits:
+        raise DNAError(ErrorCode.INVALID_ARGUMENT, f"{name} is not a {bits}-bit unsigned integer")
+    return value
 
 
 def _key_arg(key):
@@ -645,16 +669,18 @@ class _ValueCalls:
         (no node stored it), SUPERSEDED, CLOCK_SKEW, TOO_LARGE (over VALUE_MAX_DATA), TIMEOUT."""
         keep, pointer = _bytes_arg(data)
         holders, sequence = ctypes.c_int(0), ctypes.c_uint64(0)
-        _check(lib.dht_value_put(self._dht(), _name_arg(identity), _key_arg(key), int(slot), pointer,
-                                 len(keep) if keep is not None else 0, int(type), int(lifetime), int(timeout_ms),
+        _check(lib.dht_value_put(self._dht(), _name_arg(identity), _key_arg(key), _u(slot, 32, "slot"), pointer,
+                                 len(keep) if keep is not None else 0, _u(type, 16, "type"), _u(lifetime, 32, "lifetime"),
+                                 _u(timeout_ms, 31, "timeout_ms"),
                                  ctypes.byref(holders), ctypes.byref(sequence)), "put")
         return holders.value, sequence.value
 
     def delete(self, identity, key, slot=0, lifetime=0, timeout_ms=0):
         """Deletes identity's value of the slot (a tombstone kept lifetime s; 0: 30 days). Returns holders."""
         holders = ctypes.c_int(0)
-        _check(lib.dht_value_delete(self._dht(), _name_arg(identity), _key_arg(key), int(slot), int(lifetime),
-                                    int(timeout_ms), ctypes.byref(holders)), "delete")
+        _check(lib.dht_value_delete(self._dht(), _name_arg(identity), _key_arg(key), _u(slot, 32, "slot"),
+                                    _u(lifetime, 32, "lifetime"), _u(timeout_ms, 31, "timeout_ms"), ctypes.byref(holders)),
+               "delete")
         return holders.value
 
     def listen(self, key, callback=None, signer_id=None, since=0):
@@ -668,7 +694,8 @@ class _ValueCalls:
         signer = None if signer_id is None else (ctypes.c_uint8 * 32).from_buffer_copy(_signer_arg(signer_id))
         values = ctypes.POINTER(_native.DHTValueC)()
         count = ctypes.c_size_t(0)
-        _check(lib.dht_value_get(self._dht(), _key_arg(key), signer, int(since), int(timeout_ms), ctypes.byref(values),
+        _check(lib.dht_value_get(self._dht(), _key_arg(key), signer, _u(since, 64, "since"), _u(timeout_ms, 31, "timeout_ms"),
+                                 ctypes.byref(values),
                                  ctypes.byref(count)), "get")
         try:
             return [_value_from_c(values[i]) for i in range(count.value)]

@@ -26,7 +26,8 @@ def network(tmp_path_factory):
 
 def test_value_key_is_sha256_of_the_text_truncated():
     assert dna.value_key("group:friends") == hashlib.sha256(b"group:friends").digest()[:20]
-    assert dna.value_key(b"\xff\x00") == hashlib.sha256(b"\xff").digest()[:20]  # C text ends at NUL
+    with pytest.raises(DNAError):
+        dna.value_key(b"\xff\x00")  # C text would end at the NUL
 
 
 def test_values_of_every_size_are_put_on_one_node_and_got_from_others(network):
@@ -197,3 +198,38 @@ def test_dnat_watch_prints_each_value_pushed(network, tmp_path):
     finally:
         watch.terminate()
         assert watch.wait(timeout=10) == 0
+
+
+def test_a_listener_cancelled_from_its_own_callback_or_another_thread_hears_nothing_more(network):
+    import threading
+    key = "room:cancel"
+    network[2].put("gina", key, b"one")
+    calls = []
+
+    def once(kind, value):
+        calls.append(value.data)
+        listener.cancel()  # from the I/O thread, inside the callback
+
+    listener = network[9].listen(key, callback=once)
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    network[2].put("gina", key, b"two")
+    time.sleep(0.5)
+    assert calls == [b"one"] and listener.id is None
+    assert list(listener) == []  # cancelled: the iterator ends
+    # From another thread while events flow: cancel returns, and nothing is called after it.
+    after = []
+    other = network[10].listen(key, callback=lambda kind, value: after.append(time.monotonic()))
+    time.sleep(0.3)
+    stopper = threading.Thread(target=other.cancel)
+    stopper.start()
+    stopper.join(10)
+    stopped = time.monotonic()
+    network[2].put("gina", key, b"three")
+    time.sleep(0.5)
+    assert all(t <= stopped for t in after) and other.id is None
+    other.cancel()  # twice: nothing
+    with pytest.raises(DNAError) as caught:
+        network[3].put("gina", key, b"x", slot=2**32)
+    assert caught.value.code == ErrorCode.INVALID_ARGUMENT
