@@ -9,8 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 STAGE = pathlib.Path(os.environ.get("DNA_TEST_PREFIX", ROOT / "build" / "stage"))
 LIBRARY = STAGE / "lib" / "libdnatransport.so.1"
 # Stripped size bound in bytes (decimal MB). The goal is 10 MB (iroh's core is 14.5 MiB); the library
-# is 17.4 MB while swift-crypto's Crypto module, which needs FoundationEssentials, is in it.
-BOUND = 18_000_000
+# was 17.4 MB while swift-crypto's Crypto module, which needs FoundationEssentials, is in it, and is
+# 18.01 MB with the DHT's signed values, their get, put and listeners (issue 18: +0.6 MB).
+BOUND = 18_500_000
 
 
 def test_stripped_library_is_within_the_bound(tmp_path):
