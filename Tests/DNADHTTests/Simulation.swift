@@ -1,5 +1,6 @@
 @testable import DNADHT
 import DNACrypto
+import DNAWire
 
 /// A deterministic simulated network in one process: virtual time, per-datagram delay, loss,
 /// dead nodes and partitions. Every node is a real DHTNode; only the wire is simulated.
@@ -239,4 +240,20 @@ extension Mailboxes {
         dueForRepublishing(now: now, unix: now, interval: interval, limit: limit)
     }
     mutating func sweep(now: UInt64) { sweep(unix: now) }
+}
+
+/// Puts the DHT pieces a test receives back together, by transaction: the whole message once every
+/// piece came (a one-piece message at once), else nil.
+struct PieceCollector {
+    private var pieces: [UInt64: Reassembly] = [:]
+
+    mutating func message(_ piece: DHTDatagram.Piece) -> [UInt8]? {
+        guard piece.count > 1 else { return Array(piece.bytes) }
+        if pieces[piece.transaction] == nil {
+            pieces[piece.transaction] = try? Reassembly(length: piece.length, count: piece.count, index: piece.index,
+                                                        bytes: piece.bytes.count, maximumLength: DHTMessage.maximumSize)
+        }
+        _ = try? pieces[piece.transaction]?.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)
+        return pieces[piece.transaction]?.message
+    }
 }

@@ -33,22 +33,13 @@ import Testing
             }
             node.receive(datagram, from: from, now: network.now)
             var out: [(Endpoint, [UInt8])] = []
-            var pieces: [UInt64: Reassembly] = [:]
+            var pieces = PieceCollector()
             for (to, datagram) in node.takeDatagrams() {
                 guard to == from, let piece = try? DHTDatagram.parse(datagram) else {
                     out.append((to, datagram))
                     continue
                 }
-                var bytes = Array(piece.bytes)
-                if piece.count > 1 {
-                    if pieces[piece.transaction] == nil {
-                        pieces[piece.transaction] = try? Reassembly(length: piece.length, count: piece.count, index: piece.index,
-                                                                    bytes: piece.bytes.count, maximumLength: DHTMessage.maximumSize)
-                    }
-                    _ = try? pieces[piece.transaction]?.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)
-                    guard let whole = pieces[piece.transaction]?.message else { continue }
-                    bytes = whole
-                }
+                guard let bytes = pieces.message(piece) else { continue }
                 guard let message = try? DHTMessage(parsing: bytes, transaction: piece.transaction) else { continue }
                 guard let body = rewrite(request, message.body) else { continue }
                 let answer = DHTMessage(transaction: message.transaction, salt: message.salt, body: body)

@@ -196,20 +196,11 @@ import Testing
             for datagram in DHTDatagram.encode(DHTMessage(transaction: transaction, salt: salt, body: body)) {
                 node.receive(datagram, from: endpoint, now: network.now)
             }
-            var pieces: [UInt64: Reassembly] = [:]
+            var pieces = PieceCollector()
             var answers: [DHTMessage.Body] = []
             for (to, datagram) in node.takeDatagrams() where to == endpoint {
                 guard let piece = try? DHTDatagram.parse(datagram) else { continue }
-                var bytes = Array(piece.bytes)
-                if piece.count > 1 {
-                    if pieces[piece.transaction] == nil {
-                        pieces[piece.transaction] = try? Reassembly(length: piece.length, count: piece.count, index: piece.index,
-                                                                    bytes: piece.bytes.count, maximumLength: DHTMessage.maximumSize)
-                    }
-                    _ = try? pieces[piece.transaction]?.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)
-                    guard let whole = pieces[piece.transaction]?.message else { continue }
-                    bytes = whole
-                }
+                guard let bytes = pieces.message(piece) else { continue }
                 if let message = try? DHTMessage(parsing: bytes, transaction: piece.transaction) { answers.append(message.body) }
             }
             return answers
