@@ -128,6 +128,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case is NameTaken: self = .nameTaken
         case is ClockSkew: self = .clockSkew
         case is Superseded: self = .superseded
+        case is ValueRefused: self = .refused
         case is TooLarge: self = .tooLarge
         case let error as SignedValueError: self.init(error)
         case is Timeout: self = .timeout
@@ -170,7 +171,7 @@ enum DNAErrorCode: Int32, CaseIterable {
         case .misdirected: "handshake meant for another key"
         case .nameTaken: "name held in the DHT by another key"
         case .clockSkew: "clock too far off the DHT's holders"
-        case .refused: "the peer refused the connection"
+        case .refused: "refused by the peer or the DHT's holders"
         case .superseded: "a newer value of this writer's slot is held"
         }
     }

@@ -14,6 +14,10 @@ struct Superseded: Error {}
 /// Data above DHT_VALUE_MAX_DATA.
 struct TooLarge: Error {}
 
+/// Holders answered a put and refused it for reasons of their own (over the writer's quota, busy,
+/// invalid to them), none storing it.
+struct ValueRefused: Error, CustomStringConvertible { var description: String }
+
 /// timeout_ms as the value calls take it: 0 means 30 s; negative is refused.
 private func valueTimeout(_ milliseconds: Int32) throws -> Int {
     guard milliseconds >= 0 else { throw InvalidArgument("timeout_ms is negative") }
@@ -60,8 +64,18 @@ private func write(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?,
     holdersOut?.pointee = Int32(clamping: result.stored)
     sequenceOut?.pointee = sequence
     guard result.holders.isEmpty else { return }
+    try throwRefusal(result)
+}
+
+/// Why a put that no holder stored failed: superseded, refused for its time, refused by holders that
+/// answered (quota, busy, invalid), else no holder answered.
+func throwRefusal(_ result: ValuePutResult) throws {
     if result.superseded > 0 { throw Superseded() }
     if !result.clockOffsets.isEmpty { throw ClockSkew() }
+    if result.quota + result.busy + result.invalid > 0 {
+        throw ValueRefused(description: "holders refused it: \(result.quota) over the writer's quota, \(result.busy) busy, "
+                                        + "\(result.invalid) invalid")
+    }
     throw Unreachable()
 }
 
@@ -222,7 +236,16 @@ final class TransportDHTs: @unchecked Sendable {
 public func transport_get_dht(_ context: OpaquePointer?) -> OpaquePointer? {
     var handle: OpaquePointer?
     _ = cCall("transport_get_dht") {
-        handle = TransportDHTs.shared.handle(for: try Handle<TransportNode>.borrow(context, "ctx"))
+        let node = try Handle<TransportNode>.borrow(context, "ctx")
+        let made = TransportDHTs.shared.handle(for: node)
+        // A transport_free between the borrow and the handle's making released nothing: the context
+        // is gone now, so the handle goes too (transport_free makes the context unborrowable before
+        // it releases the handle, so one of the two releases it).
+        guard (try? Handle<TransportNode>.borrow(context, "ctx")) === node else {
+            TransportDHTs.shared.release(node)
+            throw Closed()
+        }
+        handle = made
     }
     return handle
 }

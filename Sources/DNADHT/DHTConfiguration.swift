@@ -97,4 +97,6 @@ public struct DHTStatistics: Equatable, Sendable {
     public var storedValues = 0
     public var refusedValues = 0
     public var refusedFetchedValues = 0
+    /// Values this holder started to store again on the k nodes closest to their key (§10.4).
+    public var valuesRepublished = 0
 }

@@ -436,7 +436,9 @@ public final class DHTNode {
             guard let answer = entries.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
         case .valuePut, .valueGet, .valueFetch:
-            let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
+            let requester = RecordRequester(source: source, sender: sender, tokens: tokens) { [unowned self] key in
+                isFellowHolder(sender, at: source, of: key)
+            }
             let stored = statistics.storedValues
             guard let answer = values.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
@@ -451,7 +453,9 @@ public final class DHTNode {
             let status = subscriptions.listen(key: key, signer: signer, listener: listener, from: source, now: now)
             body = .valueListening(status, lifetime: status == .listening ? Int(subscriptions.lifetime / 1000) : 0)
         case .mailPut, .mailFetch, .mailDelete:
-            let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
+            let requester = RecordRequester(source: source, sender: sender, tokens: tokens) { [unowned self] key in
+                isFellowHolder(sender, at: source, of: key)
+            }
             guard let answer = inboxes.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
         default:
@@ -489,6 +493,12 @@ public final class DHTNode {
     }
 
     /// The message a record store's answer stands for.
+    /// Whether `sender` at `source` is a contact of the routing table at that address and among the
+    /// k contacts closest to `key` (`RecordRequester.isFellowHolder`).
+    private func isFellowHolder(_ sender: NodeID, at source: Endpoint, of key: NodeID) -> Bool {
+        table.closest(to: key, count: configuration.k).contains { $0.id == sender && $0.endpoint == source }
+    }
+
     private func recordBody(_ answer: RecordAnswer, source: Endpoint, sender: NodeID, token: UInt64) -> DHTMessage.Body {
         switch answer {
         case .body(let body):
@@ -806,7 +816,10 @@ public final class DHTNode {
         for (key, kind) in entries.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
         for (key, kind) in inboxes.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
         values.expire(at: clocks)
-        for (key, kind) in values.republish(at: clocks) { startLookup(target: key, kind: kind, now: now, silent: true) }
+        for (key, kind) in values.republish(at: clocks) {
+            statistics.valuesRepublished += 1
+            startLookup(target: key, kind: kind, now: now, silent: true)
+        }
         entries.trim()
         rateLimiter.trim()
         tokens.trim()

@@ -59,14 +59,22 @@ struct Mailboxes {
     enum Item {
         case record(InboxKeyRecord, key: NodeID)
         case message(OfflineMessage, key: NodeID)
+
+        /// The inbox key the item belongs to.
+        var key: NodeID {
+            switch self {
+            case .record(_, let key), .message(_, let key): key
+            }
+        }
     }
 
     /// MAIL_PUT: a key record (only its owner's key may replace it, and only with a newer one) or a
     /// sealed message (checked: structure, signature, times; deduplicated by id).
     /// `now`: monotonic ms (when it was stored, for republishing); `unix`: Unix ms (lifetimes).
+    /// The node's own put: an item held already counts as republished now.
     mutating func put(_ item: [UInt8], now: UInt64, unix: UInt64) -> MailStatus {
         guard let checked = Self.validate(item, unix: unix) else { return .invalid }
-        return store(checked, wire: item, now: now)
+        return store(checked, wire: item, postponesRepublish: true, now: now)
     }
 
     /// A MAIL_PUT's item checked on its own: a key record (structure, not created in the future)
@@ -87,14 +95,16 @@ struct Mailboxes {
     /// Stores a valid item (`wire`) against what its inbox holds: a key record replaces the held one
     /// only with the same owner key and a newer creation time; a message is deduplicated by id (and
     /// refused once deleted); quotas per inbox, per sender and in bytes. `now`: monotonic ms.
-    mutating func store(_ checked: Item, wire item: [UInt8], now: UInt64) -> MailStatus {
+    /// `postponesRepublish`: whether an item held already, put again, counts as republished now
+    /// (`RecordRequester.isFellowHolder`).
+    mutating func store(_ checked: Item, wire item: [UInt8], postponesRepublish: Bool, now: UInt64) -> MailStatus {
         switch checked {
         case .record(let record, let key):
             var inbox = inboxes[key] ?? Inbox()
             if let held = inbox.record {
                 guard held.ownerKey == record.ownerKey else { return .taken }
                 guard record.created > held.created else {
-                    if record.created == held.created {  // the same record again: another holder has it fresh
+                    if record.created == held.created, postponesRepublish {  // the same record again: another holder has it fresh
                         inbox.recordStoredAt = now
                         inboxes[key] = inbox
                     }
@@ -112,7 +122,7 @@ struct Mailboxes {
             var inbox = inboxes[key] ?? Inbox()
             if inbox.deleted[message.id] != nil { return .duplicate }
             if let index = inbox.messages.firstIndex(where: { $0.id == message.id }) {
-                inbox.messages[index].storedAt = now
+                if postponesRepublish { inbox.messages[index].storedAt = now }
                 inboxes[key] = inbox
                 return .duplicate
             }
@@ -254,7 +264,7 @@ struct MailStore: RecordStore {
     /// Stores it in its inbox by the inbox's rules (`Mailboxes.store`).
     mutating func store(_ checked: Mailboxes.Item, wire: [UInt8], from requester: RecordRequester, at time: RecordTime,
                         statistics: inout DHTStatistics) -> MailStatus {
-        mailboxes.store(checked, wire: wire, now: time.now)
+        mailboxes.store(checked, wire: wire, postponesRepublish: requester.isFellowHolder(checked.key), now: time.now)
     }
 
     /// MAIL_PUT (token, then `validate`, then `store`), MAIL_FETCH, MAIL_DELETE.

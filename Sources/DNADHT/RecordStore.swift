@@ -11,6 +11,12 @@ struct RecordRequester {
     var source: Endpoint
     var sender: NodeID
     var tokens: Tokens
+    /// Whether the requester is a fellow holder of a key: a contact of this node's routing table at
+    /// this address, among the k nodes it knows closest to the key. Only such a node's put of a
+    /// record held already counts as that record's republishing (Kademlia's "the others have it
+    /// too", §2.5 of the paper); anyone else's would let one node stop a record's republishing by
+    /// repeating it (docs/PROTOCOL.md §8.3, §10.4).
+    var isFellowHolder: (NodeID) -> Bool = { _ in false }
 }
 
 /// A store's answer to a request of its kind.

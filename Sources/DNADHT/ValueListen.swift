@@ -12,7 +12,8 @@ struct ValueSubscriptions {
     }
 
     private var byKey: [NodeID: [Subscription]] = [:]
-    private var bySource: [Endpoint: Int] = [:]
+    /// Subscriptions by their source's share (`Endpoint.shareKey`).
+    private var bySource: [[UInt8]: Int] = [:]
     private(set) var count = 0
     let perSource: Int
     let maximum: Int
@@ -32,9 +33,9 @@ struct ValueSubscriptions {
             byKey[key]?[index].signer = signer
             return .listening
         }
-        guard bySource[source, default: 0] < perSource, count < maximum else { return .busy }
+        guard bySource[source.shareKey, default: 0] < perSource, count < maximum else { return .busy }
         byKey[key, default: []].append(Subscription(source: source, listener: listener, signer: signer, expires: now + lifetime))
-        bySource[source, default: 0] += 1
+        bySource[source.shareKey, default: 0] += 1
         count += 1
         return .listening
     }
@@ -51,8 +52,8 @@ struct ValueSubscriptions {
             guard !ended.isEmpty else { continue }
             byKey[key] = live.isEmpty ? nil : live
             for subscription in ended {
-                bySource[subscription.source, default: 1] -= 1
-                if bySource[subscription.source] == 0 { bySource[subscription.source] = nil }
+                bySource[subscription.source.shareKey, default: 1] -= 1
+                if bySource[subscription.source.shareKey] == 0 { bySource[subscription.source.shareKey] = nil }
                 count -= 1
             }
         }

@@ -38,11 +38,12 @@ struct ValueStore: RecordStore {
     private var values: [NodeID: [Slot: Stored]] = [:]
     /// Value id → its key and slot, for fetches and for puts of a value held already.
     private var byID: [[UInt8]: (key: NodeID, slot: Slot)] = [:]
-    private var bySource: [Endpoint: Int] = [:]
+    /// Values by the share (`Endpoint.shareKey`) of the source whose put stored them last.
+    private var bySource: [[UInt8]: Int] = [:]
     private var bySigner: [[UInt8]: (count: Int, bytes: Int)] = [:]
     private(set) var bytes = 0
     private var uploads: [UploadKey: Upload] = [:]
-    private var uploadsBySource: [Endpoint: Int] = [:]
+    private var uploadsBySource: [[UInt8]: Int] = [:]
     private var uploadsByNetwork: [[UInt8]: Int] = [:]
     let configuration: DHTConfiguration
 
@@ -95,14 +96,15 @@ struct ValueStore: RecordStore {
         }
     }
 
-    /// One part of a value: a value held already is stored at once (its other parts need not come);
+    /// One part of a value: a value held already is stored at once (its other parts need not come;
+    /// it postpones the value's republishing only when from a fellow holder);
     /// otherwise the part joins the source's upload of that value, and the last part makes the
     /// value, which must hash to its id.
     private mutating func put(_ part: ValuePart, key: NodeID, token: UInt64, from requester: RecordRequester, at time: RecordTime,
                               statistics: inout DHTStatistics) -> ValueStatus {
         guard requester.tokens.isValid(token, for: requester.source) else { return .badToken }
         if let place = byID[part.id], place.key == key, let stored = values[key]?[place.slot], alive(stored.value, unix: time.unix) {
-            values[key]?[place.slot]?.storedAt = time.now
+            if requester.isFellowHolder(key) { values[key]?[place.slot]?.storedAt = time.now }
             return .stored
         }
         let wire: [UInt8]
@@ -112,7 +114,7 @@ struct ValueStore: RecordStore {
             let uploadKey = UploadKey(source: requester.source, id: part.id)
             expireUploads(now: time.now)
             if uploads[uploadKey] == nil {
-                guard uploadsBySource[requester.source, default: 0] < configuration.valueUploadsPerSource,
+                guard uploadsBySource[requester.source.shareKey, default: 0] < configuration.valueUploadsPerSource,
                       uploadsByNetwork[Self.network(of: requester.source), default: 0] < Self.uploadsPerNetwork,
                       makeRoomForUpload(from: requester.source),
                       let parts = try? Reassembly(length: part.length, count: part.count, index: part.index, bytes: part.bytes.count,
@@ -121,7 +123,7 @@ struct ValueStore: RecordStore {
                     return .busy
                 }
                 uploads[uploadKey] = Upload(key: key, parts: parts, lastPart: time.now)
-                uploadsBySource[requester.source, default: 0] += 1
+                uploadsBySource[requester.source.shareKey, default: 0] += 1
                 uploadsByNetwork[Self.network(of: requester.source), default: 0] += 1
             }
             guard var upload = uploads[uploadKey], upload.key == key, upload.parts.length == part.length else {
@@ -160,8 +162,8 @@ struct ValueStore: RecordStore {
 
     private mutating func removeUpload(_ key: UploadKey) {
         guard uploads.removeValue(forKey: key) != nil else { return }
-        uploadsBySource[key.source, default: 1] -= 1
-        if uploadsBySource[key.source] == 0 { uploadsBySource[key.source] = nil }
+        uploadsBySource[key.source.shareKey, default: 1] -= 1
+        if uploadsBySource[key.source.shareKey] == 0 { uploadsBySource[key.source.shareKey] = nil }
         let network = Self.network(of: key.source)
         uploadsByNetwork[network, default: 1] -= 1
         if uploadsByNetwork[network] == 0 { uploadsByNetwork[network] = nil }
@@ -212,17 +214,21 @@ struct ValueStore: RecordStore {
     /// value, or a larger one, needs room in the signer's, the key's, the source's and the total share.
     mutating func store(_ value: SignedValue, wire: [UInt8], from requester: RecordRequester, at time: RecordTime,
                         statistics: inout DHTStatistics) -> ValueStatus {
-        insert(value, wire: wire, from: requester.source, at: time, statistics: &statistics)
+        guard let key = NodeID(bytes: value.key[...]) else { return .invalid }
+        return insert(value, wire: wire, from: requester.source, postponesRepublish: requester.isFellowHolder(key), at: time,
+                      statistics: &statistics)
     }
 
-    private mutating func insert(_ value: SignedValue, wire: [UInt8], from source: Endpoint, at time: RecordTime,
+    /// `postponesRepublish`: whether the same bytes again count as this value's republishing
+    /// (`RecordRequester.isFellowHolder`, the node's own writes).
+    private mutating func insert(_ value: SignedValue, wire: [UInt8], from source: Endpoint, postponesRepublish: Bool, at time: RecordTime,
                                  statistics: inout DHTStatistics) -> ValueStatus {
         guard let key = NodeID(bytes: value.key[...]) else { return .invalid }
         let signer = value.signerID, slot = Slot(signer: signer, slot: value.slot), id = Sodium.sha256(wire)
         let previous = values[key]?[slot].flatMap { alive($0.value, unix: time.unix) ? $0 : nil }
         if let previous {
             if previous.id == id {
-                values[key]?[slot]?.storedAt = time.now
+                if postponesRepublish { values[key]?[slot]?.storedAt = time.now }
                 return .stored
             }
             guard value.supersedes(previous.value) else {
@@ -235,14 +241,14 @@ struct ValueStore: RecordStore {
         let newSlot = previous == nil
         guard held.bytes + added <= configuration.valueBytesPerSigner, bytes + added <= configuration.valueBytes,
               !newSlot || (held.count < configuration.valuesPerSigner && (values[key]?.count ?? 0) < configuration.valuesPerKey
-                           && bySource[source, default: 0] < configuration.valuesPerSource) else {
+                           && bySource[source.shareKey, default: 0] < configuration.valuesPerSource) else {
             statistics.refusedValues += 1
             return .quota
         }
         if values[key]?[slot] != nil { remove(key, slot) }
         values[key, default: [:]][slot] = Stored(value: value, wire: wire, id: id, from: source, storedAt: time.now)
         byID[id] = (key, slot)
-        bySource[source, default: 0] += 1
+        bySource[source.shareKey, default: 0] += 1
         bySigner[signer, default: (0, 0)].count += 1
         bySigner[signer, default: (0, 0)].bytes += wire.count
         bytes += wire.count
@@ -254,8 +260,8 @@ struct ValueStore: RecordStore {
         guard let stored = values[key]?.removeValue(forKey: slot) else { return }
         if values[key]?.isEmpty == true { values[key] = nil }
         byID[stored.id] = nil
-        bySource[stored.from, default: 1] -= 1
-        if bySource[stored.from] == 0 { bySource[stored.from] = nil }
+        bySource[stored.from.shareKey, default: 1] -= 1
+        if bySource[stored.from.shareKey] == 0 { bySource[stored.from.shareKey] = nil }
         bySigner[slot.signer, default: (1, stored.wire.count)].count -= 1
         bySigner[slot.signer, default: (1, stored.wire.count)].bytes -= stored.wire.count
         if bySigner[slot.signer]?.count == 0 { bySigner[slot.signer] = nil }
@@ -291,6 +297,6 @@ struct ValueStore: RecordStore {
     /// Holds a value this node wrote or was given while it is among the k closest to its key (a node
     /// sends itself no requests), under the local source.
     mutating func hold(_ value: SignedValue, wire: [UInt8], at time: RecordTime, statistics: inout DHTStatistics) -> ValueStatus {
-        insert(value, wire: wire, from: PeerEntryStore.localSource, at: time, statistics: &statistics)
+        insert(value, wire: wire, from: PeerEntryStore.localSource, postponesRepublish: true, at: time, statistics: &statistics)
     }
 }

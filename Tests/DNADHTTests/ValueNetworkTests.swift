@@ -405,6 +405,95 @@ import Testing
 
     // MARK: 4. Tombstones and expiry
 
+    /// What a source makes a holder keep is counted by its share (§5.5): an IPv4 address whatever the
+    /// port, an IPv6 /64. One host on many ports used to get a full share per port: values (and
+    /// tombstones), subscriptions and entries. (`@_optimize(none)`: Swift 6.3.1's loop-invariant code
+    /// motion crashes on this function.)
+    @_optimize(none) @Test func oneHostOnManyPortsOrAddressesOfItsPrefixHasOneShare() throws {
+        var configuration = SimulationTests.configuration()
+        configuration.valuesPerSource = 3
+        configuration.listenersPerSource = 2
+        configuration.entriesPerSource = 2
+        let network = SimulationTests.network(5, seed: 52, configuration: configuration)
+        let target = network.order[2]
+        let node = try #require(network.node(target))
+        let now = network.now / 1000
+        let signer = Announced.identities[30]
+        func client(_ host: String, _ port: UInt16) throws -> ValueTests.Client {
+            ValueTests.Client(node, in: network, endpoint: try #require(Endpoint(host: host, port: port)))
+        }
+        for (index, port) in [1000, 1001, 1002].enumerated() {
+            var sender = try client("198.51.100.9", UInt16(port))
+            #expect(sender.put(Self.value(signer, slot: UInt32(index), sequence: 1, created: now, data: [1])) == [.stored])
+        }
+        var fourth = try client("198.51.100.9", 1003)
+        #expect(fourth.put(Self.value(signer, slot: 3, sequence: 1, created: now, data: [1])) == [.quota])
+        var neighbour = try client("198.51.100.10", 1003)  // another host of the same /24
+        #expect(neighbour.put(Self.value(signer, slot: 3, sequence: 1, created: now, data: [1])) == [.stored])
+        for (index, host) in ["2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::9"].enumerated() {
+            var sender = try client(host, 2000)
+            #expect(sender.put(Self.value(signer, slot: 10 + UInt32(index), sequence: 1, created: now, data: [1])) == [.stored])
+        }
+        var sameSixtyFour = try client("2001:db8:1:2::7", 2001)
+        #expect(sameSixtyFour.put(Self.value(signer, slot: 20, sequence: 1, created: now, data: [1])) == [.quota])
+        var otherSixtyFour = try client("2001:db8:1:3::7", 2001)
+        #expect(otherSixtyFour.put(Self.value(signer, slot: 20, sequence: 1, created: now, data: [1])) == [.stored])
+        // Subscriptions: two per share.
+        let statuses = try (0..<3).map { index -> DHTMessage.Body? in
+            let listener = try client("203.0.113.5", 3000 + UInt16(index))
+            return listener.send(.valueListen(token: listener.token, key: Self.nodeKey, signer: nil, listener: UInt64(index + 1)),
+                                 transaction: 700 + UInt64(index)).first
+        }
+        #expect(statuses == [.valueListening(.listening, lifetime: 600), .valueListening(.listening, lifetime: 600),
+                             .valueListening(.busy, lifetime: 0)])
+        // Entries: two per share.
+        let entries = (0..<3).map { index in
+            NodeRulesTests.store(NodeRulesTests.entry(Announced.identities[40 + index], lastSeen: now).wireBytes, at: target,
+                                 in: network, from: Endpoint(host: "203.0.113.6", port: 4000 + UInt16(index))!)
+        }
+        #expect(entries == [.stored, .stored, .quota])
+    }
+
+    /// A put of a value held already postpones the holder's republishing of it only when it comes
+    /// from a fellow holder (a contact at that address among the k closest to the key, §10.4):
+    /// anyone else repeating the value's first part more often than the republishing interval used to
+    /// keep every holder from ever storing it on the nodes that join near the key.
+    @Test func onlyAFellowHoldersPutPostponesRepublishing() throws {
+        var configuration = SimulationTests.configuration()  // an hour's rules in 10 minutes
+        configuration.refreshInterval = 60_000
+        configuration.valueRepublishInterval = 600_000
+        let network = SimulationTests.network(100, seed: 51, configuration: configuration)
+        let closest = Self.closest(to: Self.nodeKey, in: network)
+        // The outsider's id is as far from the key as can be (another first bit), as almost every
+        // node's is in a large network: far from the k closest, though the holder's table learns it.
+        var outsiderSalt = NodeCredential.generate(difficulty: 4)
+        while (outsiderSalt.id ^ Self.nodeKey).leadingZeroBits > 0 { outsiderSalt = NodeCredential.generate(difficulty: 4) }
+        let holder = try #require(network.node(closest[0])), fellow = try #require(network.node(closest[1]))
+        #expect(holder.table.closest(to: Self.nodeKey, count: 20).contains { $0.id == fellow.id && $0.endpoint == closest[1] })
+        let item = Self.value(Announced.identities[30], sequence: 1, created: network.now / 1000, lifetime: 3600, data: [1, 2, 3])
+        let wire = item.wireBytes
+        let first = ValuePart.split(wire, id: Sodium.sha256(wire))[0]
+        var outsider = ValueTests.Client(holder, in: network, salt: outsiderSalt.salt)
+        #expect(outsider.put(item) == [.stored])
+        var republished = holder.statistics.valuesRepublished
+        for round in 0..<6 {
+            network.run(for: 200_000)
+            let again = ValueTests.Client(holder, in: network, salt: outsiderSalt.salt)  // a token of the current period
+            #expect(again.send(.valuePut(token: again.token, key: Self.nodeKey, part: first), transaction: 500 + UInt64(round))
+                    == [.valueStored(.stored, holderTime: 0)])
+        }
+        #expect(holder.statistics.valuesRepublished > republished, "an outsider's puts every 200 s kept the value from being republished for 20 min")
+        // The same first part from the fellow holder every 20 minutes: the holder leaves the value to it.
+        republished = holder.statistics.valuesRepublished
+        for round in 0..<6 {
+            let peer = ValueTests.Client(holder, in: network, endpoint: closest[1], salt: fellow.credential.salt)
+            #expect(peer.send(.valuePut(token: peer.token, key: Self.nodeKey, part: first), transaction: 600 + UInt64(round))
+                    == [.valueStored(.stored, holderTime: 0)])
+            network.run(for: 200_000)
+        }
+        #expect(holder.statistics.valuesRepublished == republished)
+    }
+
     @Test func aDeletedValueStaysDeletedWhenAHolderThatMissedTheDeletionRepublishesIt() throws {
         var configuration = SimulationTests.configuration()
         configuration.refreshInterval = 60_000
@@ -486,12 +575,22 @@ import Testing
                 if status == [.more] { accepted += 1 } else if status == [.busy] { busy += 1 }
             }
         }
-        #expect(accepted == ValueStore.uploadsPerNetwork && holder.valueUploadCount == accepted, "\(accepted) uploads kept for one host")
+        #expect(accepted == network.configuration.valueUploadsPerSource && holder.valueUploadCount == accepted,
+                "\(accepted) uploads kept for one host on 40 ports")
         #expect(busy == 240 - accepted)
-        // Then 12 networks, 8 ports each: every upload is taken, never more.
+        // 40 hosts of that host's /24: the network's share.
+        for host in 20..<60 {
+            let flooder = ValueTests.Client(holder, in: network, endpoint: Endpoint(host: "203.0.113.\(host)", port: 2000)!)
+            for _ in 0..<2 {
+                transaction += 1
+                _ = flooder.send(.valuePut(token: flooder.token, key: key, part: Self.firstPart(&random)), transaction: transaction)
+            }
+        }
+        #expect(holder.valueUploadCount == ValueStore.uploadsPerNetwork, "\(holder.valueUploadCount) uploads kept for one /24")
+        // Then 12 networks, 8 hosts each: every upload is taken, never more.
         for network24 in 1...12 {
             for port in 0..<8 {
-                let flooder = ValueTests.Client(holder, in: network, endpoint: Endpoint(host: "203.0.\(network24).9", port: UInt16(3000 + port))!)
+                let flooder = ValueTests.Client(holder, in: network, endpoint: Endpoint(host: "203.0.\(network24).\(9 + port)", port: UInt16(3000 + port))!)
                 for _ in 0..<4 {
                     transaction += 1
                     _ = flooder.send(.valuePut(token: flooder.token, key: key, part: Self.firstPart(&random)), transaction: transaction)

@@ -180,14 +180,17 @@ import Testing
         let node: DHTNode
         let endpoint: Endpoint
         let network: SimulatedNetwork
-        let salt = NodeCredential.generate(difficulty: 4).salt
+        let salt: [UInt8]
         var transaction: UInt64 = 100
         var token: UInt64 = 0
 
-        init(_ node: DHTNode, in network: SimulatedNetwork, endpoint: Endpoint = Endpoint(host: "198.51.100.9", port: 999)!) {
+        /// A client at `endpoint`, with the node id of `salt` (a new one when nil).
+        init(_ node: DHTNode, in network: SimulatedNetwork, endpoint: Endpoint = Endpoint(host: "198.51.100.9", port: 999)!,
+             salt: [UInt8]? = nil) {
             self.node = node
             self.network = network
             self.endpoint = endpoint
+            self.salt = salt ?? NodeCredential.generate(difficulty: 4).salt
             if case .pong(_, let token)? = send(.ping).first { self.token = token }
         }
 

@@ -73,6 +73,8 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_key(const char *text, uint8_t key_out[D
  * Returns DNA_OK (at least one other node stored it), DNA_ERR_UNREACHABLE (none did: no contacts,
  * or no answer), DNA_ERR_SUPERSEDED (holders hold a newer value of this writer's slot, written by
  * another process of the identity), DNA_ERR_CLOCK_SKEW (holders refused it for its time),
+ * DNA_ERR_REFUSED (holders answered and refused it: the writer's quota there is full, they are
+ * busy with other uploads, or they found it invalid; the debug log line says which),
  * DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT (also when called from a dht_value_fn or log handler:
  * the I/O thread would wait for itself), DNA_ERR_TOO_LARGE, DNA_ERR_KEY_FILE,
  * DNA_ERR_KEY_PERMISSIONS, DNA_ERR_CLOSED. Any thread but the context's I/O thread.

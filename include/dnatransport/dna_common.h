@@ -66,7 +66,9 @@ extern "C" {
                                            more than they accept, and their times could not correct it) */
 #define DNA_ERR_REFUSED           (-28) /* the peer completed the handshake, then refused the connection: it
                                            found no entry of this identity in the DHT (announce stored
-                                           nowhere), or one with another key (PROTOCOL.md §7.5) */
+                                           nowhere), or one with another key (PROTOCOL.md §7.5); or the
+                                           DHT's holders answered a value put and none stored it (over
+                                           the writer's quota, busy, invalid to them: §10.4) */
 #define DNA_ERR_SUPERSEDED        (-29) /* the DHT's holders keep a newer value of this writer's slot (PROTOCOL.md
                                            §10.1): another process of the identity wrote it */
 

@@ -254,6 +254,8 @@ class _Handle:
 
     def close(self):
         if self._handle:
+            for listener in [l for l in list(_live_listeners) if l._owner is self]:
+                listener.cancel()  # its iterator ends; no event comes after the handle is freed
             getattr(lib, self._free_name)(self._handle)
             self._handle = None
 
@@ -513,10 +515,12 @@ class Listener:
     ("changed", Value) and ("expired", Value) as they come (blocking); fileno() is readable while an
     event waits, so a Listener works with select/selectors; poll() returns the waiting events without
     blocking. With a callback, each event also goes to callback(kind, value) on the library's I/O
-    thread (it must return soon and not wait for the network). cancel() (or close()) stops it."""
+    thread (it must return soon and not wait for the network). cancel() (or close()) stops it, as
+    does closing its DHT or Transport: iteration then ends after the events already waiting."""
 
     def __init__(self, dht, key, callback=None, signer_id=None, since=0):
         self._dht_calls = dht
+        self._owner = getattr(dht, "_transport", dht)  # the DHT or Transport whose close() ends it
         self._events = collections.deque()
         self._lock = threading.Lock()
         self._readable, self._writable = os.pipe()
@@ -666,7 +670,8 @@ class _ValueCalls:
     def put(self, identity, key, data, slot=0, type=0, lifetime=24 * 3600, timeout_ms=0):
         """Signs data as identity (its key made on first use) and stores it at key in identity's slot,
         replacing its older value there. Returns (holders, sequence). Raises DNAError: UNREACHABLE
-        (no node stored it), SUPERSEDED, CLOCK_SKEW, TOO_LARGE (over VALUE_MAX_DATA), TIMEOUT."""
+        (no node answered), REFUSED (the holders answered and none stored it: the writer's quota
+        there, busy, invalid to them), SUPERSEDED, CLOCK_SKEW, TOO_LARGE (over VALUE_MAX_DATA), TIMEOUT."""
         keep, pointer = _bytes_arg(data)
         holders, sequence = ctypes.c_int(0), ctypes.c_uint64(0)
         _check(lib.dht_value_put(self._dht(), _name_arg(identity), _key_arg(key), _u(slot, 32, "slot"), pointer,

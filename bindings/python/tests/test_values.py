@@ -233,3 +233,32 @@ def test_a_listener_cancelled_from_its_own_callback_or_another_thread_hears_noth
     with pytest.raises(DNAError) as caught:
         network[3].put("gina", key, b"x", slot=2**32)
     assert caught.value.code == ErrorCode.INVALID_ARGUMENT
+
+
+def test_closing_a_dht_or_transport_ends_its_listeners(network, tmp_path):
+    import threading
+    seed = f"127.0.0.1:{network[0].port}"
+    network[5].put("hana", "room:closing", b"here")
+    ended = {}
+
+    def drain(name, listener):
+        ended[name] = [value.data for _, value in listener]  # returns only when the iteration ends
+
+    for name, make in (("dht", lambda: dna.DHT(data_dir=tmp_path / "dht", bind_ip="127.0.0.1")),
+                       ("transport", lambda: dna.Transport("ivan", data_dir=tmp_path / "ivan", bootstrap=[seed],
+                                                           bind_ip="127.0.0.1"))):
+        owner = make()
+        if name == "dht":
+            owner.bootstrap([seed])
+        heard = threading.Event()
+        listener = (owner if name == "dht" else owner.dht).listen("room:closing", callback=lambda kind, value: heard.set())
+        reader = threading.Thread(target=drain, args=(name, listener))
+        reader.start()
+        assert heard.wait(10), f"the {name}'s listener heard nothing"
+        time.sleep(0.2)  # the reader takes the event and waits for the next
+        owner.close()
+        reader.join(5)
+        assert not reader.is_alive(), f"closing the {name} left its listener's iterator waiting"
+        assert ended[name] == [b"here"] and listener.id is None
+        listener.cancel()  # after the close: nothing
+
