@@ -40,21 +40,37 @@ public func dht_value_key(_ text: UnsafePointer<CChar>?, _ keyOut: UnsafeMutable
     }
 }
 
+/// A write's arguments, checked: the service, the signer's identity, the key and the timeout (ms).
+private struct Write {
+    var service: DHTService
+    var signer: Identity
+    var key: [UInt8]
+    var timeout: Int
+
+    init(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, data: [UInt8], lifetime: UInt32,
+         timeout: Int32, blocking: Bool) throws {
+        service = try Handle<CDHT>.borrow(context, "ctx").service
+        guard !blocking || !service.isLoopThread else {
+            throw InvalidArgument("called on the context's I/O thread (a callback): it would wait for itself")
+        }
+        let name = try CArg.identity(identity)
+        self.key = try valueKey(key)
+        self.timeout = try valueTimeout(timeout)
+        guard lifetime >= 1, lifetime <= SignedValue.maximumLifetime else {
+            throw InvalidArgument("lifetime_s is \(lifetime): 1 to \(SignedValue.maximumLifetime)")
+        }
+        guard data.count <= SignedValue.maximumDataSize else { throw TooLarge() }
+        signer = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
+        guard service.statistics != nil else { throw Closed() }
+    }
+}
+
 /// Signs and puts a value or a tombstone for the C calls; the result's error as the header says.
 private func write(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, slot: UInt32,
                    data: [UInt8], type: UInt16, lifetime: UInt32, flags: UInt8, timeout: Int32,
                    holdersOut: UnsafeMutablePointer<Int32>?, sequenceOut: UnsafeMutablePointer<UInt64>?) throws {
-    let service = try Handle<CDHT>.borrow(context, "ctx").service
-    guard !service.isLoopThread else { throw InvalidArgument("called on the context's I/O thread (a callback): it would wait for itself") }
-    let name = try CArg.identity(identity)
-    let key = try valueKey(key)
-    let milliseconds = try valueTimeout(timeout)
-    guard lifetime >= 1, lifetime <= SignedValue.maximumLifetime else {
-        throw InvalidArgument("lifetime_s is \(lifetime): 1 to \(SignedValue.maximumLifetime)")
-    }
-    guard data.count <= SignedValue.maximumDataSize else { throw TooLarge() }
-    let signer = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
-    guard service.statistics != nil else { throw Closed() }
+    let checked = try Write(context, identity, key, data: data, lifetime: lifetime, timeout: timeout, blocking: true)
+    let (service, signer, key, milliseconds) = (checked.service, checked.signer, checked.key, checked.timeout)
     guard let (result, sequence) = try service.writeValue(as: signer, key: key, slot: slot, data: data, type: type,
                                                           lifetime: lifetime, flags: flags, timeout: milliseconds) else {
         if service.statistics == nil { throw Closed() }
@@ -129,6 +145,133 @@ public func dht_value_get(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>
         // (not "no value at this key").
         if result.listed == 0, result.values.isEmpty, result.asked > 0 { throw Unreachable() }
         (values.pointee, count.pointee) = try ValueArray.make(result.values)
+    }
+}
+
+/// An asynchronous operation's C callback and its user data (dht_value_done_fn), called once on the
+/// loop thread.
+private struct DoneCallback: @unchecked Sendable {
+    let function: dht_value_done_fn
+    let userData: UnsafeMutableRawPointer?
+    /// The operation's id, set once the service gave it (the outcome can come before: then it waits).
+    let id = OperationID()
+
+    /// Calls the function with the outcome's code and results, as the blocking form would return them.
+    func finish(_ outcome: DHTService.ValueOutcome, sequence: UInt64 = 0) {
+        let id = self.id.wait()
+        let code: Int32
+        switch outcome {
+        case .put(let result):
+            code = result.holders.isEmpty ? refusalCode(result) : DNAErrorCode.ok.rawValue
+            function(id, code, Int32(clamping: result.stored), sequence, nil, 0, userData)
+            return
+        case .got(let result):
+            if result.listed == 0, result.values.isEmpty, result.asked > 0 {
+                code = DNAErrorCode.unreachable.rawValue
+            } else if let (array, count) = try? ValueArray.make(result.values) {
+                function(id, DNAErrorCode.ok.rawValue, 0, 0, array, count, userData)
+                free(array)
+                return
+            } else {
+                code = DNAErrorCode.noMemory.rawValue
+            }
+        case .invalid(let error): code = DNAErrorCode(error).rawValue
+        case .noContacts: code = DNAErrorCode.unreachable.rawValue
+        case .timedOut: code = DNAErrorCode.timeout.rawValue
+        case .stopped: code = DNAErrorCode.closed.rawValue
+        }
+        function(id, code, 0, 0, nil, 0, userData)
+    }
+
+    /// The code of a put that no holder stored.
+    private func refusalCode(_ result: ValuePutResult) -> Int32 {
+        do {
+            try throwRefusal(result)
+            return DNAErrorCode.internal.rawValue
+        } catch {
+            return DNAErrorCode(error).rawValue
+        }
+    }
+}
+
+/// An operation's id, given to the callback once known (the service may end the operation on its
+/// loop thread before the call that started it has the id).
+private final class OperationID: @unchecked Sendable {
+    private let monitor = Monitor()
+    private var value: UInt64?
+
+    func set(_ id: UInt64) {
+        monitor.locked { value = id }
+        monitor.broadcast()
+    }
+
+    func wait() -> UInt64 { monitor.wait(milliseconds: Int(Int32.max)) { value } ?? 0 }
+}
+
+/// Starts a write without waiting (dht_value_put_async, dht_value_delete_async).
+private func writeAsync(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, slot: UInt32,
+                        data: [UInt8], type: UInt16, lifetime: UInt32, flags: UInt8, timeout: Int32, function: dht_value_done_fn?,
+                        userData: UnsafeMutableRawPointer?, opOut: UnsafeMutablePointer<UInt64>?,
+                        sequenceOut: UnsafeMutablePointer<UInt64>?) throws {
+    guard let function else { throw InvalidArgument("fn is NULL") }
+    let checked = try Write(context, identity, key, data: data, lifetime: lifetime, timeout: timeout, blocking: false)
+    let callback = DoneCallback(function: function, userData: userData)
+    let written = Box<UInt64>()
+    guard let (id, sequence) = try checked.service.startWriteValue(as: checked.signer, key: checked.key, slot: slot, data: data, type: type,
+                                                                  lifetime: lifetime, flags: flags, timeout: checked.timeout,
+                                                                  finish: { [callback, written] outcome in
+        callback.finish(outcome, sequence: written.value ?? 0)
+    }) else { throw Closed() }
+    written.value = sequence
+    opOut?.pointee = id
+    sequenceOut?.pointee = sequence
+    callback.id.set(id)
+}
+
+/// A value set once, read later (under the operation's id wait: the id is set after it).
+private final class Box<T>: @unchecked Sendable {
+    var value: T?
+}
+
+@_cdecl("dht_value_put_async")
+public func dht_value_put_async(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ slot: UInt32,
+                                _ data: UnsafePointer<UInt8>?, _ dataLength: Int, _ type: UInt16, _ lifetime: UInt32, _ timeout: Int32,
+                                _ function: dht_value_done_fn?, _ userData: UnsafeMutableRawPointer?,
+                                _ opOut: UnsafeMutablePointer<UInt64>?, _ sequenceOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall("dht_value_put_async") {
+        let bytes = try CArg.bytes(data, dataLength, "data")
+        guard bytes.count <= SignedValue.maximumDataSize else { throw TooLarge() }
+        try writeAsync(context, identity, key, slot: slot, data: Array(bytes), type: type, lifetime: lifetime, flags: 0, timeout: timeout,
+                       function: function, userData: userData, opOut: opOut, sequenceOut: sequenceOut)
+    }
+}
+
+@_cdecl("dht_value_delete_async")
+public func dht_value_delete_async(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?,
+                                   _ slot: UInt32, _ lifetime: UInt32, _ timeout: Int32, _ function: dht_value_done_fn?,
+                                   _ userData: UnsafeMutableRawPointer?, _ opOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall("dht_value_delete_async") {
+        try writeAsync(context, identity, key, slot: slot, data: [], type: 0,
+                       lifetime: lifetime == 0 ? SignedValue.maximumLifetime : lifetime, flags: SignedValue.tombstoneFlag,
+                       timeout: timeout, function: function, userData: userData, opOut: opOut, sequenceOut: nil)
+    }
+}
+
+@_cdecl("dht_value_get_async")
+public func dht_value_get_async(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>?, _ signerID: UnsafePointer<UInt8>?,
+                                _ since: UInt64, _ timeout: Int32, _ function: dht_value_done_fn?, _ userData: UnsafeMutableRawPointer?,
+                                _ opOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall("dht_value_get_async") {
+        let service = try Handle<CDHT>.borrow(context, "ctx").service
+        guard let function else { throw InvalidArgument("fn is NULL") }
+        guard let nodeKey = NodeID(bytes: try valueKey(key)) else { throw InvalidArgument("key") }
+        let milliseconds = try valueTimeout(timeout)
+        let signer = signerID.map { Array(UnsafeBufferPointer(start: $0, count: 32)) }
+        let callback = DoneCallback(function: function, userData: userData)
+        guard let id = service.startValueGet(nodeKey, query: ValueQuery(signer: signer, since: since), timeout: milliseconds,
+                                             finish: { [callback] outcome in callback.finish(outcome) }) else { throw Closed() }
+        opOut?.pointee = id
+        callback.id.set(id)
     }
 }
 

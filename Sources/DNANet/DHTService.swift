@@ -144,6 +144,13 @@ public final class DHTService: @unchecked Sendable {
     /// Ended value puts and gets (§10), until their caller takes them.
     private var valuePutResults: [LookupID: ValuePutResult] = [:]
     private var valueGetResults: [LookupID: ValueGetResult] = [:]
+    /// Asynchronous value operations (`startValuePut`, `startValueGet`; loop thread only), by their
+    /// id; and the operation each lookup under way belongs to.
+    private var operations: [UInt64: ValueOperation] = [:]
+    private var operationLookups: [LookupID: UInt64] = [:]
+    /// Operations started from other threads, for the loop thread to take (under the monitor).
+    private var queuedOperations: [ValueOperation] = []
+    private var nextOperation: UInt64 = 0
     /// Listeners (§10.5): the handler each one's events go to, on the loop thread.
     private var valueHandlers: [UInt64: @Sendable (UInt64, ValueEvent) -> Void] = [:]
     /// The listener whose handler the loop thread is calling now (under the monitor).
@@ -236,6 +243,23 @@ public final class DHTService: @unchecked Sendable {
         }
         monitor.broadcast()
         guard wasRunning else { return }
+        // Every asynchronous operation ends, on the loop thread (here when the loop stopped first).
+        let end = { [self] in
+            let queued = monitor.locked { () -> [ValueOperation] in
+                defer { queuedOperations.removeAll() }
+                return queuedOperations
+            }
+            let ended = (Array(operations.values) + queued).sorted { $0.id < $1.id }
+            operations.removeAll()
+            operationLookups.removeAll()
+            for operation in ended { operation.finish(.stopped) }
+        }
+        if loop.sync({ () -> Bool in
+            end()
+            return true
+        }) == nil {
+            end()
+        }
         Self.detach(alarm: alarm, watch: watch, node: node, file: dataDirectory + "/dht/state", loop: loop, ownsLoop: ownsLoop)
     }
 
@@ -451,6 +475,16 @@ public final class DHTService: @unchecked Sendable {
                            flags: UInt8 = 0, timeout: Int) throws(SignedValueError) -> (result: ValuePutResult, sequence: UInt64)? {
         let started = monotonicMilliseconds()
         guard mayWait, waitForContacts(timeout: timeout), let unix = perform({ node, now in node.unix(now) }) else { return nil }
+        let value = try signValue(as: identity, key: key, slot: slot, data: data, type: type, lifetime: lifetime, flags: flags, unix: unix)
+        let left = timeout - Int(monotonicMilliseconds() - started)
+        guard left > 0, let result = try putValue(value, timeout: left) else { return nil }
+        return (result, value.sequence)
+    }
+
+    /// The value `writeValue` puts: its sequence is `unix` (ms), or one more than the last this
+    /// service wrote for the key and slot when that is higher; created: `unix` in seconds.
+    private func signValue(as identity: Identity, key: [UInt8], slot: UInt32, data: [UInt8], type: UInt16, lifetime: UInt32,
+                           flags: UInt8, unix: UInt64) throws(SignedValueError) -> SignedValue {
         let place = key + [UInt8(slot >> 24 & 0xFF), UInt8(slot >> 16 & 0xFF), UInt8(slot >> 8 & 0xFF), UInt8(slot & 0xFF)]
         let sequence = monitor.locked { () -> UInt64 in
             let next = max(unix, (lastSequences[place] ?? 0) &+ 1)
@@ -460,9 +494,7 @@ public final class DHTService: @unchecked Sendable {
         var value = SignedValue(key: key, signer: identity.name, slot: slot, sequence: sequence, created: unix / 1000,
                                 lifetime: lifetime, type: type, flags: flags, data: data)
         try value.sign(with: identity, now: unix / 1000)
-        let left = timeout - Int(monotonicMilliseconds() - started)
-        guard left > 0, let result = try putValue(value, timeout: left) else { return nil }
-        return (result, sequence)
+        return value
     }
 
     /// Gets the values at `key` (§10.3) and waits up to `timeout` ms: nil as for `putValue`.
@@ -471,6 +503,115 @@ public final class DHTService: @unchecked Sendable {
         let result = monitor.wait(milliseconds: timeout) { valueGetResults[id] }
         _ = monitor.locked { valueGetResults.removeValue(forKey: id) }
         return result
+    }
+
+    // MARK: Asynchronous value operations
+
+    /// How an asynchronous value operation ended (`startValuePut`, `startValueGet`).
+    public enum ValueOutcome: Sendable {
+        /// The put's result (holders, refusals).
+        case put(ValuePutResult)
+        /// The get's result.
+        case got(ValueGetResult)
+        /// The node refused the value before sending it (fields, times, signature).
+        case invalid(SignedValueError)
+        /// The routing table held no contact before the deadline.
+        case noContacts
+        /// The operation did not end before the deadline.
+        case timedOut
+        /// The service stopped first.
+        case stopped
+    }
+
+    /// An operation waiting for a contact, then for its result (loop thread only).
+    private final class ValueOperation {
+        let id: UInt64
+        let deadline: UInt64
+        let start: (DHTNode, UInt64) -> Result<LookupID, SignedValueError>
+        let finish: @Sendable (ValueOutcome) -> Void
+        var lookup: LookupID?
+
+        init(id: UInt64, deadline: UInt64, start: @escaping (DHTNode, UInt64) -> Result<LookupID, SignedValueError>,
+             finish: @escaping @Sendable (ValueOutcome) -> Void) {
+            self.id = id
+            self.deadline = deadline
+            self.start = start
+            self.finish = finish
+        }
+    }
+
+    /// Starts an operation on the loop thread without waiting for it: once the routing table holds
+    /// a contact (within `timeout` ms), `start` starts it; `finish` is called exactly once with how
+    /// it ended, on the loop thread (possibly before this returns; on the thread of `stop` when the
+    /// loop ended before the service). Returns its id; nil (and `finish` is never called) once stopped.
+    private func startOperation(timeout: Int, start: @escaping (DHTNode, UInt64) -> Result<LookupID, SignedValueError>,
+                                finish: @escaping @Sendable (ValueOutcome) -> Void) -> UInt64? {
+        let deadline = monotonicMilliseconds() + UInt64(max(0, timeout))
+        return monitor.locked { () -> UInt64? in
+            guard running else { return nil }
+            nextOperation += 1
+            queuedOperations.append(ValueOperation(id: nextOperation, deadline: deadline, start: start, finish: finish))
+            alarm?.armNow()
+            return nextOperation
+        }
+    }
+
+    /// Starts the operations waiting for a contact when the node has one, and ends those past
+    /// their deadline (loop thread).
+    private func advanceOperations(_ node: DHTNode, now: UInt64) {
+        for operation in monitor.locked({ () -> [ValueOperation] in
+            defer { queuedOperations.removeAll() }
+            return queuedOperations
+        }) {
+            operations[operation.id] = operation
+        }
+        guard !operations.isEmpty else { return }
+        var ended: [(ValueOperation, ValueOutcome)] = []
+        let hasContacts = node.routingTableSize > 0
+        for operation in operations.values.sorted(by: { $0.id < $1.id }) {
+            if operation.lookup == nil, hasContacts, now < operation.deadline {
+                switch operation.start(node, now) {
+                case .success(let lookup):
+                    operation.lookup = lookup
+                    operationLookups[lookup] = operation.id
+                case .failure(let error):
+                    ended.append((operation, .invalid(error)))
+                }
+                continue
+            }
+            if now >= operation.deadline { ended.append((operation, operation.lookup == nil ? .noContacts : .timedOut)) }
+        }
+        for (operation, outcome) in ended { end(operation, outcome) }
+    }
+
+    private func end(_ operation: ValueOperation, _ outcome: ValueOutcome) {
+        operations[operation.id] = nil
+        if let lookup = operation.lookup { operationLookups[lookup] = nil }
+        operation.finish(outcome)
+    }
+
+    /// Puts `value` (§10.2) without waiting: `finish` gets its result (see `startOperation`).
+    public func startValuePut(_ value: SignedValue, timeout: Int, finish: @escaping @Sendable (ValueOutcome) -> Void) -> UInt64? {
+        startOperation(timeout: timeout, start: { node, now in Result { () throws(SignedValueError) in try node.putValue(value, now: now) } },
+                       finish: finish)
+    }
+
+    /// Gets the values at `key` (§10.3) without waiting: `finish` gets its result (see `startOperation`).
+    public func startValueGet(_ key: NodeID, query: ValueQuery = ValueQuery(), timeout: Int,
+                              finish: @escaping @Sendable (ValueOutcome) -> Void) -> UInt64? {
+        startOperation(timeout: timeout, start: { node, now in .success(node.getValues(key, query: query, now: now)) }, finish: finish)
+    }
+
+    /// Signs a value as `writeValue` does and puts it without waiting: returns the operation's id and
+    /// the value's sequence; `finish` gets the result (see `startOperation`). Nil once stopped.
+    /// Throws for a value the node refuses (fields, sizes).
+    public func startWriteValue(as identity: Identity, key: [UInt8], slot: UInt32, data: [UInt8], type: UInt16, lifetime: UInt32,
+                                flags: UInt8 = 0, timeout: Int,
+                                finish: @escaping @Sendable (ValueOutcome) -> Void) throws(SignedValueError) -> (id: UInt64, sequence: UInt64)? {
+        guard let unix = perform({ node, now in node.unix(now) }) else { return nil }
+        let value = try signValue(as: identity, key: key, slot: slot, data: data, type: type, lifetime: lifetime, flags: flags, unix: unix)
+        guard let id = startValuePut(value, timeout: timeout, finish: finish) else { return nil }
+        return (id, value.sequence)
     }
 
     /// Joins through `endpoints`: pings them and looks up the own id, retrying with backoff (0.5, 1,
@@ -805,6 +946,7 @@ public final class DHTService: @unchecked Sendable {
         for command in pending { command(node, clock()) }
         let current = clock()
         if let next = node.nextDeadline, next <= current { node.handleTimeout(now: current) }
+        advanceOperations(node, now: current)
         if current >= nextAnnounce { reannounce(node, now: current) }
         if current >= lastSave + configuration.node.refreshInterval {
             lastSave = current
@@ -812,8 +954,21 @@ public final class DHTService: @unchecked Sendable {
         }
         let filter = monitor.locked { outgoingFilter }
         for (to, datagram) in node.takeDatagrams() where filter?(datagram, to) ?? true { socket.send(datagram, to: to) }
-        let events = node.takeEvents()
+        var events = node.takeEvents()
         checkReannouncements(events, now: current)
+        // Results of asynchronous operations go to their `finish` (below, outside the lock).
+        var finished: [(ValueOperation, ValueOutcome)] = []
+        events.removeAll { event in
+            let (lookup, outcome): (LookupID, ValueOutcome)
+            switch event {
+            case .valuePut(let id, let result): (lookup, outcome) = (id, .put(result))
+            case .valuesGot(let id, let result): (lookup, outcome) = (id, .got(result))
+            default: return false
+            }
+            guard let id = operationLookups[lookup], let operation = operations[id] else { return false }
+            finished.append((operation, outcome))
+            return true
+        }
         monitor.locked {
             for event in events {
                 switch event {
@@ -848,14 +1003,16 @@ public final class DHTService: @unchecked Sendable {
             if valueGetResults.count > 1000 { valueGetResults.removeAll() }
             // Under the lock: a command queued after the take above armed the alarm already, and
             // this must not push its wake-up back.
-            if commands.isEmpty {
-                let deadline = min(node.nextDeadline ?? UInt64.max, nextAnnounce, lastSave + configuration.node.refreshInterval)
+            if commands.isEmpty, queuedOperations.isEmpty {
+                let deadline = min(node.nextDeadline ?? UInt64.max, nextAnnounce, lastSave + configuration.node.refreshInterval,
+                                   operations.values.map(\.deadline).min() ?? UInt64.max)
                 alarm?.arm(at: deadline)
             } else {
                 alarm?.armNow()
             }
         }
         if !events.isEmpty { monitor.broadcast() }
+        for (operation, outcome) in finished { end(operation, outcome) }
         for event in events {
             let (id, valueEvent): (UInt64, ValueEvent)
             switch event {

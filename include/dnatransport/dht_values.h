@@ -105,6 +105,48 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_delete(dht_context_t *ctx, const char *
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_get(dht_context_t *ctx, const uint8_t key[DHT_VALUE_KEY_SIZE],
     const uint8_t *signer_id, uint64_t since, int timeout_ms, dht_value_t **values_out, size_t *count_out);
 
+/**
+ * Receives the end of an asynchronous value operation (dht_value_put_async, dht_value_delete_async,
+ * dht_value_get_async): op_id as the call gave it; result the error code the blocking form would
+ * return (DNA_OK, DNA_ERR_UNREACHABLE, DNA_ERR_REFUSED, DNA_ERR_SUPERSEDED, DNA_ERR_CLOCK_SKEW,
+ * DNA_ERR_TIMEOUT, DNA_ERR_NO_MEMORY; DNA_ERR_CLOSED when the context was freed first). A put or
+ * delete gives holders and sequence (values NULL, count 0); a get gives values and count as
+ * dht_value_get would (holders and sequence 0), the values and their data valid only during the
+ * call. user_data as given. Called exactly once per operation started, on the context's I/O thread
+ * (within dht_free or transport_free, with DNA_ERR_CLOSED, for those under way then), with the same
+ * rules as dht_value_fn: it may start further asynchronous operations and listeners.
+ */
+typedef void (*dht_value_done_fn)(uint64_t op_id, int result, int holders, uint64_t sequence, const dht_value_t *values,
+    size_t count, void *user_data);
+
+/**
+ * dht_value_put without waiting: signs the value here (as dht_value_put: the sequence is chosen now)
+ * and returns; the node waits up to timeout_ms (0: 30 s) for contacts and for the holders' answers,
+ * then calls fn. op_id_out (may be NULL): the operation's id; sequence_out (may be NULL): the
+ * sequence written. fn may run before this returns. Returns DNA_OK (fn will be called),
+ * DNA_ERR_INVALID_ARGUMENT (fn NULL, bad arguments), DNA_ERR_TOO_LARGE, DNA_ERR_KEY_FILE,
+ * DNA_ERR_KEY_PERMISSIONS, DNA_ERR_CLOSED (then fn is never called). Any thread, fn and
+ * dht_value_fn included.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_put_async(dht_context_t *ctx, const char *identity,
+    const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, const uint8_t *data, size_t data_len, uint16_t type,
+    uint32_t lifetime_s, int timeout_ms, dht_value_done_fn fn, void *user_data, uint64_t *op_id_out,
+    uint64_t *sequence_out);
+
+/** dht_value_delete without waiting: as dht_value_put_async, for the tombstone dht_value_delete writes. */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_delete_async(dht_context_t *ctx, const char *identity,
+    const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, uint32_t lifetime_s, int timeout_ms, dht_value_done_fn fn,
+    void *user_data, uint64_t *op_id_out);
+
+/**
+ * dht_value_get without waiting: fn gets the values (valid only during the call). Arguments as
+ * dht_value_get; op_id_out (may be NULL): the operation's id. fn may run before this returns.
+ * Returns DNA_OK (fn will be called), DNA_ERR_INVALID_ARGUMENT, DNA_ERR_CLOSED (then fn is never
+ * called). Any thread, fn and dht_value_fn included.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_get_async(dht_context_t *ctx, const uint8_t key[DHT_VALUE_KEY_SIZE],
+    const uint8_t *signer_id, uint64_t since, int timeout_ms, dht_value_done_fn fn, void *user_data, uint64_t *op_id_out);
+
 /* dht_value_fn's event. */
 #define DHT_VALUE_CHANGED 0   /* a value newer than any known for its writer and slot (a tombstone: deleted) */
 #define DHT_VALUE_EXPIRED 1   /* a known value's lifetime ended */
@@ -114,7 +156,8 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_get(dht_context_t *ctx, const uint8_t k
  * data) valid only during the call; user_data as given to dht_listen. Called on the context's I/O
  * thread: it must return soon; a function of the same context that waits for the network
  * (dht_value_put, dht_value_get, dht_bootstrap...) fails there with DNA_ERR_INVALID_ARGUMENT, and
- * dht_free or transport_free must not be called from it. dht_listen and dht_listen_cancel may be.
+ * dht_free or transport_free must not be called from it. dht_listen, dht_listen_cancel and the
+ * asynchronous forms (dht_value_put_async...) may be.
  */
 typedef void (*dht_value_fn)(uint64_t listen_id, int event, const dht_value_t *value, void *user_data);
 

@@ -4,6 +4,7 @@ Every C function is reached through a Pythonic call here; failures raise DNAErro
 library's code and its dna_strerror text.
 """
 import collections
+import concurrent.futures
 import ctypes
 import enum
 import os
@@ -628,6 +629,47 @@ class Listener:
 
 _live_listeners = set()
 
+# Asynchronous operations' C callbacks: each kept until its one call has returned. A thunk cannot be
+# freed inside its own call, so the last one finished on each I/O thread waits for that thread's next.
+_async_lock = threading.Lock()
+_async_pending = {}  # id(thunk) -> thunk
+_async_retired = {}
+
+
+def _start_async(kind, start):
+    """Starts an asynchronous value operation: start(fn, op_id_out, sequence_out) calls the library."""
+    future = concurrent.futures.Future()
+    future.set_running_or_notify_cancel()
+    thunk = None
+
+    def done(op_id, result, holders, sequence, values, count, user_data):
+        try:
+            if result != ErrorCode.OK:
+                future.set_exception(DNAError(result, kind))
+            elif kind == "get":
+                future.set_result([_value_from_c(values[i]) for i in range(count)])
+            elif kind == "delete":
+                future.set_result(holders)
+            else:
+                future.set_result((holders, sequence))
+        finally:
+            with _async_lock:
+                _async_pending.pop(id(thunk), None)
+                _async_retired[threading.get_ident()] = thunk
+
+    thunk = _native.DONE_FN(done)
+    op_id, sequence = ctypes.c_uint64(0), ctypes.c_uint64(0)
+    with _async_lock:
+        _async_pending[id(thunk)] = thunk
+    try:
+        _check(start(thunk, ctypes.byref(op_id), ctypes.byref(sequence)), kind)
+    except BaseException:
+        with _async_lock:
+            _async_pending.pop(id(thunk), None)
+        raise
+    future.op_id, future.sequence = op_id.value, sequence.value
+    return future
+
 
 def _signer_arg(signer_id):
     signer_id = bytes(signer_id)
@@ -687,6 +729,27 @@ class _ValueCalls:
                                     _u(lifetime, 32, "lifetime"), _u(timeout_ms, 31, "timeout_ms"), ctypes.byref(holders)),
                "delete")
         return holders.value
+
+    def put_async(self, identity, key, data, slot=0, type=0, lifetime=24 * 3600, timeout_ms=0):
+        """put without waiting (dht_value_put_async): signs now and returns a concurrent.futures.Future
+        of (holders, sequence), or of the DNAError put would raise. The Future is completed on the
+        library's I/O thread (its done-callbacks run there); its op_id and sequence are set at once."""
+        keep, pointer = _bytes_arg(data)
+        return _start_async("put", lambda fn, op, sequence: lib.dht_value_put_async(
+            self._dht(), _name_arg(identity), _key_arg(key), _u(slot, 32, "slot"), pointer, len(keep) if keep is not None else 0,
+            _u(type, 16, "type"), _u(lifetime, 32, "lifetime"), _u(timeout_ms, 31, "timeout_ms"), fn, None, op, sequence))
+
+    def delete_async(self, identity, key, slot=0, lifetime=0, timeout_ms=0):
+        """delete without waiting (dht_value_delete_async): a Future of holders, as put_async."""
+        return _start_async("delete", lambda fn, op, sequence: lib.dht_value_delete_async(
+            self._dht(), _name_arg(identity), _key_arg(key), _u(slot, 32, "slot"), _u(lifetime, 32, "lifetime"),
+            _u(timeout_ms, 31, "timeout_ms"), fn, None, op))
+
+    def get_async(self, key, signer_id=None, since=0, timeout_ms=0):
+        """get without waiting (dht_value_get_async): a Future of the Values, as put_async."""
+        signer = None if signer_id is None else (ctypes.c_uint8 * 32).from_buffer_copy(_signer_arg(signer_id))
+        return _start_async("get", lambda fn, op, sequence: lib.dht_value_get_async(
+            self._dht(), _key_arg(key), signer, _u(since, 64, "since"), _u(timeout_ms, 31, "timeout_ms"), fn, None, op))
 
     def listen(self, key, callback=None, signer_id=None, since=0):
         """A Listener of the values at key: an iterator of ("changed" | "expired", Value), pollable

@@ -110,6 +110,8 @@ class DHTValueC(Structure):
 
 LOG_FN = CFUNCTYPE(None, c_int, c_char_p, c_void_p)
 VALUE_FN = CFUNCTYPE(None, ctypes.c_uint64, c_int, POINTER(DHTValueC), c_void_p)
+# dht_value_done_fn(op_id, result, holders, sequence, values, count, user_data)
+DONE_FN = CFUNCTYPE(None, ctypes.c_uint64, c_int, c_int, ctypes.c_uint64, POINTER(DHTValueC), c_size_t, c_void_p)
 u8p = POINTER(c_uint8)
 
 # Every export of libdnatransport: name -> (restype, argtypes). A test checks this against the .so.
@@ -175,6 +177,11 @@ FUNCTIONS = {
     "dht_value_get": (c_int, [c_void_p, u8p, u8p, ctypes.c_uint64, c_int, POINTER(POINTER(DHTValueC)),
                               POINTER(c_size_t)]),
     "dht_listen": (c_int, [c_void_p, u8p, u8p, ctypes.c_uint64, VALUE_FN, c_void_p, POINTER(ctypes.c_uint64)]),
+    "dht_value_put_async": (c_int, [c_void_p, c_char_p, u8p, ctypes.c_uint32, u8p, c_size_t, c_uint16, ctypes.c_uint32, c_int,
+                                    DONE_FN, c_void_p, POINTER(ctypes.c_uint64), POINTER(ctypes.c_uint64)]),
+    "dht_value_delete_async": (c_int, [c_void_p, c_char_p, u8p, ctypes.c_uint32, ctypes.c_uint32, c_int, DONE_FN, c_void_p,
+                                       POINTER(ctypes.c_uint64)]),
+    "dht_value_get_async": (c_int, [c_void_p, u8p, u8p, ctypes.c_uint64, c_int, DONE_FN, c_void_p, POINTER(ctypes.c_uint64)]),
     "dht_listen_cancel": (c_int, [c_void_p, ctypes.c_uint64]),
     # nat_traversal.h
     "nat_traversal_init": (c_void_p, [c_char_p]),

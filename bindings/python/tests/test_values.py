@@ -262,3 +262,52 @@ def test_closing_a_dht_or_transport_ends_its_listeners(network, tmp_path):
         assert ended[name] == [b"here"] and listener.id is None
         listener.cancel()  # after the close: nothing
 
+
+
+def test_asynchronous_puts_gets_and_deletes_complete_once_without_blocking(network, tmp_path):
+    writer, reader = network[17], network[18]
+    puts = [writer.put_async("lena", f"async:{i}", f"value {i}".encode()) for i in range(20)]
+    results = [f.result(timeout=30) for f in puts]
+    assert all(holders >= 15 for holders, _ in results), results
+    assert [sequence for _, sequence in results] == [f.sequence for f in puts] and len({f.op_id for f in puts}) == 20
+    gets = [reader.get_async(f"async:{i}") for i in range(20)]
+    assert [[v.data for v in g.result(timeout=30)] for g in gets] == [[f"value {i}".encode()] for i in range(20)]
+    assert writer.delete_async("lena", "async:0", lifetime=60).result(timeout=30) >= 15
+    assert reader.get("async:0")[0].is_tombstone
+    # Started from a listener's callback, on the I/O thread (where put would fail INVALID_ARGUMENT).
+    chained = concurrent.futures.Future()
+
+    def answer(kind, value):
+        if not chained.done():
+            chained.set_result(network[19].put_async("lena", "async:reply", value.data))
+
+    listener = network[19].listen("async:chain", callback=answer)
+    try:
+        writer.put("lena", "async:chain", b"ping")
+        assert chained.result(timeout=10).result(timeout=30)[0] >= 15
+        assert [v.data for v in network[20].get("async:reply")] == [b"ping"]
+    finally:
+        listener.cancel()
+    # Started before the node has a contact: it waits for one (up to its timeout), then runs.
+    late = dna.DHT(data_dir=tmp_path / "late", bind_ip="127.0.0.1")
+    try:
+        early = late.put_async("lena", "async:early", b"x", timeout_ms=20_000)
+        time.sleep(0.3)
+        assert not early.done()
+        late.bootstrap([f"127.0.0.1:{network[0].port}"])
+        assert early.result(timeout=30)[0] >= 15
+    finally:
+        late.close()
+    # No contact within the timeout: UNREACHABLE; under way when the DHT closes: CLOSED.
+    with dna.DHT(data_dir=tmp_path / "alone", bind_ip="127.0.0.1") as alone:
+        lonely = alone.put_async("lena", "k", b"x", timeout_ms=300)
+        with pytest.raises(DNAError) as caught:
+            lonely.result(timeout=10)
+        assert caught.value.code == ErrorCode.UNREACHABLE
+        pending = alone.get_async("k", timeout_ms=60_000)
+    with pytest.raises(DNAError) as caught:
+        pending.result(timeout=10)
+    assert caught.value.code == ErrorCode.CLOSED
+    with pytest.raises(DNAError) as caught:
+        alone.get_async("k")
+    assert caught.value.code == ErrorCode.INVALID_ARGUMENT  # closed handle
