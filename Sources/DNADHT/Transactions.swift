@@ -47,6 +47,8 @@ struct Transactions {
         var size = Pieces.maximumDatagramSize
         /// The attempt before this one was at a larger size and got nothing back (§9).
         var steppedDown = false
+        /// Attempts in a row at this size that got nothing back.
+        var unansweredAtSize = 0
 
         var isPing: Bool {
             switch purpose {
@@ -243,21 +245,25 @@ struct Transactions {
     /// reassembly of the request, and this node's of the answer, keep the pieces earlier attempts
     /// delivered, so an attempt only has to bring what they lost. A 5-piece STORE at 10% loss
     /// arrives whole in 59% of single tries; in 99.5% when each piece has three. `answering`:
-    /// pieces of its answer came.
-    mutating func retry(_ transaction: UInt64, _ request: Pending, answering: Bool, now: UInt64,
+    /// pieces of its answer came. `attemptsPerSize`: attempts at one size that got nothing back
+    /// before the next goes smaller (§9: 2 for a part of a value, whose attempts at one cut combine).
+    mutating func retry(_ transaction: UInt64, _ request: Pending, answering: Bool, attemptsPerSize: Int = 1, now: UInt64,
                         statistics: inout DHTStatistics) {
         var again = request
         again.attempt += 1
         again.sentAt = now
         again.deadline = now + requestTimeout
         again.softDeadline = nil
+        again.unansweredAtSize = answering ? 0 : request.unansweredAtSize + 1
         // Nothing came back: the next attempt, and the answer it asks for, go in smaller
         // datagrams (§9): a path MTU black hole loses every large datagram and no small one.
         // (Or at once in the size this node now knows its link carries.)
         let known = datagramSize(for: request.endpoint, now: now)
-        if !answering, let smaller = Pieces.stepBelow(min(request.size, known + 1)) {
+        if !answering, again.unansweredAtSize >= attemptsPerSize || known < request.size,
+           let smaller = Pieces.stepBelow(min(request.size, known + 1)) {
             again.size = smaller
             again.steppedDown = true
+            again.unansweredAtSize = 0
         } else {
             again.size = min(request.size, known)
             again.steppedDown = false
