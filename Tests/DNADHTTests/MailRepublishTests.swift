@@ -38,6 +38,25 @@ import Testing
         #expect(boxes.inboxes.isEmpty && boxes.bytes == 0)
     }
 
+    /// Anyone may fetch an inbox's items and put them again; only a fellow holder's duplicate (a
+    /// contact among the k closest to the inbox key) counts as its republishing (§8.3, §10.4), else
+    /// one node repeating them would keep every holder from ever republishing the inbox.
+    @Test func onlyAFellowHoldersDuplicatePostponesRepublishing() throws {
+        var boxes = Mailboxes(perSender: 8, perInbox: 8, maximumBytes: 1 << 20)
+        let start = MailboxTests.now
+        let record = try MailboxTests.record(Self.bob)
+        let message = try OfflineMessage(sealing: [1], from: Self.alice, to: record, now: start / 1000).bytes
+        #expect(boxes.put(record.bytes, now: start) == .stored)
+        #expect(boxes.put(message, now: start) == .stored)
+        let checkedRecord = try #require(Mailboxes.validate(record.bytes, unix: start))
+        let checkedMessage = try #require(Mailboxes.validate(message, unix: start))
+        #expect(boxes.store(checkedRecord, wire: record.bytes, postponesRepublish: false, now: start + 50_000) == .duplicate)
+        #expect(boxes.store(checkedMessage, wire: message, postponesRepublish: false, now: start + 50_000) == .duplicate)
+        #expect(boxes.dueForRepublishing(now: start + 60_000, interval: 60_000, limit: 10).first?.items == [record.bytes, message])
+        #expect(boxes.store(checkedMessage, wire: message, postponesRepublish: true, now: start + 100_000) == .duplicate)
+        #expect(boxes.dueForRepublishing(now: start + 120_000, interval: 60_000, limit: 10).first?.items == [record.bytes])
+    }
+
     @Test func inboxItemsReachNodesThatJoinLaterAndOutliveTheHoldersThatStoredThem() throws {
         var configuration = SimulationTests.configuration()
         configuration.k = 5
