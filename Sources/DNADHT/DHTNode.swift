@@ -740,8 +740,9 @@ public final class DHTNode {
             }
             if again {
                 if case .lookup(let lookupID, _) = request.purpose { lookups[lookupID]?.result.messages += 1 }
-                // A part's 13 pieces at 10% loss all arrive in a quarter of single tries; a second
-                // try in the same cut brings what the first lost, while a smaller cut starts over.
+                // A part's 13 pieces at 10% loss all arrive in a quarter of single tries: a first try
+                // that got nothing back is mostly loss, not a black hole, and a smaller cut would send
+                // the part again as 17 or 31 pieces against the holder's per-source rate (§9, §5.5).
                 let perSize: Int = if case .value = request.purpose { 2 } else { 1 }
                 rpc.retry(transaction, request, answering: answering, attemptsPerSize: perSize, now: now, statistics: &statistics)
                 continue

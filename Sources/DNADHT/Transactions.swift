@@ -246,7 +246,7 @@ struct Transactions {
     /// delivered, so an attempt only has to bring what they lost. A 5-piece STORE at 10% loss
     /// arrives whole in 59% of single tries; in 99.5% when each piece has three. `answering`:
     /// pieces of its answer came. `attemptsPerSize`: attempts at one size that got nothing back
-    /// before the next goes smaller (§9: 2 for a part of a value, whose attempts at one cut combine).
+    /// before the next goes smaller (§9: 2 for a part of a value, whose many pieces lose one often).
     mutating func retry(_ transaction: UInt64, _ request: Pending, answering: Bool, attemptsPerSize: Int = 1, now: UInt64,
                         statistics: inout DHTStatistics) {
         var again = request
