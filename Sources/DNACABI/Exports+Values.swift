@@ -79,20 +79,26 @@ private func write(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?,
     }
     holdersOut?.pointee = Int32(clamping: result.stored)
     sequenceOut?.pointee = sequence
-    guard result.holders.isEmpty else { return }
-    try throwRefusal(result)
+    if let failure = putFailure(result) { throw failure }
 }
 
-/// Why a put that no holder stored failed: superseded, refused for its time, refused by holders that
-/// answered (quota, busy, invalid), else no holder answered.
-func throwRefusal(_ result: ValuePutResult) throws {
-    if result.superseded > 0 { throw Superseded() }
-    if !result.clockOffsets.isEmpty { throw ClockSkew() }
+/// Why a put failed, nil when a holder stored it: superseded, refused for its time, refused by
+/// holders that answered (quota, busy, invalid), else no holder answered.
+private func putFailure(_ result: ValuePutResult) -> (any Error)? {
+    guard result.holders.isEmpty else { return nil }
+    if result.superseded > 0 { return Superseded() }
+    if !result.clockOffsets.isEmpty { return ClockSkew() }
     if result.quota + result.busy + result.invalid > 0 {
-        throw ValueRefused(description: "holders refused it: \(result.quota) over the writer's quota, \(result.busy) busy, "
-                                        + "\(result.invalid) invalid")
+        return ValueRefused(description: "holders refused it: \(result.quota) over the writer's quota, \(result.busy) busy, "
+                                         + "\(result.invalid) invalid")
     }
-    throw Unreachable()
+    return Unreachable()
+}
+
+/// Why a get failed, nil when it did (also with no value): no holder listed and none of the values
+/// is this node's own, so the network did not answer (not "no value at this key").
+private func getFailure(_ result: ValueGetResult) -> (any Error)? {
+    result.listed == 0 && result.values.isEmpty && result.asked > 0 ? Unreachable() : nil
 }
 
 @_cdecl("dht_value_put")
@@ -141,9 +147,7 @@ public func dht_value_get(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>
             if service.statistics == nil { throw Closed() }
             throw Timeout()
         }
-        // No holder listed and none of the values is this node's own: the network did not answer
-        // (not "no value at this key").
-        if result.listed == 0, result.values.isEmpty, result.asked > 0 { throw Unreachable() }
+        if let failure = getFailure(result) { throw failure }
         (values.pointee, count.pointee) = try ValueArray.make(result.values)
     }
 }
@@ -153,21 +157,22 @@ public func dht_value_get(_ context: OpaquePointer?, _ key: UnsafePointer<UInt8>
 private struct DoneCallback: @unchecked Sendable {
     let function: dht_value_done_fn
     let userData: UnsafeMutableRawPointer?
-    /// The operation's id, set once the service gave it (the outcome can come before: then it waits).
-    let id = OperationID()
+    /// The operation's id and the sequence it writes, set once the service gave them (the outcome
+    /// can come before: then it waits).
+    let started = OperationStart()
 
     /// Calls the function with the outcome's code and results, as the blocking form would return them.
-    func finish(_ outcome: DHTService.ValueOutcome, sequence: UInt64 = 0) {
-        let id = self.id.wait()
+    func finish(_ outcome: DHTService.ValueOutcome) {
+        let (id, sequence) = started.wait()
         let code: Int32
         switch outcome {
         case .put(let result):
-            code = result.holders.isEmpty ? refusalCode(result) : DNAErrorCode.ok.rawValue
+            code = putFailure(result).map { DNAErrorCode($0).rawValue } ?? DNAErrorCode.ok.rawValue
             function(id, code, Int32(clamping: result.stored), sequence, nil, 0, userData)
             return
         case .got(let result):
-            if result.listed == 0, result.values.isEmpty, result.asked > 0 {
-                code = DNAErrorCode.unreachable.rawValue
+            if let failure = getFailure(result) {
+                code = DNAErrorCode(failure).rawValue
             } else if let (array, count) = try? ValueArray.make(result.values) {
                 function(id, DNAErrorCode.ok.rawValue, 0, 0, array, count, userData)
                 free(array)
@@ -182,30 +187,20 @@ private struct DoneCallback: @unchecked Sendable {
         }
         function(id, code, 0, 0, nil, 0, userData)
     }
-
-    /// The code of a put that no holder stored.
-    private func refusalCode(_ result: ValuePutResult) -> Int32 {
-        do {
-            try throwRefusal(result)
-            return DNAErrorCode.internal.rawValue
-        } catch {
-            return DNAErrorCode(error).rawValue
-        }
-    }
 }
 
-/// An operation's id, given to the callback once known (the service may end the operation on its
-/// loop thread before the call that started it has the id).
-private final class OperationID: @unchecked Sendable {
+/// An operation's id and sequence (0 for a get), given to the callback once known (the service may
+/// end the operation on its loop thread before the call that started it has them).
+private final class OperationStart: @unchecked Sendable {
     private let monitor = Monitor()
-    private var value: UInt64?
+    private var value: (id: UInt64, sequence: UInt64)?
 
-    func set(_ id: UInt64) {
-        monitor.locked { value = id }
+    func set(_ id: UInt64, sequence: UInt64 = 0) {
+        monitor.locked { value = (id, sequence) }
         monitor.broadcast()
     }
 
-    func wait() -> UInt64 { monitor.wait(milliseconds: Int(Int32.max)) { value } ?? 0 }
+    func wait() -> (id: UInt64, sequence: UInt64) { monitor.wait(milliseconds: Int(Int32.max)) { value } ?? (0, 0) }
 }
 
 /// Starts a write without waiting (dht_value_put_async, dht_value_delete_async).
@@ -216,21 +211,13 @@ private func writeAsync(_ context: OpaquePointer?, _ identity: UnsafePointer<CCh
     guard let function else { throw InvalidArgument("fn is NULL") }
     let checked = try Write(context, identity, key, data: data, lifetime: lifetime, timeout: timeout, blocking: false)
     let callback = DoneCallback(function: function, userData: userData)
-    let written = Box<UInt64>()
     guard let (id, sequence) = try checked.service.startWriteValue(as: checked.signer, key: checked.key, slot: slot, data: data, type: type,
                                                                   lifetime: lifetime, flags: flags, timeout: checked.timeout,
-                                                                  finish: { [callback, written] outcome in
-        callback.finish(outcome, sequence: written.value ?? 0)
-    }) else { throw Closed() }
-    written.value = sequence
+                                                                  finish: { [callback] outcome in callback.finish(outcome) })
+    else { throw Closed() }
     opOut?.pointee = id
     sequenceOut?.pointee = sequence
-    callback.id.set(id)
-}
-
-/// A value set once, read later (under the operation's id wait: the id is set after it).
-private final class Box<T>: @unchecked Sendable {
-    var value: T?
+    callback.started.set(id, sequence: sequence)
 }
 
 @_cdecl("dht_value_put_async")
@@ -271,7 +258,7 @@ public func dht_value_get_async(_ context: OpaquePointer?, _ key: UnsafePointer<
         guard let id = service.startValueGet(nodeKey, query: ValueQuery(signer: signer, since: since), timeout: milliseconds,
                                              finish: { [callback] outcome in callback.finish(outcome) }) else { throw Closed() }
         opOut?.pointee = id
-        callback.id.set(id)
+        callback.started.set(id)
     }
 }
 

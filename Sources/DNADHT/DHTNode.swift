@@ -432,13 +432,11 @@ public final class DHTNode {
             body = .signalAck(relay(key: key, id: signalID, payload: payload, token: presented, from: source, now: now))
         // Records: each kind's store answers its own requests.
         case .findValue, .store:
-            let requester = RecordRequester(source: source, sender: sender, tokens: tokens)
+            let requester = self.requester(source, sender)
             guard let answer = entries.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
         case .valuePut, .valueGet, .valueFetch:
-            let requester = RecordRequester(source: source, sender: sender, tokens: tokens) { [unowned self] key in
-                isFellowHolder(sender, at: source, of: key)
-            }
+            let requester = self.requester(source, sender)
             let stored = statistics.storedValues
             guard let answer = values.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
@@ -453,9 +451,7 @@ public final class DHTNode {
             let status = subscriptions.listen(key: key, signer: signer, listener: listener, from: source, now: now)
             body = .valueListening(status, lifetime: status == .listening ? Int(subscriptions.lifetime / 1000) : 0)
         case .mailPut, .mailFetch, .mailDelete:
-            let requester = RecordRequester(source: source, sender: sender, tokens: tokens) { [unowned self] key in
-                isFellowHolder(sender, at: source, of: key)
-            }
+            let requester = self.requester(source, sender)
             guard let answer = inboxes.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
         default:
@@ -492,13 +488,16 @@ public final class DHTNode {
         }
     }
 
-    /// The message a record store's answer stands for.
-    /// Whether `sender` at `source` is a contact of the routing table at that address and among the
-    /// k contacts closest to `key` (`RecordRequester.isFellowHolder`).
-    private func isFellowHolder(_ sender: NodeID, at source: Endpoint, of key: NodeID) -> Bool {
-        table.closest(to: key, count: configuration.k).contains { $0.id == sender && $0.endpoint == source }
+    /// A record request from `sender` at `source`, for the record stores; it is a fellow holder of a
+    /// key when it is a contact of the routing table at that address among the k contacts closest to
+    /// the key (`RecordRequester.isFellowHolder`).
+    private func requester(_ source: Endpoint, _ sender: NodeID) -> RecordRequester {
+        RecordRequester(source: source, sender: sender, tokens: tokens) { [unowned self] key in
+            table.closest(to: key, count: configuration.k).contains { $0.id == sender && $0.endpoint == source }
+        }
     }
 
+    /// The message a record store's answer stands for.
     private func recordBody(_ answer: RecordAnswer, source: Endpoint, sender: NodeID, token: UInt64) -> DHTMessage.Body {
         switch answer {
         case .body(let body):

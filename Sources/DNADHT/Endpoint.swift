@@ -61,8 +61,8 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     /// The network a Sybil limit counts by: the /24 of an IPv4 address, the /64 of an IPv6 one.
     public var network: [UInt8] { isIPv4 ? Array(address[0..<15]) : Array(address[0..<8]) }
 
-    /// What a source's share of the state it makes a node keep counts by (docs/PROTOCOL.md §5.1,
-    /// "No reflection, no floods"): an IPv4 address without its port, an IPv6 /64 (one subscriber's usual prefix, RFC
+    /// What a source's share of the state it makes a node keep counts by (docs/PROTOCOL.md §5.5,
+    /// "Shares"): an IPv4 address without its port, an IPv6 /64 (one subscriber's usual prefix, RFC
     /// 6177), so that one host sending from many ports or addresses has one share; on loopback the
     /// whole endpoint (each port is a node of this machine).
     public var shareKey: [UInt8] {

@@ -97,14 +97,14 @@ struct Mailboxes {
     /// refused once deleted); quotas per inbox, per sender and in bytes. `now`: monotonic ms.
     /// `postponesRepublish`: whether an item held already, put again, counts as republished now
     /// (`RecordRequester.isFellowHolder`).
-    mutating func store(_ checked: Item, wire item: [UInt8], postponesRepublish: Bool, now: UInt64) -> MailStatus {
+    mutating func store(_ checked: Item, wire item: [UInt8], postponesRepublish: @autoclosure () -> Bool, now: UInt64) -> MailStatus {
         switch checked {
         case .record(let record, let key):
             var inbox = inboxes[key] ?? Inbox()
             if let held = inbox.record {
                 guard held.ownerKey == record.ownerKey else { return .taken }
                 guard record.created > held.created else {
-                    if record.created == held.created, postponesRepublish {  // the same record again: another holder has it fresh
+                    if record.created == held.created, postponesRepublish() {  // the same record again: another holder has it fresh
                         inbox.recordStoredAt = now
                         inboxes[key] = inbox
                     }
@@ -122,7 +122,7 @@ struct Mailboxes {
             var inbox = inboxes[key] ?? Inbox()
             if inbox.deleted[message.id] != nil { return .duplicate }
             if let index = inbox.messages.firstIndex(where: { $0.id == message.id }) {
-                if postponesRepublish { inbox.messages[index].storedAt = now }
+                if postponesRepublish() { inbox.messages[index].storedAt = now }
                 inboxes[key] = inbox
                 return .duplicate
             }

@@ -220,15 +220,17 @@ struct ValueStore: RecordStore {
     }
 
     /// `postponesRepublish`: whether the same bytes again count as this value's republishing
-    /// (`RecordRequester.isFellowHolder`, the node's own writes).
-    private mutating func insert(_ value: SignedValue, wire: [UInt8], from source: Endpoint, postponesRepublish: Bool, at time: RecordTime,
+    /// (`RecordRequester.isFellowHolder`, the node's own writes); asked only then (it sorts the
+    /// routing table).
+    private mutating func insert(_ value: SignedValue, wire: [UInt8], from source: Endpoint, postponesRepublish: @autoclosure () -> Bool,
+                                 at time: RecordTime,
                                  statistics: inout DHTStatistics) -> ValueStatus {
         guard let key = NodeID(bytes: value.key[...]) else { return .invalid }
         let signer = value.signerID, slot = Slot(signer: signer, slot: value.slot), id = Sodium.sha256(wire)
         let previous = values[key]?[slot].flatMap { alive($0.value, unix: time.unix) ? $0 : nil }
         if let previous {
             if previous.id == id {
-                if postponesRepublish { values[key]?[slot]?.storedAt = time.now }
+                if postponesRepublish() { values[key]?[slot]?.storedAt = time.now }
                 return .stored
             }
             guard value.supersedes(previous.value) else {
