@@ -8,7 +8,7 @@
    LD_LIBRARY_PATH, no Swift toolchain on PATH).
 4. Python tests (pytest) against the staged library, through the binding installed with pip.
 5. A short fuzzing pass (make fuzz-build, then Fuzz/run.py: each libFuzzer target's regression
-   inputs and DNA_FUZZ_SECONDS, default 18, of fuzzing; one result per target).
+   inputs and DNA_FUZZ_SECONDS, default 6, of fuzzing; one result per target).
 """
 import os
 import pathlib
@@ -121,7 +121,7 @@ def fuzz_tests():
     xml = BUILD / "fuzz.xml"
     if xml.exists():
         xml.unlink()
-    seconds = os.environ.get("DNA_FUZZ_SECONDS", "18")
+    seconds = os.environ.get("DNA_FUZZ_SECONDS", "6")
     proc = run([sys.executable, "Fuzz/run.py", ".build/release/dna-fuzz", "--seconds", seconds, "--junit", str(xml)])
     if junit(xml, "fuzz") == 0 or (proc.returncode != 0 and all(ok for s, _, ok in results if s == "fuzz")):
         results.append(("fuzz", "Fuzz/run.py exit status", False))

@@ -48,11 +48,13 @@ RTT_SIZE = 64
 # Peer side: one process per peer, commands as JSON lines on stdin, answers on stdout.
 
 def usage():
-    """CPU seconds (user + system, every thread) and resident bytes of this process."""
+    """CPU seconds (user + system, every thread), context switches (voluntary and not, every thread)
+    and resident bytes of this process."""
     used = resource.getrusage(resource.RUSAGE_SELF)
     with open("/proc/self/status") as status:
         rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
-    return {"cpu": used.ru_utime + used.ru_stime, "rss": rss, "t": time.monotonic()}
+    return {"cpu": used.ru_utime + used.ru_stime, "switches": used.ru_nvcsw + used.ru_nivcsw, "rss": rss,
+            "t": time.monotonic()}
 
 
 class Peer:
@@ -373,11 +375,17 @@ def one_round(kind, bootstrap, options, number):
         receiver.hear()
 
         drops = udp_drops()
+        before = (sender.ask(cmd="stats"), receiver.ask(cmd="stats"))
         receiver.tell(cmd="echo", count=options.rtt_count)
         samples = sender.ask(cmd="rtt", count=options.rtt_count)["samples"]
         receiver.hear()
+        after = (sender.ask(cmd="stats"), receiver.ask(cmd="stats"))
         result["rtt"] = statistics.median(samples)
         result["drops_rtt"] = udp_drops() - drops
+        # What a round trip costs both processes together: CPU, and the thread hand-offs (a raw UDP
+        # echo has two, one per process; ours adds the I/O thread's on each side).
+        result["rtt_cpu"] = sum(a["cpu"] - b["cpu"] for a, b in zip(after, before)) / options.rtt_count
+        result["rtt_switches"] = sum(a["switches"] - b["switches"] for a, b in zip(after, before)) / options.rtt_count
 
         def phase(size, total):
             count = max(1, total // size)
@@ -429,6 +437,8 @@ ROWS = [
     ("rss_settled", "sender resident memory settled (see settle_s)", "MiB", 1 / (1 << 20), "{:.0f}"),
     ("rss_receiver_after", "receiver resident memory after the bulk phase", "MiB", 1 / (1 << 20), "{:.0f}"),
     ("rtt", "RTT p50, 64 B echo", "us", 1e6, "{:.0f}"),
+    ("rtt_cpu", "CPU per round trip, both peers, 64 B echo", "us", 1e6, "{:.0f}"),
+    ("rtt_switches", "context switches per round trip, both peers, 64 B echo", "", 1, "{:.1f}"),
     ("small", "throughput, 1 KiB messages", "MiB/s", 1, "{:.1f}"),
     ("setup", "connection setup (ours by name, iroh by address)", "ms", 1e3, "{:.1f}"),
 ]

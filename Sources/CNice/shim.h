@@ -170,22 +170,58 @@ static inline GSource *dna_timer(GMainContext *ctx, guint ms, GSourceFunc fn, gp
     return source;
 }
 
-/* A source on ctx that calls fn(data) once its ready time (g_source_set_ready_time, monotonic
-   microseconds; 0 = at once, -1 = never) has come. The ready time is cleared before fn runs, so fn
-   sets the next one. Destroy it with g_source_destroy, then g_source_unref. */
-static gboolean dna_ready_dispatch(GSource *source, GSourceFunc callback, gpointer data) {
-    g_source_set_ready_time(source, -1);
+/* An alarm on ctx: a source that calls fn(data) once its deadline (monotonic microseconds, as
+   g_get_monotonic_time; 0 = at once, -1 = never) has come. The deadline is cleared before fn runs,
+   so fn sets the next one. It is kept in the source, not in GLib's ready time: the loop reads it in
+   prepare before every poll, so the loop thread sets it without waking its own loop (each
+   g_source_set_ready_time signals the context's wakeup, and every service pass then cost the loop
+   one more iteration: an eventfd write, a poll and a read). Other threads wake the loop when they
+   bring the deadline forward. Destroy it with g_source_destroy, then g_source_unref. */
+typedef struct {
+    GSource source;
+    gint64 deadline; /* read and written with __atomic builtins */
+} DnaAlarm;
+static gboolean dna_alarm_due(GSource *source, gint *timeout) {
+    gint64 deadline = __atomic_load_n(&((DnaAlarm *)source)->deadline, __ATOMIC_ACQUIRE);
+    if (deadline < 0) {
+        if (timeout) *timeout = -1;
+        return FALSE;
+    }
+    gint64 now = g_source_get_time(source);
+    if (deadline <= now) {
+        if (timeout) *timeout = 0;
+        return TRUE;
+    }
+    gint64 ms = (deadline - now + 999) / 1000;
+    if (timeout) *timeout = ms > G_MAXINT ? G_MAXINT : (gint)ms;
+    return FALSE;
+}
+static gboolean dna_alarm_prepare(GSource *source, gint *timeout) { return dna_alarm_due(source, timeout); }
+static gboolean dna_alarm_check(GSource *source) { return dna_alarm_due(source, NULL); }
+static gboolean dna_alarm_dispatch(GSource *source, GSourceFunc callback, gpointer data) {
+    __atomic_store_n(&((DnaAlarm *)source)->deadline, (gint64)-1, __ATOMIC_RELEASE);
     if (callback)
         callback(data);
     return G_SOURCE_CONTINUE;
 }
-static GSourceFuncs dna_ready_funcs = { NULL, NULL, dna_ready_dispatch, NULL, NULL, NULL };
-static inline GSource *dna_ready_source(GMainContext *ctx, GSourceFunc fn, gpointer data) {
-    GSource *source = g_source_new(&dna_ready_funcs, sizeof(GSource));
+static GSourceFuncs dna_alarm_funcs = { dna_alarm_prepare, dna_alarm_check, dna_alarm_dispatch, NULL, NULL, NULL };
+static inline GSource *dna_alarm_new(GMainContext *ctx, GSourceFunc fn, gpointer data) {
+    GSource *source = g_source_new(&dna_alarm_funcs, sizeof(DnaAlarm));
+    ((DnaAlarm *)source)->deadline = -1;
     g_source_set_callback(source, fn, data, NULL);
-    g_source_set_ready_time(source, -1);
     g_source_attach(source, ctx);
     return source;
+}
+/* Sets the alarm's deadline (see dna_alarm_new). From a thread other than the loop's, the loop is
+   woken when the deadline comes sooner than it was (a loop asleep in poll would miss it), not when
+   it was due at once already (whoever set that woke it). */
+static inline void dna_alarm_set(GSource *source, gint64 deadline) {
+    gint64 before = __atomic_exchange_n(&((DnaAlarm *)source)->deadline, deadline, __ATOMIC_ACQ_REL);
+    if (deadline < 0 || (before >= 0 && before <= deadline))
+        return;
+    GMainContext *context = g_source_get_context(source);
+    if (context && !g_main_context_is_owner(context))
+        g_main_context_wakeup(context);
 }
 
 /* The textual address of a NiceAddress (INET6_ADDRSTRLEN bytes at out). */

@@ -70,8 +70,9 @@ public struct DatagramBatch: Sendable {
 }
 
 /// A GLib source on a loop that runs `fire` on the loop thread once the time set with `arm` comes.
-/// `arm` may be called from any thread (GLib wakes the loop); the connection calls it under its own
-/// lock so that a later `arm` always wins.
+/// `arm` may be called from any thread: the loop thread sets it without a wake-up (the loop reads
+/// it before it next polls), another thread wakes the loop when it brings the time forward. The
+/// connection calls it under its own lock so that a later `arm` always wins.
 public final class LoopAlarm: @unchecked Sendable {
     private var source: UnsafeMutablePointer<GSource>?
     private let fire: () -> Void
@@ -79,7 +80,7 @@ public final class LoopAlarm: @unchecked Sendable {
     /// Loop thread only.
     public init(loop: GLibLoop, fire: @escaping () -> Void) {
         self.fire = fire
-        source = dna_ready_source(loop.context, { data in
+        source = dna_alarm_new(loop.context, { data in
             guard let data else { return 0 }
             Unmanaged<LoopAlarm>.fromOpaque(data).takeUnretainedValue().fire()
             return 1
@@ -88,21 +89,22 @@ public final class LoopAlarm: @unchecked Sendable {
 
     deinit { cancel() }
 
-    /// Fires at `deadline` (Unix ms, the connections' clock); at once when it has passed; nil: never.
+    /// Fires at `deadline` (monotonic ms, `monotonicMilliseconds`); at once when it has passed;
+    /// nil: never.
     public func arm(at deadline: UInt64?) {
         guard let source else { return }
         guard let deadline else {
-            g_source_set_ready_time(source, -1)
+            dna_alarm_set(source, -1)
             return
         }
         let now = monotonicMilliseconds()
-        g_source_set_ready_time(source, deadline <= now ? 0 : g_get_monotonic_time() + gint64(deadline - now) * 1000)
+        dna_alarm_set(source, deadline <= now ? 0 : g_get_monotonic_time() + gint64(deadline - now) * 1000)
     }
 
     /// Fires as soon as the loop gets to it.
     public func armNow() {
         guard let source else { return }
-        g_source_set_ready_time(source, 0)
+        dna_alarm_set(source, 0)
     }
 
     /// Destroys the source (loop thread, or once the loop stopped). Idempotent.

@@ -51,6 +51,10 @@ public final class TransportConnection: @unchecked Sendable {
     private var inbox = Inbox()
     /// Messages the application took, for the loop to tell the core (it frees the receive window).
     private var takes: [(UInt32, Int)] = []
+    /// When the loop's alarm fires next (monotonic ms; nil: not armed), as the loop last set it.
+    /// A take waits for it when it comes within `acknowledgementDelay`: the core would send the
+    /// new window no sooner (§7.2), and an echo's reply usually wakes the loop first.
+    private var alarmDeadline: UInt64?
     /// Bytes the core holds for the application (`ReliableConnection.bufferedBytes`), as the loop last counted.
     private var heldEstimate = 0
     private var presence: PresenceStatus?
@@ -129,6 +133,7 @@ public final class TransportConnection: @unchecked Sendable {
     public func send(_ message: [UInt8], stream: UInt32 = 0, timeout: Int = 10_000) throws(Failure) {
         guard message.count <= configuration.maximumMessageSize else { throw .tooLarge(message.count) }
         let limit = configuration.maximumQueuedBytes
+        var wake = false
         let outcome = monitor.wait(milliseconds: max(0, timeout)) { () -> Failure?? in
             if !running || dead { return .some(.closed) }
             guard queuedEstimate == 0 || queuedEstimate + message.count <= limit - limit / 8
@@ -141,9 +146,14 @@ public final class TransportConnection: @unchecked Sendable {
             busyStreams.insert(stream)
             lastActivity = monotonicMilliseconds()
             // Only the first message of a batch wakes the loop; it takes them all.
-            if outgoing.count == 1 { alarm?.armNow() }
+            wake = outgoing.count == 1
             return .some(nil)
         }
+        // Out of the lock: the loop thread woken here wants the lock first thing, and on a busy
+        // machine it would run while this thread still held it (two more context switches). The
+        // loop's own arm at the end of a pass cannot undo this one: that pass either took the
+        // message or saw it queued and armed the alarm again.
+        if wake { alarm?.armNow() }
         guard let outcome else { throw .full }
         if let failure = outcome { throw failure }
     }
@@ -170,16 +180,25 @@ public final class TransportConnection: @unchecked Sendable {
     /// The next delivered message if it has at most `limit` bytes (else `.bufferTooSmall`, and it
     /// stays queued), waiting up to `timeout` ms; the loop hears that it was taken.
     private func take(timeout: Int, fitting limit: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8]) {
+        var wake = false
         let got = monitor.wait(milliseconds: timeout) { () -> Result<(UInt32, [UInt8]), Failure>? in
             if limit < .max, let (_, length) = inbox.peek(), length > limit { return .failure(.bufferTooSmall(length)) }
             if let message = inbox.next() {
                 takes.append((message.0, message.1.count))
-                if takes.count == 1 { alarm?.armNow() }
+                heldEstimate = max(0, heldEstimate - ReliableConnection.charge(message.1.count))
+                // The loop hears of the take within the delayed ACK's time (§7.2): at once only when
+                // its alarm is not due by then. A wake-up per message taken cost each side of an
+                // echo a third of its loop passes (bench/iroh_compare.py's RTT phase).
+                if takes.count == 1 {
+                    let due = monotonicMilliseconds() + configuration.acknowledgementDelay
+                    wake = alarmDeadline.map { $0 > due } ?? true
+                }
                 return .success(message)
             }
             if dead || !running { return .failure(.closed) }
             return nil
         }
+        if wake { alarm?.armNow() }  // out of the lock, as in `send`
         guard let got else { throw .timeout }
         return try got.get()
     }
@@ -430,9 +449,11 @@ public final class TransportConnection: @unchecked Sendable {
             }
             return (commands, outgoing, takes)
         }
-        for command in pending { command(connection, monotonicMilliseconds()) }
-        let now = monotonicMilliseconds()
+        // Takes first: a command that closes the connection then reports them with its CLOSE.
+        var now = monotonicMilliseconds()
         for (stream, length) in took { connection.taken(stream: stream, length: length, now: now) }
+        for command in pending { command(connection, monotonicMilliseconds()) }
+        now = monotonicMilliseconds()
         for item in handed { backlogBytes += item.1.count }
         backlog += handed
         // While the path is lost the messages wait here (the connection takes none). A stream whose
@@ -483,9 +504,14 @@ public final class TransportConnection: @unchecked Sendable {
         for (stream, _) in backlog { busy.insert(stream) }
         let nowIdle = connection.isIdle && backlog.isEmpty
         var changed = false
+        var wake = false
         monitor.locked {
-            queuedEstimate = queued + outgoing.reduce(0) { $0 + $1.1.count }
+            let newQueued = queued + outgoing.reduce(0) { $0 + $1.1.count }
             for (stream, _) in outgoing { busy.insert(stream) }
+            // Waiters (send for room, disconnect for idle) are woken only when that changed: a
+            // wake-up of every waiter after every pass woke an echo's receiver for its own send.
+            wake = newQueued < queuedEstimate || busy != busyStreams || nowIdle && !idle
+            queuedEstimate = newQueued
             busyStreams = busy
             heldEstimate = held
             // A message queued after this pass took its batch is not counted in `nowIdle`: without
@@ -512,13 +538,15 @@ public final class TransportConnection: @unchecked Sendable {
             }
             // Under the lock: a send that queued after the take above has armed it already, and
             // this must not push its wake-up back to the core's deadline.
-            if outgoing.isEmpty, commands.isEmpty {
-                alarm?.arm(at: connection.nextDeadline)
+            if outgoing.isEmpty, commands.isEmpty, takes.isEmpty {
+                alarmDeadline = connection.nextDeadline
+                alarm?.arm(at: alarmDeadline)
             } else {
+                alarmDeadline = now
                 alarm?.armNow()
             }
         }
-        monitor.broadcast()
+        if changed || wake { monitor.broadcast() }
         if changed { onChange?() }
     }
 }

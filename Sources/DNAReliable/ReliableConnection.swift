@@ -1221,7 +1221,8 @@ public final class ReliableConnection {
     /// What a message costs in a receive buffer besides its bytes (its bookkeeping), so that empty
     /// messages are bounded too: a message of n bytes is charged n + 64 (§7.2).
     public static let messageCharge = 64
-    static func charge(_ length: Int) -> Int { length + messageCharge }
+    /// What a message of `length` bytes costs in a receive buffer (§7.2).
+    public static func charge(_ length: Int) -> Int { length + messageCharge }
 
     static func frame(_ type: MessageType, reserved: FrameReserved, payload: [UInt8]) -> OutgoingFrame {
         OutgoingFrame(type: type, word0: reserved.word0, word1: reserved.word1, payload: payload)
