@@ -1,3 +1,5 @@
+import Glibc
+
 /// Messages larger than one datagram, split into numbered pieces and put back together with a bounded
 /// buffer (docs/PROTOCOL.md §4.1, §5.1, §9). No datagram the library sends exceeds
 /// `Pieces.maximumDatagramSize`; on a path that drops datagrams of that size (a path MTU black hole,
@@ -123,8 +125,38 @@ public struct Reassembly: Sendable {
 
     private func has(_ byte: Int) -> Bool { arrived[byte >> 6] & (1 << UInt64(byte & 63)) != 0 }
 
+    /// The end of the run of bytes from `start` (before `limit`) that all have arrived (`arrived`)
+    /// or all have not: read a bitmap word at a time.
+    private func runEnd(from start: Int, to limit: Int, arrived wanted: Bool) -> Int {
+        var offset = start
+        while offset < limit {
+            let bit = offset & 63
+            let word = arrived[offset >> 6] >> UInt64(bit)
+            // Trailing zeros of `word` (or of its complement): the bytes from `offset` on like the
+            // first; the bits shifted in past the word's end are cut off by `64 - bit`.
+            let run = min((wanted ? ~word : word).trailingZeroBitCount, 64 - bit)
+            offset += run
+            if run < 64 - bit { break }
+        }
+        return min(offset, limit)
+    }
+
+    /// Marks every byte of `range` as arrived (none of them had).
+    private mutating func markArrived(_ range: Range<Int>) {
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let bit = offset & 63
+            let count = min(64 - bit, range.upperBound - offset)
+            arrived[offset >> 6] |= (count == 64 ? ~0 : (1 << UInt64(count)) - 1) << UInt64(bit)
+            offset += count
+        }
+        arrivedCount += range.count
+    }
+
     /// Whether every byte of `range` has arrived.
-    public func holds(_ range: Range<Int>) -> Bool { range.allSatisfy(has) }
+    public func holds(_ range: Range<Int>) -> Bool {
+        range.isEmpty || runEnd(from: range.lowerBound, to: range.upperBound, arrived: true) == range.upperBound
+    }
 
     /// Adds piece `index` of a `count`-piece cut of the message; returns false when every byte of it
     /// had already arrived (with the same values). A piece that disagrees with the message's length
@@ -144,19 +176,43 @@ public struct Reassembly: Sendable {
             if case .failure(let error) = place { throw error }
             throw .inconsistent
         }
+        // Runs of bytes that arrived before (compared) and runs that did not (copied), a bitmap
+        // word and a memcmp/memcpy at a time: a byte at a time, this was 30% of the DHT fuzz
+        // target's time (each byte's comparisons instrumented) and 2 x 1,200 steps per piece.
+        let base = range.lowerBound
         var fresh = false
-        for (position, offset) in range.enumerated() {
-            if has(offset) {
-                guard buffer[offset] == piece[position] else { throw .conflicting(index: index) }
+        var offset = base
+        while offset < range.upperBound {
+            let had = has(offset)
+            let end = runEnd(from: offset, to: range.upperBound, arrived: had)
+            if had {
+                let same = buffer.withUnsafeBytes { held in
+                    piece.withUnsafeBytes { new in
+                        guard let held = held.baseAddress, let new = new.baseAddress else { return false }
+                        return memcmp(held + offset, new + (offset - base), end - offset) == 0
+                    }
+                }
+                guard same else { throw .conflicting(index: index) }
             } else {
                 fresh = true
             }
+            offset = end
         }
         guard fresh else { return false }
-        for (position, offset) in range.enumerated() where !has(offset) {
-            buffer[offset] = piece[position]
-            arrived[offset >> 6] |= 1 << UInt64(offset & 63)
-            arrivedCount += 1
+        offset = base
+        while offset < range.upperBound {
+            let had = has(offset)
+            let end = runEnd(from: offset, to: range.upperBound, arrived: had)
+            if !had {
+                buffer.withUnsafeMutableBytes { held in
+                    piece.withUnsafeBytes { new in
+                        guard let held = held.baseAddress, let new = new.baseAddress else { return }
+                        (held + offset).copyMemory(from: new + (offset - base), byteCount: end - offset)
+                    }
+                }
+                markArrived(offset..<end)
+            }
+            offset = end
         }
         smallestPieceSize = min(smallestPieceSize, pieceSize)
         return true

@@ -67,6 +67,56 @@ import Testing
         #expect(throws: PieceError.inconsistent) { try reassembly.add(index: 0, length: 5532, count: 13, bytes: small[0].2) }
     }
 
+    /// Reassembly works on runs of bytes (a bitmap word, a memcmp or a memcpy at a time): checked
+    /// against a model that takes a byte at a time, over pieces of several cuts arriving in any
+    /// order, repeated, and some with a byte changed, for messages whose lengths fall on and off
+    /// the bitmap's 64-byte words.
+    @Test func runsOfPiecesAgreeWithAByteAtATimeModel() throws {
+        var random = SplitMix64(seed: 16)
+        for round in 0..<300 {
+            let length = [1, 63, 64, 65, 127, 128, 1000, 1156, 4465, 7074][round % 10] + Int(random.next() % 3)
+            let message = (0..<length).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            let sizes = [1156, 856, 456, 300, 64, 37].filter { Pieces.count(length: length, pieceSize: $0) <= Pieces.maximumCount }
+            var arrivals: [(Int, Int, [UInt8])] = []
+            for _ in 0..<12 {
+                guard let size = sizes.randomElement(using: &random) else { break }
+                let cut = Self.cut(message, pieceSize: size)
+                let (index, count, bytes) = cut[Int(random.next() % UInt64(cut.count))]
+                var piece = Array(bytes)
+                if random.next() % 8 == 0, !piece.isEmpty { piece[Int(random.next() % UInt64(piece.count))] ^= 0x5A }
+                arrivals.append((index, count, piece))
+            }
+            guard let (firstIndex, firstCount, firstBytes) = arrivals.first else { continue }
+            var reassembly = try Reassembly(length: length, count: firstCount, index: firstIndex, bytes: firstBytes.count,
+                                            maximumLength: 8000)
+            var model = [UInt8?](repeating: nil, count: length)
+            for (index, count, piece) in arrivals {
+                let range = try Pieces.place(index: index, count: count, length: length, bytes: piece.count).get().range
+                let conflict = zip(range, piece).contains { offset, byte in model[offset].map { $0 != byte } ?? false }
+                let fresh = range.contains { model[$0] == nil }
+                if conflict {
+                    #expect(throws: PieceError.conflicting(index: index)) {
+                        try reassembly.add(index: index, length: length, count: count, bytes: piece)
+                    }
+                    continue
+                }
+                #expect(try reassembly.add(index: index, length: length, count: count, bytes: piece) == fresh)
+                for (offset, byte) in zip(range, piece) where model[offset] == nil { model[offset] = byte }
+                let complete = model.allSatisfy { $0 != nil }
+                #expect(reassembly.isComplete == complete)
+                #expect(reassembly.message == (complete ? model.compactMap { $0 } : nil))
+                for size in sizes {
+                    let count = Pieces.count(length: length, pieceSize: size)
+                    let expected = (0..<count).reduce(UInt32(0)) { bits, index in
+                        Pieces.range(of: index, length: length, pieceSize: size).allSatisfy { model[$0] != nil }
+                            ? bits | 1 << UInt32(index) : bits
+                    }
+                    #expect(reassembly.received(pieceSize: size) == expected, "length \(length), piece size \(size)")
+                }
+            }
+        }
+    }
+
     @Test func aReassemblyNeverTakesMoreThanItsMaximum() {
         #expect(throws: PieceError.tooLarge(length: 7075, maximum: 7074)) {
             try Reassembly(length: 7075, count: 7, index: 0, bytes: 1156, maximumLength: 7074)
