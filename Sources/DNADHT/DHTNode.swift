@@ -104,6 +104,8 @@ public final class DHTNode {
 
     /// Partial messages held now (for tests and statistics).
     var partialMessages: Int { reassembler.partialCount }
+    /// Shares (§5.5) that hold an entry here (for tests).
+    var entryShares: Int { entries.shares }
     var pathSizes: PathSizes<Endpoint> { rpc.pathSizes }
     var ownLink: PathSizes<Int> { rpc.ownLink }
     var requestTimeout: UInt64 { rpc.requestTimeout }
@@ -823,7 +825,6 @@ public final class DHTNode {
             statistics.valuesRepublished += 1
             startLookup(target: key, kind: kind, now: now, silent: true)
         }
-        entries.trim()
         rateLimiter.trim()
         tokens.trim()
     }

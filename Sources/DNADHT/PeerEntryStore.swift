@@ -23,7 +23,7 @@ struct PeerEntryStore: RecordStore {
 
     private var entries: [NodeID: Stored] = [:]
     /// Entries by the share (`Endpoint.shareKey`) of the source that stored them last.
-    private var storedBy: [[UInt8]: Int] = [:]
+    private var storedBy = ShareCounts<[UInt8]>()
     /// This node's id (its own entry names it).
     let own: NodeID
     /// Entries expire this long after their last_seen, in ms.
@@ -82,17 +82,16 @@ struct PeerEntryStore: RecordStore {
         let local = Self.localSource
         if verified(entry, wire: wire, unix: time.unix),
            entries[key].map({ !alive($0.entry, unix: time.unix) || ($0.entry.publicKey == entry.publicKey && $0.entry.lastSeen < entry.lastSeen) }) ?? true {
-            if let previous = entries[key] { storedBy[previous.from.shareKey, default: 1] -= 1 }
+            if let previous = entries[key] { storedBy.remove(previous.from.shareKey) }
             entries[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now, owner: nil)
-            storedBy[local.shareKey, default: 0] += 1
+            storedBy.add(local.shareKey)
         }
     }
 
     /// Drops the entry held at `key`.
     mutating func forget(_ key: NodeID) {
         guard let held = entries.removeValue(forKey: key) else { return }
-        storedBy[held.from.shareKey, default: 1] -= 1
-        if storedBy[held.from.shareKey] == 0 { storedBy[held.from.shareKey] = nil }
+        storedBy.remove(held.from.shareKey)
     }
 
     /// Checks an entry a lookup received for `key` (the process-wide cache spares repeated
@@ -169,17 +168,17 @@ struct PeerEntryStore: RecordStore {
                 return .stored
             }
         } else {
-            guard storedBy[source.shareKey, default: 0] < perSource, entries.count < maximum else {
+            guard storedBy[source.shareKey] < perSource, entries.count < maximum else {
                 statistics.refusedEntries += 1
                 return .quota
             }
         }
-        if let previous = entries[key] { storedBy[previous.from.shareKey, default: 1] -= 1 }
+        if let previous = entries[key] { storedBy.remove(previous.from.shareKey) }
         // The owner's address is learnt only from a fresher entry stored by the node the entry names
         // (a copy replayed from elsewhere, or a holder's republishing, does not move it).
         let owner = requester.sender.bytes == entry.nodeID ? source : (entries[key]?.entry.publicKey == entry.publicKey ? entries[key]?.owner : nil)
         entries[key] = Stored(entry: entry, wire: wire, from: source, storedAt: time.now, owner: owner)
-        storedBy[source.shareKey, default: 0] += 1
+        storedBy.add(source.shareKey)
         statistics.storedEntries += 1
         return .stored
     }
@@ -188,7 +187,7 @@ struct PeerEntryStore: RecordStore {
     mutating func expire(at time: RecordTime) {
         for (key, stored) in entries where !alive(stored.entry, unix: time.unix) {
             entries[key] = nil
-            storedBy[stored.from.shareKey, default: 1] -= 1
+            storedBy.remove(stored.from.shareKey)
         }
     }
 
@@ -204,10 +203,8 @@ struct PeerEntryStore: RecordStore {
         return due
     }
 
-    /// Forgets sources that have no entry left here, when they grow past 10,000 (at each refresh).
-    mutating func trim() {
-        if storedBy.count > 10_000 { storedBy = storedBy.filter { $0.value > 0 } }
-    }
+    /// Shares that hold an entry here (`ShareCounts`).
+    var shares: Int { storedBy.keys }
 
     // MARK: Saved state
 

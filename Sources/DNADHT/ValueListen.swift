@@ -13,7 +13,7 @@ struct ValueSubscriptions {
 
     private var byKey: [NodeID: [Subscription]] = [:]
     /// Subscriptions by their source's share (`Endpoint.shareKey`).
-    private var bySource: [[UInt8]: Int] = [:]
+    private var bySource = ShareCounts<[UInt8]>()
     private(set) var count = 0
     let perSource: Int
     let maximum: Int
@@ -33,9 +33,9 @@ struct ValueSubscriptions {
             byKey[key]?[index].signer = signer
             return .listening
         }
-        guard bySource[source.shareKey, default: 0] < perSource, count < maximum else { return .busy }
+        guard bySource[source.shareKey] < perSource, count < maximum else { return .busy }
         byKey[key, default: []].append(Subscription(source: source, listener: listener, signer: signer, expires: now + lifetime))
-        bySource[source.shareKey, default: 0] += 1
+        bySource.add(source.shareKey)
         count += 1
         return .listening
     }
@@ -52,8 +52,7 @@ struct ValueSubscriptions {
             guard !ended.isEmpty else { continue }
             byKey[key] = live.isEmpty ? nil : live
             for subscription in ended {
-                bySource[subscription.source.shareKey, default: 1] -= 1
-                if bySource[subscription.source.shareKey] == 0 { bySource[subscription.source.shareKey] = nil }
+                bySource.remove(subscription.source.shareKey)
                 count -= 1
             }
         }

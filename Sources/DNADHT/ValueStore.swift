@@ -39,12 +39,12 @@ struct ValueStore: RecordStore {
     /// Value id → its key and slot, for fetches and for puts of a value held already.
     private var byID: [[UInt8]: (key: NodeID, slot: Slot)] = [:]
     /// Values by the share (`Endpoint.shareKey`) of the source whose put stored them last.
-    private var bySource: [[UInt8]: Int] = [:]
+    private var bySource = ShareCounts<[UInt8]>()
     private var bySigner: [[UInt8]: (count: Int, bytes: Int)] = [:]
     private(set) var bytes = 0
     private var uploads: [UploadKey: Upload] = [:]
-    private var uploadsBySource: [[UInt8]: Int] = [:]
-    private var uploadsByNetwork: [[UInt8]: Int] = [:]
+    private var uploadsBySource = ShareCounts<[UInt8]>()
+    private var uploadsByNetwork = ShareCounts<[UInt8]>()
     let configuration: DHTConfiguration
 
     init(configuration: DHTConfiguration) {
@@ -114,8 +114,8 @@ struct ValueStore: RecordStore {
             let uploadKey = UploadKey(source: requester.source, id: part.id)
             expireUploads(now: time.now)
             if uploads[uploadKey] == nil {
-                guard uploadsBySource[requester.source.shareKey, default: 0] < configuration.valueUploadsPerSource,
-                      uploadsByNetwork[Self.network(of: requester.source), default: 0] < Self.uploadsPerNetwork,
+                guard uploadsBySource[requester.source.shareKey] < configuration.valueUploadsPerSource,
+                      uploadsByNetwork[Self.network(of: requester.source)] < Self.uploadsPerNetwork,
                       makeRoomForUpload(from: requester.source),
                       let parts = try? Reassembly(length: part.length, count: part.count, index: part.index, bytes: part.bytes.count,
                                                   maximumLength: SignedValue.maximumWireSize) else {
@@ -123,8 +123,8 @@ struct ValueStore: RecordStore {
                     return .busy
                 }
                 uploads[uploadKey] = Upload(key: key, parts: parts, lastPart: time.now)
-                uploadsBySource[requester.source.shareKey, default: 0] += 1
-                uploadsByNetwork[Self.network(of: requester.source), default: 0] += 1
+                uploadsBySource.add(requester.source.shareKey)
+                uploadsByNetwork.add(Self.network(of: requester.source))
             }
             guard var upload = uploads[uploadKey], upload.key == key, upload.parts.length == part.length else {
                 statistics.refusedValues += 1
@@ -162,11 +162,8 @@ struct ValueStore: RecordStore {
 
     private mutating func removeUpload(_ key: UploadKey) {
         guard uploads.removeValue(forKey: key) != nil else { return }
-        uploadsBySource[key.source.shareKey, default: 1] -= 1
-        if uploadsBySource[key.source.shareKey] == 0 { uploadsBySource[key.source.shareKey] = nil }
-        let network = Self.network(of: key.source)
-        uploadsByNetwork[network, default: 1] -= 1
-        if uploadsByNetwork[network] == 0 { uploadsByNetwork[network] = nil }
+        uploadsBySource.remove(key.source.shareKey)
+        uploadsByNetwork.remove(Self.network(of: key.source))
     }
 
     /// Uploads one network (/24, /64) may have under way at once: a quarter of the default total.
@@ -182,9 +179,9 @@ struct ValueStore: RecordStore {
     /// other networks still get their share however many networks a flood comes from).
     private mutating func makeRoomForUpload(from source: Endpoint) -> Bool {
         guard uploads.count >= configuration.valueUploads else { return true }
-        let own = uploadsByNetwork[Self.network(of: source), default: 0]
-        guard let busiest = uploadsByNetwork.max(by: { a, b in a.value != b.value ? a.value < b.value : b.key.lexicographicallyPrecedes(a.key) }),
-              busiest.value > own + 1,
+        let own = uploadsByNetwork[Self.network(of: source)]
+        guard let busiest = uploadsByNetwork.largest(breakingTiesBy: { $0.lexicographicallyPrecedes($1) }),
+              busiest.count > own + 1,
               let oldest = uploads.filter({ Self.network(of: $0.key.source) == busiest.key })
                   .min(by: { a, b in a.value.lastPart != b.value.lastPart ? a.value.lastPart < b.value.lastPart
                                                                        : a.key.id.lexicographicallyPrecedes(b.key.id) })
@@ -243,14 +240,14 @@ struct ValueStore: RecordStore {
         let newSlot = previous == nil
         guard held.bytes + added <= configuration.valueBytesPerSigner, bytes + added <= configuration.valueBytes,
               !newSlot || (held.count < configuration.valuesPerSigner && (values[key]?.count ?? 0) < configuration.valuesPerKey
-                           && bySource[source.shareKey, default: 0] < configuration.valuesPerSource) else {
+                           && bySource[source.shareKey] < configuration.valuesPerSource) else {
             statistics.refusedValues += 1
             return .quota
         }
         if values[key]?[slot] != nil { remove(key, slot) }
         values[key, default: [:]][slot] = Stored(value: value, wire: wire, id: id, from: source, storedAt: time.now)
         byID[id] = (key, slot)
-        bySource[source.shareKey, default: 0] += 1
+        bySource.add(source.shareKey)
         bySigner[signer, default: (0, 0)].count += 1
         bySigner[signer, default: (0, 0)].bytes += wire.count
         bytes += wire.count
@@ -262,8 +259,7 @@ struct ValueStore: RecordStore {
         guard let stored = values[key]?.removeValue(forKey: slot) else { return }
         if values[key]?.isEmpty == true { values[key] = nil }
         byID[stored.id] = nil
-        bySource[stored.from.shareKey, default: 1] -= 1
-        if bySource[stored.from.shareKey] == 0 { bySource[stored.from.shareKey] = nil }
+        bySource.remove(stored.from.shareKey)
         bySigner[slot.signer, default: (1, stored.wire.count)].count -= 1
         bySigner[slot.signer, default: (1, stored.wire.count)].bytes -= stored.wire.count
         if bySigner[slot.signer]?.count == 0 { bySigner[slot.signer] = nil }

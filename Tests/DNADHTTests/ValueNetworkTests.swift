@@ -454,6 +454,24 @@ import Testing
         #expect(entries == [.stored, .stored, .quota])
     }
 
+    /// A share counts only while it holds something: an entry stored again and again (fresher each
+    /// time) from 60 addresses ends up counted for the last of them alone. The count table used to
+    /// keep every address that had ever stored an entry since replaced or expired, one key each.
+    @_optimize(none) @Test func sharesWhoseEntriesWereReplacedAreForgotten() throws {  // Swift 6.3.1 crashes optimizing it
+        let network = SimulationTests.network(5, seed: 53)
+        let target = network.order[2]
+        let node = try #require(network.node(target))
+        let identity = Announced.identities[41]
+        let before = node.entryShares
+        let now = network.now / 1000
+        for index in 0..<60 {
+            let from = try #require(Endpoint(host: "198.51.\(100 + index / 50).\(index % 50 + 1)", port: 4000))
+            let wire = NodeRulesTests.entry(identity, lastSeen: now + UInt64(index)).wireBytes
+            #expect(NodeRulesTests.store(wire, at: target, in: network, from: from) == .stored)
+        }
+        #expect(node.entryShares == before + 1)
+    }
+
     /// A put of a value held already postpones the holder's republishing of it only when it comes
     /// from a fellow holder (a contact at that address among the k closest to the key, §10.4):
     /// anyone else repeating the value's first part more often than the republishing interval used to
