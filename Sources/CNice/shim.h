@@ -176,10 +176,11 @@ static inline GSource *dna_timer(GMainContext *ctx, guint ms, GSourceFunc fn, gp
    prepare before every poll, so the loop thread sets it without waking its own loop (each
    g_source_set_ready_time signals the context's wakeup, and every service pass then cost the loop
    one more iteration: an eventfd write, a poll and a read). Other threads wake the loop when they
-   bring the deadline forward. Destroy it with g_source_destroy, then g_source_unref. */
+   bring the deadline forward. Stop it with dna_alarm_destroy, then g_source_unref. */
 typedef struct {
     GSource source;
     gint64 deadline; /* read and written with __atomic builtins */
+    gint destroyed;  /* dna_alarm_destroy ran (__atomic) */
 } DnaAlarm;
 static gboolean dna_alarm_due(GSource *source, gint *timeout) {
     gint64 deadline = __atomic_load_n(&((DnaAlarm *)source)->deadline, __ATOMIC_ACQUIRE);
@@ -216,12 +217,21 @@ static inline GSource *dna_alarm_new(GMainContext *ctx, GSourceFunc fn, gpointer
    woken when the deadline comes sooner than it was (a loop asleep in poll would miss it), not when
    it was due at once already (whoever set that woke it). */
 static inline void dna_alarm_set(GSource *source, gint64 deadline) {
+    if (__atomic_load_n(&((DnaAlarm *)source)->destroyed, __ATOMIC_ACQUIRE))
+        return;
     gint64 before = __atomic_exchange_n(&((DnaAlarm *)source)->deadline, deadline, __ATOMIC_ACQ_REL);
     if (deadline < 0 || (before >= 0 && before <= deadline))
         return;
     GMainContext *context = g_source_get_context(source);
     if (context && !g_main_context_is_owner(context))
         g_main_context_wakeup(context);
+}
+/* Stops the alarm for good: it never fires again and later sets do nothing. Idempotent. The
+   caller's reference keeps the source (and its context pointer) valid for a set racing with this
+   on another thread, until the caller unrefs it. */
+static inline void dna_alarm_destroy(GSource *source) {
+    __atomic_store_n(&((DnaAlarm *)source)->destroyed, 1, __ATOMIC_RELEASE);
+    g_source_destroy(source);
 }
 
 /* The textual address of a NiceAddress (INET6_ADDRSTRLEN bytes at out). */

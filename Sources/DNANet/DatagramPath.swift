@@ -74,6 +74,8 @@ public struct DatagramBatch: Sendable {
 /// it before it next polls), another thread wakes the loop when it brings the time forward. The
 /// connection calls it under its own lock so that a later `arm` always wins.
 public final class LoopAlarm: @unchecked Sendable {
+    /// Set once by `init`, released by `deinit` only: an `arm` from another thread racing with
+    /// `cancel` (a send during the connection's close) finds it destroyed, never freed.
     private var source: UnsafeMutablePointer<GSource>?
     private let fire: () -> Void
 
@@ -87,7 +89,11 @@ public final class LoopAlarm: @unchecked Sendable {
         }, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    deinit { cancel() }
+    deinit {
+        guard let source else { return }
+        dna_alarm_destroy(source)
+        g_source_unref(source)
+    }
 
     /// Fires at `deadline` (monotonic ms, `monotonicMilliseconds`); at once when it has passed;
     /// nil: never.
@@ -107,12 +113,11 @@ public final class LoopAlarm: @unchecked Sendable {
         dna_alarm_set(source, 0)
     }
 
-    /// Destroys the source (loop thread, or once the loop stopped). Idempotent.
+    /// Stops the alarm for good (loop thread, or once the loop stopped): it never fires again and
+    /// `arm` does nothing. Idempotent.
     public func cancel() {
         guard let source else { return }
-        g_source_destroy(source)
-        g_source_unref(source)
-        self.source = nil
+        dna_alarm_destroy(source)
     }
 }
 

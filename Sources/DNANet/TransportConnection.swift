@@ -133,7 +133,7 @@ public final class TransportConnection: @unchecked Sendable {
     public func send(_ message: [UInt8], stream: UInt32 = 0, timeout: Int = 10_000) throws(Failure) {
         guard message.count <= configuration.maximumMessageSize else { throw .tooLarge(message.count) }
         let limit = configuration.maximumQueuedBytes
-        var wake = false
+        var wake: LoopAlarm?
         let outcome = monitor.wait(milliseconds: max(0, timeout)) { () -> Failure?? in
             if !running || dead { return .some(.closed) }
             guard queuedEstimate == 0 || queuedEstimate + message.count <= limit - limit / 8
@@ -145,15 +145,17 @@ public final class TransportConnection: @unchecked Sendable {
             queuedEstimate += message.count
             busyStreams.insert(stream)
             lastActivity = monotonicMilliseconds()
-            // Only the first message of a batch wakes the loop; it takes them all.
-            wake = outgoing.count == 1
+            // Only the first message of a batch wakes the loop; it takes them all. The alarm is
+            // read here, while running (`close` clears it after `running`, on the loop thread).
+            if outgoing.count == 1 { wake = alarm }
             return .some(nil)
         }
         // Out of the lock: the loop thread woken here wants the lock first thing, and on a busy
         // machine it would run while this thread still held it (two more context switches). The
         // loop's own arm at the end of a pass cannot undo this one: that pass either took the
-        // message or saw it queued and armed the alarm again.
-        if wake { alarm?.armNow() }
+        // message or saw it queued and armed the alarm again. An alarm cancelled meanwhile (the
+        // connection closing) ignores it.
+        wake?.armNow()
         guard let outcome else { throw .full }
         if let failure = outcome { throw failure }
     }
@@ -180,7 +182,7 @@ public final class TransportConnection: @unchecked Sendable {
     /// The next delivered message if it has at most `limit` bytes (else `.bufferTooSmall`, and it
     /// stays queued), waiting up to `timeout` ms; the loop hears that it was taken.
     private func take(timeout: Int, fitting limit: Int) throws(Failure) -> (stream: UInt32, bytes: [UInt8]) {
-        var wake = false
+        var wake: LoopAlarm?
         let got = monitor.wait(milliseconds: timeout) { () -> Result<(UInt32, [UInt8]), Failure>? in
             if limit < .max, let (_, length) = inbox.peek(), length > limit { return .failure(.bufferTooSmall(length)) }
             if let message = inbox.next() {
@@ -189,16 +191,16 @@ public final class TransportConnection: @unchecked Sendable {
                 // The loop hears of the take within the delayed ACK's time (§7.2): at once only when
                 // its alarm is not due by then. A wake-up per message taken cost each side of an
                 // echo a third of its loop passes (bench/iroh_compare.py's RTT phase).
-                if takes.count == 1 {
+                if takes.count == 1, running {
                     let due = monotonicMilliseconds() + configuration.acknowledgementDelay
-                    wake = alarmDeadline.map { $0 > due } ?? true
+                    if alarmDeadline.map({ $0 > due }) ?? true { wake = alarm }
                 }
                 return .success(message)
             }
             if dead || !running { return .failure(.closed) }
             return nil
         }
-        if wake { alarm?.armNow() }  // out of the lock, as in `send`
+        wake?.armNow()  // out of the lock, as in `send`
         guard let got else { throw .timeout }
         return try got.get()
     }
