@@ -220,7 +220,9 @@ struct PeerEntryStore: RecordStore {
             guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, unix: time.unix) else { continue }
             let key = NodeID.key(of: entry.identity)
             if let held = entries[key], held.entry.lastSeen >= entry.lastSeen { continue }
+            if let previous = entries[key] { storedBy.remove(previous.from.shareKey) }
             entries[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now)
+            storedBy.add(local.shareKey)
         }
     }
 }

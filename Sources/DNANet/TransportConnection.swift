@@ -52,8 +52,9 @@ public final class TransportConnection: @unchecked Sendable {
     /// Messages the application took, for the loop to tell the core (it frees the receive window).
     private var takes: [(UInt32, Int)] = []
     /// When the loop's alarm fires next (monotonic ms; nil: not armed), as the loop last set it.
-    /// A take waits for it when it comes within `acknowledgementDelay`: the core would send the
-    /// new window no sooner (§7.2), and an echo's reply usually wakes the loop first.
+    /// A take waits for it when it comes within `acknowledgementDelay`: the core then hears of the
+    /// take within that time, and sends the new window within as long again (§7.2); an echo's
+    /// reply usually wakes the loop first.
     private var alarmDeadline: UInt64?
     /// Bytes the core holds for the application (`ReliableConnection.bufferedBytes`), as the loop last counted.
     private var heldEstimate = 0

@@ -470,6 +470,12 @@ import Testing
             #expect(NodeRulesTests.store(wire, at: target, in: network, from: from) == .stored)
         }
         #expect(node.entryShares == before + 1)
+        // Entries restored from a saved state count for this node's own share (they were not
+        // counted, and their expiry or replacement then took from the share of the node's own entry).
+        let fresh = DHTNode(credential: NodeCredential.generate(difficulty: 4), configuration: SimulationTests.configuration(),
+                            now: network.now)
+        fresh.restore(node.savedState(now: network.now), now: network.now)
+        #expect(fresh.entryShares == 1)
     }
 
     /// A put of a value held already postpones the holder's republishing of it only when it comes
