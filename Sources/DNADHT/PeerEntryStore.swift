@@ -82,9 +82,7 @@ struct PeerEntryStore: RecordStore {
         let local = Self.localSource
         if verified(entry, wire: wire, unix: time.unix),
            entries[key].map({ !alive($0.entry, unix: time.unix) || ($0.entry.publicKey == entry.publicKey && $0.entry.lastSeen < entry.lastSeen) }) ?? true {
-            if let previous = entries[key] { storedBy.remove(previous.from.shareKey) }
-            entries[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now, owner: nil)
-            storedBy.add(local.shareKey)
+            hold(Stored(entry: entry, wire: wire, from: local, storedAt: time.now, owner: nil), at: key)
         }
     }
 
@@ -92,6 +90,13 @@ struct PeerEntryStore: RecordStore {
     mutating func forget(_ key: NodeID) {
         guard let held = entries.removeValue(forKey: key) else { return }
         storedBy.remove(held.from.shareKey)
+    }
+
+    /// Holds `stored` at `key` in place of what was there: every entry the store holds goes in
+    /// here, so that the share counts follow the entries (restored ones were once left out).
+    private mutating func hold(_ stored: Stored, at key: NodeID) {
+        if let previous = entries.updateValue(stored, forKey: key) { storedBy.remove(previous.from.shareKey) }
+        storedBy.add(stored.from.shareKey)
     }
 
     /// Checks an entry a lookup received for `key` (the process-wide cache spares repeated
@@ -173,22 +178,17 @@ struct PeerEntryStore: RecordStore {
                 return .quota
             }
         }
-        if let previous = entries[key] { storedBy.remove(previous.from.shareKey) }
         // The owner's address is learnt only from a fresher entry stored by the node the entry names
         // (a copy replayed from elsewhere, or a holder's republishing, does not move it).
         let owner = requester.sender.bytes == entry.nodeID ? source : (entries[key]?.entry.publicKey == entry.publicKey ? entries[key]?.owner : nil)
-        entries[key] = Stored(entry: entry, wire: wire, from: source, storedAt: time.now, owner: owner)
-        storedBy.add(source.shareKey)
+        hold(Stored(entry: entry, wire: wire, from: source, storedAt: time.now, owner: owner), at: key)
         statistics.storedEntries += 1
         return .stored
     }
 
     /// Drops expired entries (at each refresh).
     mutating func expire(at time: RecordTime) {
-        for (key, stored) in entries where !alive(stored.entry, unix: time.unix) {
-            entries[key] = nil
-            storedBy.remove(stored.from.shareKey)
-        }
+        for (key, stored) in entries where !alive(stored.entry, unix: time.unix) { forget(key) }
     }
 
     /// Holders republish (Kademlia, §2.5 of the paper) what no STORE refreshed during the last
@@ -220,9 +220,7 @@ struct PeerEntryStore: RecordStore {
             guard let entry = try? PeerEntry(wire: wire), verified(entry, wire: wire, unix: time.unix) else { continue }
             let key = NodeID.key(of: entry.identity)
             if let held = entries[key], held.entry.lastSeen >= entry.lastSeen { continue }
-            if let previous = entries[key] { storedBy.remove(previous.from.shareKey) }
-            entries[key] = Stored(entry: entry, wire: wire, from: local, storedAt: time.now)
-            storedBy.add(local.shareKey)
+            hold(Stored(entry: entry, wire: wire, from: local, storedAt: time.now), at: key)
         }
     }
 }

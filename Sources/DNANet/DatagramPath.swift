@@ -71,8 +71,9 @@ public struct DatagramBatch: Sendable {
 
 /// A GLib source on a loop that runs `fire` on the loop thread once the time set with `arm` comes.
 /// `arm` may be called from any thread: the loop thread sets it without a wake-up (the loop reads
-/// it before it next polls), another thread wakes the loop when it brings the time forward. The
-/// connection calls it under its own lock so that a later `arm` always wins.
+/// it before it next polls), another thread wakes the loop when it brings the time forward. A
+/// connection's loop sets it (`arm(at:)`) under the connection's lock, re-arming at once when work
+/// came meanwhile; other threads only bring it forward (`armNow`), so no later wake-up is lost.
 public final class LoopAlarm: @unchecked Sendable {
     /// Set once by `init`, released by `deinit` only: an `arm` from another thread racing with
     /// `cancel` (a send during the connection's close) finds it destroyed, never freed.
