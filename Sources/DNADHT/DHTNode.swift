@@ -699,7 +699,7 @@ public final class DHTNode {
 
     public func handleTimeout(now: UInt64) {
         rpc.advanceClock(to: now)
-        for (transaction, request) in rpc.pending where request.deadline <= now || (request.softDeadline ?? .max) <= now {
+        for (transaction, request) in rpc.due(at: now) {
             // Soft timeout (§5.4): the lookup stops counting the request against its α and asks the
             // next candidate; the request keeps its deadline and retries, and an answer still counts.
             if let soft = request.softDeadline, soft <= now {
@@ -780,8 +780,9 @@ public final class DHTNode {
             case .listen: break
             }
         }
-        // Listeners: report values that ended; renew subscriptions that are due.
-        for listen in listens.values {
+        // Listeners: report values that ended; renew subscriptions that are due (by id: alike in
+        // every process, whatever its hash seed).
+        for listen in listens.sorted(by: { $0.key < $1.key }).map(\.value) {
             for value in listen.expired(unix: unix(now)) { events.append(.valueExpired(listen: listen.id, value)) }
             if now >= listen.renewAt {
                 listen.renewAt = now + configuration.listenRenewal

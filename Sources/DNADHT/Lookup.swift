@@ -99,9 +99,9 @@ final class Lookup {
     private var storeSentTo = Set<NodeID>()
     private var storePlacesOpen = 0
     /// Announce: FIND_NODEs sent after the search to find nodes for those places (k at most), and
-    /// the holders asked for the nodes nearest themselves.
+    /// the bit of the key whose subtree is asked for next when no candidate is left (`nextSubtreeOut`).
     private var replacementQueries = 0
-    private var askedForNeighbours = Set<NodeID>()
+    private var outwardBit: Int?
     /// Announce: the nodes that stored the entry.
     var holders: [Endpoint] = []
     /// Signal: SIGNALs in flight, the holders already sent one, and how many of those did not
@@ -194,18 +194,14 @@ final class Lookup {
                         send(candidate.contact, ask(candidate, tokens: tokens), .query)
                     }
                 }
-                // None left either: every node that answered lists the same k nearest. The farthest
-                // node that stored the entry is asked for the nodes nearest itself instead, which
-                // include the next nodes beyond it from the key.
-                if more > 0, asking == 0, storesInFlight == 0,
-                   let farthest = candidates.values.filter({ $0.state == .answered && holders.contains($0.contact.endpoint)
-                       && !askedForNeighbours.contains($0.contact.id) }).max(by: isAskedBefore) {
-                    askedForNeighbours.insert(farthest.contact.id)
+                // None left either: every node that answered lists the same nearest ones (all of
+                // them within one subtree around the key). The lookup asks for the next subtree out.
+                if more > 0, asking == 0, storesInFlight == 0, let (contact, subtree) = nextSubtreeOut() {
                     replacementQueries += 1
                     result.messages += 1
-                    candidates[farthest.contact.id]?.state = .waiting
-                    candidates[farthest.contact.id]?.askedAgain = true
-                    send(farthest.contact, .findNode(target: farthest.contact.id, token: tokens[farthest.contact.endpoint] ?? 0), .query)
+                    candidates[contact.id]?.state = .waiting
+                    candidates[contact.id]?.askedAgain = true
+                    send(contact, .findNode(target: subtree, token: tokens[contact.endpoint] ?? 0), .query)
                 }
             }
             return storesInFlight <= 0 && !candidates.values.contains { $0.state == .waiting }
@@ -271,7 +267,7 @@ final class Lookup {
         guard case .value = kind else { return [] }
         let best = result.entry?.lastSeen ?? 0, contested = keys.count > 1
         return candidates.values.filter { $0.state == .answered && !$0.askedAgain && $0.held != nil && (contested || ($0.held ?? 0) > best) }
-            .sorted { ($0.held ?? 0) > ($1.held ?? 0) }
+            .sorted { ($0.held ?? 0) != ($1.held ?? 0) ? ($0.held ?? 0) > ($1.held ?? 0) : isAskedBefore($0, $1) }
     }
 
     /// The next requests to send, keeping at most α in flight.
@@ -413,6 +409,27 @@ final class Lookup {
     func storeLeftAPlace() {
         guard phase == .storing, storeSentTo.count < Self.maximumStores(k: k) else { return }
         storePlacesOpen += 1
+    }
+
+    /// Announce, when every candidate was asked and every one that answered was sent the entry: a
+    /// FIND_NODE for the nodes just beyond those sent the entry, and the node to ask. They all share
+    /// the key's first `b` bits (b: the common prefix of the farthest); the nearest nodes beyond
+    /// them share exactly `b` bits (the subtree of the key with bit b flipped), then `b - 1`, and so
+    /// on outwards. The target is the key with that bit flipped, asked of the answered candidate
+    /// nearest it, whose table holds that subtree's nodes (Kademlia's buckets). (Asking the farthest
+    /// holder for the nodes nearest itself brought none when the subtree around the key held more
+    /// than k nodes: each of them lists the same ones.) Nil once every bit was asked.
+    private func nextSubtreeOut() -> (Contact, NodeID)? {
+        if outwardBit == nil {
+            guard let farthest = storeSentTo.map({ $0 ^ target }).max() else { return nil }
+            outwardBit = min(farthest.leadingZeroBits, 159)
+        }
+        guard let bit = outwardBit, bit >= 0 else { return nil }
+        outwardBit = bit - 1
+        let subtree = target.flipping(bit: bit)
+        guard let asked = candidates.values.filter({ $0.state == .answered })
+            .min(by: { ($0.contact.id ^ subtree) < ($1.contact.id ^ subtree) }) else { return nil }
+        return (asked.contact, subtree)
     }
 
     /// At most this many STOREs per announce: k, and as many again in place of those that failed.

@@ -195,7 +195,8 @@ struct Mailboxes {
             inboxes[key] = inbox
             due.append((key, items))
         }
-        return due
+        // Keys in order: the lookups start alike in every process (a dictionary's order follows its hash seed).
+        return due.sorted { $0.key < $1.key }
     }
 
     /// Drops expired messages, and key records not renewed within the longest message lifetime.

@@ -51,6 +51,15 @@ public struct NodeID: Hashable, Comparable, Sendable, CustomStringConvertible {
     /// Bits this id shares with `other` from the top.
     public func commonPrefix(with other: NodeID) -> Int { (self ^ other).leadingZeroBits }
 
+    /// This id with bit `bit` (0 = the most significant, 159 the least) inverted: the ids that share
+    /// exactly `bit` leading bits with this one are the ones nearest it (Kademlia's bucket `bit`).
+    func flipping(bit: Int) -> NodeID {
+        guard (0..<160).contains(bit) else { return self }
+        if bit < 64 { return NodeID(high: high ^ (1 << UInt64(63 - bit)), middle: middle, low: low) }
+        if bit < 128 { return NodeID(high: high, middle: middle ^ (1 << UInt64(127 - bit)), low: low) }
+        return NodeID(high: high, middle: middle, low: low ^ (1 << UInt32(159 - bit)))
+    }
+
     public var description: String { Hex.encode(bytes) }
 }
 

@@ -200,7 +200,8 @@ struct PeerEntryStore: RecordStore {
             entries[key]?.storedAt = time.now
             due.append((key, .announce(stored.wire)))
         }
-        return due
+        // Keys in order: the lookups start alike in every process (a dictionary's order follows its hash seed).
+        return due.sorted { $0.key < $1.key }
     }
 
     /// Shares that hold an entry here (`ShareCounts`).

@@ -10,6 +10,12 @@ struct Reassembler {
     struct Key: Hashable {
         var endpoint: Endpoint
         var transaction: UInt64
+
+        /// An order for ties in time: evictions choose alike in every process (a dictionary's
+        /// order follows its hash seed).
+        static func precedes(_ a: Key, _ b: Key) -> Bool {
+            a.transaction != b.transaction ? a.transaction < b.transaction : a.endpoint.wire.lexicographicallyPrecedes(b.endpoint.wire)
+        }
     }
 
     /// A request put back together: what the answer to it is remembered under.
@@ -121,7 +127,9 @@ struct Reassembler {
     /// holds the most. A flood thus only ever displaces its own partial messages.
     private mutating func makeRoomForPartial(from source: Endpoint, statistics: inout DHTStatistics) {
         func evictOldest(where belongs: (Key) -> Bool) {
-            guard let oldest = reassembly.filter({ belongs($0.key) }).min(by: { $0.value.started < $1.value.started }) else { return }
+            guard let oldest = reassembly.filter({ belongs($0.key) }).min(by: { a, b in
+                a.value.started != b.value.started ? a.value.started < b.value.started : Key.precedes(a.key, b.key)
+            }) else { return }
             removePartial(oldest.key)
             statistics.refusedPieces += 1
         }
@@ -131,7 +139,9 @@ struct Reassembler {
         } else if partialsByNetwork[network, default: 0] >= Self.perNetwork {
             evictOldest { $0.endpoint.network == network }
         }
-        if reassembly.count >= Self.limit, let busiest = partialsByNetwork.max(by: { $0.value < $1.value })?.key {
+        if reassembly.count >= Self.limit, let busiest = partialsByNetwork.max(by: { a, b in
+            a.value != b.value ? a.value < b.value : b.key.lexicographicallyPrecedes(a.key)
+        })?.key {
             evictOldest { $0.endpoint.network == busiest }
         }
     }
@@ -148,7 +158,9 @@ struct Reassembler {
     mutating func remember(_ datagrams: [[UInt8]], answering completed: Completed, now: UInt64) {
         let key = completed.key
         func forgetOldest(where belongs: (Key) -> Bool) {
-            if let oldest = answered.filter({ belongs($0.key) }).min(by: { $0.value.at < $1.value.at }) { forgetAnswer(oldest.key) }
+            if let oldest = answered.filter({ belongs($0.key) }).min(by: { a, b in
+                a.value.at != b.value.at ? a.value.at < b.value.at : Key.precedes(a.key, b.key)
+            }) { forgetAnswer(oldest.key) }
         }
         if answeredBySource[key.endpoint, default: 0] >= Self.perSource { forgetOldest { $0.endpoint == key.endpoint } }
         if answered.count >= Self.limit { forgetOldest { _ in true } }

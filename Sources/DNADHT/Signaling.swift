@@ -99,10 +99,11 @@ struct Signaling {
         if nextKeepalive == nil { nextKeepalive = now + keepaliveInterval }
     }
 
-    /// When keepalives are due: every holder of an own entry, to ping (and the next time is set).
-    mutating func keepalive(now: UInt64) -> Set<Endpoint>? {
+    /// When keepalives are due: every holder of an own entry, to ping (and the next time is set),
+    /// each once, in the order of their wire bytes (alike in every process, whatever its hash seed).
+    mutating func keepalive(now: UInt64) -> [Endpoint]? {
         guard let keepalive = nextKeepalive, now >= keepalive else { return nil }
-        let endpoints = Set(holders.values.joined())
+        let endpoints = Set(holders.values.joined()).sorted { $0.wire.lexicographicallyPrecedes($1.wire) }
         nextKeepalive = holders.isEmpty ? nil : now + keepaliveInterval
         return endpoints
     }

@@ -121,6 +121,16 @@ struct Transactions {
     /// The earliest deadline (hard or soft) of a request in flight.
     var nextDeadline: UInt64? { pending.values.map { min($0.deadline, $0.softDeadline ?? .max) }.min() }
 
+    /// The requests whose deadline or soft deadline has come, earliest first (equal ones by
+    /// transaction id): the same order in every process, so that a simulated network runs alike
+    /// whatever the process's hash seed (a dictionary's order follows it).
+    func due(at now: UInt64) -> [(transaction: UInt64, request: Pending)] {
+        pending.filter { $0.value.deadline <= now || ($0.value.softDeadline ?? .max) <= now }
+            .map { (transaction: $0.key, request: $0.value) }
+            .sorted { (min($0.request.deadline, $0.request.softDeadline ?? .max), $0.transaction)
+                < (min($1.request.deadline, $1.request.softDeadline ?? .max), $1.transaction) }
+    }
+
     // MARK: Contacts that failed
 
     /// Contacts left unanswered (a ping, every attempt of a request, or a lookup's request it went on

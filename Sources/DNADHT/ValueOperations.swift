@@ -363,7 +363,8 @@ final class ValueGet {
     /// The slot whose fetch from `holder` asked for part `index` of value `valueID` (two slots may
     /// fetch the same id from one holder when it lists it twice: each answer goes to one of them).
     private func fetchingSlot(_ holder: NodeID, _ valueID: [UInt8], _ index: Int) -> ValueStore.Slot? {
-        fetches.first { $0.value.holder.id == holder && $0.value.choice.descriptor.id == valueID && $0.value.inFlight.contains(index) }?.key
+        fetches.filter { $0.value.holder.id == holder && $0.value.choice.descriptor.id == valueID && $0.value.inFlight.contains(index) }
+            .keys.min(by: Self.order)
     }
 
     /// A VALUE_PART from `holder` in answer to the fetch of part `index` of `valueID`; `verify`

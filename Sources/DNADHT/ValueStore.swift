@@ -284,7 +284,13 @@ struct ValueStore: RecordStore {
                 due.append((key, slot, stored.storedAt))
             }
         }
-        due.sort { $0.storedAt < $1.storedAt }
+        // Equal times by key and slot: alike in every process (a dictionary's order follows its hash seed).
+        due.sort { a, b in
+            if a.storedAt != b.storedAt { return a.storedAt < b.storedAt }
+            if a.key != b.key { return a.key < b.key }
+            if a.slot.slot != b.slot.slot { return a.slot.slot < b.slot.slot }
+            return a.slot.signer.lexicographicallyPrecedes(b.slot.signer)
+        }
         return due.prefix(configuration.valueRepublishLimit).compactMap { item in
             guard let stored = values[item.key]?[item.slot] else { return nil }
             values[item.key]?[item.slot]?.storedAt = time.now

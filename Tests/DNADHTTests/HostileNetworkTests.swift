@@ -43,8 +43,10 @@ import Testing
         let bad = ["0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1", "ff02::1"].map { Endpoint(host: $0, port: 4567)! }
         if poisoned {
             let liar = Endpoint(host: "10.200.0.1", port: 4000)!
-            let credential = NodeCredential.generate(difficulty: network.configuration.difficulty)
             var random = SimRandom(seed: seed ^ 0xBAD)
+            let credential = NodeCredential.generate(difficulty: network.configuration.difficulty) {
+                (0..<16).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+            }
             network.adversaries[liar] = { from, datagram in
                 guard let piece = try? DHTDatagram.parse(datagram), piece.count == 1,
                       let message = try? DHTMessage(parsing: Array(piece.bytes), transaction: piece.transaction) else { return [] }
