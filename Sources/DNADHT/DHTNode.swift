@@ -58,7 +58,8 @@ public final class DHTNode {
     /// listener (by the get's id), and the holders each listener is getting from after a push.
     private var subscriptions: ValueSubscriptions
     private var listens: [UInt64: ValueListen] = [:]
-    private var listenGets: [LookupID: (listen: UInt64, holder: Endpoint?)] = [:]
+    /// Value gets run for a listener (its renewal's, or a fetch of what holders pushed), by operation: the listener's id.
+    private var listenGets: [LookupID: UInt64] = [:]
 
     private var lookups: [LookupID: Lookup] = [:]
     private var nextLookupID: LookupID = 1
@@ -194,7 +195,7 @@ public final class DHTNode {
     /// Stops listener `id` (the holders' subscriptions end with their lifetime).
     public func cancelListen(_ id: UInt64) {
         listens[id] = nil
-        for (operation, get) in listenGets where get.listen == id { listenGets[operation] = nil }
+        for (operation, listen) in listenGets where listen == id { listenGets[operation] = nil }
     }
 
     /// Listeners this node runs, and subscriptions it keeps for others.
@@ -332,14 +333,11 @@ public final class DHTNode {
                 statistics.unexpectedResponses += 1
                 return
             }
-            guard descriptors.contains(where: listen.isNews) else { return }
-            // A get from this holder under way may have listed before it stored this value: it is
-            // asked again when that get ends (all k holders push at once, so each one's get matters).
-            if listenGets.values.contains(where: { $0.listen == listenID && $0.holder == source }) {
-                listen.pushedDuringGet.insert(source)
-                return
-            }
-            startListenGet(listen, from: Contact(id: holderID, endpoint: source), token: token, now: now)
+            let holder = Contact(id: holderID, endpoint: source)
+            for descriptor in descriptors { listen.push(descriptor, by: holder, token: token) }
+            // One get per listener at a time, so that values are reported in sequence order; what
+            // comes meanwhile is fetched when it ends.
+            if !listenGets.values.contains(listenID) { fetchPushed(listen, now: now) }
         default:
             return
         }
@@ -470,13 +468,14 @@ public final class DHTNode {
         return send(response, to: source)
     }
 
-    /// A get of `listen`'s key from the one holder that pushed news to it.
-    private func startListenGet(_ listen: ValueListen, from holder: Contact, token: UInt64, now: UInt64) {
+    /// Fetches the values holders pushed to `listen`, the lowest sequence of each slot (§10.5).
+    private func fetchPushed(_ listen: ValueListen, now: UInt64) {
+        let pushed = listen.nextFetches()
+        guard !pushed.isEmpty else { return }
         let operation = nextLookupID
         nextLookupID += 1
-        valueGets[operation] = ValueGet(id: operation, key: listen.key, query: listen.query, holders: [(holder, token)],
-                                        local: listen.knownValues, messages: 0)
-        listenGets[operation] = (listen.id, holder.endpoint)
+        valueGets[operation] = ValueGet(id: operation, key: listen.key, query: listen.query, pushed: pushed, local: listen.knownValues)
+        listenGets[operation] = listen.id
         advanceValue(operation, now: now)
     }
 
@@ -657,14 +656,11 @@ public final class DHTNode {
         if let get = valueGets[operation], get.advance(send: send) {
             valueGets[operation] = nil
             silentValueOperations.remove(operation)
-            if let listenGet = listenGets.removeValue(forKey: operation) {
-                if let listen = listens[listenGet.listen] {
+            if let listenID = listenGets.removeValue(forKey: operation) {
+                if let listen = listens[listenID] {
                     for value in listen.learn(get.result.values) { events.append(.valueChanged(listen: listen.id, value)) }
-                    // The holder pushed again while this get ran: ask it again.
-                    if let holder = listenGet.holder, listen.pushedDuringGet.remove(holder) != nil,
-                       let holderID = listen.holders[holder], let token = tokens.received[holder] {
-                        startListenGet(listen, from: Contact(id: holderID, endpoint: holder), token: token, now: now)
-                    }
+                    // Holders pushed more meanwhile (or the next sequence of a slot waits).
+                    if !listenGets.values.contains(listenID) { fetchPushed(listen, now: now) }
                 }
             } else if !silent {
                 events.append(.valuesGot(operation, get.result))
@@ -921,7 +917,7 @@ public final class DHTNode {
             let local = values.held(at: listen.key, signer: listen.query.signer, since: listen.query.since, at: time(now)).map(\.value)
             valueGets[lookup.id] = ValueGet(id: lookup.id, key: listen.key, query: listen.query, holders: holders,
                                             local: local + listen.knownValues, messages: lookup.result.messages)
-            listenGets[lookup.id] = (listenID, nil)
+            listenGets[lookup.id] = listenID
             advanceValue(lookup.id, now: now)
             return
         case .getValues(let query):

@@ -74,8 +74,14 @@ final class ValueListen {
     /// values (monotonic ms); the backoff (ms) while lookups find no holder.
     var renewAt: UInt64
     var retry: UInt64 = 0
-    /// Holders that pushed news while a get from them ran: each is asked again when it ends.
-    var pushedDuringGet = Set<Endpoint>()
+    /// Descriptors holders pushed that are news, by value id, with the holders that pushed each:
+    /// fetched one sequence per slot at a time, lowest first (`nextFetches`), so that every write
+    /// is reported, in order, although newer ones replace it at the holders meanwhile (they keep a
+    /// replaced value 60 s for this, §10.5). At most `maximumPushed`, `maximumPushedPerHolder` of
+    /// them first pushed by one holder (a holder pushing made-up ones fills only its own share).
+    private var pushed: [[UInt8]: (descriptor: ValueDescriptor, holders: [(contact: Contact, token: UInt64)])] = [:]
+    static let maximumPushed = 256
+    static let maximumPushedPerHolder = 32
 
     init(id: UInt64, key: NodeID, query: ValueQuery, renewAt: UInt64) {
         self.id = id
@@ -98,6 +104,43 @@ final class ValueListen {
         }
         return fresh
     }
+
+    /// A holder pushed `descriptor` (VALUE_NOTIFY): kept to fetch when it is news.
+    func push(_ descriptor: ValueDescriptor, by holder: Contact, token: UInt64) {
+        guard isNews(descriptor) else { return }
+        if var entry = pushed[descriptor.id] {
+            guard !entry.holders.contains(where: { $0.contact.id == holder.id }), entry.holders.count < 20 else { return }
+            entry.holders.append((holder, token))
+            pushed[descriptor.id] = entry
+            return
+        }
+        guard pushed.count < Self.maximumPushed,
+              pushed.values.filter({ $0.holders.first?.contact.id == holder.id }).count < Self.maximumPushedPerHolder else { return }
+        pushed[descriptor.id] = (descriptor, [(holder, token)])
+    }
+
+    /// The pushed values to fetch next: per slot, the lowest sequence still news (on a tie, the
+    /// lower id), with the holders that pushed it; taken from those kept (the ones no longer news
+    /// are dropped). In slot order.
+    func nextFetches() -> [(descriptor: ValueDescriptor, holders: [(contact: Contact, token: UInt64)])] {
+        pushed = pushed.filter { isNews($0.value.descriptor) }
+        var lowest: [ValueStore.Slot: (descriptor: ValueDescriptor, holders: [(contact: Contact, token: UInt64)])] = [:]
+        for entry in pushed.values {
+            let slot = ValueStore.Slot(signer: entry.descriptor.signerID, slot: entry.descriptor.slot)
+            if let current = lowest[slot].map(\.descriptor), current.sequence < entry.descriptor.sequence
+                || current.sequence == entry.descriptor.sequence && current.id.lexicographicallyPrecedes(entry.descriptor.id) {
+                continue
+            }
+            lowest[slot] = entry
+        }
+        for entry in lowest.values { pushed[entry.descriptor.id] = nil }
+        return lowest.sorted { a, b in
+            a.key.signer != b.key.signer ? a.key.signer.lexicographicallyPrecedes(b.key.signer) : a.key.slot < b.key.slot
+        }.map(\.value)
+    }
+
+    /// Whether pushed values wait to be fetched.
+    var hasPushed: Bool { !pushed.isEmpty }
 
     /// Whether a descriptor a holder pushed names a value newer than the one known for its slot.
     func isNews(_ descriptor: ValueDescriptor) -> Bool {

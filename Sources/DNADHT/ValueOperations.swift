@@ -229,6 +229,21 @@ final class ValueGet {
         result.asked = holders.count
     }
 
+    /// A listener's fetch of values holders pushed to it (§10.5): no VALUE_GET; each descriptor is
+    /// fetched from the holders that pushed it, as if they had listed it.
+    convenience init(id: LookupID, key: NodeID, query: ValueQuery, pushed: [(descriptor: ValueDescriptor, holders: [(contact: Contact, token: UInt64)])],
+                     local: [SignedValue]) {
+        var holders: [(Contact, UInt64)] = []
+        for (_, pushers) in pushed {
+            for holder in pushers where !holders.contains(where: { $0.0.id == holder.contact.id }) { holders.append((holder.contact, holder.token)) }
+        }
+        self.init(id: id, key: key, query: query, holders: holders, local: local, messages: 0)
+        for holder in holders { pages[holder.0.id] = 0 }
+        for (descriptor, pushers) in pushed {
+            for holder in pushers { add(descriptor, from: holder) }
+        }
+    }
+
     /// Slots one holder may open: its share of `maximumSlots` (at least one page's worth), so that
     /// a holder listing made-up slots page after page neither crowds out the others' nor costs the
     /// get more than that many fetches.

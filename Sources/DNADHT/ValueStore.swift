@@ -43,6 +43,16 @@ struct ValueStore: RecordStore {
     private var bySigner: [[UInt8]: (count: Int, bytes: Int)] = [:]
     private(set) var bytes = 0
     private var uploads: [UploadKey: Upload] = [:]
+    /// Values replaced in their slot within the last `replacedRetention` ms, by id, oldest first in
+    /// `replacedOrder`: still served to VALUE_FETCH, so that a listener told of a write fetches it
+    /// although a newer one replaced it meanwhile (§10.5). At most `replacedLimit` of them and
+    /// `replacedBytesLimit` bytes; the oldest go first.
+    private var replaced: [[UInt8]: (key: NodeID, value: SignedValue, wire: [UInt8], until: UInt64)] = [:]
+    private var replacedOrder: [[UInt8]] = []
+    private var replacedBytes = 0
+    static let replacedRetention: UInt64 = 60_000
+    static let replacedLimit = 256
+    static let replacedBytesLimit = 4 << 20
     private var uploadsBySource = ShareCounts<[UInt8]>()
     private var uploadsByNetwork = ShareCounts<[UInt8]>()
     let configuration: DHTConfiguration
@@ -86,10 +96,15 @@ struct ValueStore: RecordStore {
                                     descriptors: page.map { ValueDescriptor($0.value, id: $0.id, length: $0.wire.count) }))
         case .valueFetch(let presented, let key, let id, let index):
             guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.valuePart(.badToken, nil)) }
-            guard let place = byID[id], place.key == key, let stored = values[key]?[place.slot], alive(stored.value, unix: time.unix),
-                  let part = ValuePart.split(stored.wire, id: id).first(where: { $0.index == index }) else {
+            let wire: [UInt8]
+            if let place = byID[id], place.key == key, let stored = values[key]?[place.slot], alive(stored.value, unix: time.unix) {
+                wire = stored.wire
+            } else if let old = replaced[id], old.key == key, old.until > time.now, alive(old.value, unix: time.unix) {
+                wire = old.wire
+            } else {
                 return .body(.valuePart(.notHeld, nil))
             }
+            guard let part = ValuePart.split(wire, id: id).first(where: { $0.index == index }) else { return .body(.valuePart(.notHeld, nil)) }
             return .body(.valuePart(.part, part))
         default:
             return nil
@@ -244,6 +259,7 @@ struct ValueStore: RecordStore {
             statistics.refusedValues += 1
             return .quota
         }
+        if let previous { keepReplaced(previous, at: key, now: time.now) }
         if values[key]?[slot] != nil { remove(key, slot) }
         values[key, default: [:]][slot] = Stored(value: value, wire: wire, id: id, from: source, storedAt: time.now)
         byID[id] = (key, slot)
@@ -254,6 +270,31 @@ struct ValueStore: RecordStore {
         statistics.storedValues += 1
         return .stored
     }
+
+    /// Keeps `stored`, replaced now in its slot, for `replacedRetention` ms (within the limits).
+    private mutating func keepReplaced(_ stored: Stored, at key: NodeID, now: UInt64) {
+        guard replaced[stored.id] == nil, stored.wire.count <= Self.replacedBytesLimit else { return }
+        expireReplaced(now: now)
+        while replaced.count >= Self.replacedLimit || replacedBytes + stored.wire.count > Self.replacedBytesLimit, !replacedOrder.isEmpty {
+            dropOldestReplaced()
+        }
+        replaced[stored.id] = (key, stored.value, stored.wire, now + Self.replacedRetention)
+        replacedOrder.append(stored.id)
+        replacedBytes += stored.wire.count
+    }
+
+    private mutating func dropOldestReplaced() {
+        let id = replacedOrder.removeFirst()
+        if let old = replaced.removeValue(forKey: id) { replacedBytes -= old.wire.count }
+    }
+
+    /// Drops replaced values whose retention ended (they were kept in order of replacement).
+    private mutating func expireReplaced(now: UInt64) {
+        while let first = replacedOrder.first, (replaced[first]?.until ?? 0) <= now { dropOldestReplaced() }
+    }
+
+    /// Replaced values kept for listeners' fetches (`replacedRetention`).
+    var replacedCount: Int { replaced.count }
 
     private mutating func remove(_ key: NodeID, _ slot: Slot) {
         guard let stored = values[key]?.removeValue(forKey: slot) else { return }
@@ -271,6 +312,7 @@ struct ValueStore: RecordStore {
         for (key, slots) in values {
             for (slot, stored) in slots where !alive(stored.value, unix: time.unix) { remove(key, slot) }
         }
+        expireReplaced(now: time.now)
         expireUploads(now: time.now)
     }
 
