@@ -55,10 +55,9 @@ public final class DHTNode {
     private var valueGets: [LookupID: ValueGet] = [:]
     private var silentValueOperations = Set<LookupID>()
     /// Subscriptions this node keeps as a holder, and its own listeners (§10.5); the gets run for a
-    /// listener (by the get's id), and the holders each listener is getting from after a push.
+    /// listener (its renewal's, or a fetch of what holders pushed): by the get's id, the listener's.
     private var subscriptions: ValueSubscriptions
     private var listens: [UInt64: ValueListen] = [:]
-    /// Value gets run for a listener (its renewal's, or a fetch of what holders pushed), by operation: the listener's id.
     private var listenGets: [LookupID: UInt64] = [:]
 
     private var lookups: [LookupID: Lookup] = [:]
@@ -195,7 +194,12 @@ public final class DHTNode {
     /// Stops listener `id` (the holders' subscriptions end with their lifetime).
     public func cancelListen(_ id: UInt64) {
         listens[id] = nil
-        for (operation, listen) in listenGets where listen == id { listenGets[operation] = nil }
+        for (operation, listen) in listenGets where listen == id {
+            listenGets[operation] = nil
+            // Its get runs to its end, which reports nothing: no caller waits for it (the driver
+            // kept every unclaimed `valuesGot`).
+            silentValueOperations.insert(operation)
+        }
     }
 
     /// Listeners this node runs, and subscriptions it keeps for others.

@@ -480,3 +480,30 @@ extension ValueTests {
         }
     }
 }
+
+extension ValueTests {
+    /// Listeners cancelled 0-975 ms after they started (some while the get that follows their
+    /// lookup runs): their gets end without a `valuesGot` event, which no caller waits for (the
+    /// driver kept each one; 7 of 40 came before).
+    @Test func aCancelledListenersGetEndsWithoutAnEvent() throws {
+        let network = SimulationTests.network(60, seed: 48)
+        let node = try #require(network.node(network.order[8]))
+        let writer = try #require(network.node(network.order[33]))
+        for index in 0..<40 {
+            let key = Array(Sodium.sha256(Array("cancelled \(index)".utf8)).prefix(20))
+            _ = try writer.putValue(Self.value(Self.alice, key: key, sequence: 1, created: network.now / 1000, data: [1]), now: network.now)
+        }
+        network.flush(network.order[33])
+        network.run(for: 3_000)
+        for index in 0..<40 {
+            let key = try #require(NodeID(bytes: Array(Sodium.sha256(Array("cancelled \(index)".utf8)).prefix(20))))
+            let listen = node.listen(key, now: network.now)
+            network.flush(network.order[8])
+            network.run(for: UInt64(25 * index))
+            node.cancelListen(listen)
+        }
+        network.run(for: 5_000)
+        let unclaimed = (network.events[network.order[8]] ?? []).filter { if case .valuesGot = $0 { true } else { false } }
+        #expect(unclaimed.isEmpty, "\(unclaimed.count) gets of cancelled listeners reported")
+    }
+}
