@@ -134,13 +134,8 @@ final class ValueListen {
             lowest[slot] = entry
         }
         for entry in lowest.values { pushed[entry.descriptor.id] = nil }
-        return lowest.sorted { a, b in
-            a.key.signer != b.key.signer ? a.key.signer.lexicographicallyPrecedes(b.key.signer) : a.key.slot < b.key.slot
-        }.map(\.value)
+        return lowest.sorted { $0.key < $1.key }.map(\.value)
     }
-
-    /// Whether pushed values wait to be fetched.
-    var hasPushed: Bool { !pushed.isEmpty }
 
     /// Whether a descriptor a holder pushed names a value newer than the one known for its slot.
     func isNews(_ descriptor: ValueDescriptor) -> Bool {

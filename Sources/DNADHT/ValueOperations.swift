@@ -261,19 +261,15 @@ final class ValueGet {
         guard listing.isEmpty else { return false }
         if !fetching {
             fetching = true
-            toFetch = choices.keys.sorted(by: Self.order)
+            toFetch = choices.keys.sorted()
         }
         while fetches.count < Self.fetchesInFlight, !toFetch.isEmpty {
             startFetch(toFetch.removeFirst(), send)
         }
         pump(send)
         guard fetches.isEmpty, toFetch.isEmpty else { return false }
-        result.values = found.sorted { Self.order($0.key, $1.key) }.map(\.value)
+        result.values = found.sorted { $0.key < $1.key }.map(\.value)
         return true
-    }
-
-    private static func order(_ a: ValueStore.Slot, _ b: ValueStore.Slot) -> Bool {
-        a.signer != b.signer ? a.signer.lexicographicallyPrecedes(b.signer) : a.slot < b.slot
     }
 
     private func ask(_ holder: (contact: Contact, token: UInt64), skip: Int, _ send: (Contact, DHTMessage.Body) -> Void) {
@@ -351,7 +347,7 @@ final class ValueGet {
 
     /// Asks for the next parts of every fetch, in slot order, while their holders have room.
     private func pump(_ send: (Contact, DHTMessage.Body) -> Void) {
-        for slot in fetches.keys.sorted(by: Self.order) {
+        for slot in fetches.keys.sorted() {
             while fetchNext(slot, send) {}
         }
     }
@@ -379,7 +375,7 @@ final class ValueGet {
     /// fetch the same id from one holder when it lists it twice: each answer goes to one of them).
     private func fetchingSlot(_ holder: NodeID, _ valueID: [UInt8], _ index: Int) -> ValueStore.Slot? {
         fetches.filter { $0.value.holder.id == holder && $0.value.choice.descriptor.id == valueID && $0.value.inFlight.contains(index) }
-            .keys.min(by: Self.order)
+            .keys.min()
     }
 
     /// A VALUE_PART from `holder` in answer to the fetch of part `index` of `valueID`; `verify`

@@ -18,9 +18,14 @@ struct ValueStore: RecordStore {
     }
 
     /// Where a value lives at its key: one signer's slot.
-    struct Slot: Hashable {
+    struct Slot: Hashable, Comparable {
         var signer: [UInt8]
         var slot: UInt32
+
+        /// Signer id, then slot: the order values are listed, got and fetched in.
+        static func < (a: Slot, b: Slot) -> Bool {
+            a.signer != b.signer ? a.signer.lexicographicallyPrecedes(b.signer) : a.slot < b.slot
+        }
     }
 
     /// A value arriving in parts, by source and value id.
@@ -73,8 +78,7 @@ struct ValueStore: RecordStore {
         return slots.filter { entry in
             alive(entry.value.value, unix: time.unix) && entry.value.value.sequence > since
                 && (signer.map { $0 == entry.key.signer } ?? true)
-        }.sorted { a, b in a.key.signer != b.key.signer ? a.key.signer.lexicographicallyPrecedes(b.key.signer) : a.key.slot < b.key.slot }
-        .map(\.value)
+        }.sorted { $0.key < $1.key }.map(\.value)
     }
 
     // MARK: RecordStore
@@ -292,9 +296,6 @@ struct ValueStore: RecordStore {
     private mutating func expireReplaced(now: UInt64) {
         while let first = replacedOrder.first, (replaced[first]?.until ?? 0) <= now { dropOldestReplaced() }
     }
-
-    /// Replaced values kept for listeners' fetches (`replacedRetention`).
-    var replacedCount: Int { replaced.count }
 
     private mutating func remove(_ key: NodeID, _ slot: Slot) {
         guard let stored = values[key]?.removeValue(forKey: slot) else { return }
