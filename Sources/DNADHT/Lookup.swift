@@ -102,6 +102,9 @@ final class Lookup {
     /// the bit of the key whose subtree is asked for next when no candidate is left (`nextSubtreeOut`).
     private var replacementQueries = 0
     private var outwardBit: Int?
+    /// Lookups that place or read records (`placesRecords`): FIND_NODEs sent to widen a search that
+    /// ended knowing fewer than k nodes alive.
+    private var widenings = 0
     /// Announce: the nodes that stored the entry.
     var holders: [Endpoint] = []
     /// Signal: SIGNALs in flight, the holders already sent one, and how many of those did not
@@ -161,6 +164,7 @@ final class Lookup {
                 }
             }
             guard isDone else { return false }
+            if widen(tokens: tokens, send) { return false }
             if case .announce(let wire) = kind {
                 phase = .storing
                 for (contact, token) in storeTargets() { sendStore(wire, to: contact, token: token, send) }
@@ -196,7 +200,7 @@ final class Lookup {
                 }
                 // None left either: every node that answered lists the same nearest ones (all of
                 // them within one subtree around the key). The lookup asks for the next subtree out.
-                if more > 0, asking == 0, storesInFlight == 0, let (contact, subtree) = nextSubtreeOut() {
+                if more > 0, asking == 0, storesInFlight == 0, let (contact, subtree) = nextSubtreeOut(beyond: Array(storeSentTo)) {
                     replacementQueries += 1
                     result.messages += 1
                     candidates[contact.id]?.state = .waiting
@@ -208,6 +212,35 @@ final class Lookup {
         case .finished:
             return false
         }
+    }
+
+    /// Whether the lookup stores or reads records on the k nodes nearest the target, so that it
+    /// needs k of them alive (announce, republishing, value put, get and listen).
+    private var placesRecords: Bool {
+        switch kind {
+        case .announce, .republishMail, .putValue, .getValues, .listen: true
+        case .nodes, .value, .signal: false
+        }
+    }
+
+    /// A search that ended knowing fewer than k candidates alive, where the record needs k: every
+    /// node that answered listed the same nearest nodes, dead ones among them (tables keep a dead
+    /// node until a request to it fails), so the nodes just beyond were never named. Sends a
+    /// FIND_NODE for the next subtree out from the key (`nextSubtreeOut`); its answer brings them,
+    /// and the search goes on, one subtree farther out each time it still knows fewer than k alive:
+    /// at most k such requests, and none past bit 0 (in a network of fewer than k + 1 nodes, as many
+    /// as the farthest node's common prefix with the key has bits, plus one). Returns whether it
+    /// sent one (§5.4).
+    private func widen(tokens: [Endpoint: UInt64], _ send: (Contact, DHTMessage.Body, Role) -> Void) -> Bool {
+        guard placesRecords, nearest.count < k, widenings < k,
+              let (contact, subtree) = nextSubtreeOut(beyond: candidates.values.filter { $0.state == .answered }.map(\.contact.id))
+        else { return false }
+        widenings += 1
+        result.messages += 1
+        candidates[contact.id]?.state = .waiting
+        candidates[contact.id]?.askedAgain = true
+        send(contact, .findNode(target: subtree, token: tokens[contact.endpoint] ?? 0), .query)
+        return true
     }
 
     private func sendStore(_ wire: [UInt8], to contact: Contact, token: UInt64, _ send: (Contact, DHTMessage.Body, Role) -> Void) {
@@ -411,17 +444,18 @@ final class Lookup {
         storePlacesOpen += 1
     }
 
-    /// Announce, when every candidate was asked and every one that answered was sent the entry: a
-    /// FIND_NODE for the nodes just beyond those sent the entry, and the node to ask. They all share
-    /// the key's first `b` bits (b: the common prefix of the farthest); the nearest nodes beyond
+    /// When every candidate was asked (and, announcing, every one that answered was sent the entry):
+    /// a FIND_NODE for the nodes just beyond `nodes` (those sent the entry, or those that answered),
+    /// and the node to ask. They all share the key's first `b` bits (b: the common prefix of the
+    /// farthest, taken the first time); the nearest nodes beyond
     /// them share exactly `b` bits (the subtree of the key with bit b flipped), then `b - 1`, and so
     /// on outwards. The target is the key with that bit flipped, asked of the answered candidate
     /// nearest it, whose table holds that subtree's nodes (Kademlia's buckets). (Asking the farthest
     /// holder for the nodes nearest itself brought none when the subtree around the key held more
     /// than k nodes: each of them lists the same ones.) Nil once every bit was asked.
-    private func nextSubtreeOut() -> (Contact, NodeID)? {
+    private func nextSubtreeOut(beyond nodes: [NodeID]) -> (Contact, NodeID)? {
         if outwardBit == nil {
-            guard let farthest = storeSentTo.map({ $0 ^ target }).max() else { return nil }
+            guard let farthest = nodes.map({ $0 ^ target }).max() else { return nil }
             outwardBit = min(farthest.leadingZeroBits, 159)
         }
         guard let bit = outwardBit, bit >= 0 else { return nil }

@@ -71,4 +71,55 @@ struct LookupTests {
         let keeping = ids.filter { !dropping.contains($0) }.sorted { ($0 ^ key) < ($1 ^ key) }.prefix(20)
         #expect(storedOn == Set(keeping), "\(Set(keeping).subtracting(storedOn).count) of the 20 nearest that keep it were not sent it")
     }
+
+    /// A value put's search where 5 of the 21 nodes nearest the key are dead: every node that
+    /// answers lists the same 20 nearest (tables keep a dead node until a request to it fails), so
+    /// the nodes beyond them are never named. The search widens to the next subtree out (§5.4) and
+    /// ends with the 20 nearest nodes alive answered: the value's holders. Before: 16 (reproduced on
+    /// loopback: 30 live nodes and 6 dead, puts stored on 17-19).
+    @Test func aSearchThatKnowsFewerThanKAliveWidensToTheNextSubtreeOut() throws {
+        let key = try #require(NodeID(bytes: [UInt8](repeating: 0x5A, count: 20)))
+        var random = SimRandom(seed: 9)
+        var ids = (0..<21).map { Self.id(near: key, sharing: 12 + $0, fill: random.next()) }
+        ids += (0..<60).map { Self.id(near: key, sharing: $0 % 7, fill: random.next()) }
+        var endpoints: [NodeID: Endpoint] = [:]
+        for (index, id) in ids.enumerated() { endpoints[id] = Endpoint(host: "10.9.\(index / 200).\(index % 200 + 1)", port: 4000) }
+        let dead = Set(ids.sorted { ($0 ^ key) < ($1 ^ key) }.prefix(5))
+        func nearest(_ target: NodeID, excluding: NodeID? = nil) -> [Contact] {
+            ids.filter { $0 != excluding }.sorted { ($0 ^ target) < ($1 ^ target) }.prefix(20).compactMap { id in endpoints[id].map { Contact(id: id, endpoint: $0) } }
+        }
+        let node = DHTNode(credential: NodeCredential.generate(difficulty: 0), now: 0, seed: 1)
+        for kind in [Lookup.Kind.putValue([1], id: [2]), .getValues(ValueQuery()), .listen(1), .announce([3])] {
+            let lookup = Lookup(id: 1, target: key, kind: kind, k: 20)
+            for contact in nearest(key) { lookup.add(contact, round: 1) }
+            var queue: [(Contact, DHTMessage.Body, Lookup.Role)] = []
+            func advance() -> Bool { lookup.advance(alpha: 3, signalFanout: 3, tokens: [:]) { queue.append(($0, $1, $2)) } }
+            var steps = 0
+            var ended = advance()
+            while !ended, !queue.isEmpty, steps < 10_000 {
+                steps += 1
+                let (contact, body, role) = queue.removeFirst()
+                switch (role, body) {
+                case (.query, .findNode(let target, _)):
+                    if dead.contains(contact.id) {
+                        lookup.failed(contact.id)
+                    } else {
+                        lookup.answered(contact.id, with: .nodes(observed: contact.endpoint, token: 7, held: nil,
+                                                                 contacts: nearest(target, excluding: contact.id)), now: 0, node: node)
+                    }
+                case (.store, _):
+                    lookup.storesInFlight -= 1
+                    lookup.result.stored += 1
+                default:
+                    Issue.record("unexpected request \(body) as \(role)")
+                }
+                ended = advance()
+            }
+            #expect(ended, "\(kind): the lookup ended (\(steps) steps)")
+            let answered = Set(lookup.answeredWithTokens().prefix(20).map(\.0.id))
+            let alive = Set(ids.filter { !dead.contains($0) }.sorted { ($0 ^ key) < ($1 ^ key) }.prefix(20))
+            #expect(answered == alive, "\(kind): \(answered.intersection(alive).count) of the 20 nearest alive answered")
+            if case .announce = kind { #expect(lookup.result.stored == 20, "announce: stored on \(lookup.result.stored)") }
+        }
+    }
 }
