@@ -87,7 +87,7 @@ soak: install-stage
 
 build/venv/bin/python:
 	$(PYTHON) -m venv --system-site-packages build/venv
-	build/venv/bin/python -m pip install --quiet ./bindings/python dilithium-py==1.5.1
+	build/venv/bin/python -m pip install --quiet ./bindings/python dilithium-py==1.5.1 kyber-py==1.2.0 cryptography==48.0.0
 
 # The tests of connections, paths and their teardown under AddressSanitizer and ThreadSanitizer
 # (issue 19): the Swift tests in debug builds instrumented with each (scratch paths .build-asan and

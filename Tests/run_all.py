@@ -95,9 +95,11 @@ def python_tests():
     installed = run([py, "-m", "pip", "install", "--quiet", "--no-deps",
                      "--force-reinstall", "./bindings/python"]).returncode == 0
     results.append(("python", "pip install ./bindings/python", installed))
-    # An independent ML-DSA-65 implementation, to cross-check signatures (PyPI).
-    tools = run([py, "-m", "pip", "install", "--quiet", "dilithium-py==1.5.1"]).returncode == 0
-    results.append(("python", "pip install dilithium-py", tools))
+    # Independent implementations to cross-check against (PyPI): ML-DSA-65 signatures (dilithium-py),
+    # ML-KEM-768, X25519, HKDF and ChaCha20-Poly1305 for sealed values (kyber-py, cryptography).
+    tools = run([py, "-m", "pip", "install", "--quiet", "dilithium-py==1.5.1", "kyber-py==1.2.0",
+                 "cryptography==48.0.0"]).returncode == 0
+    results.append(("python", "pip install dilithium-py kyber-py cryptography", tools))
     xml = BUILD / "pytest.xml"
     if xml.exists():
         xml.unlink()

@@ -59,6 +59,16 @@ enum DNAErrorCode: Int32, CaseIterable {
         }
     }
 
+    init(_ error: OfflineError) {
+        switch error {
+        case .malformed, .badTimes, .expired: self = .invalidArgument
+        case .badSignature: self = .badSignature
+        case .tooLarge: self = .tooLarge
+        case .authenticationFailed: self = .authentication
+        case .crypto: self = .protocolError
+        }
+    }
+
     init(_ error: IdentityError) {
         switch error {
         case .invalidName: self = .invalidArgument
@@ -131,6 +141,8 @@ enum DNAErrorCode: Int32, CaseIterable {
         case is ValueRefused: self = .refused
         case is TooLarge: self = .tooLarge
         case let error as SignedValueError: self.init(error)
+        case let error as OfflineError: self.init(error)
+        case is NoSealingKeys: self = .peerOffline
         case is Timeout: self = .timeout
         case is Closed: self = .closed
         case is IOFailure: self = .io

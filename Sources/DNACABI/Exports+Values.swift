@@ -70,6 +70,13 @@ private func write(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?,
                    data: [UInt8], type: UInt16, lifetime: UInt32, flags: UInt8, timeout: Int32,
                    holdersOut: UnsafeMutablePointer<Int32>?, sequenceOut: UnsafeMutablePointer<UInt64>?) throws {
     let checked = try Write(context, identity, key, data: data, lifetime: lifetime, timeout: timeout, blocking: true)
+    try write(checked, slot: slot, data: data, type: type, lifetime: lifetime, flags: flags, holdersOut: holdersOut,
+              sequenceOut: sequenceOut)
+}
+
+/// Signs and puts a value with the checked arguments (its timeout what is left of the call's).
+private func write(_ checked: Write, slot: UInt32, data: [UInt8], type: UInt16, lifetime: UInt32, flags: UInt8,
+                   holdersOut: UnsafeMutablePointer<Int32>?, sequenceOut: UnsafeMutablePointer<UInt64>?) throws {
     let (service, signer, key, milliseconds) = (checked.service, checked.signer, checked.key, checked.timeout)
     guard let (result, sequence) = try service.writeValue(as: signer, key: key, slot: slot, data: data, type: type,
                                                           lifetime: lifetime, flags: flags, timeout: milliseconds) else {
@@ -110,6 +117,91 @@ public func dht_value_put(_ context: OpaquePointer?, _ identity: UnsafePointer<C
         guard bytes.count <= SignedValue.maximumDataSize else { throw TooLarge() }
         try write(context, identity, key, slot: slot, data: Array(bytes), type: type, lifetime: lifetime, flags: 0, timeout: timeout,
                   holdersOut: holdersOut, sequenceOut: sequenceOut)
+    }
+}
+
+/// The recipient has published no inbox keys (its inbox key record, §8.1) that can be sealed to.
+struct NoSealingKeys: Error, CustomStringConvertible { var description: String }
+
+@_cdecl("dht_value_put_sealed")
+public func dht_value_put_sealed(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ recipient: UnsafePointer<CChar>?,
+                                 _ key: UnsafePointer<UInt8>?, _ slot: UInt32, _ data: UnsafePointer<UInt8>?, _ dataLength: Int,
+                                 _ type: UInt16, _ lifetime: UInt32, _ timeout: Int32, _ holdersOut: UnsafeMutablePointer<Int32>?,
+                                 _ sequenceOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall("dht_value_put_sealed") {
+        let started = monotonicMilliseconds()
+        let plaintext = Array(try CArg.bytes(data, dataLength, "data"))
+        guard plaintext.count <= SealedValueData.maximumPlaintext else { throw TooLarge() }
+        let reader = try CArg.identity(recipient)
+        var checked = try Write(context, identity, key, data: [], lifetime: lifetime, timeout: timeout, blocking: true)
+        if reader != checked.signer.name, !checked.service.waitForContacts(timeout: checked.timeout) {
+            if checked.service.statistics == nil { throw Closed() }
+            throw Unreachable()
+        }
+        let sealed: [UInt8]
+        do {
+            sealed = try checked.service.seal(plaintext, to: reader, as: checked.signer, key: checked.key, slot: slot, type: type)
+        } catch let error as DHTService.SealError {
+            switch error {
+            case .noPublishedKeys(let name): throw NoSealingKeys(description: "\(name) has published no inbox keys to seal to")
+            case .stopped: throw Closed()
+            case .refused(let cause): throw cause
+            }
+        }
+        checked.timeout -= Int(monotonicMilliseconds() - started)
+        guard checked.timeout > 0 else { throw Timeout() }
+        try write(checked, slot: slot, data: sealed, type: type, lifetime: lifetime, flags: SignedValue.sealedFlag,
+                  holdersOut: holdersOut, sequenceOut: sequenceOut)
+    }
+}
+
+@_cdecl("dht_value_open")
+public func dht_value_open(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ value: UnsafePointer<dht_value_t>?,
+                           _ dataOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ lengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    cCall("dht_value_open") {
+        let service = try Handle<CDHT>.borrow(context, "ctx").service
+        let name = try CArg.identity(identity)
+        guard let value else { throw InvalidArgument("value is NULL") }
+        let out = try CArg.required(dataOut, "data_out")
+        let length = try CArg.required(lengthOut, "len_out")
+        out.pointee = nil
+        length.pointee = 0
+        let fields = value.pointee
+        guard fields.flags & UInt8(DHT_VALUE_FLAG_SEALED) != 0, fields.flags & UInt8(DHT_VALUE_FLAG_TOMBSTONE) == 0 else {
+            throw InvalidArgument("the value is not sealed (flags \(fields.flags))")
+        }
+        guard fields.data_len <= SignedValue.maximumDataSize else { throw InvalidArgument("data_len \(fields.data_len)") }
+        let sealed = Array(try CArg.bytes(fields.data, fields.data_len, "value->data"))
+        let key = withUnsafeBytes(of: fields.key) { Array($0) }
+        let signerID = withUnsafeBytes(of: fields.signer_id) { Array($0) }
+        let reader = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
+        let plaintext = try SealedValueData.open(sealed, with: try InboxKeys(identity: reader), key: key, signerID: signerID,
+                                                 slot: fields.slot, type: fields.type)
+        out.pointee = try mallocCopy(plaintext)
+        length.pointee = plaintext.count
+    }
+}
+
+@_cdecl("dht_value_publish_keys")
+public func dht_value_publish_keys(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ timeout: Int32,
+                                   _ holdersOut: UnsafeMutablePointer<Int32>?) -> Int32 {
+    cCall("dht_value_publish_keys") {
+        holdersOut?.pointee = 0
+        let service = try Handle<CDHT>.borrow(context, "ctx").service
+        guard !service.isLoopThread else { throw InvalidArgument("called on the context's I/O thread (a callback): it would wait for itself") }
+        let name = try CArg.identity(identity)
+        let milliseconds = try valueTimeout(timeout)
+        let owner = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
+        guard service.waitForContacts(timeout: milliseconds) else {
+            if service.statistics == nil { throw Closed() }
+            throw Unreachable()
+        }
+        guard let (stored, taken) = try service.publishInboxKeys(of: owner) else { throw Closed() }
+        holdersOut?.pointee = Int32(clamping: stored)
+        guard stored > 0 else {
+            if taken > 0 { throw NameTaken() }
+            throw Unreachable()
+        }
     }
 }
 

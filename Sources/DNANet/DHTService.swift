@@ -882,6 +882,84 @@ public final class DHTService: @unchecked Sendable {
         return out
     }
 
+    /// What `inboxKeyRecord(of:)` found.
+    public enum InboxKeyRecordLookup: Sendable {
+        /// The record to seal to.
+        case found(InboxKeyRecord)
+        /// The holders of the name's inbox answered without a record the name's owner signed.
+        case none
+        /// The service stopped.
+        case stopped
+    }
+
+    /// The inbox key record (§8.1) to seal to for `name` (offline mail, sealed values): among the
+    /// records naming it that the holders of its inbox give, those signed by the key of its live
+    /// entry when a lookup finds one (the first-come rule of §5.2: a squatter's record is not used),
+    /// the newest. Waits for the holders, and up to `entryTimeout` ms for the entry. Not from the
+    /// loop thread (`.stopped`).
+    public func inboxKeyRecord(of name: IdentityName, entryTimeout: Int = 5000) -> InboxKeyRecordLookup {
+        guard let key = NodeID(bytes: Offline.inboxKey(name)), let items = firstMailPage(key: key) else { return .stopped }
+        let records = items.compactMap { try? InboxKeyRecord(parsing: $0) }.filter { $0.name == name }
+        guard !records.isEmpty else { return .none }
+        let entry = find(name, timeout: entryTimeout)
+        let usable = records.filter { entry == nil || $0.ownerKey == entry?.publicKey }
+        guard let record = usable.max(by: { $0.created < $1.created }) else { return .none }
+        return .found(record)
+    }
+
+    /// Why `seal` did not seal.
+    public enum SealError: Error, Sendable {
+        /// The reader has published no inbox key record that can be used (`inboxKeyRecord(of:)`).
+        case noPublishedKeys(IdentityName)
+        /// The service stopped.
+        case stopped
+        /// Too large, or the reader's keys cannot be sealed to.
+        case refused(OfflineError)
+    }
+
+    /// `plaintext` sealed to `reader` (§10.6) for the value `writer` writes at `key` in `slot` with
+    /// `type`: to the writer's own keys when it is the reader (no network), else to the inbox key
+    /// record `inboxKeyRecord(of:)` finds (waits for the holders). Not from the loop thread.
+    public func seal(_ plaintext: [UInt8], to reader: IdentityName, as writer: Identity, key: [UInt8], slot: UInt32,
+                     type: UInt16) throws(SealError) -> [UInt8] {
+        let signerID = SignedValue.signerID(of: writer.publicKey)
+        do {
+            guard plaintext.count <= SealedValueData.maximumPlaintext else { throw OfflineError.tooLarge(plaintext.count) }
+            if reader == writer.name {
+                let keys = try InboxKeys(identity: writer)
+                return try SealedValueData.seal(plaintext, x25519: keys.x25519Public, kem: keys.kemPublic, key: key,
+                                                signerID: signerID, slot: slot, type: type)
+            }
+            switch inboxKeyRecord(of: reader) {
+            case .found(let record):
+                return try SealedValueData.seal(plaintext, to: record, key: key, signerID: signerID, slot: slot, type: type)
+            case .none: throw SealError.noPublishedKeys(reader)
+            case .stopped: throw SealError.stopped
+            }
+        } catch let error as SealError {
+            throw error
+        } catch let error as OfflineError {
+            throw .refused(error)
+        } catch {
+            throw .stopped
+        }
+    }
+
+    /// Publishes `identity`'s inbox keys (its inbox key record, §8.1, created now on this node's
+    /// clock) on the nodes closest to its inbox key, so that others can seal mail and values to it:
+    /// how many stored it (or held it), nil once stopped. Holders keep a record 7 days after its
+    /// creation and republish it. Returns how many stored it (or held it already) and how many
+    /// refused it because they hold a record of the name signed by another key (first come, §8.3);
+    /// nil once stopped. Throws when the keys cannot be made from the identity.
+    public func publishInboxKeys(of identity: Identity) throws(OfflineError) -> (stored: Int, taken: Int)? {
+        guard let key = NodeID(bytes: Offline.inboxKey(identity.name)), let unix = perform({ node, now in node.unix(now) }),
+              let holders = closest(to: key) else { return nil }
+        let record = try InboxKeyRecord(identity: identity, keys: try InboxKeys(identity: identity), created: unix / 1000)
+        guard let round = mailRound(holders.map { ($0, .put(record.bytes)) }, local: .put(record.bytes), key: key, holders: holders)
+        else { return nil }
+        return (round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count, round.all.filter { $0 == .status(.taken) }.count)
+    }
+
     /// Sends the owner's signed deletion to the nodes closest to `key`; returns how many took it.
     public func deleteMail(_ request: [UInt8], key: NodeID) -> Int? {
         guard let holders = closest(to: key),

@@ -130,12 +130,11 @@ final class OfflineInbox: @unchecked Sendable {
     /// signed by the key of the owner's live entry when there is one.
     func send(_ messages: [[UInt8]], to peer: IdentityName) throws(TransportNode.Failure) -> [TransportNode.Failure?] {
         guard let peerKey = NodeID(bytes: Offline.inboxKey(peer)) else { throw .invalid("inbox key") }
-        guard let items = dht.firstMailPage(key: peerKey) else { throw .closed }
-        let records = items.compactMap { try? InboxKeyRecord(parsing: $0) }.filter { $0.name == peer }
-        let entry = dht.find(peer, timeout: 5000)
-        let usable = records.filter { entry == nil || $0.ownerKey == entry?.publicKey }
-        guard let record = usable.max(by: { $0.created < $1.created }) else {
-            throw .peerOffline("\(peer) has no inbox in the DHT (it never came online with this version, or its record expired)")
+        let record: InboxKeyRecord
+        switch dht.inboxKeyRecord(of: peer) {
+        case .found(let found): record = found
+        case .stopped: throw .closed
+        case .none: throw .peerOffline("\(peer) has no inbox in the DHT (it never came online with this version, or its record expired)")
         }
         var outcomes = [TransportNode.Failure?](repeating: nil, count: messages.count)
         var sealed: [(index: Int, bytes: [UInt8])] = []

@@ -65,6 +65,8 @@ struct Put: ParsableCommand {
     @Option(help: "Lifetime in seconds (at most 30 days).") var ttl: UInt32 = 86_400
     @Option(help: "The application's type number.") var type: UInt16 = 0
     @Flag(help: "Delete the slot instead (a tombstone kept --ttl seconds); VALUE is ignored.") var delete = false
+    @Option(help: "Seal the value so that only this identity can read it (its published keys: dnat publish-keys; the --as identity itself needs none).")
+    var to: String?
     @OptionGroup var node: ValueNode
 
     func run() throws {
@@ -74,21 +76,36 @@ struct Put: ParsableCommand {
         var data = Array(value.utf8)
         if value == "-", !delete { data = readStandardInput() }
         if delete { data = [] }
-        guard data.count <= SignedValue.maximumDataSize else { throw ValidationError("the value is over 64 KiB") }
+        let reader: IdentityName?
+        do { reader = try to.map { try IdentityName($0) } } catch { throw ValidationError("--to: \(error)") }
+        if reader != nil, delete { throw ValidationError("--to and --delete: a deletion is not sealed") }
+        let limit = reader == nil ? SignedValue.maximumDataSize : SealedValueData.maximumPlaintext
+        guard data.count <= limit else { throw ValidationError("the value is over \(limit) bytes") }
         let signer = try IdentityStore(dataDirectory: node.directory).load(name, create: true)
         let service = try node.start()
         defer { service.stop() }
+        if let reader {
+            do { data = try service.seal(data, to: reader, as: signer, key: key, slot: slot, type: type) } catch {
+                switch error {
+                case .noPublishedKeys: print("\(reader) has published no keys to seal to (dnat publish-keys --as \(reader))")
+                case .stopped: print("the node stopped")
+                case .refused(let cause): print("cannot seal to \(reader): \(cause)")
+                }
+                throw ExitCode.failure
+            }
+        }
         let written: (result: ValuePutResult, sequence: UInt64)?
         do {
             written = try service.writeValue(as: signer, key: key, slot: slot, data: data, type: type, lifetime: ttl,
-                                             flags: delete ? SignedValue.tombstoneFlag : 0, timeout: node.timeout * 1000)
+                                             flags: delete ? SignedValue.tombstoneFlag : reader != nil ? SignedValue.sealedFlag : 0,
+                                             timeout: node.timeout * 1000)
         } catch { throw ValidationError("the value is refused: \(error)") }
         guard let written else {
             print("no answer within \(node.timeout) s")
             throw ExitCode.failure
         }
         let result = written.result
-        print("\(delete ? "deleted" : "stored") at \(Hex.encode(key)) slot \(slot) sequence \(written.sequence): "
+        print("\(delete ? "deleted" : reader != nil ? "sealed and stored" : "stored") at \(Hex.encode(key)) slot \(slot) sequence \(written.sequence): "
               + "\(result.stored) holders" + (result.superseded > 0 ? ", \(result.superseded) hold a newer value" : ""))
         if result.holders.isEmpty { throw ExitCode.failure }
     }
@@ -110,14 +127,17 @@ struct Get: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print the values stored at a key in the DHT: the freshest verified one per identity and slot.",
         discussion: "Each line: signer, slot, sequence, type, created (Unix s), lifetime (s), then the value "
-            + "(text, or hex: when it is not UTF-8), or 'deleted'. Exit status 1 when the network did not answer.")
+            + "(text, or hex: when it is not UTF-8), or 'deleted'. A sealed value shows as 'sealed:' and its plaintext "
+            + "when it opens for the --as identity, else as 'sealed (N bytes)'. Exit status 1 when the network did not answer.")
 
     @Argument(help: "The key text (or, with --hex, the 20 key bytes in hex).") var key: String
     @Option(help: "Only values with a sequence above this.") var since: UInt64 = 0
+    @Option(name: .customLong("as"), help: "Open the values sealed to this identity (its key in --data-dir).") var identity: String?
     @OptionGroup var node: ValueNode
 
     func run() throws {
         let key = try node.key(self.key)
+        let reader = try Self.reader(identity, node)
         let service = try node.start()
         defer { service.stop() }
         guard let nodeKey = NodeID(bytes: key), let result = service.getValues(nodeKey, query: ValueQuery(since: since),
@@ -125,21 +145,40 @@ struct Get: ParsableCommand {
             print("no answer within \(node.timeout) s")
             throw ExitCode.failure
         }
-        for value in result.values { print(Self.line(value)) }
+        for value in result.values { print(Self.line(value, reader: reader)) }
+    }
+
+    /// The inbox keys of the --as identity, which open the values sealed to it.
+    static func reader(_ identity: String?, _ node: ValueNode) throws -> InboxKeys? {
+        guard let identity else { return nil }
+        let name: IdentityName
+        do { name = try IdentityName(identity) } catch { throw ValidationError("--as: \(error)") }
+        return try InboxKeys(identity: try IdentityStore(dataDirectory: node.directory).load(name, create: true))
     }
 
     /// signer, slot, sequence, type, created, lifetime, then the value: text, "hex:..." when it is not
-    /// one line of UTF-8, or "deleted".
-    static func line(_ value: SignedValue) -> String {
+    /// one line of UTF-8, or "deleted"; a sealed value "sealed:" and its plaintext shown so when it
+    /// opens with `reader`, else "sealed (N bytes)".
+    static func line(_ value: SignedValue, reader: InboxKeys? = nil) -> String {
         let shown: String
         if value.isTombstone {
             shown = "deleted"
-        } else if let text = String(validating: value.data, as: UTF8.self), !text.contains(where: { $0.isNewline }) {
-            shown = text
+        } else if value.isSealed {
+            if let reader, let plaintext = try? value.open(with: reader) {
+                shown = "sealed:" + Self.shown(plaintext)
+            } else {
+                shown = "sealed (\(value.data.count) bytes)"
+            }
         } else {
-            shown = "hex:" + Hex.encode(value.data)
+            shown = Self.shown(value.data)
         }
         return "\(value.signer) \(value.slot) \(value.sequence) \(value.type) \(value.created) \(value.lifetime) \(shown)"
+    }
+
+    /// Bytes as text when they are one line of UTF-8, else "hex:" and their hex digits.
+    static func shown(_ bytes: [UInt8]) -> String {
+        if let text = String(validating: bytes, as: UTF8.self), !text.contains(where: { $0.isNewline }) { return text }
+        return "hex:" + Hex.encode(bytes)
     }
 }
 
@@ -151,10 +190,12 @@ struct Watch: ParsableCommand {
 
     @Argument(help: "The key text (or, with --hex, the 20 key bytes in hex).") var key: String
     @Option(help: "Only values with a sequence above this.") var since: UInt64 = 0
+    @Option(name: .customLong("as"), help: "Open the values sealed to this identity (its key in --data-dir).") var identity: String?
     @OptionGroup var node: ValueNode
 
     func run() throws {
         let key = try node.key(self.key)
+        let reader = try Get.reader(identity, node)
         var signals = sigset_t()
         sigemptyset(&signals)
         for signal in [SIGINT, SIGTERM] { sigaddset(&signals, signal) }
@@ -164,12 +205,39 @@ struct Watch: ParsableCommand {
         guard let nodeKey = NodeID(bytes: key),
               service.listen(nodeKey, query: ValueQuery(since: since), handler: { _, event in
                   switch event {
-                  case .changed(let value): print("changed " + Get.line(value))
-                  case .expired(let value): print("expired " + Get.line(value))
+                  case .changed(let value): print("changed " + Get.line(value, reader: reader))
+                  case .expired(let value): print("expired " + Get.line(value, reader: reader))
                   }
                   fflush(nil)
               }) != nil else { throw ExitCode.failure }
         var info = siginfo_t()
         _ = sigwaitinfo(&signals, &info)
+    }
+}
+
+/// `dnat publish-keys`: publish an identity's inbox keys, so that others can seal values to it.
+struct PublishKeys: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "publish-keys",
+        abstract: "Publish an identity's inbox keys in the DHT, so that others can seal values (dnat put --to) and offline mail to it.",
+        discussion: "Holders keep them 7 days: publish again within that (a transport, such as dnat listen or dnat chat, "
+            + "publishes its own every 5 minutes). Exit status 1 when no node stored them.")
+
+    @Option(name: .customLong("as"), help: "The identity whose keys are published (its key in --data-dir, made on first use).")
+    var identity: String
+    @OptionGroup var node: ValueNode
+
+    func run() throws {
+        let name: IdentityName
+        do { name = try IdentityName(identity) } catch { throw ValidationError("--as: \(error)") }
+        let owner = try IdentityStore(dataDirectory: node.directory).load(name, create: true)
+        let service = try node.start()
+        defer { service.stop() }
+        let published: (stored: Int, taken: Int)?
+        do { published = try service.publishInboxKeys(of: owner) } catch { throw ValidationError("the keys: \(error)") }
+        let (stored, taken) = published ?? (0, 0)
+        print("\(name)'s inbox keys stored on \(stored) nodes"
+              + (taken > 0 ? "; \(taken) hold \(name)'s keys signed by another key (the name is taken)" : ""))
+        if stored == 0 { throw ExitCode.failure }
     }
 }

@@ -20,7 +20,7 @@ __all__ = ["DNAError", "ErrorCode", "MessageType", "LogLevel", "FrameHeader", "v
            "MAX_PAYLOAD", "library_path", "Identity", "PeerEntry", "fingerprint", "IDENTITY_MAX",
            "PUBLIC_KEY_SIZE", "SIGNATURE_SIZE", "Initiator", "Responder", "Session", "MAX_DATAGRAM",
            "SESSION_OVERHEAD", "DHT", "CandidateType", "Candidate", "NatTraversal",
-           "NAT_MAX_CANDIDATES", "NAT_MAX_DATAGRAM", "Value", "value_key", "VALUE_MAX_DATA", "VALUE_MAX_LIFETIME",
+           "NAT_MAX_CANDIDATES", "NAT_MAX_DATAGRAM", "Value", "value_key", "VALUE_MAX_DATA", "VALUE_MAX_SEALED_DATA", "VALUE_MAX_LIFETIME",
            "VALUE_FLAG_TOMBSTONE", "VALUE_FLAG_SEALED", "Listener"]
 
 
@@ -490,6 +490,7 @@ class Session(_Handle):
 
 
 VALUE_MAX_DATA = 65536
+VALUE_MAX_SEALED_DATA = 64399
 VALUE_MAX_LIFETIME = 30 * 24 * 3600
 VALUE_FLAG_TOMBSTONE = 1
 VALUE_FLAG_SEALED = 2
@@ -504,6 +505,11 @@ class Value(collections.namedtuple("Value", "key signer signer_id slot sequence 
     def is_tombstone(self):
         """The writer deleted the slot."""
         return bool(self.flags & VALUE_FLAG_TOMBSTONE)
+
+    @property
+    def is_sealed(self):
+        """The data is sealed to one reader (put_sealed): open it with DHT.open / Transport.dht.open."""
+        return bool(self.flags & VALUE_FLAG_SEALED)
 
 
 def _value_from_c(v):
@@ -721,6 +727,56 @@ class _ValueCalls:
                                  _u(timeout_ms, 31, "timeout_ms"),
                                  ctypes.byref(holders), ctypes.byref(sequence)), "put")
         return holders.value, sequence.value
+
+    def put_sealed(self, identity, recipient, key, data, slot=0, type=0, lifetime=24 * 3600, timeout_ms=0):
+        """put, with data (at most VALUE_MAX_SEALED_DATA bytes) sealed so that only recipient can read
+        it (dht_value_put_sealed, docs/PROTOCOL.md §10.6): to identity itself without the network, to
+        another identity through the inbox keys it published (publish_keys; a Transport publishes its
+        own). Returns (holders, sequence). Raises DNAError as put, and PEER_OFFLINE when recipient
+        has published no keys that can be used."""
+        keep, pointer = _bytes_arg(data)
+        holders, sequence = ctypes.c_int(0), ctypes.c_uint64(0)
+        _check(lib.dht_value_put_sealed(self._dht(), _name_arg(identity), _name_arg(recipient), _key_arg(key),
+                                        _u(slot, 32, "slot"), pointer, len(keep) if keep is not None else 0,
+                                        _u(type, 16, "type"), _u(lifetime, 32, "lifetime"), _u(timeout_ms, 31, "timeout_ms"),
+                                        ctypes.byref(holders), ctypes.byref(sequence)), "put_sealed")
+        return holders.value, sequence.value
+
+    def open(self, identity, value):
+        """The plaintext (bytes) of a sealed Value (is_sealed) for its reader identity
+        (dht_value_open). Raises DNAError AUTHENTICATION (sealed to another identity, or a field
+        changed), INVALID_ARGUMENT (not sealed)."""
+        if not isinstance(value, Value):
+            raise DNAError(ErrorCode.INVALID_ARGUMENT, "value is a Value (from get or listen)")
+        data = bytes(value.data)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else None
+        c_value = _native.DHTValueC()
+        c_value.key[:] = _key_arg(value.key)[:]
+        c_value.signer = value.signer.encode()[:255]
+        c_value.signer_id[:] = _signer_arg(value.signer_id)
+        c_value.slot, c_value.sequence, c_value.created = _u(value.slot, 32, "slot"), value.sequence, value.created
+        c_value.lifetime, c_value.type, c_value.flags = value.lifetime, _u(value.type, 16, "type"), _u(value.flags, 8, "flags")
+        c_value.data_len = len(data)
+        c_value.data = ctypes.cast(buffer, ctypes.POINTER(ctypes.c_uint8)) if buffer is not None else None
+        out = ctypes.POINTER(ctypes.c_uint8)()
+        length = ctypes.c_size_t(0)
+        _check(lib.dht_value_open(self._dht(), _name_arg(identity), ctypes.byref(c_value), ctypes.byref(out),
+                                  ctypes.byref(length)), "open")
+        try:
+            return ctypes.string_at(out, length.value) if length.value else b""
+        finally:
+            if out:
+                lib.dna_buffer_free(out)
+
+    def publish_keys(self, identity, timeout_ms=0):
+        """Publishes identity's inbox keys so that others can seal values (put_sealed) and offline
+        mail to it (dht_value_publish_keys); holders keep them 7 days: call again within that.
+        Returns how many nodes stored them. Raises DNAError NAME_TAKEN (holders keep the name's keys
+        signed by another key: first come), UNREACHABLE (no node stored them)."""
+        holders = ctypes.c_int(0)
+        _check(lib.dht_value_publish_keys(self._dht(), _name_arg(identity), _u(timeout_ms, 31, "timeout_ms"),
+                                          ctypes.byref(holders)), "publish_keys")
+        return holders.value
 
     def delete(self, identity, key, slot=0, lifetime=0, timeout_ms=0):
         """Deletes identity's value of the slot (a tombstone kept lifetime s; 0: 30 days). Returns holders."""

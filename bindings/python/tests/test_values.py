@@ -103,6 +103,94 @@ def test_a_transports_dht_puts_with_its_own_node_and_identity(network, tmp_path)
         carol.dht.get("carol:status")  # the transport is closed
 
 
+def test_a_sealed_value_opens_only_for_its_reader(network, tmp_path):
+    """Sealed values (§10.6): alice seals a group key to ines, who published her inbox keys from
+    her own node (another key publishing ines's is refused: first come); holders store it as any
+    value, ines opens it, nobody else does, and a value whose slot, type or data changed does not
+    open. Sealing to oneself needs no published keys."""
+    seed = f"127.0.0.1:{network[0].port}"
+    with dna.DHT(data_dir=tmp_path / "ines", bind_ip="127.0.0.1") as ines:
+        ines.bootstrap([seed])
+        assert ines.publish_keys("ines") >= 15
+        with pytest.raises(DNAError) as caught:
+            network[5].publish_keys("ines")  # another key called ines
+        assert caught.value.code == ErrorCode.NAME_TAKEN
+        secret = b"group key for ines " + bytes(range(256)) * 4
+        holders, sequence = network[3].put_sealed("alice", "ines", "group:keys", secret, slot=7, type=12, lifetime=3600)
+        assert holders >= 15
+        (value,) = network[18].get("group:keys")
+        assert value.is_sealed and not value.is_tombstone
+        assert (value.signer, value.slot, value.type, value.sequence) == ("alice", 7, 12, sequence)
+        assert secret not in value.data and len(value.data) == len(secret) + 1137
+        assert ines.open("ines", value) == secret
+        # Another identity called ines (another key), the writer itself, a changed field: refused.
+        for opener, who, changed in ((network[18], "ines", value), (network[3], "alice", value),
+                                     (ines, "ines", value._replace(slot=8)), (ines, "ines", value._replace(type=13)),
+                                     (ines, "ines", value._replace(data=value.data[:-1] + bytes([value.data[-1] ^ 1])))):
+            with pytest.raises(DNAError) as caught:
+                opener.open(who, changed)
+            assert caught.value.code == ErrorCode.AUTHENTICATION, (who, changed.slot, changed.type)
+        # A contact list for oneself, of the largest size.
+        contacts = bytes(i * 13 & 0xFF for i in range(dna.VALUE_MAX_SEALED_DATA))
+        assert ines.put_sealed("ines", "ines", "ines:contacts", contacts)[0] >= 15
+        (own,) = network[25].get("ines:contacts")
+        assert own.is_sealed and ines.open("ines", own) == contacts
+    with pytest.raises(DNAError) as caught:
+        network[3].put_sealed("alice", "alice", "k", bytes(dna.VALUE_MAX_SEALED_DATA + 1))
+    assert caught.value.code == ErrorCode.TOO_LARGE
+    with pytest.raises(DNAError) as caught:
+        network[3].put_sealed("alice", "nobody-published", "k", b"x", timeout_ms=20_000)
+    assert caught.value.code == ErrorCode.PEER_OFFLINE
+    network[3].put("alice", "plain", b"not sealed")
+    with pytest.raises(DNAError) as caught:
+        network[3].open("alice", network[3].get("plain")[0])
+    assert caught.value.code == ErrorCode.INVALID_ARGUMENT
+
+
+def _inbox_secrets(key_file):
+    """An inbox's secret keys (§8.1) from an identity key file, derived here with HKDF-SHA-256 from
+    the seed: the X25519 secret and the ML-KEM-768 decapsulation key (kyber-py)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from kyber_py.ml_kem import ML_KEM_768
+    data = key_file.read_bytes()
+    assert data[:4] == b"DNAK"
+    seed = data[6 + data[5]:6 + data[5] + 32]
+
+    def derive(info, length):
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=b"DNA-INBOX-1", info=info).derive(seed)
+    _, decapsulation_key = ML_KEM_768.key_derive(derive(b"ml-kem-768", 64))
+    return derive(b"x25519", 32), decapsulation_key
+
+
+def test_sealed_values_open_with_an_independent_implementation(network, tmp_path):
+    """PROTOCOL.md §10.6 as written, checked by code that shares nothing with the library: the
+    reader's keys derived from its key file, X25519 and ChaCha20-Poly1305 (cryptography),
+    ML-KEM-768 (kyber-py), HKDF-SHA-256; the associated data binds key, signer id, slot and type."""
+    import hashlib
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from kyber_py.ml_kem import ML_KEM_768
+    plaintext = b"a message only erin reads"
+    with dna.DHT(data_dir=tmp_path / "erin", bind_ip="127.0.0.1") as erin:
+        erin.bootstrap([f"127.0.0.1:{network[0].port}"])
+        erin.put_sealed("erin", "erin", "erin:notes", plaintext, slot=3, type=5)
+        (value,) = network[7].get("erin:notes")
+    x25519_secret, decapsulation_key = _inbox_secrets(tmp_path / "erin" / "identities" / "erin.key")
+    data = value.data
+    assert data[0] == 1 and len(data) == 1 + 32 + 1088 + len(plaintext) + 16
+    ephemeral, kem_ciphertext, sealed = data[1:33], data[33:1121], data[1121:]
+    dh = X25519PrivateKey.from_private_bytes(x25519_secret).exchange(X25519PublicKey.from_public_bytes(ephemeral))
+    kem_secret = ML_KEM_768.decaps(decapsulation_key, kem_ciphertext)
+    associated = (b"DNA-SEALED-VALUE-1" + value.key + value.signer_id + value.slot.to_bytes(4, "big")
+                  + value.type.to_bytes(2, "big") + data[:1121])
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=hashlib.sha256(associated).digest(),
+               info=b"dna sealed value key").derive(b"DNA-SEALED-VALUE-1" + dh + kem_secret)
+    assert ChaCha20Poly1305(key).decrypt(bytes(12), sealed, associated) == plaintext
+
+
 def test_dnat_put_and_get_from_the_command_line(network, tmp_path):
     import subprocess
     from test_dnat_node import DNAT
@@ -134,6 +222,28 @@ def test_dnat_put_and_get_from_the_command_line(network, tmp_path):
     alone = subprocess.run([str(DNAT), "get", "x", "--data-dir", str(tmp_path / "x")], capture_output=True, text=True,
                            timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert alone.returncode != 0 and "bootstrap" in alone.stderr
+
+
+def test_dnat_seals_a_value_to_an_identity_that_published_its_keys(network, tmp_path):
+    import subprocess
+    from test_dnat_node import DNAT
+    common = ["--bind", "127.0.0.1", "--bootstrap", f"127.0.0.1:{network[0].port}", "--timeout", "20"]
+
+    def dnat(*args, data_dir):
+        return subprocess.run([str(DNAT), *args, *common, "--data-dir", str(tmp_path / data_dir)],
+                              capture_output=True, text=True, timeout=60)
+
+    early = dnat("put", "cli:sealed", "too early", "--as", "gina", "--to", "frank", data_dir="gina")
+    assert early.returncode == 1 and "frank has published no keys" in early.stdout, early.stdout + early.stderr
+    published = dnat("publish-keys", "--as", "frank", data_dir="frank")
+    assert published.returncode == 0 and "frank's inbox keys stored on" in published.stdout, published.stdout + published.stderr
+    put = dnat("put", "cli:sealed", "for frank only", "--as", "gina", "--to", "frank", "--slot", "2", data_dir="gina")
+    assert put.returncode == 0 and put.stdout.startswith("sealed and stored at"), put.stdout + put.stderr
+    opened = dnat("get", "cli:sealed", "--as", "frank", data_dir="frank")
+    assert opened.returncode == 0 and opened.stdout.startswith("gina 2 ") and opened.stdout.rstrip().endswith(" sealed:for frank only"), \
+        opened.stdout + opened.stderr
+    unread = dnat("get", "cli:sealed", data_dir="reader")
+    assert unread.returncode == 0 and unread.stdout.rstrip().endswith(f" sealed ({len('for frank only') + 1137} bytes)"), unread.stdout
 
 
 def test_a_listener_hears_each_put_pushed_and_reports_the_latency(network):
