@@ -140,10 +140,12 @@ public func dht_value_put_sealed(_ context: OpaquePointer?, _ identity: UnsafePo
         }
         let sealed: [UInt8]
         do {
-            sealed = try checked.service.seal(plaintext, to: reader, as: checked.signer, key: checked.key, slot: slot, type: type)
+            sealed = try checked.service.seal(plaintext, to: reader, as: checked.signer, key: checked.key, slot: slot, type: type,
+                                              timeout: checked.timeout - Int(monotonicMilliseconds() - started))
         } catch let error as DHTService.SealError {
             switch error {
             case .noPublishedKeys(let name): throw NoSealingKeys(description: "\(name) has published no inbox keys to seal to")
+            case .timedOut: throw Timeout()
             case .stopped: throw Closed()
             case .refused(let cause): throw cause
             }
@@ -174,7 +176,7 @@ public func dht_value_open(_ context: OpaquePointer?, _ identity: UnsafePointer<
         let sealed = Array(try CArg.bytes(fields.data, fields.data_len, "value->data"))
         let key = withUnsafeBytes(of: fields.key) { Array($0) }
         let signerID = withUnsafeBytes(of: fields.signer_id) { Array($0) }
-        let reader = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
+        let reader = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: false)
         let plaintext = try SealedValueData.open(sealed, with: try InboxKeys(identity: reader), key: key, signerID: signerID,
                                                  slot: fields.slot, type: fields.type)
         out.pointee = try mallocCopy(plaintext)
@@ -192,16 +194,20 @@ public func dht_value_publish_keys(_ context: OpaquePointer?, _ identity: Unsafe
         let name = try CArg.identity(identity)
         let milliseconds = try valueTimeout(timeout)
         let owner = try IdentityStore(dataDirectory: service.dataDirectory).load(name, create: true)
+        let started = monotonicMilliseconds()
         guard service.waitForContacts(timeout: milliseconds) else {
             if service.statistics == nil { throw Closed() }
             throw Unreachable()
         }
-        guard let (stored, taken) = try service.publishInboxKeys(of: owner) else { throw Closed() }
-        holdersOut?.pointee = Int32(clamping: stored)
-        guard stored > 0 else {
-            if taken > 0 { throw NameTaken() }
-            throw Unreachable()
+        let left = milliseconds - Int(monotonicMilliseconds() - started)
+        guard left > 0, let (stored, taken) = try service.publishInboxKeys(of: owner, timeout: left) else {
+            if service.statistics == nil { throw Closed() }
+            throw Timeout()
         }
+        holdersOut?.pointee = Int32(clamping: stored)
+        // As for entries (§5.2): the name is the other key's where more holders keep that one.
+        if taken > stored { throw NameTaken() }
+        guard stored > 0 else { throw Unreachable() }
     }
 }
 

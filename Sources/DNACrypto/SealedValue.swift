@@ -4,7 +4,7 @@ import Crypto
 /// one identity can read, sealed to the inbox keys it publishes (§8: X25519 and ML-KEM-768, derived
 /// from its seed), and bound to the value's key, signer, slot and type, so that the sealed bytes
 /// open only inside the value they were sealed for. The reader is not named in it (a holder cannot
-/// tell whom a value is for); the writer is the value's signer, authenticated by its signature.
+/// tell from a value whom it is for); the writer is the value's signer, authenticated by its signature.
 ///
 ///     version (1) = 1 | ephemeral X25519 public key (32) | ML-KEM-768 ciphertext (1,088)
 ///     | ChaCha20-Poly1305-IETF ciphertext of the plaintext, with its tag (P + 16)
@@ -32,11 +32,13 @@ public enum SealedValueData {
                             type: UInt16) throws(OfflineError) -> [UInt8] {
         guard plaintext.count <= maximumPlaintext else { throw .tooLarge(plaintext.count) }
         let (secret, ephemeral) = X25519.keyPair()
-        var dh: [UInt8], kemSecret: [UInt8], kemCiphertext: [UInt8]
-        do {
-            dh = try X25519.shared(secret: secret, peer: x25519)
-            (kemSecret, kemCiphertext) = try KEM.encapsulate(to: kem)
-        } catch { throw .crypto("key agreement with the reader's inbox keys: \(error)") }
+        var dh: [UInt8]
+        do { dh = try X25519.shared(secret: secret, peer: x25519) } catch { throw .crypto("X25519 with the reader's key: \(error)") }
+        var kemSecret: [UInt8], kemCiphertext: [UInt8]
+        do { (kemSecret, kemCiphertext) = try KEM.encapsulate(to: kem) } catch {
+            Sodium.wipe(&dh)
+            throw .crypto("ML-KEM-768 to the reader's key: \(error)")
+        }
         let header = [version] + ephemeral + kemCiphertext
         let associated = associatedData(key: key, signerID: signerID, slot: slot, type: type, header: header)
         var aeadKey = derive(x25519: dh, kem: kemSecret, associated: associated)
@@ -78,7 +80,9 @@ public enum SealedValueData {
     }
 
     static func derive(x25519: [UInt8], kem: [UInt8], associated: [UInt8]) -> [UInt8] {
-        let ikm = SymmetricKey(data: domain + x25519 + kem)
+        var material = domain + x25519 + kem
+        defer { Sodium.wipe(&material) }
+        let ikm = SymmetricKey(data: material)
         return HKDF<SHA256>.deriveKey(inputKeyMaterial: ikm, salt: Sodium.sha256(associated),
                                       info: Array("dna sealed value key".utf8), outputByteCount: 32).withUnsafeBytes { Array($0) }
     }

@@ -232,8 +232,13 @@ final class Lookup {
     /// as the farthest node's common prefix with the key has bits, plus one). Returns whether it
     /// sent one (§5.4).
     private func widen(tokens: [Endpoint: UInt64], _ send: (Contact, DHTMessage.Body, Role) -> Void) -> Bool {
+        // b comes from the nodes that answers named (round > 1) when there are any: a contact of the
+        // node's own table far from the key (a bootstrap node, right after joining) would start the
+        // widening at a bit far outside the nodes found, past the subtrees between.
+        let answered = candidates.values.filter { $0.state == .answered }
+        let named = answered.filter { $0.round > 1 }
         guard placesRecords, nearest.count < k, widenings < k,
-              let (contact, subtree) = nextSubtreeOut(beyond: candidates.values.filter { $0.state == .answered }.map(\.contact.id))
+              let (contact, subtree) = nextSubtreeOut(beyond: (named.isEmpty ? answered : named).map(\.contact.id))
         else { return false }
         widenings += 1
         result.messages += 1

@@ -51,10 +51,13 @@ struct ValueStore: RecordStore {
     /// Values replaced in their slot within the last `replacedRetention` ms, by id, oldest first in
     /// `replacedOrder`: still served to VALUE_FETCH, so that a listener told of a write fetches it
     /// although a newer one replaced it meanwhile (§10.5). At most `replacedLimit` of them and
-    /// `replacedBytesLimit` bytes; the oldest go first.
-    private var replaced: [[UInt8]: (key: NodeID, value: SignedValue, wire: [UInt8], until: UInt64)] = [:]
+    /// `replacedBytesLimit` bytes, counted by the share (`Endpoint.shareKey`) of the source whose put
+    /// stored each: when full, the oldest of the share keeping the most goes, so that one source
+    /// rewriting its slots fast displaces its own replaced values, not other writers'.
+    private var replaced: [[UInt8]: (key: NodeID, value: SignedValue, wire: [UInt8], until: UInt64, share: [UInt8])] = [:]
     private var replacedOrder: [[UInt8]] = []
     private var replacedBytes = 0
+    private var replacedByShare = ShareCounts<[UInt8]>()
     static let replacedRetention: UInt64 = 60_000
     static let replacedLimit = 256
     static let replacedBytesLimit = 4 << 20
@@ -279,22 +282,30 @@ struct ValueStore: RecordStore {
     private mutating func keepReplaced(_ stored: Stored, at key: NodeID, now: UInt64) {
         guard replaced[stored.id] == nil, stored.wire.count <= Self.replacedBytesLimit else { return }
         expireReplaced(now: now)
+        let share = stored.from.shareKey
         while replaced.count >= Self.replacedLimit || replacedBytes + stored.wire.count > Self.replacedBytesLimit, !replacedOrder.isEmpty {
-            dropOldestReplaced()
+            // The oldest of the share keeping the most (this one counted as if kept already; the
+            // lowest share on a tie), else the oldest.
+            var victim = replacedByShare.largest { $0.lexicographicallyPrecedes($1) }
+            if replacedByShare[share] + 1 > victim?.count ?? 0 { victim = (share, replacedByShare[share] + 1) }
+            dropReplaced(at: replacedOrder.firstIndex { replaced[$0]?.share == victim?.key } ?? 0)
         }
-        replaced[stored.id] = (key, stored.value, stored.wire, now + Self.replacedRetention)
+        replaced[stored.id] = (key, stored.value, stored.wire, now + Self.replacedRetention, share)
         replacedOrder.append(stored.id)
         replacedBytes += stored.wire.count
+        replacedByShare.add(share)
     }
 
-    private mutating func dropOldestReplaced() {
-        let id = replacedOrder.removeFirst()
-        if let old = replaced.removeValue(forKey: id) { replacedBytes -= old.wire.count }
+    private mutating func dropReplaced(at index: Int) {
+        let id = replacedOrder.remove(at: index)
+        guard let old = replaced.removeValue(forKey: id) else { return }
+        replacedBytes -= old.wire.count
+        replacedByShare.remove(old.share)
     }
 
     /// Drops replaced values whose retention ended (they were kept in order of replacement).
     private mutating func expireReplaced(now: UInt64) {
-        while let first = replacedOrder.first, (replaced[first]?.until ?? 0) <= now { dropOldestReplaced() }
+        while let first = replacedOrder.first, (replaced[first]?.until ?? 0) <= now { dropReplaced(at: 0) }
     }
 
     private mutating func remove(_ key: NodeID, _ slot: Slot) {

@@ -888,22 +888,48 @@ public final class DHTService: @unchecked Sendable {
         case found(InboxKeyRecord)
         /// The holders of the name's inbox answered without a record the name's owner signed.
         case none
+        /// The lookup or the holders did not answer in time.
+        case timedOut
         /// The service stopped.
         case stopped
     }
 
-    /// The inbox key record (§8.1) to seal to for `name` (offline mail, sealed values): among the
-    /// records naming it that the holders of its inbox give, those signed by the key of its live
-    /// entry when a lookup finds one (the first-come rule of §5.2: a squatter's record is not used),
-    /// the newest. Waits for the holders, and up to `entryTimeout` ms for the entry. Not from the
-    /// loop thread (`.stopped`).
-    public func inboxKeyRecord(of name: IdentityName, entryTimeout: Int = 5000) -> InboxKeyRecordLookup {
-        guard let key = NodeID(bytes: Offline.inboxKey(name)), let items = firstMailPage(key: key) else { return .stopped }
-        let records = items.compactMap { try? InboxKeyRecord(parsing: $0) }.filter { $0.name == name }
+    /// The inbox key record (§8.1) to seal to for `name` (offline mail, sealed values), by the
+    /// first-come rule holders apply (§5.2, §8.3): of the records naming it that the holders of its
+    /// inbox give (one per holder), those signed by the key of its live entry when a lookup finds
+    /// one; otherwise those of the key the most holders keep (on a tie, the key of the earliest
+    /// record): a holder refuses a second key for a name it keeps, so a squatter's key is kept only
+    /// by holders that had none. Of those, the newest. Waits up to `timeout` ms in all (the lookup,
+    /// the holders, up to 5 s for the entry). Not from the loop thread (`.stopped`).
+    public func inboxKeyRecord(of name: IdentityName, timeout: Int = 30_000) -> InboxKeyRecordLookup {
+        let started = monotonicMilliseconds()
+        func left() -> Int { max(0, timeout - Int(monotonicMilliseconds() - started)) }
+        guard mayWait, let key = NodeID(bytes: Offline.inboxKey(name)) else { return .stopped }
+        guard let holders = closest(to: key, timeout: timeout) else { return mayWait ? .timedOut : .stopped }
+        guard left() > 0 else { return .timedOut }
+        guard let round = mailRound(holders.map { ($0, .fetch(key: key, skip: 0)) }, local: .fetch(key: key, skip: 0), key: key,
+                                    holders: holders, timeout: min(5000, left())) else { return .stopped }
+        // Each holder lists its record first (§8.3): one vote per holder.
+        var records: [InboxKeyRecord] = []
+        var votes: [[UInt8]: Int] = [:]
+        for case .items(_, let items)? in round.all {
+            guard let first = items.first, let record = try? InboxKeyRecord(parsing: first), record.name == name else { continue }
+            votes[record.ownerKey, default: 0] += 1
+            if !records.contains(record) { records.append(record) }
+        }
         guard !records.isEmpty else { return .none }
-        let entry = find(name, timeout: entryTimeout)
-        let usable = records.filter { entry == nil || $0.ownerKey == entry?.publicKey }
-        guard let record = usable.max(by: { $0.created < $1.created }) else { return .none }
+        let ownerKey: [UInt8]
+        if left() > 0, let entry = find(name, timeout: min(5000, left())) {
+            ownerKey = entry.publicKey
+        } else {
+            func earliest(_ key: [UInt8]) -> UInt64 { records.filter { $0.ownerKey == key }.map(\.created).min() ?? .max }
+            guard let chosen = votes.max(by: { a, b in
+                a.value != b.value ? a.value < b.value : earliest(a.key) != earliest(b.key) ? earliest(a.key) > earliest(b.key)
+                    : b.key.lexicographicallyPrecedes(a.key)
+            }) else { return .none }
+            ownerKey = chosen.key
+        }
+        guard let record = records.filter({ $0.ownerKey == ownerKey }).max(by: { $0.created < $1.created }) else { return .none }
         return .found(record)
     }
 
@@ -911,6 +937,8 @@ public final class DHTService: @unchecked Sendable {
     public enum SealError: Error, Sendable {
         /// The reader has published no inbox key record that can be used (`inboxKeyRecord(of:)`).
         case noPublishedKeys(IdentityName)
+        /// Its record was not found in time.
+        case timedOut
         /// The service stopped.
         case stopped
         /// Too large, or the reader's keys cannot be sealed to.
@@ -919,9 +947,9 @@ public final class DHTService: @unchecked Sendable {
 
     /// `plaintext` sealed to `reader` (§10.6) for the value `writer` writes at `key` in `slot` with
     /// `type`: to the writer's own keys when it is the reader (no network), else to the inbox key
-    /// record `inboxKeyRecord(of:)` finds (waits for the holders). Not from the loop thread.
+    /// record `inboxKeyRecord(of:)` finds within `timeout` ms. Not from the loop thread.
     public func seal(_ plaintext: [UInt8], to reader: IdentityName, as writer: Identity, key: [UInt8], slot: UInt32,
-                     type: UInt16) throws(SealError) -> [UInt8] {
+                     type: UInt16, timeout: Int = 30_000) throws(SealError) -> [UInt8] {
         let signerID = SignedValue.signerID(of: writer.publicKey)
         do {
             guard plaintext.count <= SealedValueData.maximumPlaintext else { throw OfflineError.tooLarge(plaintext.count) }
@@ -930,10 +958,11 @@ public final class DHTService: @unchecked Sendable {
                 return try SealedValueData.seal(plaintext, x25519: keys.x25519Public, kem: keys.kemPublic, key: key,
                                                 signerID: signerID, slot: slot, type: type)
             }
-            switch inboxKeyRecord(of: reader) {
+            switch inboxKeyRecord(of: reader, timeout: timeout) {
             case .found(let record):
                 return try SealedValueData.seal(plaintext, to: record, key: key, signerID: signerID, slot: slot, type: type)
             case .none: throw SealError.noPublishedKeys(reader)
+            case .timedOut: throw SealError.timedOut
             case .stopped: throw SealError.stopped
             }
         } catch let error as SealError {
@@ -951,11 +980,15 @@ public final class DHTService: @unchecked Sendable {
     /// creation and republish it. Returns how many stored it (or held it already) and how many
     /// refused it because they hold a record of the name signed by another key (first come, §8.3);
     /// nil once stopped. Throws when the keys cannot be made from the identity.
-    public func publishInboxKeys(of identity: Identity) throws(OfflineError) -> (stored: Int, taken: Int)? {
+    /// Waits up to `timeout` ms in all (nil when the lookup did not end in time).
+    public func publishInboxKeys(of identity: Identity, timeout: Int = 30_000) throws(OfflineError) -> (stored: Int, taken: Int)? {
+        let started = monotonicMilliseconds()
         guard let key = NodeID(bytes: Offline.inboxKey(identity.name)), let unix = perform({ node, now in node.unix(now) }),
-              let holders = closest(to: key) else { return nil }
+              let holders = closest(to: key, timeout: timeout) else { return nil }
         let record = try InboxKeyRecord(identity: identity, keys: try InboxKeys(identity: identity), created: unix / 1000)
-        guard let round = mailRound(holders.map { ($0, .put(record.bytes)) }, local: .put(record.bytes), key: key, holders: holders)
+        let left = timeout - Int(monotonicMilliseconds() - started)
+        guard left > 0, let round = mailRound(holders.map { ($0, .put(record.bytes)) }, local: .put(record.bytes), key: key,
+                                              holders: holders, timeout: min(5000, left))
         else { return nil }
         return (round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count, round.all.filter { $0 == .status(.taken) }.count)
     }

@@ -134,6 +134,7 @@ final class OfflineInbox: @unchecked Sendable {
         switch dht.inboxKeyRecord(of: peer) {
         case .found(let found): record = found
         case .stopped: throw .closed
+        case .timedOut: throw .timeout
         case .none: throw .peerOffline("\(peer) has no inbox in the DHT (it never came online with this version, or its record expired)")
         }
         var outcomes = [TransportNode.Failure?](repeating: nil, count: messages.count)

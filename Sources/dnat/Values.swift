@@ -85,9 +85,10 @@ struct Put: ParsableCommand {
         let service = try node.start()
         defer { service.stop() }
         if let reader {
-            do { data = try service.seal(data, to: reader, as: signer, key: key, slot: slot, type: type) } catch {
+            do { data = try service.seal(data, to: reader, as: signer, key: key, slot: slot, type: type, timeout: node.timeout * 1000) } catch {
                 switch error {
                 case .noPublishedKeys: print("\(reader) has published no keys to seal to (dnat publish-keys --as \(reader))")
+                case .timedOut: print("\(reader)'s keys were not found within \(node.timeout) s")
                 case .stopped: print("the node stopped")
                 case .refused(let cause): print("cannot seal to \(reader): \(cause)")
                 }
@@ -153,7 +154,9 @@ struct Get: ParsableCommand {
         guard let identity else { return nil }
         let name: IdentityName
         do { name = try IdentityName(identity) } catch { throw ValidationError("--as: \(error)") }
-        return try InboxKeys(identity: try IdentityStore(dataDirectory: node.directory).load(name, create: true))
+        do { return try InboxKeys(identity: try IdentityStore(dataDirectory: node.directory).load(name, create: false)) } catch {
+            throw ValidationError("--as \(name): \(error)")
+        }
     }
 
     /// signer, slot, sequence, type, created, lifetime, then the value: text, "hex:..." when it is not
@@ -234,10 +237,10 @@ struct PublishKeys: ParsableCommand {
         let service = try node.start()
         defer { service.stop() }
         let published: (stored: Int, taken: Int)?
-        do { published = try service.publishInboxKeys(of: owner) } catch { throw ValidationError("the keys: \(error)") }
+        do { published = try service.publishInboxKeys(of: owner, timeout: node.timeout * 1000) } catch { throw ValidationError("the keys: \(error)") }
         let (stored, taken) = published ?? (0, 0)
         print("\(name)'s inbox keys stored on \(stored) nodes"
               + (taken > 0 ? "; \(taken) hold \(name)'s keys signed by another key (the name is taken)" : ""))
-        if stored == 0 { throw ExitCode.failure }
+        if stored == 0 || taken > stored { throw ExitCode.failure }
     }
 }

@@ -275,6 +275,36 @@ import Testing
         #expect(node.valueCount == 0)
     }
 
+    /// Replaced values are kept 60 s for listeners' fetches (§10.5), 256 at most: one source that
+    /// rewrites its slot 300 times displaces its own replaced values, not another source's. (Before,
+    /// the oldest went first whoever put it: bob's replaced value was gone, VALUE_FETCH "not held".)
+    @Test func aSourceRewritingItsSlotFastDisplacesOnlyItsOwnReplacedValues() throws {
+        let network = SimulationTests.network(5, seed: 43)
+        let node = try #require(network.node(network.order[2]))
+        var honest = Client(node, in: network, endpoint: try #require(Endpoint(host: "198.51.100.9", port: 999)))
+        var flooder = Client(node, in: network, endpoint: try #require(Endpoint(host: "203.0.113.7", port: 999)))
+        let now = network.now / 1000
+        let first = Self.value(Self.bob, sequence: 1, created: now, data: [1])
+        #expect(honest.put(first) == [.stored] && honest.put(Self.value(Self.bob, sequence: 2, created: now, data: [2])) == [.stored])
+        var flood: [SignedValue] = []  // (signatures are randomized: each value is kept to be fetched by its id)
+        for sequence in 1...300 {
+            network.run(for: 80)  // a put is 5 pieces, each counted against the source's rate (§5.5): 12.5 puts a second
+            flood.append(Self.value(Self.alice, sequence: UInt64(sequence), created: now, data: [UInt8(truncatingIfNeeded: sequence)]))
+            let status = flooder.put(flood[sequence - 1])
+            #expect(status == [.stored], "put \(sequence): \(status)")
+            if status != [.stored] { break }
+        }
+        let key = try #require(NodeID(bytes: Self.key))
+        func fetch(_ value: SignedValue, by client: Client) -> Bool {
+            guard case .valuePart(.part, _)? = client.send(.valueFetch(token: client.token, key: key, id: value.id, index: 0)).first
+            else { return false }
+            return true
+        }
+        #expect(fetch(first, by: honest), "bob's replaced value was displaced by another source's rewrites")
+        // The flooder's most recent replaced values are kept, its oldest are not; its held one is served.
+        #expect(fetch(flood[298], by: flooder) && !fetch(flood[0], by: flooder) && fetch(flood[299], by: flooder))
+    }
+
     @Test func aValueOfManyPartsIsStoredWhenItsLastPartComesAndUploadsAreBounded() throws {
         var configuration = SimulationTests.configuration()
         configuration.valueUploadsPerSource = 1

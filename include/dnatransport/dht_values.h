@@ -90,17 +90,18 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_put(dht_context_t *ctx, const char *ide
  * such as a contact list for oneself or a group key for one member. The data is sealed to the
  * reader's inbox keys (X25519 and ML-KEM-768, the keys offline mail is sealed to, §8) and bound to
  * the value's key, writer, slot and type; the value is signed as any other, and holders store,
- * replace, republish and push it as any other (they cannot read it, nor tell whom it is for).
+ * replace, republish and push it as any other (they cannot read it, nor tell from it whom it is
+ * for; the writer's lookup of the reader's keys is seen by the holders of the reader's inbox).
  *
  * dht_value_put_sealed: as dht_value_put, with data (at most DHT_VALUE_MAX_SEALED_DATA bytes)
  * sealed to recipient and DHT_VALUE_FLAG_SEALED set. When recipient is identity itself, its keys
  * are made here; otherwise the recipient's published inbox key record is looked up first (within
- * timeout_ms): the newest of those signed by the key of recipient's live entry when a lookup finds
- * one (a squatter's record is never used, PROTOCOL.md §5.2). A transport context publishes its
- * identity's record by itself; on a dht_context_t call dht_value_publish_keys. Returns as
- * dht_value_put, and DNA_ERR_PEER_OFFLINE (recipient has published no record that can be used),
- * DNA_ERR_PROTOCOL (its record holds a key that cannot be sealed to), DNA_ERR_TOO_LARGE. Blocks:
- * any thread but the context's I/O thread.
+ * timeout_ms), by the first-come rule holders apply (PROTOCOL.md §10.6): the key of recipient's
+ * live entry when a lookup finds one, else the key most holders of its inbox keep. A transport
+ * context publishes its identity's record by itself; on a dht_context_t call
+ * dht_value_publish_keys. Returns as dht_value_put, and DNA_ERR_PEER_OFFLINE (recipient has
+ * published no record that can be used), DNA_ERR_PROTOCOL (its record holds a key that cannot be
+ * sealed to), DNA_ERR_TOO_LARGE. Blocks: any thread but the context's I/O thread.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_put_sealed(dht_context_t *ctx, const char *identity, const char *recipient,
     const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, const uint8_t *data, size_t data_len, uint16_t type,
@@ -111,9 +112,10 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_put_sealed(dht_context_t *ctx, const ch
  * dht_value_fn) as identity, its reader (its key in the context's data_dir). *data_out: (out,
  * owned) the plaintext, *len_out bytes; free it with dna_buffer_free (NULL when empty). Works
  * without the network. Returns DNA_OK, DNA_ERR_AUTHENTICATION (sealed to another identity, or its
- * data, key, signer_id, slot or type changed), DNA_ERR_INVALID_ARGUMENT (a NULL argument, a value
- * that is not sealed or is a tombstone, data shorter than sealing makes), DNA_ERR_NO_MEMORY,
- * DNA_ERR_KEY_FILE, DNA_ERR_KEY_PERMISSIONS, DNA_ERR_CLOSED. Any thread, callbacks included.
+ * data, key, signer_id, slot or type changed), DNA_ERR_NOT_FOUND (identity has no key in data_dir:
+ * none is made), DNA_ERR_INVALID_ARGUMENT (a NULL argument, a context freed, a value that is not
+ * sealed or is a tombstone, data shorter than sealing makes), DNA_ERR_NO_MEMORY, DNA_ERR_KEY_FILE,
+ * DNA_ERR_KEY_PERMISSIONS. Any thread, callbacks included.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_open(dht_context_t *ctx, const char *identity, const dht_value_t *value,
     uint8_t **data_out, size_t *len_out);
@@ -125,8 +127,9 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_open(dht_context_t *ctx, const char *id
  * and republish it; call this again within that time (a transport context publishes its own
  * identity's record every 5 minutes by itself). Waits up to timeout_ms (0: 30 s) for contacts and
  * for the holders. holders_out (may be NULL): nodes that stored it. Returns DNA_OK (a node stored
- * it), DNA_ERR_NAME_TAKEN (none did: holders keep the name's keys signed by another key, first come,
- * PROTOCOL.md §8.3), DNA_ERR_UNREACHABLE (none did), DNA_ERR_INVALID_ARGUMENT (also from the I/O thread),
+ * it), DNA_ERR_NAME_TAKEN (more holders keep the name's keys signed by another key than stored
+ * these: first come, PROTOCOL.md §8.3; sealing to the name uses the other key), DNA_ERR_UNREACHABLE
+ * (no node stored it), DNA_ERR_TIMEOUT, DNA_ERR_INVALID_ARGUMENT (also from the I/O thread),
  * DNA_ERR_KEY_FILE, DNA_ERR_KEY_PERMISSIONS, DNA_ERR_CLOSED. Any thread but the context's I/O thread.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_publish_keys(dht_context_t *ctx, const char *identity, int timeout_ms, int *holders_out);

@@ -123,8 +123,11 @@ def test_a_sealed_value_opens_only_for_its_reader(network, tmp_path):
         assert (value.signer, value.slot, value.type, value.sequence) == ("alice", 7, 12, sequence)
         assert secret not in value.data and len(value.data) == len(secret) + 1137
         assert ines.open("ines", value) == secret
-        # Another identity called ines (another key), the writer itself, a changed field: refused.
-        for opener, who, changed in ((network[18], "ines", value), (network[3], "alice", value),
+        # The other key called ines (network[5]'s), the writer itself, a changed field: refused.
+        with pytest.raises(DNAError) as caught:
+            network[18].open("ines", value)  # no key of ines there: none is made
+        assert caught.value.code == ErrorCode.NOT_FOUND
+        for opener, who, changed in ((network[5], "ines", value), (network[3], "alice", value),
                                      (ines, "ines", value._replace(slot=8)), (ines, "ines", value._replace(type=13)),
                                      (ines, "ines", value._replace(data=value.data[:-1] + bytes([value.data[-1] ^ 1])))):
             with pytest.raises(DNAError) as caught:
