@@ -14,6 +14,33 @@ struct LookupTests {
         return NodeID(bytes: bytes) ?? key
     }
 
+    /// 21 nodes sharing 12 to 32 bits with `key` (a subtree of their own: each lists the same 20
+    /// nearest), and 60 sharing 0 to 6; each at its own address.
+    struct SubtreeLayout {
+        let key: NodeID
+        let ids: [NodeID]
+        let endpoints: [NodeID: Endpoint]
+
+        init(key: NodeID, seed: UInt64) {
+            self.key = key
+            var random = SimRandom(seed: seed)
+            var ids = (0..<21).map { LookupTests.id(near: key, sharing: 12 + $0, fill: random.next()) }
+            ids += (0..<60).map { LookupTests.id(near: key, sharing: $0 % 7, fill: random.next()) }
+            var endpoints: [NodeID: Endpoint] = [:]
+            for (index, id) in ids.enumerated() { endpoints[id] = Endpoint(host: "10.9.\(index / 200).\(index % 200 + 1)", port: 4000) }
+            self.ids = ids
+            self.endpoints = endpoints
+        }
+
+        /// The 5 nodes nearest the key.
+        var nearestFive: Set<NodeID> { Set(ids.sorted { ($0 ^ key) < ($1 ^ key) }.prefix(5)) }
+
+        /// The 20 nodes nearest `target` (what a node's answer lists), but `excluding`.
+        func nearest(_ target: NodeID, excluding: NodeID? = nil) -> [Contact] {
+            ids.filter { $0 != excluding }.sorted { ($0 ^ target) < ($1 ^ target) }.prefix(20).compactMap { id in endpoints[id].map { Contact(id: id, endpoint: $0) } }
+        }
+    }
+
     /// An announce where the 21 nodes nearest the key form a subtree of their own (they share 12
     /// bits with it; every other node shares at most 6), so that each of them lists the same 20
     /// nearest, and the 5 nearest drop the STORE. The places go to nodes of the next subtree out
@@ -21,20 +48,12 @@ struct LookupTests {
     /// further node: 16.
     @Test func placesLeftByNodesThatDropTheStoreGoToTheNextSubtreeOut() throws {
         let key = NodeID.key(of: try IdentityName("lookup-subtree"))
-        var random = SimRandom(seed: 5)
-        // 21 nodes sharing 12 to 30 bits with the key, and 60 sharing 0 to 6.
-        var ids = (0..<21).map { Self.id(near: key, sharing: 12 + $0, fill: random.next()) }
-        ids += (0..<60).map { Self.id(near: key, sharing: $0 % 7, fill: random.next()) }
-        var endpoints: [NodeID: Endpoint] = [:]
-        for (index, id) in ids.enumerated() { endpoints[id] = Endpoint(host: "10.9.\(index / 200).\(index % 200 + 1)", port: 4000) }
-        let dropping = Set(ids.sorted { ($0 ^ key) < ($1 ^ key) }.prefix(5))
-        func nearest(_ target: NodeID, excluding: NodeID? = nil) -> [Contact] {
-            ids.filter { $0 != excluding }.sorted { ($0 ^ target) < ($1 ^ target) }.prefix(20).compactMap { id in endpoints[id].map { Contact(id: id, endpoint: $0) } }
-        }
+        let layout = SubtreeLayout(key: key, seed: 5)
+        let (ids, dropping) = (layout.ids, layout.nearestFive)
         let node = DHTNode(credential: NodeCredential.generate(difficulty: 0), now: 0, seed: 1)
         let lookup = Lookup(id: 1, target: key, kind: .announce([1, 2, 3]), k: 20)
         // The announcing node knows the 20 nearest already (one of the subtree's neighbours).
-        for contact in nearest(key) { lookup.add(contact, round: 1) }
+        for contact in layout.nearest(key) { lookup.add(contact, round: 1) }
 
         var queue: [(Contact, DHTMessage.Body, Lookup.Role)] = []
         var storedOn = Set<NodeID>()
@@ -48,7 +67,7 @@ struct LookupTests {
             let (contact, body, role) = queue.removeFirst()
             switch (role, body) {
             case (.query, .findNode(let target, _)):
-                let answer = DHTMessage.Body.nodes(observed: contact.endpoint, token: 7, held: nil, contacts: nearest(target, excluding: contact.id))
+                let answer = DHTMessage.Body.nodes(observed: contact.endpoint, token: 7, held: nil, contacts: layout.nearest(target, excluding: contact.id))
                 lookup.answered(contact.id, with: answer, now: 0, node: node)
             case (.store, _):
                 lookup.storesInFlight -= 1
@@ -79,19 +98,12 @@ struct LookupTests {
     /// loopback: 30 live nodes and 6 dead, puts stored on 17-19).
     @Test func aSearchThatKnowsFewerThanKAliveWidensToTheNextSubtreeOut() throws {
         let key = try #require(NodeID(bytes: [UInt8](repeating: 0x5A, count: 20)))
-        var random = SimRandom(seed: 9)
-        var ids = (0..<21).map { Self.id(near: key, sharing: 12 + $0, fill: random.next()) }
-        ids += (0..<60).map { Self.id(near: key, sharing: $0 % 7, fill: random.next()) }
-        var endpoints: [NodeID: Endpoint] = [:]
-        for (index, id) in ids.enumerated() { endpoints[id] = Endpoint(host: "10.9.\(index / 200).\(index % 200 + 1)", port: 4000) }
-        let dead = Set(ids.sorted { ($0 ^ key) < ($1 ^ key) }.prefix(5))
-        func nearest(_ target: NodeID, excluding: NodeID? = nil) -> [Contact] {
-            ids.filter { $0 != excluding }.sorted { ($0 ^ target) < ($1 ^ target) }.prefix(20).compactMap { id in endpoints[id].map { Contact(id: id, endpoint: $0) } }
-        }
+        let layout = SubtreeLayout(key: key, seed: 9)
+        let (ids, dead) = (layout.ids, layout.nearestFive)
         let node = DHTNode(credential: NodeCredential.generate(difficulty: 0), now: 0, seed: 1)
         for kind in [Lookup.Kind.putValue([1], id: [2]), .getValues(ValueQuery()), .listen(1), .announce([3])] {
             let lookup = Lookup(id: 1, target: key, kind: kind, k: 20)
-            for contact in nearest(key) { lookup.add(contact, round: 1) }
+            for contact in layout.nearest(key) { lookup.add(contact, round: 1) }
             var queue: [(Contact, DHTMessage.Body, Lookup.Role)] = []
             func advance() -> Bool { lookup.advance(alpha: 3, signalFanout: 3, tokens: [:]) { queue.append(($0, $1, $2)) } }
             var steps = 0
@@ -105,7 +117,7 @@ struct LookupTests {
                         lookup.failed(contact.id)
                     } else {
                         lookup.answered(contact.id, with: .nodes(observed: contact.endpoint, token: 7, held: nil,
-                                                                 contacts: nearest(target, excluding: contact.id)), now: 0, node: node)
+                                                                 contacts: layout.nearest(target, excluding: contact.id)), now: 0, node: node)
                     }
                 case (.store, _):
                     lookup.storesInFlight -= 1
