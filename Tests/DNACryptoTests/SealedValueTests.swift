@@ -78,4 +78,23 @@ import Testing
                                      signerID: [UInt8](repeating: 0, count: 32), slot: 0, type: 0)
         }
     }
+
+    /// Sealed data comes from the network: random bytes of any length, and the real data with random
+    /// bytes overwritten, are refused with an error, never a crash.
+    @Test func randomAndMutatedSealedDataIsRefused() throws {
+        let bob = try InboxKeys(identity: Self.bob)
+        let whole = try Self.sealedValue(Array("contacts".utf8))
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<300 {
+            var value = whole
+            if round % 2 == 0 {
+                let length = [0, 1, 1120, 1136, 1137, 1138, 2000][round / 2 % 7]
+                value.data = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                if length > 0 { value.data[0] = 1 }
+            } else {
+                for _ in 0..<(1 + round % 5) { value.data[Int.random(in: 0..<value.data.count, using: &generator)] ^= UInt8.random(in: 1...255, using: &generator) }
+            }
+            #expect(throws: (any Error).self, "round \(round)") { try value.open(with: bob) }
+        }
+    }
 }
