@@ -65,6 +65,7 @@ func abiCheck() {
     sameType(CDNATransport.dht_listen, DNACABI.dht_listen)
     sameType(CDNATransport.dht_listen_cancel, DNACABI.dht_listen_cancel)
     sameType(CDNATransport.dht_value_put_async, DNACABI.dht_value_put_async)
+    sameType(CDNATransport.dht_value_put_sealed_async, DNACABI.dht_value_put_sealed_async)
     sameType(CDNATransport.dht_value_delete_async, DNACABI.dht_value_delete_async)
     sameType(CDNATransport.dht_value_get_async, DNACABI.dht_value_get_async)
     sameType(CDNATransport.dht_peer_entry_signed_max, DNACABI.dht_peer_entry_signed_max)

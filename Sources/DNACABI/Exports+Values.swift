@@ -143,17 +143,22 @@ public func dht_value_put_sealed(_ context: OpaquePointer?, _ identity: UnsafePo
             sealed = try checked.service.seal(plaintext, to: reader, as: checked.signer, key: checked.key, slot: slot, type: type,
                                               timeout: checked.timeout - Int(monotonicMilliseconds() - started))
         } catch let error as DHTService.SealError {
-            switch error {
-            case .noPublishedKeys(let name): throw NoSealingKeys(description: "\(name) has published no inbox keys to seal to")
-            case .timedOut: throw Timeout()
-            case .stopped: throw Closed()
-            case .refused(let cause): throw cause
-            }
+            throw sealFailure(error)
         }
         checked.timeout -= Int(monotonicMilliseconds() - started)
         guard checked.timeout > 0 else { throw Timeout() }
         try write(checked, slot: slot, data: sealed, type: type, lifetime: lifetime, flags: SignedValue.sealedFlag,
                   holdersOut: holdersOut, sequenceOut: sequenceOut)
+    }
+}
+
+/// The error a sealed put reports when its data was not sealed.
+private func sealFailure(_ error: DHTService.SealError) -> any Error {
+    switch error {
+    case .noPublishedKeys(let name): NoSealingKeys(description: "\(name) has published no inbox keys to seal to")
+    case .timedOut: Timeout()
+    case .stopped: Closed()
+    case .refused(let cause): cause
     }
 }
 
@@ -279,6 +284,7 @@ private struct DoneCallback: @unchecked Sendable {
                 code = DNAErrorCode.noMemory.rawValue
             }
         case .invalid(let error): code = DNAErrorCode(error).rawValue
+        case .notSealed(let error): code = DNAErrorCode(sealFailure(error)).rawValue
         case .noContacts: code = DNAErrorCode.unreachable.rawValue
         case .timedOut: code = DNAErrorCode.timeout.rawValue
         case .stopped: code = DNAErrorCode.closed.rawValue
@@ -328,6 +334,29 @@ public func dht_value_put_async(_ context: OpaquePointer?, _ identity: UnsafePoi
         guard bytes.count <= SignedValue.maximumDataSize else { throw TooLarge() }
         try writeAsync(context, identity, key, slot: slot, data: Array(bytes), type: type, lifetime: lifetime, flags: 0, timeout: timeout,
                        function: function, userData: userData, opOut: opOut, sequenceOut: sequenceOut)
+    }
+}
+
+@_cdecl("dht_value_put_sealed_async")
+public func dht_value_put_sealed_async(_ context: OpaquePointer?, _ identity: UnsafePointer<CChar>?, _ recipient: UnsafePointer<CChar>?,
+                                       _ key: UnsafePointer<UInt8>?, _ slot: UInt32, _ data: UnsafePointer<UInt8>?, _ dataLength: Int,
+                                       _ type: UInt16, _ lifetime: UInt32, _ timeout: Int32, _ function: dht_value_done_fn?,
+                                       _ userData: UnsafeMutableRawPointer?, _ opOut: UnsafeMutablePointer<UInt64>?,
+                                       _ sequenceOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+    cCall("dht_value_put_sealed_async") {
+        let plaintext = Array(try CArg.bytes(data, dataLength, "data"))
+        guard plaintext.count <= SealedValueData.maximumPlaintext else { throw TooLarge() }
+        guard let function else { throw InvalidArgument("fn is NULL") }
+        let reader = try CArg.identity(recipient)
+        let checked = try Write(context, identity, key, data: [], lifetime: lifetime, timeout: timeout, blocking: false)
+        let callback = DoneCallback(function: function, userData: userData)
+        guard let (id, sequence) = try checked.service.startSealedWrite(
+            as: checked.signer, to: reader, key: checked.key, slot: slot, data: plaintext, type: type, lifetime: lifetime,
+            timeout: checked.timeout, finish: { [callback] outcome in callback.finish(outcome) })
+        else { throw Closed() }
+        opOut?.pointee = id
+        sequenceOut?.pointee = sequence
+        callback.started.set(id, sequence: sequence)
     }
 }
 

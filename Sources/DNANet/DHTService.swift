@@ -150,6 +150,10 @@ public final class DHTService: @unchecked Sendable {
     private var operationLookups: [LookupID: UInt64] = [:]
     /// Operations started from other threads, for the loop thread to take (under the monitor).
     private var queuedOperations: [ValueOperation] = []
+    /// Sealed puts whose reader's keys a worker is looking up (`startSealedWrite`), by id (under
+    /// the monitor); and the workers.
+    private var sealing: [UInt64: ValueOperation] = [:]
+    private let sealers = WorkerQueue(limit: 4)
     private var nextOperation: UInt64 = 0
     /// Listeners (§10.5): the handler each one's events go to, on the loop thread.
     private var valueHandlers: [UInt64: @Sendable (UInt64, ValueEvent) -> Void] = [:]
@@ -246,8 +250,11 @@ public final class DHTService: @unchecked Sendable {
         // Every asynchronous operation ends, on the loop thread (here when the loop stopped first).
         let end = { [self] in
             let queued = monitor.locked { () -> [ValueOperation] in
-                defer { queuedOperations.removeAll() }
-                return queuedOperations
+                defer {
+                    queuedOperations.removeAll()
+                    sealing.removeAll()
+                }
+                return queuedOperations + sealing.values
             }
             let ended = (Array(operations.values) + queued).sorted { $0.id < $1.id }
             operations.removeAll()
@@ -394,7 +401,11 @@ public final class DHTService: @unchecked Sendable {
     /// when called on the loop thread).
     public func lookup(timeout: Int = 30_000, _ start: @escaping (DHTNode, UInt64) -> LookupID) -> LookupResult? {
         guard mayWait, let id = perform(start) else { return nil }
-        let result = monitor.wait(milliseconds: timeout) { results[id] }
+        // A stop ends the wait (a worker's sealed put must not outlive the context by its timeout).
+        let result = monitor.wait(milliseconds: timeout) { () -> LookupResult?? in
+            if let result = results[id] { return .some(result) }
+            return running ? nil : .some(nil)
+        } ?? nil
         _ = monitor.locked { results.removeValue(forKey: id) }
         return result
     }
@@ -484,17 +495,23 @@ public final class DHTService: @unchecked Sendable {
     /// The value `writeValue` puts: its sequence is `unix` (ms), or one more than the last this
     /// service wrote for the key and slot when that is higher; created: `unix` in seconds.
     private func signValue(as identity: Identity, key: [UInt8], slot: UInt32, data: [UInt8], type: UInt16, lifetime: UInt32,
-                           flags: UInt8, unix: UInt64) throws(SignedValueError) -> SignedValue {
-        let place = key + [UInt8(slot >> 24 & 0xFF), UInt8(slot >> 16 & 0xFF), UInt8(slot >> 8 & 0xFF), UInt8(slot & 0xFF)]
-        let sequence = monitor.locked { () -> UInt64 in
-            let next = max(unix, (lastSequences[place] ?? 0) &+ 1)
-            lastSequences[place] = next
-            return next
-        }
+                           flags: UInt8, unix: UInt64, sequence reserved: UInt64? = nil) throws(SignedValueError) -> SignedValue {
+        let sequence = reserved ?? reserveSequence(key: key, slot: slot, unix: unix)
         var value = SignedValue(key: key, signer: identity.name, slot: slot, sequence: sequence, created: unix / 1000,
                                 lifetime: lifetime, type: type, flags: flags, data: data)
         try value.sign(with: identity, now: unix / 1000)
         return value
+    }
+
+    /// The sequence of the next value this service writes at `key` in `slot`: `unix` (ms), or one
+    /// more than the last when that is higher.
+    private func reserveSequence(key: [UInt8], slot: UInt32, unix: UInt64) -> UInt64 {
+        let place = key + [UInt8(slot >> 24 & 0xFF), UInt8(slot >> 16 & 0xFF), UInt8(slot >> 8 & 0xFF), UInt8(slot & 0xFF)]
+        return monitor.locked { () -> UInt64 in
+            let next = max(unix, (lastSequences[place] ?? 0) &+ 1)
+            lastSequences[place] = next
+            return next
+        }
     }
 
     /// Gets the values at `key` (§10.3) and waits up to `timeout` ms: nil as for `putValue`.
@@ -515,6 +532,10 @@ public final class DHTService: @unchecked Sendable {
         case got(ValueGetResult)
         /// The node refused the value before sending it (fields, times, signature).
         case invalid(SignedValueError)
+        /// A sealed put's data was not sealed: the reader published no keys, or keys that cannot be
+        /// sealed to, or the data is too large (`SealError.noPublishedKeys`, `.refused`; a lookup
+        /// that did not end in time ends as `timedOut`, a stop as `stopped`).
+        case notSealed(SealError)
         /// The routing table held no contact before the deadline.
         case noContacts
         /// The operation did not end before the deadline.
@@ -530,6 +551,8 @@ public final class DHTService: @unchecked Sendable {
         let start: (DHTNode, UInt64) -> Result<LookupID, SignedValueError>
         let finish: @Sendable (ValueOutcome) -> Void
         var lookup: LookupID?
+        /// How it ended before it started (a sealed put whose sealing failed): ended at once.
+        var failed: ValueOutcome?
 
         init(id: UInt64, deadline: UInt64, start: @escaping (DHTNode, UInt64) -> Result<LookupID, SignedValueError>,
              finish: @escaping @Sendable (ValueOutcome) -> Void) {
@@ -569,6 +592,10 @@ public final class DHTService: @unchecked Sendable {
         var ended: [(ValueOperation, ValueOutcome)] = []
         let hasContacts = node.routingTableSize > 0
         for operation in operations.values.sorted(by: { $0.id < $1.id }) {
+            if let failed = operation.failed {
+                ended.append((operation, failed))
+                continue
+            }
             if operation.lookup == nil, hasContacts, now < operation.deadline {
                 switch operation.start(node, now) {
                 case .success(let lookup):
@@ -612,6 +639,87 @@ public final class DHTService: @unchecked Sendable {
         let value = try signValue(as: identity, key: key, slot: slot, data: data, type: type, lifetime: lifetime, flags: flags, unix: unix)
         guard let id = startValuePut(value, timeout: timeout, finish: finish) else { return nil }
         return (id, value.sequence)
+    }
+
+    /// Seals `plaintext` to `reader` (as `seal`) and puts it as `identity`'s value at `key` in
+    /// `slot`, with `SignedValue.sealedFlag`, without waiting: returns the operation's id and the
+    /// value's sequence (chosen now, as `startWriteValue` chooses it); `finish` gets the result, as
+    /// for `startOperation`, within `timeout` ms in all. Sealing to another identity looks up its
+    /// inbox key record first, on a worker thread (at most 4 at once, the rest queued): the lookup
+    /// waits for the network. Nil once stopped. Throws `.tooLarge` before anything starts.
+    public func startSealedWrite(as identity: Identity, to reader: IdentityName, key: [UInt8], slot: UInt32, data plaintext: [UInt8],
+                                 type: UInt16, lifetime: UInt32, timeout: Int,
+                                 finish: @escaping @Sendable (ValueOutcome) -> Void) throws(OfflineError) -> (id: UInt64, sequence: UInt64)? {
+        guard plaintext.count <= SealedValueData.maximumPlaintext else { throw .tooLarge(plaintext.count) }
+        let began = monotonicMilliseconds()
+        guard let unix = perform({ node, now in node.unix(now) }) else { return nil }
+        let sequence = reserveSequence(key: key, slot: slot, unix: unix)
+        let deadline = began + UInt64(max(0, timeout))
+        // The value, once sealed and signed: written before the operation is queued, under the
+        // monitor the loop thread takes it with (`advanceOperations` then starts the put).
+        let signed = ResultBox<SignedValue>()
+        let byWorker = reader != identity.name
+        let operation = monitor.locked { () -> ValueOperation? in
+            guard running else { return nil }
+            nextOperation += 1
+            let operation = ValueOperation(id: nextOperation, deadline: deadline, start: { node, now in
+                guard let value = signed.value else { return .failure(.badSignature) }
+                return Result { () throws(SignedValueError) in try node.putValue(value, now: now) }
+            }, finish: finish)
+            // Known to `stop` from now on: it ends the operation if the worker has not handed it over.
+            if byWorker { sealing[operation.id] = operation }
+            return operation
+        }
+        guard let operation else { return nil }
+        let sign = { [self] (sealed: [UInt8]) -> ValueOutcome? in
+            do throws(SignedValueError) {
+                signed.value = try signValue(as: identity, key: key, slot: slot, data: sealed, type: type, lifetime: lifetime,
+                                             flags: SignedValue.sealedFlag, unix: unix, sequence: sequence)
+                return nil
+            } catch {
+                return .invalid(error)
+            }
+        }
+        if !byWorker {
+            // The writer's own keys: no network, sealed and signed here.
+            let keys = try InboxKeys(identity: identity)
+            let sealed = try SealedValueData.seal(plaintext, x25519: keys.x25519Public, kem: keys.kemPublic, key: key,
+                                                  signerID: SignedValue.signerID(of: identity.publicKey), slot: slot, type: type)
+            operation.failed = sign(sealed)
+            let queued = monitor.locked { () -> Bool in
+                guard running else { return false }
+                queuedOperations.append(operation)
+                alarm?.armNow()
+                return true
+            }
+            return queued ? (operation.id, sequence) : nil
+        }
+        sealers.run { [self] in
+            let left = { Int(deadline) - Int(monotonicMilliseconds()) }
+            var outcome: ValueOutcome?
+            if !waitForContacts(timeout: max(0, left())) {
+                outcome = routingTableSize == nil ? .stopped : .noContacts
+            } else {
+                do throws(SealError) {
+                    let sealed = try seal(plaintext, to: reader, as: identity, key: key, slot: slot, type: type, timeout: max(0, left()))
+                    outcome = sign(sealed)
+                } catch {
+                    switch error {
+                    case .timedOut: outcome = .timedOut
+                    case .stopped: outcome = .stopped
+                    case .noPublishedKeys, .refused: outcome = .notSealed(error)
+                    }
+                }
+            }
+            // To the loop, unless a stop ended it meanwhile (then `finish` was called there).
+            monitor.locked {
+                guard running, sealing.removeValue(forKey: operation.id) != nil else { return }
+                operation.failed = outcome
+                queuedOperations.append(operation)
+                alarm?.armNow()
+            }
+        }
+        return (operation.id, sequence)
     }
 
     /// Joins through `endpoints`: pings them and looks up the own id, retrying with backoff (0.5, 1,
@@ -813,7 +921,7 @@ public final class DHTService: @unchecked Sendable {
             return .some(node.localMail(localRequest, key: key, closest: holders, now: now))
         }) else { return nil }
         let answers = requests.isEmpty ? [] : monitor.wait(milliseconds: timeout) { () -> [(Endpoint, MailAnswer?)]? in
-            guard let got = mailAnswers[operation], got.count >= requests.count else { return nil }
+            guard let got = mailAnswers[operation], got.count >= requests.count else { return running ? nil : mailAnswers[operation] ?? [] }
             return got
         } ?? monitor.locked { mailAnswers[operation] ?? [] }
         var remote: [Endpoint: MailAnswer?] = [:]

@@ -157,10 +157,12 @@ DNA_EXPORT DNA_WARN_UNUSED int dht_value_get(dht_context_t *ctx, const uint8_t k
     const uint8_t *signer_id, uint64_t since, int timeout_ms, dht_value_t **values_out, size_t *count_out);
 
 /**
- * Receives the end of an asynchronous value operation (dht_value_put_async, dht_value_delete_async,
- * dht_value_get_async): op_id as the call gave it; result the error code the blocking form would
- * return (DNA_OK, DNA_ERR_UNREACHABLE, DNA_ERR_REFUSED, DNA_ERR_SUPERSEDED, DNA_ERR_CLOCK_SKEW,
- * DNA_ERR_TIMEOUT, DNA_ERR_NO_MEMORY; DNA_ERR_CLOSED when the context was freed first). A put or
+ * Receives the end of an asynchronous value operation (dht_value_put_async,
+ * dht_value_put_sealed_async, dht_value_delete_async, dht_value_get_async): op_id as the call gave
+ * it; result the error code the blocking form would return (DNA_OK, DNA_ERR_UNREACHABLE,
+ * DNA_ERR_REFUSED, DNA_ERR_SUPERSEDED, DNA_ERR_CLOCK_SKEW, DNA_ERR_TIMEOUT, DNA_ERR_NO_MEMORY; a
+ * sealed put also DNA_ERR_PEER_OFFLINE and DNA_ERR_PROTOCOL; DNA_ERR_CLOSED when the context was
+ * freed first). A put or
  * delete gives holders and sequence (values NULL, count 0); a get gives values and count as
  * dht_value_get would (holders and sequence 0), the values and their data valid only during the
  * call. user_data as given. Called exactly once per operation started, on the context's I/O thread
@@ -180,6 +182,23 @@ typedef void (*dht_value_done_fn)(uint64_t op_id, int result, int holders, uint6
  * dht_value_fn included.
  */
 DNA_EXPORT DNA_WARN_UNUSED int dht_value_put_async(dht_context_t *ctx, const char *identity,
+    const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, const uint8_t *data, size_t data_len, uint16_t type,
+    uint32_t lifetime_s, int timeout_ms, dht_value_done_fn fn, void *user_data, uint64_t *op_id_out,
+    uint64_t *sequence_out);
+
+/**
+ * dht_value_put_sealed without waiting: the sequence is chosen now (sequence_out); sealing to
+ * identity itself and signing happen here, while the lookup of another recipient's inbox key
+ * record, the sealing and signing then run on a worker thread of the context (at most 4 at once,
+ * the rest queued; the lookup waits for the network), then the put as dht_value_put_async's. All
+ * of it within timeout_ms (0: 30 s). fn gets what dht_value_put_sealed would return
+ * (DNA_ERR_PEER_OFFLINE, DNA_ERR_PROTOCOL and DNA_ERR_UNREACHABLE included) on the context's I/O
+ * thread, exactly once (DNA_ERR_CLOSED within dht_free or transport_free for those under way then,
+ * and the worker stops waiting). Returns DNA_OK (fn will be called), DNA_ERR_INVALID_ARGUMENT,
+ * DNA_ERR_TOO_LARGE (above DHT_VALUE_MAX_SEALED_DATA), DNA_ERR_KEY_FILE, DNA_ERR_KEY_PERMISSIONS,
+ * DNA_ERR_CLOSED (then fn is never called). Any thread, fn and dht_value_fn included.
+ */
+DNA_EXPORT DNA_WARN_UNUSED int dht_value_put_sealed_async(dht_context_t *ctx, const char *identity, const char *recipient,
     const uint8_t key[DHT_VALUE_KEY_SIZE], uint32_t slot, const uint8_t *data, size_t data_len, uint16_t type,
     uint32_t lifetime_s, int timeout_ms, dht_value_done_fn fn, void *user_data, uint64_t *op_id_out,
     uint64_t *sequence_out);

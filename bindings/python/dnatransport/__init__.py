@@ -795,6 +795,16 @@ class _ValueCalls:
             self._dht(), _name_arg(identity), _key_arg(key), _u(slot, 32, "slot"), pointer, len(keep) if keep is not None else 0,
             _u(type, 16, "type"), _u(lifetime, 32, "lifetime"), _u(timeout_ms, 31, "timeout_ms"), fn, None, op, sequence))
 
+    def put_sealed_async(self, identity, recipient, key, data, slot=0, type=0, lifetime=24 * 3600, timeout_ms=0):
+        """put_sealed without waiting (dht_value_put_sealed_async): a Future of (holders, sequence), as
+        put_async; another recipient's keys are looked up on a worker thread of the library, and the
+        Future's exception is the DNAError put_sealed would raise (PEER_OFFLINE...)."""
+        keep, pointer = _bytes_arg(data)
+        return _start_async("put_sealed", lambda fn, op, sequence: lib.dht_value_put_sealed_async(
+            self._dht(), _name_arg(identity), _name_arg(recipient), _key_arg(key), _u(slot, 32, "slot"), pointer,
+            len(keep) if keep is not None else 0, _u(type, 16, "type"), _u(lifetime, 32, "lifetime"),
+            _u(timeout_ms, 31, "timeout_ms"), fn, None, op, sequence))
+
     def delete_async(self, identity, key, slot=0, lifetime=0, timeout_ms=0):
         """delete without waiting (dht_value_delete_async): a Future of holders, as put_async."""
         return _start_async("delete", lambda fn, op, sequence: lib.dht_value_delete_async(

@@ -2,6 +2,7 @@
 30 real nodes in one process, values put by one node and got from others."""
 import concurrent.futures
 import hashlib
+import threading
 import time
 
 import pytest
@@ -424,3 +425,78 @@ def test_asynchronous_puts_gets_and_deletes_complete_once_without_blocking(netwo
     with pytest.raises(DNAError) as caught:
         alone.get_async("k")
     assert caught.value.code == ErrorCode.INVALID_ARGUMENT  # closed handle
+
+
+def test_asynchronous_sealed_puts_complete_once_on_the_io_thread(network, tmp_path):
+    """dht_value_put_sealed_async: the reader's keys are looked up off the caller's thread, the
+    result comes once on the context's I/O thread (the thread a listener's callback runs on), with
+    the errors put_sealed would raise; it can be started from a callback, and closing the DHT ends
+    one under way with CLOSED."""
+    writer = network[21]
+    seed = f"127.0.0.1:{network[0].port}"
+    with dna.DHT(data_dir=tmp_path / "mira", bind_ip="127.0.0.1") as mira:
+        mira.bootstrap([seed])
+        assert mira.publish_keys("mira") >= 15
+        # The I/O thread of the writer's context, as a listener's callback sees it.
+        io_thread = concurrent.futures.Future()
+        listener = writer.listen("sealed-async:probe", callback=lambda kind, value: io_thread.done()
+                                 or io_thread.set_result(threading.get_ident()))
+        try:
+            network[2].put("lena", "sealed-async:probe", b"probe")
+            io_ident = io_thread.result(timeout=10)
+        finally:
+            listener.cancel()
+        finished_on = []
+        secrets = [f"group key {i}".encode() * 40 for i in range(5)]
+        puts = [writer.put_sealed_async("lena", "mira", f"sealed-async:{i}", secret, slot=i, type=3)
+                for i, secret in enumerate(secrets)]
+        for put in puts:
+            put.add_done_callback(lambda _: finished_on.append(threading.get_ident()))
+        results = [put.result(timeout=30) for put in puts]
+        assert all(holders >= 15 for holders, _ in results), results
+        assert [sequence for _, sequence in results] == [put.sequence for put in puts]
+        assert len({put.op_id for put in puts}) == 5
+        for i, secret in enumerate(secrets):
+            (value,) = network[9].get(f"sealed-async:{i}")
+            assert value.is_sealed and (value.slot, value.type, value.sequence) == (i, 3, puts[i].sequence)
+            assert mira.open("mira", value) == secret
+        # Exactly once each, on the I/O thread (a callback added after the end runs on this thread).
+        assert finished_on.count(io_ident) + finished_on.count(threading.get_ident()) == 5, finished_on
+        assert io_ident in finished_on
+        # To oneself: sealed here, no lookup.
+        own = writer.put_sealed_async("lena", "lena", "sealed-async:own", b"my contacts")
+        assert own.result(timeout=30)[0] >= 15
+        assert writer.open("lena", network[4].get("sealed-async:own")[0]) == b"my contacts"
+        # Started from a listener's callback, on the I/O thread (put_sealed would fail there).
+        chained = concurrent.futures.Future()
+
+        def answer(kind, value):
+            if not chained.done():
+                chained.set_result(writer.put_sealed_async("lena", "mira", "sealed-async:reply", value.data))
+
+        listener = writer.listen("sealed-async:chain", callback=answer)
+        try:
+            network[6].put("lena", "sealed-async:chain", b"reply to mira")
+            assert chained.result(timeout=10).result(timeout=30)[0] >= 15
+            assert mira.open("mira", network[8].get("sealed-async:reply")[0]) == b"reply to mira"
+        finally:
+            listener.cancel()
+    # Errors as put_sealed's: nobody published keys; too large (at the call).
+    with pytest.raises(DNAError) as caught:
+        writer.put_sealed_async("lena", "nobody-published", "k", b"x", timeout_ms=20_000).result(timeout=30)
+    assert caught.value.code == ErrorCode.PEER_OFFLINE
+    with pytest.raises(DNAError) as caught:
+        writer.put_sealed_async("lena", "lena", "k", bytes(dna.VALUE_MAX_SEALED_DATA + 1))
+    assert caught.value.code == ErrorCode.TOO_LARGE
+    # No contact within the timeout: UNREACHABLE; under way when the DHT closes: CLOSED, at once.
+    with dna.DHT(data_dir=tmp_path / "alone", bind_ip="127.0.0.1") as alone:
+        lonely = alone.put_sealed_async("lena", "mira", "k", b"x", timeout_ms=300)
+        with pytest.raises(DNAError) as caught:
+            lonely.result(timeout=10)
+        assert caught.value.code == ErrorCode.UNREACHABLE
+        pending = alone.put_sealed_async("lena", "mira", "k", b"x", timeout_ms=60_000)
+        time.sleep(0.2)
+        assert not pending.done()
+    with pytest.raises(DNAError) as caught:
+        pending.result(timeout=5)
+    assert caught.value.code == ErrorCode.CLOSED
