@@ -166,8 +166,11 @@ final class ValuePut {
 /// makes it try the next freshest descriptor. A holder counts one descriptor per slot (an honest
 /// one holds one value per signer and slot) and opens at most its share of the slots a get
 /// follows; one that served bytes it did not list, or listed a descriptor its value belies, or
-/// left a fetch unanswered after every attempt, is asked for nothing more. So a holder that lists
+/// did not serve a value it listed (not held, a bad token), or left a fetch unanswered after every
+/// attempt, is asked for nothing more. So a holder that lists
 /// forged descriptors costs at most one fetch each, and hides nothing another holder holds.
+/// Fetches start as lists come (a fresher descriptor listed later is fetched in turn), and once
+/// half of the holders asked listed all they hold, no further page is asked of anyone.
 final class ValueGet {
     let id: LookupID
     let key: NodeID
@@ -204,14 +207,22 @@ final class ValueGet {
     /// Holders whose list is awaited, and the skip of the page asked.
     private var listing: [NodeID: Int] = [:]
     private var pages: [NodeID: Int] = [:]
-    /// Per slot, the descriptors listed, freshest first; the slots still to fetch, in order.
+    /// Per slot, the descriptors listed, freshest first; the slots to fetch, in the order their
+    /// first descriptors came (and those queued, a set of the same).
     private var choices: [ValueStore.Slot: [Choice]] = [:]
     private var toFetch: [ValueStore.Slot] = []
+    private var queued = Set<ValueStore.Slot>()
     private var fetches: [ValueStore.Slot: Fetch] = [:]
     /// Per slot, the value already at hand (held here, or fetched and verified).
     private var found: [ValueStore.Slot: SignedValue] = [:]
-    /// Every list came: the fetches began.
-    private var fetching = false
+    /// Holders whose list ended with its last page. Once half of those asked have (`quorum`), no
+    /// holder is asked for a further page: a holder that answers each page slowly, with a list
+    /// that never ends, then holds a get up by the page it owes, not by `maximumPages` of them.
+    private var listsComplete = 0
+    /// Values listed that no holder delivered (their ids).
+    private var undelivered = Set<[UInt8]>()
+    private var paging = true
+    private var quorum: Int { (holders.count + 1) / 2 }
 
     /// Slots one get follows, list pages asked per holder, fetches at once. (Descriptors kept per
     /// slot: one per holder.)
@@ -258,16 +269,15 @@ final class ValueGet {
                 ask(holder, skip: 0, send)
             }
         }
-        guard listing.isEmpty else { return false }
-        if !fetching {
-            fetching = true
-            toFetch = choices.keys.sorted()
-        }
+        // Fetches start as soon as a list names a slot (not once every list came): a fresher
+        // descriptor listed later is fetched in turn.
         while fetches.count < Self.fetchesInFlight, !toFetch.isEmpty {
-            startFetch(toFetch.removeFirst(), send)
+            let slot = toFetch.removeFirst()
+            queued.remove(slot)
+            startFetch(slot, send)
         }
         pump(send)
-        guard fetches.isEmpty, toFetch.isEmpty else { return false }
+        guard listing.isEmpty, fetches.isEmpty, toFetch.isEmpty else { return false }
         result.values = found.sorted { $0.key < $1.key }.map(\.value)
         return true
     }
@@ -287,11 +297,15 @@ final class ValueGet {
             add(descriptor, from: (holder, token))
         }
         let next = skip + descriptors.count
-        if !descriptors.isEmpty, next < total, pages[holder.id, default: 0] < Self.maximumPages {
-            pages[holder.id, default: 0] += 1
-            listing[holder.id] = next
-            ask((holder, token), skip: next, send)
+        guard !descriptors.isEmpty, next < total, pages[holder.id, default: 0] < Self.maximumPages else {
+            listsComplete += 1
+            if listsComplete >= quorum { paging = false }
+            return
         }
+        guard paging else { return }
+        pages[holder.id, default: 0] += 1
+        listing[holder.id] = next
+        ask((holder, token), skip: next, send)
     }
 
     /// The holder's list did not come (after retries).
@@ -315,6 +329,13 @@ final class ValueGet {
             list.sort { $0.descriptor.supersedes($1.descriptor) }
         }
         choices[slot] = list
+        if fetches[slot] == nil { enqueue(slot) }
+    }
+
+    /// Queues `slot` for a fetch (at the front: again after a failed one), once.
+    private func enqueue(_ slot: ValueStore.Slot, first: Bool = false) {
+        guard queued.insert(slot).inserted else { return }
+        if first { toFetch.insert(slot, at: 0) } else { toFetch.append(slot) }
     }
 
     /// Fetches the freshest choice of `slot` not tried yet from the next holder that listed it (or
@@ -329,7 +350,8 @@ final class ValueGet {
             guard !choice.holders.isEmpty else {
                 list.removeFirst()
                 choices[slot] = list.isEmpty ? nil : list
-                result.undelivered += 1
+                // Counted once per value, however many times holders list it again meanwhile.
+                if undelivered.insert(choice.descriptor.id).inserted { result.undelivered += 1 }
                 continue
             }
             // The holder that listed it with the fewest parts asked of it now (the first on a tie).
@@ -387,6 +409,11 @@ final class ValueGet {
         let descriptor = fetch.choice.descriptor
         guard case .valuePart(.part, let part?) = body, part.id == descriptor.id, part.length == descriptor.length,
               part.index == index else {
+            // It listed the value and does not serve it (not held, a bad token, another part): it
+            // is asked for nothing more. An honest holder serves a value it listed for as long as
+            // a get takes, replaced or not (§10.3); a liar's made-up descriptors would otherwise
+            // cost a round trip each.
+            excluded.insert(holder.id)
             drop(slot)
             return
         }
@@ -408,7 +435,10 @@ final class ValueGet {
         fetches[slot] = nil
         if let value = Self.matches(wire, descriptor, key: key, verify: verify) {
             found[slot] = value
-            choices[slot] = nil
+            // A fresher descriptor listed while this one was fetched is fetched next.
+            let fresher = choices[slot]?.filter { $0.descriptor.supersedesValue(value) } ?? []
+            choices[slot] = fresher.isEmpty ? nil : fresher
+            if !fresher.isEmpty { enqueue(slot) }
             return
         }
         result.refused += 1
@@ -424,7 +454,7 @@ final class ValueGet {
             list.removeFirst()
             choices[slot] = list.isEmpty ? nil : list
         }
-        if choices[slot] != nil { toFetch.insert(slot, at: 0) }
+        if choices[slot] != nil { enqueue(slot, first: true) }
     }
 
     /// The value `wire` is, when it is the one `descriptor` names: its bytes hash to the id, it is
@@ -448,7 +478,7 @@ final class ValueGet {
     /// Gives up the fetch of `slot` from its holder: the slot is fetched again, from the next one.
     private func drop(_ slot: ValueStore.Slot) {
         fetches[slot] = nil
-        toFetch.insert(slot, at: 0)
+        enqueue(slot, first: true)
     }
 }
 

@@ -17,6 +17,9 @@ final class SimulatedNetwork {
     var loss = 0.0
     /// Endpoints played by a test's adversary: it gets each datagram and returns what to send back.
     var adversaries: [Endpoint: (Endpoint, [UInt8]) -> [(Endpoint, [UInt8])]] = [:]
+    /// Extra delay (ms) of what the adversary being called returns: it may set this during the
+    /// call (a slow answer); back to 0 after each call.
+    var adversaryDelay: UInt64 = 0
     /// Nodes behind a port-restricted NAT: a datagram reaches one only from an endpoint it sent to
     /// within `natTimeout` ms.
     var natted = Set<Endpoint>()
@@ -120,9 +123,12 @@ final class SimulatedNetwork {
                     crossedSmallLinks.append(datagram.count)
                 }
                 if let adversary = adversaries[to] {
-                    for (destination, datagram) in adversary(from, datagram) {
-                        heap.push(now + 10 + random.next() % 50, .deliver(from: to, to: destination, datagram: datagram))
+                    adversaryDelay = 0
+                    let answers = adversary(from, datagram)
+                    for (destination, datagram) in answers {
+                        heap.push(now + 10 + random.next() % 50 + adversaryDelay, .deliver(from: to, to: destination, datagram: datagram))
                     }
+                    adversaryDelay = 0
                     continue
                 }
                 guard !dead.contains(to), !dead.contains(from), let node = nodes[to] else { continue }
