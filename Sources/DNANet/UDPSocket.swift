@@ -18,12 +18,24 @@ public final class UDPSocket {
     public let fd: Int32
     public let port: UInt16
 
+    /// The receive buffer asked for, in bytes (the kernel doubles it for its bookkeeping).
+    public static let receiveBuffer: Int32 = 2 << 20
+
     /// Binds to `host` (nil: every interface) and `port` (0: any free port).
     public init(host: String?, port: UInt16) throws(NetError) {
         let fd = socket(AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw NetError("socket") }
         var off: Int32 = 0
         _ = setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &off, socklen_t(MemoryLayout<Int32>.size))
+        // Answers come in bursts: a round of inbox pages is 24 KB from each of up to 20 holders
+        // (about 400 datagrams at once), value parts 16 fetches at a time. The default buffer
+        // (208 KB, about 90 such datagrams) dropped most of a round on loopback, and retries made
+        // a 10-page inbox take 3.8 s (MailRoundTests). Past net.core.rmem_max only with
+        // CAP_NET_ADMIN (SO_RCVBUFFORCE); otherwise the kernel caps SO_RCVBUF there.
+        var size = Self.receiveBuffer
+        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = sockaddr_in6()
         address.sin6_family = sa_family_t(AF_INET6)
         address.sin6_port = port.bigEndian
