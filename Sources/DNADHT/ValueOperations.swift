@@ -166,11 +166,12 @@ final class ValuePut {
 /// makes it try the next freshest descriptor. A holder counts one descriptor per slot (an honest
 /// one holds one value per signer and slot) and opens at most its share of the slots a get
 /// follows; one that served bytes it did not list, or listed a descriptor its value belies, or
-/// did not serve a value it listed (not held, a bad token), or left a fetch unanswered after every
-/// attempt, is asked for nothing more. So a holder that lists
+/// did not serve two values it listed (not held, a bad token), or left a fetch unanswered after
+/// every attempt, is asked for nothing more (its fetches under way go to other holders). So a holder that lists
 /// forged descriptors costs at most one fetch each, and hides nothing another holder holds.
 /// Fetches start as lists come (a fresher descriptor listed later is fetched in turn), and once
-/// half of the holders asked listed all they hold, no further page is asked of anyone.
+/// half of the holders asked listed all they hold, a further page is asked only of a holder whose
+/// list is shorter yet than the longest of those or than the median total first pages gave.
 final class ValueGet {
     let id: LookupID
     let key: NodeID
@@ -215,12 +216,25 @@ final class ValueGet {
     private var fetches: [ValueStore.Slot: Fetch] = [:]
     /// Per slot, the value already at hand (held here, or fetched and verified).
     private var found: [ValueStore.Slot: SignedValue] = [:]
-    /// Holders whose list ended with its last page. Once half of those asked have (`quorum`), no
-    /// holder is asked for a further page: a holder that answers each page slowly, with a list
-    /// that never ends, then holds a get up by the page it owes, not by `maximumPages` of them.
+    /// Holders whose list ended with its last page. Once half of those asked have (`quorum`), a
+    /// holder is asked for a further page only while its list is shorter than the longest that
+    /// ended: a holder that answers each page slowly, with a list that never ends, then holds a get
+    /// up by about the pages honest lists have, not by `maximumPages` of them.
     private var listsComplete = 0
     /// Values listed that no holder delivered (their ids).
     private var undelivered = Set<[UInt8]>()
+    /// Values each holder listed and did not serve ("not held", a bad token): at
+    /// `strikesForExclusion` it is asked for nothing more.
+    private var strikes: [NodeID: Int] = [:]
+    static let strikesForExclusion = 2
+    /// The largest `total` of the lists that ended: after the quorum, a holder whose list is shorter
+    /// yet than that, or than the median of the totals first pages gave, is still asked for its
+    /// next page (honest holders hold about the same values).
+    private var longestComplete = 0
+    /// The totals the holders' first pages gave: their median is how long an honest list is
+    /// (fewer than half of the holders lying), whatever a few claim.
+    private var firstTotals: [Int] = []
+    private var medianTotal: Int { firstTotals.isEmpty ? 0 : firstTotals.sorted()[firstTotals.count / 2] }
     private var paging = true
     private var quorum: Int { (holders.count + 1) / 2 }
 
@@ -279,6 +293,8 @@ final class ValueGet {
         pump(send)
         guard listing.isEmpty, fetches.isEmpty, toFetch.isEmpty else { return false }
         result.values = found.sorted { $0.key < $1.key }.map(\.value)
+        // A value another holder delivered after all is not undelivered.
+        result.undelivered = undelivered.subtracting(found.values.map(\.id)).count
         return true
     }
 
@@ -292,17 +308,21 @@ final class ValueGet {
         guard let skip = listing.removeValue(forKey: holder.id),
               let token = holders.first(where: { $0.contact.id == holder.id })?.token else { return }
         guard case .valueList(let total, let descriptors) = body else { return }
-        if skip == 0 { result.listed += 1 }
+        if skip == 0 {
+            result.listed += 1
+            firstTotals.append(total)
+        }
         for descriptor in descriptors where query.signer.map({ $0 == descriptor.signerID }) ?? true && descriptor.sequence > query.since {
             add(descriptor, from: (holder, token))
         }
         let next = skip + descriptors.count
         guard !descriptors.isEmpty, next < total, pages[holder.id, default: 0] < Self.maximumPages else {
             listsComplete += 1
+            longestComplete = max(longestComplete, min(total, next))
             if listsComplete >= quorum { paging = false }
             return
         }
-        guard paging else { return }
+        guard paging || next < max(longestComplete, medianTotal) else { return }
         pages[holder.id, default: 0] += 1
         listing[holder.id] = next
         ask((holder, token), skip: next, send)
@@ -332,6 +352,13 @@ final class ValueGet {
         if fetches[slot] == nil { enqueue(slot) }
     }
 
+    /// Asks `holder` for nothing more: its fetches under way go to the next holder that listed the
+    /// same value (their answers, if any, are ignored).
+    private func exclude(_ holder: NodeID) {
+        guard excluded.insert(holder).inserted else { return }
+        for (slot, fetch) in fetches where fetch.holder.id == holder { drop(slot) }
+    }
+
     /// Queues `slot` for a fetch (at the front: again after a failed one), once.
     private func enqueue(_ slot: ValueStore.Slot, first: Bool = false) {
         guard queued.insert(slot).inserted else { return }
@@ -351,7 +378,7 @@ final class ValueGet {
                 list.removeFirst()
                 choices[slot] = list.isEmpty ? nil : list
                 // Counted once per value, however many times holders list it again meanwhile.
-                if undelivered.insert(choice.descriptor.id).inserted { result.undelivered += 1 }
+                undelivered.insert(choice.descriptor.id)
                 continue
             }
             // The holder that listed it with the fewest parts asked of it now (the first on a tie).
@@ -409,11 +436,12 @@ final class ValueGet {
         let descriptor = fetch.choice.descriptor
         guard case .valuePart(.part, let part?) = body, part.id == descriptor.id, part.length == descriptor.length,
               part.index == index else {
-            // It listed the value and does not serve it (not held, a bad token, another part): it
-            // is asked for nothing more. An honest holder serves a value it listed for as long as
-            // a get takes, replaced or not (§10.3); a liar's made-up descriptors would otherwise
-            // cost a round trip each.
-            excluded.insert(holder.id)
+            // It listed the value and does not serve it (not held, a bad token, another part). An
+            // honest holder serves what it listed, replaced or not, unless its lifetime ended or
+            // the replaced copy was evicted meanwhile: the second such value ends its fetches (a
+            // liar's made-up descriptors would otherwise cost a round trip each).
+            strikes[holder.id, default: 0] += 1
+            if strikes[holder.id, default: 0] >= Self.strikesForExclusion { exclude(holder.id) }
             drop(slot)
             return
         }
@@ -445,14 +473,19 @@ final class ValueGet {
         if Sodium.sha256(wire) != descriptor.id {
             // Bytes other than the ones listed: this holder lied; the next holder of the same value
             // is asked (another may hold the real bytes).
-            excluded.insert(holder.id)
+            exclude(holder.id)
         } else if var list = choices[slot] {
             // The value is not what the descriptor said (or not valid): every holder that listed the
             // descriptor lied, and no holder can serve other bytes under its id. The next descriptor.
-            for liar in list[0].holders { excluded.insert(liar.contact.id) }
-            excluded.insert(holder.id)
-            list.removeFirst()
+            // (Found by value: a fresher one listed during the fetch may be first now.)
+            if let index = list.firstIndex(where: { $0.descriptor == descriptor }) {
+                for liar in list[index].holders { exclude(liar.contact.id) }
+                list.remove(at: index)
+            }
+            exclude(holder.id)
             choices[slot] = list.isEmpty ? nil : list
+        } else {
+            exclude(holder.id)
         }
         if choices[slot] != nil { enqueue(slot, first: true) }
     }
@@ -471,8 +504,8 @@ final class ValueGet {
     func fetchFailed(from holder: NodeID, valueID: [UInt8], index: Int, unanswered: Bool = false, send: (Contact, DHTMessage.Body) -> Void) {
         partEnded(holder)
         guard let slot = fetchingSlot(holder, valueID, index) else { return }
-        if unanswered { excluded.insert(holder) }
         drop(slot)
+        if unanswered { exclude(holder) }
     }
 
     /// Gives up the fetch of `slot` from its holder: the slot is fetched again, from the next one.

@@ -55,8 +55,11 @@ package final class Monitor: @unchecked Sendable {
     /// Runs `body` on an I/O thread and waits (up to 60 s) for its result: `enqueue`, called with
     /// the lock held, queues the command for that thread (false: the thread is stopping, nil is
     /// returned); `wake` then wakes the thread. The DHT service and each connection use it.
+    /// Queues `body` (`enqueue`, under the lock), wakes its runner and waits up to 60 s for its
+    /// result; nil when it was not queued, or `cancelled` (checked under the lock) turned true
+    /// before it ran (its runner stopped).
     package func perform<State, T>(enqueue: (@escaping (State, UInt64) -> Void) -> Bool, wake: () -> Void,
-                                   _ body: @escaping (State, UInt64) -> T) -> T? {
+                                   cancelled: () -> Bool = { false }, _ body: @escaping (State, UInt64) -> T) -> T? {
         let box = ResultBox<T>()
         let accepted = locked {
             enqueue { state, now in
@@ -70,7 +73,10 @@ package final class Monitor: @unchecked Sendable {
         }
         guard accepted else { return nil }
         wake()
-        return wait(milliseconds: 60_000) { box.done ? box.value : nil }
+        return wait(milliseconds: 60_000) { () -> T?? in
+            if box.done { return .some(box.value) }
+            return cancelled() ? .some(nil) : nil
+        } ?? nil
     }
 }
 
@@ -169,9 +175,6 @@ public final class DHTService: @unchecked Sendable {
     private var running = true
     /// Tests: datagrams it returns false for are not sent, as a firewall rule would drop them.
     private var outgoingFilter: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Bool)?
-    /// Tests: how long each datagram is held back (`delayOutgoing`), and those held (loop thread).
-    private var outgoingDelay: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Int)?
-    private var heldBack: [(due: UInt64, to: Endpoint, datagram: [UInt8])] = []
     /// The loop the node runs on, and whether this service made it (then it stops it).
     public let loop: GLibLoop
     private let ownsLoop: Bool
@@ -370,12 +373,14 @@ public final class DHTService: @unchecked Sendable {
             alarm?.armNow()  // what the body queued goes out when the loop gets to the alarm
             return value
         }
+        // A stop ends the wait: the loop no longer runs queued commands (a worker's sealed put
+        // must not outlive the context by a minute).
         return monitor.perform(enqueue: { command in
             guard running else { return false }
             commands.append(command)
             if commands.count == 1 { alarm?.armNow() }
             return true
-        }, wake: {}, body)
+        }, wake: {}, cancelled: { !running }, body)
     }
 
     /// Queues `body` for the loop thread without waiting for it (runs it inline on the loop thread).
@@ -714,6 +719,8 @@ public final class DHTService: @unchecked Sendable {
                     }
                 }
             }
+            // Sealed after its deadline: timed out, as the blocking form reports it.
+            if outcome == nil, monotonicMilliseconds() >= deadline { outcome = .timedOut }
             // To the loop, unless a stop ended it meanwhile (then `finish` was called there).
             monitor.locked {
                 guard running, sealing.removeValue(forKey: operation.id) != nil else { return }
@@ -908,12 +915,9 @@ public final class DHTService: @unchecked Sendable {
     }
 
     /// Sends each request (and `localRequest` to this node's own inboxes) and waits up to `timeout`
-    /// ms for every answer; with `quorum`, once that many answers came, the others get as long
-    /// again as those took (at least `quorumGrace` ms) and the round ends without them (a read: a
-    /// holder slower than the rest, or one that answers each page late, does not set every round's
-    /// pace, §8.3). Nil when the service stopped.
+    /// ms for every answer. Nil when the service stopped.
     public func mailRound(_ requests: [(Contact, MailRequest)], local localRequest: MailRequest?, key: NodeID,
-                          holders: [Contact], timeout: Int = 5000, quorum: Int? = nil) -> MailRound? {
+                          holders: [Contact], timeout: Int = 5000) -> MailRound? {
         guard mayWait else { return nil }
         let operation = monitor.locked { () -> UInt64 in
             defer { nextMailOperation += 1 }
@@ -926,34 +930,15 @@ public final class DHTService: @unchecked Sendable {
             guard let localRequest else { return .some(nil) }
             return .some(node.localMail(localRequest, key: key, closest: holders, now: now))
         }) else { return nil }
-        var answers: [(Endpoint, MailAnswer?)] = []
-        if !requests.isEmpty {
-            let started = monotonicMilliseconds()
-            let limit = started + UInt64(max(0, timeout))
-            // Every answer (a request that got none after its retries counts as ended); with
-            // `quorum`, first that many real answers.
-            let enough = min(requests.count, quorum ?? requests.count)
-            func ended() -> Int { mailAnswers[operation]?.count ?? 0 }
-            func answered() -> Int { mailAnswers[operation]?.filter { $0.1 != nil }.count ?? 0 }
-            _ = monitor.wait(milliseconds: max(0, timeout)) { () -> Bool? in
-                ended() >= requests.count || answered() >= enough || !running ? true : nil
-            }
-            let now = monotonicMilliseconds()
-            if monitor.locked({ ended() < requests.count && running }), now < limit {
-                let end = min(limit, max(started + 2 * (now - started), now + UInt64(Self.quorumGrace)))
-                _ = monitor.wait(milliseconds: Int(end - now)) { () -> Bool? in ended() >= requests.count || !running ? true : nil }
-            }
-            answers = monitor.locked { mailAnswers[operation] ?? [] }
-        }
+        let answers = requests.isEmpty ? [] : monitor.wait(milliseconds: timeout) { () -> [(Endpoint, MailAnswer?)]? in
+            guard let got = mailAnswers[operation], got.count >= requests.count else { return running ? nil : mailAnswers[operation] ?? [] }
+            return got
+        } ?? monitor.locked { mailAnswers[operation] ?? [] }
         var remote: [Endpoint: MailAnswer?] = [:]
         for (contact, _) in requests { remote[contact.endpoint] = .some(nil) }
         for (endpoint, answer) in answers { remote[endpoint] = .some(answer) }
         return MailRound(local: local ?? nil, remote: remote)
     }
-
-    /// The least a mail round waits for the holders beyond its quorum, in ms (`mailRound`): above a
-    /// loaded machine's scheduling delays on loopback.
-    static let quorumGrace = 50
 
     /// Stores an inbox item on the nodes closest to `key`; returns how many stored it (or held it).
     public func putMail(_ item: [UInt8], key: NodeID) -> Int? {
@@ -974,9 +959,7 @@ public final class DHTService: @unchecked Sendable {
     }
 
     /// Every item the nodes closest to `key` (this one included) hold for it, each once; pages are
-    /// fetched until each holder gave all it has. Each round of pages ends once half of the holders
-    /// asked answered and the rest had as long again (`mailRound`'s quorum): a holder that did not
-    /// answer in time is asked no further page.
+    /// fetched until each holder gave all it has.
     public func fetchMail(key: NodeID) -> [[UInt8]]? {
         guard let holders = closest(to: key) else { return nil }
         var seen = Set<[UInt8]>()
@@ -985,8 +968,7 @@ public final class DHTService: @unchecked Sendable {
         var localSkip: Int? = 0
         for _ in 0..<64 where !skip.isEmpty || localSkip != nil {
             guard let round = mailRound(skip.map { ($0.key, .fetch(key: key, skip: $0.value)) },
-                                        local: localSkip.map { .fetch(key: key, skip: $0) }, key: key, holders: holders,
-                                        quorum: (skip.count + 1) / 2) else { return nil }
+                                        local: localSkip.map { .fetch(key: key, skip: $0) }, key: key, holders: holders) else { return nil }
             if let offset = localSkip {
                 localSkip = nil
                 if case .items(let total, let items)? = round.local, !items.isEmpty {
@@ -1009,7 +991,7 @@ public final class DHTService: @unchecked Sendable {
     public func firstMailPage(key: NodeID) -> [[UInt8]]? {
         guard let holders = closest(to: key),
               let round = mailRound(holders.map { ($0, .fetch(key: key, skip: 0)) }, local: .fetch(key: key, skip: 0),
-                                    key: key, holders: holders, quorum: (holders.count + 1) / 2) else { return nil }
+                                    key: key, holders: holders) else { return nil }
         var seen = Set<[UInt8]>()
         var out: [[UInt8]] = []
         for case .items(_, let items)? in round.all {
@@ -1144,12 +1126,6 @@ public final class DHTService: @unchecked Sendable {
         monitor.locked { outgoingFilter = filter }
     }
 
-    /// Tests: from now on each datagram this node sends leaves `delay` ms later (0: at once; nil:
-    /// every one at once), as from a slow holder.
-    public func delayOutgoing(_ delay: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Int)?) {
-        monitor.locked { outgoingDelay = delay }
-    }
-
     /// Drops the entry this node holds for `identity` (DHTNode.forget).
     public func forgetEntry(of identity: IdentityName) {
         _ = perform { node, _ in node.forget(NodeID.key(of: identity)) }
@@ -1205,18 +1181,8 @@ public final class DHTService: @unchecked Sendable {
             lastSave = current
             saveInBackground()
         }
-        let (filter, delay) = monitor.locked { (outgoingFilter, outgoingDelay) }
-        for (to, datagram) in node.takeDatagrams() where filter?(datagram, to) ?? true {
-            let hold = delay?(datagram, to) ?? 0
-            if hold > 0 { heldBack.append((current + UInt64(hold), to, datagram)) } else { socket.send(datagram, to: to) }
-        }
-        if !heldBack.isEmpty {
-            heldBack.removeAll { held in
-                guard held.due <= current else { return false }
-                socket.send(held.datagram, to: held.to)
-                return true
-            }
-        }
+        let filter = monitor.locked { outgoingFilter }
+        for (to, datagram) in node.takeDatagrams() where filter?(datagram, to) ?? true { socket.send(datagram, to: to) }
         var events = node.takeEvents()
         checkReannouncements(events, now: current)
         // Results of asynchronous operations go to their `finish` (below, outside the lock).
@@ -1268,7 +1234,7 @@ public final class DHTService: @unchecked Sendable {
             // this must not push its wake-up back.
             if commands.isEmpty, queuedOperations.isEmpty {
                 let deadline = min(node.nextDeadline ?? UInt64.max, nextAnnounce, lastSave + configuration.node.refreshInterval,
-                                   operations.values.map(\.deadline).min() ?? UInt64.max, heldBack.map(\.due).min() ?? UInt64.max)
+                                   operations.values.map(\.deadline).min() ?? UInt64.max)
                 alarm?.arm(at: deadline)
             } else {
                 alarm?.armNow()

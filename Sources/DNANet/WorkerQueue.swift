@@ -35,11 +35,13 @@ final class WorkerQueue: @unchecked Sendable {
             return
         }
         box.release()
+        // No thread: when none runs the queue the caller does (keeping the count `work` ends).
         let alone = monitor.locked { () -> Bool in
+            guard threads > 1 else { return true }
             threads -= 1
-            return threads == 0
+            return false
         }
-        if alone { work() }  // no thread runs the queue: the caller does
+        if alone { work() }
     }
 
     /// A thread's life: jobs until none is left (a job queued while it finishes one is taken too).

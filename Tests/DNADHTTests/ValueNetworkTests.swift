@@ -303,6 +303,36 @@ import Testing
         #expect(extra.allSatisfy { $0 < 2_000 }, "the liar added \(extra) ms to gets of \(clean) ms")
     }
 
+    @Test func aKeyOfManyPagesIsGotWholeWhenHalfOfItsHoldersHoldNothingYet() throws {
+        let network = SimulationTests.network(60, seed: 66)
+        let closest = Self.closest(to: Self.nodeKey, in: network)
+        let now = network.now / 1000
+        // 150 values at one key (3 writers, 50 slots each): three pages from each holder.
+        var values: [SignedValue] = []
+        for writer in 0..<3 {
+            for slot in 0..<50 {
+                values.append(Self.value(Announced.identities[40 + writer], slot: UInt32(slot), sequence: 1, created: now,
+                                         data: Array("v\(writer).\(slot)".utf8)))
+            }
+        }
+        for value in values {  // one after the other: a source's uploads at once are bounded
+            let stored = try Self.put(value, from: closest.last!, in: network).stored
+            #expect(stored >= 15, "stored on \(stored)")
+        }
+        // 10 of the 20 closest answer at once that they hold nothing (nodes that joined since, or
+        // that lie): their lists end first, yet the holders of all three pages are asked to the end.
+        for empty in closest.prefix(10) {
+            Self.wrap(empty, in: network) { request, answer in
+                if case .valueGet? = request { return .valueList(total: 0, descriptors: []) }
+                return answer
+            }
+        }
+        for reader in closest.suffix(3) {
+            let got = try #require(Self.get(from: reader, in: network), "the get never ended")
+            #expect(got.values.count == 150, "got \(got.values.count) of 150 values")
+        }
+    }
+
     @Test func aHolderListingOneValueUnderManySlotsDoesNotStallTheGet() throws {
         let network = SimulationTests.network(60, seed: 64)
         let closest = Self.closest(to: Self.nodeKey, in: network)

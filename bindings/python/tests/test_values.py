@@ -447,12 +447,20 @@ def test_asynchronous_sealed_puts_complete_once_on_the_io_thread(network, tmp_pa
         finally:
             listener.cancel()
         finished_on = []
+        all_finished = threading.Event()
+
+        def finished(_):
+            finished_on.append(threading.get_ident())
+            if len(finished_on) == 5:
+                all_finished.set()
         secrets = [f"group key {i}".encode() * 40 for i in range(5)]
         puts = [writer.put_sealed_async("lena", "mira", f"sealed-async:{i}", secret, slot=i, type=3)
                 for i, secret in enumerate(secrets)]
         for put in puts:
-            put.add_done_callback(lambda _: finished_on.append(threading.get_ident()))
+            put.add_done_callback(finished)
         results = [put.result(timeout=30) for put in puts]
+        # result() returns once the Future is set; its done-callbacks run right after, on the I/O thread.
+        assert all_finished.wait(10), finished_on
         assert all(holders >= 15 for holders, _ in results), results
         assert [sequence for _, sequence in results] == [put.sequence for put in puts]
         assert len({put.op_id for put in puts}) == 5
