@@ -167,8 +167,9 @@ final class ValuePut {
 /// one holds one value per signer and slot) and opens at most its share of the slots a get
 /// follows; one that served bytes it did not list, or listed a descriptor its value belies, or
 /// did not serve two values it listed (not held, a bad token), or left a fetch unanswered after
-/// every attempt, is asked for nothing more (its fetches under way go to other holders). So a holder that lists
-/// forged descriptors costs at most one fetch each, and hides nothing another holder holds.
+/// every attempt, is asked for nothing more (its fetches under way go to other holders). So a
+/// holder that lists forged descriptors costs two fetches and those in flight when its lies show,
+/// and hides nothing another holder holds.
 /// Fetches start as lists come (a fresher descriptor listed later is fetched in turn), and once
 /// half of the holders asked listed all they hold, a further page is asked only of a holder whose
 /// list is shorter yet than the longest of those or than the median total first pages gave.
@@ -218,7 +219,7 @@ final class ValueGet {
     private var found: [ValueStore.Slot: SignedValue] = [:]
     /// Holders whose list ended with its last page. Once half of those asked have (`quorum`), a
     /// holder is asked for a further page only while its list is shorter than the longest that
-    /// ended: a holder that answers each page slowly, with a list that never ends, then holds a get
+    /// ended or than the median first-page total: a holder that answers each page slowly, with a list that never ends, then holds a get
     /// up by about the pages honest lists have, not by `maximumPages` of them.
     private var listsComplete = 0
     /// Values listed that no holder delivered (their ids).
