@@ -54,10 +54,8 @@ package final class Monitor: @unchecked Sendable {
 
     /// Runs `body` on an I/O thread and waits (up to 60 s) for its result: `enqueue`, called with
     /// the lock held, queues the command for that thread (false: the thread is stopping, nil is
-    /// returned); `wake` then wakes the thread. The DHT service and each connection use it.
-    /// Queues `body` (`enqueue`, under the lock), wakes its runner and waits up to 60 s for its
-    /// result; nil when it was not queued, or `cancelled` (checked under the lock) turned true
-    /// before it ran (its runner stopped).
+    /// returned); `wake` then wakes the thread; nil also when `cancelled` (checked under the lock)
+    /// turns true before it ran (its runner stopped). The DHT service and each connection use it.
     package func perform<State, T>(enqueue: (@escaping (State, UInt64) -> Void) -> Bool, wake: () -> Void,
                                    cancelled: () -> Bool = { false }, _ body: @escaping (State, UInt64) -> T) -> T? {
         let box = ResultBox<T>()
@@ -689,11 +687,13 @@ public final class DHTService: @unchecked Sendable {
             }
         }
         if !byWorker {
-            // The writer's own keys: no network, sealed and signed here.
-            let keys = try InboxKeys(identity: identity)
-            let sealed = try SealedValueData.seal(plaintext, x25519: keys.x25519Public, kem: keys.kemPublic, key: key,
-                                                  signerID: SignedValue.signerID(of: identity.publicKey), slot: slot, type: type)
-            operation.failed = sign(sealed)
+            // The writer's own keys: no network (`seal`), sealed and signed here.
+            do throws(SealError) {
+                operation.failed = sign(try seal(plaintext, to: reader, as: identity, key: key, slot: slot, type: type))
+            } catch {
+                if case .refused(let cause) = error { throw cause }
+                return nil  // stopped
+            }
             let queued = monitor.locked { () -> Bool in
                 guard running else { return false }
                 queuedOperations.append(operation)

@@ -24,6 +24,7 @@ import Testing
         defer { fclose(file) }
         var line = [CChar](repeating: 0, count: 64)
         guard fgets(&line, Int32(line.count), file) != nil else { return nil }
-        return String(cString: line).split(separator: "\n").first.flatMap { Int($0) }
+        let text = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return text.split(separator: "\n").first.flatMap { Int($0) }
     }
 }
