@@ -289,6 +289,17 @@ struct DHTMessage: Equatable {
     static let maximumMailItem = OfflineMessage.maximumSize
     /// MAIL_ITEMS carries items up to this many bytes in all (and always at least one).
     static let mailItemsBudget = 24_000
+
+    /// The items' bytes a MAIL_ITEMS answer sent in datagrams of at most `datagramSize` bytes may
+    /// carry: at most `mailItemsBudget`, and few enough that the answer is at most 32 pieces (§5.1,
+    /// §9): 14,443 bytes at 500-byte datagrams (the largest item, a sealed message of 10,807
+    /// bytes, fits alone).
+    static func mailItemsBudget(datagramSize: Int) -> Int {
+        let message = Pieces.maximumCount * (min(datagramSize, Pieces.maximumDatagramSize) - DHTDatagram.overhead)
+        // kind, flags, salt, total (2), count (1), and a 4-byte length before each item
+        let framing = 2 + NodeCredential.saltSize + 3 + 4 * maximumMailItems
+        return min(mailItemsBudget, message - framing)
+    }
     /// The largest message: MAIL_ITEMS (a FORWARD of the largest signal payload and a STORE of the
     /// largest entry are smaller).
     static let maximumSize = 2 + NodeCredential.saltSize + 2 + 1 + mailItemsBudget + 4 * 32 + maximumMailItem

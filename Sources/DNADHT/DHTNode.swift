@@ -373,7 +373,7 @@ public final class DHTNode {
                 statistics.refusedPieces += 1
                 return
             }
-            switch reassembler.add(piece, from: source, now: now, statistics: &statistics) {
+            switch reassembler.add(piece, from: source, size: datagram.count, now: now, statistics: &statistics) {
             case .incomplete:
                 return
             case .answerAgain(let datagrams):
@@ -414,7 +414,8 @@ public final class DHTNode {
             let sent = answer(message, sender: sender.id, from: source, requestSize: datagram.count, now: now)
             if let completed, !sent.isEmpty { reassembler.remember(sent, answering: completed, now: now) }
         } else {
-            handleResponse(message, sender: sender.id, from: source, length: bytes.count, now: now)
+            handleResponse(message, sender: sender.id, from: source, length: bytes.count,
+                           largestDatagram: completed?.largestDatagram ?? datagram.count, now: now)
         }
     }
 
@@ -436,11 +437,11 @@ public final class DHTNode {
             body = .signalAck(relay(key: key, id: signalID, payload: payload, token: presented, from: source, now: now))
         // Records: each kind's store answers its own requests.
         case .findValue, .store:
-            let requester = self.requester(source, sender)
+            let requester = self.requester(source, sender, now: now)
             guard let answer = entries.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
         case .valuePut, .valueGet, .valueFetch:
-            let requester = self.requester(source, sender)
+            let requester = self.requester(source, sender, now: now)
             let stored = statistics.storedValues
             guard let answer = values.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
@@ -455,7 +456,7 @@ public final class DHTNode {
             let status = subscriptions.listen(key: key, signer: signer, listener: listener, from: source, now: now)
             body = .valueListening(status, lifetime: status == .listening ? Int(subscriptions.lifetime / 1000) : 0)
         case .mailPut, .mailFetch, .mailDelete:
-            let requester = self.requester(source, sender)
+            let requester = self.requester(source, sender, now: now)
             guard let answer = inboxes.answer(request.body, from: requester, at: time(now), statistics: &statistics) else { return [] }
             body = recordBody(answer, source: source, sender: sender, token: token)
         default:
@@ -496,8 +497,9 @@ public final class DHTNode {
     /// A record request from `sender` at `source`, for the record stores; it is a fellow holder of a
     /// key when it is a contact of the routing table at that address among the k contacts closest to
     /// the key (`RecordRequester.isFellowHolder`).
-    private func requester(_ source: Endpoint, _ sender: NodeID) -> RecordRequester {
-        RecordRequester(source: source, sender: sender, tokens: tokens) { [unowned self] key in
+    private func requester(_ source: Endpoint, _ sender: NodeID, now: UInt64) -> RecordRequester {
+        RecordRequester(source: source, sender: sender, tokens: tokens, datagramSize: datagramSize(for: source, now: now)) {
+            [unowned self] key in
             table.closest(to: key, count: configuration.k).contains { $0.id == sender && $0.endpoint == source }
         }
     }
@@ -537,9 +539,12 @@ public final class DHTNode {
 
     // MARK: Responses
 
-    /// `length`: the answer's bytes (the message, without datagram headers).
-    private func handleResponse(_ message: DHTMessage, sender: NodeID, from source: Endpoint, length: Int, now: UInt64) {
-        guard let request = rpc.answered(message, sender: sender, from: source, length: length, now: now,
+    /// `length`: the answer's bytes (the message, without datagram headers); `largestDatagram`: the
+    /// largest datagram it came in.
+    private func handleResponse(_ message: DHTMessage, sender: NodeID, from source: Endpoint, length: Int,
+                                largestDatagram: Int, now: UInt64) {
+        guard let request = rpc.answered(message, sender: sender, from: source, length: length,
+                                         largestDatagram: largestDatagram, now: now,
                                          statistics: &statistics) else { return }
         if let oldest = table.seen(Contact(id: sender, endpoint: source), now: now) {
             ping(oldest.endpoint, expected: oldest.id, now: now)

@@ -283,7 +283,8 @@ struct MailStore: RecordStore {
         case .mailFetch(let presented, let key, let skip):
             guard isHolder else { return .body(.mailStored(.notHolder)) }
             guard requester.tokens.isValid(presented, for: requester.source) else { return .body(.mailStored(.badToken)) }
-            let (total, items) = mailboxes.items(of: key, skip: skip, budget: DHTMessage.mailItemsBudget, unix: time.unix)
+            let budget = DHTMessage.mailItemsBudget(datagramSize: requester.datagramSize)
+            let (total, items) = mailboxes.items(of: key, skip: skip, budget: budget, unix: time.unix)
             return .body(.mailItems(total: total, items: items))
         case .mailDelete(let presented, let request):
             guard isHolder else { return .body(.mailStored(.notHolder)) }

@@ -22,6 +22,8 @@ struct Reassembler {
     struct Completed {
         var key: Key
         var request: Reassembly
+        /// The largest of its datagrams, in bytes (§9: the size the path carried).
+        var largestDatagram: Int
     }
 
     enum Outcome {
@@ -43,7 +45,7 @@ struct Reassembler {
     static let perNetwork = 16
 
     /// Partial multi-datagram messages (§5.1), and how many each source and each network holds.
-    private var reassembly: [Key: (started: UInt64, buffer: Reassembly)] = [:]
+    private var reassembly: [Key: (started: UInt64, buffer: Reassembly, largest: Int)] = [:]
     private var partialsBySource: [Endpoint: Int] = [:]
     private var partialsByNetwork: [[UInt8]: Int] = [:]
     /// Answers to multi-datagram requests this node completed, kept for the reassembly lifetime
@@ -72,8 +74,8 @@ struct Reassembler {
         }
     }
 
-    /// One piece (of a message of more than one) from `source`.
-    mutating func add(_ piece: DHTDatagram.Piece, from source: Endpoint, now: UInt64,
+    /// One piece (of a message of more than one) from `source`, in a datagram of `size` bytes.
+    mutating func add(_ piece: DHTDatagram.Piece, from source: Endpoint, size: Int, now: UInt64,
                       statistics: inout DHTStatistics) -> Outcome {
         let key = Key(endpoint: source, transaction: piece.transaction)
         if var done = answered[key] {
@@ -102,23 +104,24 @@ struct Reassembler {
                 return .incomplete
             }
             makeRoomForPartial(from: source, statistics: &statistics)
-            entry = (now, buffer)
+            entry = (now, buffer, 0)
             partialsBySource[source, default: 0] += 1
             partialsByNetwork[source.network, default: 0] += 1
         }
-        guard var (started, buffer) = entry,
+        guard var (started, buffer, largest) = entry,
               (try? buffer.add(index: piece.index, length: piece.length, count: piece.count, bytes: piece.bytes)) != nil else {
             removePartial(key)
             statistics.dropped += 1
             return .incomplete
         }
+        largest = max(largest, size)
         guard let message = buffer.message else {
-            reassembly[key] = (started, buffer)
+            reassembly[key] = (started, buffer, largest)
             return .incomplete
         }
         started = 0
         removePartial(key)
-        return .complete(message, Completed(key: key, request: buffer))
+        return .complete(message, Completed(key: key, request: buffer, largestDatagram: largest))
     }
 
     /// Before a new partial message from `source` is kept: each source and each network gets a

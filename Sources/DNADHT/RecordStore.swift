@@ -1,3 +1,5 @@
+import DNAWire
+
 /// The clocks a record store judges by: monotonic ms (when a record was stored, for republishing)
 /// and Unix ms (the times records carry: last_seen, creation, expiry).
 struct RecordTime {
@@ -11,6 +13,8 @@ struct RecordRequester {
     var source: Endpoint
     var sender: NodeID
     var tokens: Tokens
+    /// The largest datagram the answer goes to it in (§9): an answer is at most 32 pieces of it.
+    var datagramSize = Pieces.maximumDatagramSize
     /// Whether the requester is a fellow holder of a key: a contact of this node's routing table at
     /// this address, among the k nodes it knows closest to the key. Only such a node's put of a
     /// record held already counts as that record's republishing (Kademlia's "the others have it

@@ -102,7 +102,48 @@ struct Transactions {
     private var rtt = RTTEstimator()
     var requestTimeout: UInt64 {
         guard let srtt = rtt.smoothed else { return 1000 }
-        return UInt64(min(5000, max(250, srtt + 4 * rtt.variation)))
+        return UInt64(min(Double(Self.maximumTimeout), max(250, srtt + 4 * rtt.variation)))
+    }
+
+    /// The longest request timeout, in ms.
+    static let maximumTimeout: UInt64 = 5000
+
+    /// Destinations slower than `requestTimeout` says (one estimate serves every node, and most
+    /// answer sooner): their own timeout, in ms, and when it was set. One that answered a request of
+    /// one datagram only after it was sent again, nothing of the answer having come before, gets
+    /// twice that request's timeout for its next requests (RFC
+    /// 6298 §5.5's back-off; a request's own attempts keep its first one's, and a destination that
+    /// never answers keeps the shared one: a gone node's lookups and pings do not slow down), and by
+    /// Karn's rule (§3) the doubled one is kept until an answer to a request sent once gives a
+    /// sample R; then 3R (§2.2, a first measurement), dropped when that is no more than
+    /// `requestTimeout`. Without it, a holder that
+    /// always answers in, say, 300 ms while the others answer in 2 (a far or loaded one) got
+    /// every request twice, answered each twice (spending its rate for this node, §5.5), and made
+    /// this node take its late answers for a path MTU black hole (§9). At most
+    /// `pathTimeoutLimit`; past it the oldest goes.
+    private var pathTimeouts: [Endpoint: (timeout: UInt64, at: UInt64)] = [:]
+    static let pathTimeoutLimit = 1024
+
+    /// The timeout of a request to `endpoint`, in ms.
+    func requestTimeout(for endpoint: Endpoint) -> UInt64 {
+        max(requestTimeout, pathTimeouts[endpoint]?.timeout ?? 0)
+    }
+
+    /// Destinations with a timeout of their own (statistics, tests).
+    var slowPathCount: Int { pathTimeouts.count }
+
+    private mutating func setPathTimeout(_ endpoint: Endpoint, _ timeout: UInt64?, now: UInt64) {
+        guard let timeout, timeout > requestTimeout else {
+            pathTimeouts[endpoint] = nil
+            return
+        }
+        if pathTimeouts[endpoint] == nil, pathTimeouts.count >= Self.pathTimeoutLimit,
+           let oldest = pathTimeouts.min(by: { a, b in
+               a.value.at != b.value.at ? a.value.at < b.value.at : a.key.wire.lexicographicallyPrecedes(b.key.wire)
+           }) {
+            pathTimeouts[oldest.key] = nil
+        }
+        pathTimeouts[endpoint] = (min(Self.maximumTimeout, timeout), now)
     }
 
     /// How long a lookup waits for a request's answer before it asks the next candidate too, in ms
@@ -199,7 +240,7 @@ struct Transactions {
         var soft: UInt64?
         if case .lookup = purpose { soft = now + softTimeout }
         let size = datagramSize(for: endpoint, now: now)
-        pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now, deadline: now + requestTimeout,
+        pending[transaction] = Pending(endpoint: endpoint, expected: expected, sentAt: now, deadline: now + requestTimeout(for: endpoint),
                                        softDeadline: soft, purpose: purpose, body: body, size: size)
         send(DHTMessage(transaction: transaction, salt: salt, body: body), to: endpoint, size: size,
              answerLimit: Self.asksForLimit(body) && size < Pieces.maximumDatagramSize ? size : nil, statistics: &statistics)
@@ -213,9 +254,10 @@ struct Transactions {
     /// Takes the request an answer from `source` (node `sender`) answers, and learns from it: the path
     /// sizes (§9), a round-trip sample, that `sender` is alive. Nil, counted as unexpected, when no
     /// request under its transaction went to that address and that node. `length`: the answer's
-    /// bytes (the message, without datagram headers).
-    mutating func answered(_ message: DHTMessage, sender: NodeID, from source: Endpoint, length: Int, now: UInt64,
-                           statistics: inout DHTStatistics) -> Pending? {
+    /// bytes (the message, without datagram headers); `largestDatagram`: the largest datagram it
+    /// came in.
+    mutating func answered(_ message: DHTMessage, sender: NodeID, from source: Endpoint, length: Int, largestDatagram: Int,
+                           now: UInt64, statistics: inout DHTStatistics) -> Pending? {
         // Accepted only from the address that was asked, and only from the node we meant to ask.
         guard let request = pending[message.transaction], request.endpoint == source,
               request.expected == nil || request.expected == sender else {
@@ -225,8 +267,11 @@ struct Transactions {
         pending[message.transaction] = nil
         // Path size (§9): the largest datagram this exchange needed at the attempt's size, or would
         // have needed at the larger size of the attempt before.
-        let needed = DHTDatagram.overhead + max(length, DHTMessage(transaction: 0, salt: salt, body: request.body).bytes.count)
-        if request.steppedDown {
+        let requestLength = DHTMessage(transaction: 0, salt: salt, body: request.body).bytes.count
+        let needed = DHTDatagram.overhead + max(length, requestLength)
+        // An answer in datagrams larger than the smaller attempt asked for answers an attempt
+        // before it (a holder slower than the timeout, not a black hole): the larger size worked.
+        if request.steppedDown, largestDatagram <= request.size {
             if needed > request.size {
                 if pathSizes.smallerWorked(source, size: request.size, now: now) { statistics.pathSizeReductions += 1 }
                 if lastConfirmedBy != source {
@@ -235,12 +280,23 @@ struct Transactions {
                 }
             }
         } else {
-            pathSizes.largerWorked(source, size: min(needed, request.size))
-            ownLink.largerWorked(0, size: min(needed, request.size))
+            let carried = min(needed, max(request.size, largestDatagram))
+            pathSizes.largerWorked(source, size: carried)
+            ownLink.largerWorked(0, size: carried)
         }
         // Karn's rule (RFC 6298 §3): an answer to a request sent more than once may answer any of
         // its attempts (they share the transaction), so it gives no sample.
-        if request.attempt == 0 { rtt.add(sample: Double(now - request.sentAt)) }
+        if request.attempt == 0 {
+            let sample = now - min(now, request.sentAt)
+            rtt.add(sample: Double(sample))
+            if pathTimeouts[source] != nil { setPathTimeout(source, 3 * sample, now: now) }
+        } else if request.steppedDown || request.unansweredAtSize > 0, requestLength + DHTDatagram.overhead <= request.size {
+            // A request of one datagram answered only after it was sent again, nothing of the
+            // answer having come before: slower than its timeout (or a datagram was lost). Its
+            // next requests wait twice as long (RFC 6298 §5.5). (A request of many pieces, a part
+            // of a value, is sent again for one lost piece of 13: that says nothing of the time.)
+            setPathTimeout(source, 2 * max(requestTimeout, request.deadline - min(request.deadline, request.sentAt)), now: now)
+        }
         if !recentlyFailed.isEmpty { recentlyFailed[sender] = nil }
         return request
     }
@@ -249,6 +305,7 @@ struct Transactions {
     mutating func passedSoftDeadline(_ transaction: UInt64) { pending[transaction]?.softDeadline = nil }
 
     /// A request that timed out and is not sent again.
+    /// A request that timed out; it may be sent again (`retry`).
     mutating func remove(_ transaction: UInt64) { pending[transaction] = nil }
 
     /// Sends a request that timed out again, under the same transaction (§5.1): the receiver's
@@ -262,7 +319,9 @@ struct Transactions {
         var again = request
         again.attempt += 1
         again.sentAt = now
-        again.deadline = now + requestTimeout
+        // The attempt's timeout, not the destination's doubled one (that is for its next requests):
+        // at 10% loss, doubling along a value part's five attempts made it wait up to 7.75 s.
+        again.deadline = now + max(requestTimeout, request.deadline - min(request.deadline, request.sentAt))
         again.softDeadline = nil
         again.unansweredAtSize = answering ? 0 : request.unansweredAtSize + 1
         // Nothing came back: the next attempt, and the answer it asks for, go in smaller

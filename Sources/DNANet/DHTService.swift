@@ -173,6 +173,9 @@ public final class DHTService: @unchecked Sendable {
     private var running = true
     /// Tests: datagrams it returns false for are not sent, as a firewall rule would drop them.
     private var outgoingFilter: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Bool)?
+    /// Tests: how long each datagram is held back, in ms (`delayOutgoing`); those held (loop thread).
+    private var outgoingDelay: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Int)?
+    private var heldBack: [(due: UInt64, to: Endpoint, datagram: [UInt8])] = []
     /// The loop the node runs on, and whether this service made it (then it stops it).
     public let loop: GLibLoop
     private let ownsLoop: Bool
@@ -958,34 +961,104 @@ public final class DHTService: @unchecked Sendable {
         return counts
     }
 
-    /// Every item the nodes closest to `key` (this one included) hold for it, each once; pages are
-    /// fetched until each holder gave all it has.
-    public func fetchMail(key: NodeID) -> [[UInt8]]? {
+    /// Every item the nodes closest to `key` (this one included) hold for it, each once, in the order
+    /// they came (§8.4). Each holder is paged on its own: its next MAIL_FETCH page is asked as soon
+    /// as its answer comes, up to `mailPagesPerHolder` pages, so a holder that answers late delays
+    /// only its own pages. `deliver` (on the calling thread) gets the items not given before: once
+    /// half of the remote holders (at least one) gave all they hold or failed, all so far; then
+    /// those of each later answer, as it comes; a holder slower than the rest is still paged to its
+    /// end. A request with no answer after its retries (or `timeout` ms) ends that holder. Returns
+    /// every item when each holder ended; nil when the lookup failed or the service stopped.
+    public func fetchMail(key: NodeID, timeout: Int = 5000, deliver: ([[UInt8]]) -> Void = { _ in }) -> [[UInt8]]? {
         guard let holders = closest(to: key) else { return nil }
         var seen = Set<[UInt8]>()
         var out: [[UInt8]] = []
-        var skip: [Contact: Int] = Dictionary(uniqueKeysWithValues: holders.map { ($0, 0) })
-        var localSkip: Int? = 0
-        for _ in 0..<64 where !skip.isEmpty || localSkip != nil {
-            guard let round = mailRound(skip.map { ($0.key, .fetch(key: key, skip: $0.value)) },
-                                        local: localSkip.map { .fetch(key: key, skip: $0) }, key: key, holders: holders) else { return nil }
-            if let offset = localSkip {
-                localSkip = nil
-                if case .items(let total, let items)? = round.local, !items.isEmpty {
-                    for item in items where seen.insert(item).inserted { out.append(item) }
-                    if offset + items.count < total { localSkip = offset + items.count }
-                }
+        var undelivered: [[UInt8]] = []
+        func take(_ items: [[UInt8]]) {
+            for item in items where seen.insert(item).inserted {
+                out.append(item)
+                undelivered.append(item)
             }
-            var next: [Contact: Int] = [:]
-            for (contact, offset) in skip {
-                guard case .items(let total, let items)?? = round.remote[contact.endpoint], !items.isEmpty else { continue }
-                for item in items where seen.insert(item).inserted { out.append(item) }
-                if offset + items.count < total { next[contact] = offset + items.count }
-            }
-            skip = next
         }
+        // This node's own inboxes: every page at once (no network).
+        guard let own = perform({ node, now -> [[UInt8]] in
+            var items: [[UInt8]] = []
+            for _ in 0..<Self.mailPagesPerHolder {
+                guard case .items(let total, let page)? = node.localMail(.fetch(key: key, skip: items.count), key: key,
+                                                                          closest: holders, now: now), !page.isEmpty else { break }
+                items += page
+                if items.count >= total { break }
+            }
+            return items
+        }) else { return nil }
+        take(own)
+        let operation = monitor.locked { () -> UInt64 in
+            defer { nextMailOperation += 1 }
+            mailAnswers[nextMailOperation] = []
+            return nextMailOperation
+        }
+        defer { _ = monitor.locked { mailAnswers.removeValue(forKey: operation) } }
+        // Per holder: the next item to ask for, the pages asked, and when its request gives up.
+        var contacts: [Endpoint: Contact] = [:]
+        var offsets: [Endpoint: Int] = [:]
+        var pages: [Endpoint: Int] = [:]
+        var waiting: [Endpoint: UInt64] = [:]
+        func ask(_ endpoints: [Endpoint]) -> Bool {
+            let requests = endpoints.compactMap { endpoint in contacts[endpoint].map { ($0, offsets[endpoint] ?? 0) } }
+            let limit = monotonicMilliseconds() + UInt64(max(0, timeout))
+            for endpoint in endpoints {
+                waiting[endpoint] = limit
+                pages[endpoint, default: 0] += 1
+            }
+            return perform { node, now -> Bool in
+                for (contact, skip) in requests { node.mail(.fetch(key: key, skip: skip), to: contact, operation: operation, now: now) }
+                return true
+            } != nil
+        }
+        for contact in holders where contacts[contact.endpoint] == nil { contacts[contact.endpoint] = contact }
+        guard ask(Array(contacts.keys)) else { return nil }
+        let quorum = max(1, (contacts.count + 1) / 2)
+        var ended = 0
+        var consumed = 0
+        while !waiting.isEmpty {
+            let soonest = waiting.values.min() ?? 0
+            let fresh = monitor.wait(milliseconds: Int(soonest - min(soonest, monotonicMilliseconds()))) {
+                () -> [(Endpoint, MailAnswer?)]? in
+                guard running, let answers = mailAnswers[operation] else { return [] }
+                return answers.count > consumed ? Array(answers[consumed...]) : nil
+            } ?? []
+            guard mayWait else { return nil }
+            consumed += fresh.count
+            var next: [Endpoint] = []
+            for (endpoint, answer) in fresh where waiting.removeValue(forKey: endpoint) != nil {
+                guard case .items(let total, let items)? = answer, !items.isEmpty else {
+                    ended += 1
+                    continue
+                }
+                take(items)
+                let offset = (offsets[endpoint] ?? 0) + items.count
+                offsets[endpoint] = offset
+                if offset < total, (pages[endpoint] ?? 0) < Self.mailPagesPerHolder { next.append(endpoint) } else { ended += 1 }
+            }
+            let now = monotonicMilliseconds()
+            for (endpoint, limit) in waiting where limit <= now {
+                waiting[endpoint] = nil
+                ended += 1
+            }
+            if !next.isEmpty, !ask(next) { return nil }
+            if ended >= quorum || waiting.isEmpty, !undelivered.isEmpty {
+                deliver(undelivered)
+                undelivered.removeAll()
+            }
+        }
+        if !undelivered.isEmpty { deliver(undelivered) }
         return out
     }
+
+    /// The most MAIL_FETCH pages `fetchMail` asks one holder for (a holder whose `total` never ends
+    /// is not paged for ever; what is left comes at the next fetch, after deletions): a page is up to
+    /// 32 items in 24,000 bytes (§8.3).
+    static let mailPagesPerHolder = 64
 
     /// The first page of items each holder of `key` has (the key record comes first), each once.
     public func firstMailPage(key: NodeID) -> [[UInt8]]? {
@@ -1126,6 +1199,12 @@ public final class DHTService: @unchecked Sendable {
         monitor.locked { outgoingFilter = filter }
     }
 
+    /// Tests: from now on each datagram this node sends leaves `delay` ms later (0: at once; nil:
+    /// every one at once), as from a holder that answers late.
+    public func delayOutgoing(_ delay: (@Sendable (_ datagram: [UInt8], _ to: Endpoint) -> Int)?) {
+        monitor.locked { outgoingDelay = delay }
+    }
+
     /// Drops the entry this node holds for `identity` (DHTNode.forget).
     public func forgetEntry(of identity: IdentityName) {
         _ = perform { node, _ in node.forget(NodeID.key(of: identity)) }
@@ -1181,8 +1260,16 @@ public final class DHTService: @unchecked Sendable {
             lastSave = current
             saveInBackground()
         }
-        let filter = monitor.locked { outgoingFilter }
-        for (to, datagram) in node.takeDatagrams() where filter?(datagram, to) ?? true { socket.send(datagram, to: to) }
+        let (filter, delay) = monitor.locked { (outgoingFilter, outgoingDelay) }
+        for (to, datagram) in node.takeDatagrams() where filter?(datagram, to) ?? true {
+            let hold = delay?(datagram, to) ?? 0
+            if hold > 0 { heldBack.append((current + UInt64(hold), to, datagram)) } else { socket.send(datagram, to: to) }
+        }
+        heldBack.removeAll { held in
+            guard held.due <= current else { return false }
+            socket.send(held.datagram, to: held.to)
+            return true
+        }
         var events = node.takeEvents()
         checkReannouncements(events, now: current)
         // Results of asynchronous operations go to their `finish` (below, outside the lock).
@@ -1234,7 +1321,7 @@ public final class DHTService: @unchecked Sendable {
             // this must not push its wake-up back.
             if commands.isEmpty, queuedOperations.isEmpty {
                 let deadline = min(node.nextDeadline ?? UInt64.max, nextAnnounce, lastSave + configuration.node.refreshInterval,
-                                   operations.values.map(\.deadline).min() ?? UInt64.max)
+                                   operations.values.map(\.deadline).min() ?? UInt64.max, heldBack.map(\.due).min() ?? UInt64.max)
                 alarm?.arm(at: deadline)
             } else {
                 alarm?.armNow()

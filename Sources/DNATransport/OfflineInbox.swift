@@ -202,10 +202,18 @@ final class OfflineInbox: @unchecked Sendable {
         }
     }
 
+    /// Fetches the inbox (§8.4): the messages of each batch `fetchMail` delivers (those of half of
+    /// the holders at once, then each later page's) are opened, checked and queued as they come.
     private func fetch() {
-        guard let items = dht.fetchMail(key: key) else { return }
-        let now = unixMilliseconds() / 1000
         var senders: [IdentityName: PeerEntry?] = [:]
+        _ = dht.fetchMail(key: key) { items in accept(items, senders: &senders) }
+    }
+
+    /// Opens and checks `items` (inbox items of any kind; messages are kept) and queues the new
+    /// messages, by the sending second, and within one as the holders keep them; `senders` caches
+    /// the senders' live entries across the batches of one fetch.
+    private func accept(_ items: [[UInt8]], senders: inout [IdentityName: PeerEntry?]) {
+        let now = unixMilliseconds() / 1000
         var fresh: [OfflineDelivery] = []
         var stale: [[UInt8]] = []
         for item in items where item.count > 1 && item[1] == OfflineMessage.kind {

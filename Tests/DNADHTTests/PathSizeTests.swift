@@ -75,4 +75,75 @@ import Testing
             #expect(try DHTMessage(parsing: try #require(reassembly?.message), transaction: 7) == message)
         }
     }
+
+    /// A reader behind a link of 548-byte packets (500-byte datagrams) fetches an inbox of six
+    /// 4.6 KB messages. A holder cut its MAIL_ITEMS page of up to 24,000 bytes into 500-byte
+    /// datagrams: 43 pieces, above the 32 a message may have, so the reader refused every piece and
+    /// no holder's page ever reached it (on loopback, a holder that had once been asked with an
+    /// answer limit of 500 did the same). A page now holds what fits 32 pieces of the requester's
+    /// size.
+    @Test func anInboxPageFitsIn32PiecesOfTheRequestersDatagrams() throws {
+        #expect(DHTMessage.mailItemsBudget(datagramSize: 500) >= DHTMessage.maximumMailItem)
+        #expect(DHTMessage.mailItemsBudget(datagramSize: 1200) == DHTMessage.mailItemsBudget)
+        let network = SimulationTests.network(20, seed: 23)
+        let small = network.address(network.order.count)
+        network.maximumDatagram[small] = 548
+        network.addNode(bootstrap: [network.order[0]])
+        network.run(for: 10_000)
+        let owner = try Identity(generating: try IdentityName("ulla"))
+        let sender = try Identity(generating: try IdentityName("vera"))
+        let record = try InboxKeyRecord(identity: owner, keys: try InboxKeys(identity: owner), created: network.now / 1000)
+        let key = try #require(NodeID(bytes: record.inboxKey))
+        let messages = try (0..<6).map { index in
+            try OfflineMessage(sealing: Array("message \(index)".utf8), from: sender, to: record, now: network.now / 1000).bytes
+        }
+        #expect(messages.allSatisfy { $0.count > 4000 })
+
+        /// Each holder's answers to `requests` sent from `node` after a lookup of the key (which
+        /// brings the holders' tokens), by holder.
+        func mail(from node: Endpoint, _ requests: (Contact) -> [MailRequest], operation: UInt64) throws -> [Endpoint: [MailAnswer?]] {
+            let lookup = network.start(node) { $0.lookup(key, now: network.now) }
+            let holders = try #require(network.runUntilFinished(node, lookup)?.closest)
+            var answers: [Endpoint: [MailAnswer?]] = [:]
+            for holder in holders {
+                for request in requests(holder) {
+                    _ = network.start(node) { $0.mail(request, to: holder, operation: operation, now: network.now); return 0 }
+                    network.run(for: 8_000)
+                    for case .mailAnswered(operation, let from, let answer) in network.events[node] ?? [] where from == holder.endpoint {
+                        answers[from, default: []].append(answer)
+                    }
+                    network.clearEvents()
+                }
+            }
+            return answers
+        }
+        let stored = try mail(from: network.order[1], { _ in [.put(record.bytes)] + messages.map { .put($0) } }, operation: 1)
+        let storing = stored.filter { $0.key != small && $0.value.allSatisfy { $0 == .status(.stored) } }
+        #expect(storing.count >= 10, "\(storing.count) holders stored the inbox")
+
+        // The reader pages each holder that stored it to the end.
+        let before = network.blackHoled
+        var pages: [Endpoint: [MailAnswer?]] = [:]
+        for (holder, _) in storing {
+            var skip = 0
+            for _ in 0..<8 {
+                let answers = try mail(from: small, { $0.endpoint == holder ? [.fetch(key: key, skip: skip)] : [] }, operation: 2)
+                let answer = answers[holder]?.first ?? nil
+                pages[holder, default: []].append(answer)
+                guard case .items(let total, let items)? = answer, !items.isEmpty else { break }
+                skip += items.count
+                if skip >= total { break }
+            }
+        }
+        for (holder, answers) in pages {
+            let items = answers.flatMap { answer -> [[UInt8]] in
+                if case .items(_, let items)? = answer { return items } else { return [] }
+            }
+            let whole = items == [record.bytes] + messages
+            #expect(whole,
+                    "\(holder): \(answers.count) pages, \(items.count) items; unanswered: \(answers.filter { $0 == nil }.count)")
+        }
+        #expect(network.crossedSmallLinks.allSatisfy { $0 <= 548 })
+        print("inbox over 500-byte datagrams: \(pages.count) holders paged, \(network.blackHoled - before) datagrams black-holed")
+    }
 }

@@ -231,7 +231,8 @@ DNA_EXPORT int transport_send_offline(transport_context_t *ctx, const char *peer
  * The next message that waited for this identity in the DHT, waiting up to timeout_ms (0: do not
  * wait; negative: forever). The context fetches its inbox at start, every minute and on
  * transport_fetch_offline; each message is opened, checked (the sender's signature; its name against
- * its live DHT entry when it has one) and handed out exactly once, in the order they were sent, also
+ * its live DHT entry when it has one) and handed out exactly once, in the order they were sent (a
+ * message that only a late-answering holder keeps comes when that holder's page does), also
  * across restarts (the ids of handed-out messages are kept in the data directory until they
  * expire); then the holders are told to delete it. Writes the sender's identity (NUL-terminated;
  * TRANSPORT_IDENTITY_MAX + 1 bytes always suffice, else DNA_ERR_BUFFER_TOO_SMALL and the message
