@@ -740,6 +740,7 @@ public final class DHTNode {
             // Every attempt unanswered (or a ping): one failure. A lookup's request left after one
             // attempt only makes the contact asked last: on a lossy path a live contact loses one
             // request in five, and its routing table entry should not go for that.
+            if !again, !answering { rpc.gaveUp(on: request.endpoint) }
             if let expected = request.expected, !again, !answering {
                 if request.isPing || request.attempt >= 2 { table.failed(expected) }
                 rpc.rememberFailure(expected, now: now)

@@ -109,42 +109,58 @@ struct Transactions {
     static let maximumTimeout: UInt64 = 5000
 
     /// Destinations slower than `requestTimeout` says (one estimate serves every node, and most
-    /// answer sooner): their own timeout, in ms, and when it was set. One that answered a request of
-    /// one datagram only after it was sent again, nothing of the answer having come before, gets
-    /// twice that request's timeout for its next requests (RFC
-    /// 6298 §5.5's back-off; a request's own attempts keep its first one's, and a destination that
-    /// never answers keeps the shared one: a gone node's lookups and pings do not slow down), and by
-    /// Karn's rule (§3) the doubled one is kept until an answer to a request sent once gives a
-    /// sample R; then 3R (§2.2, a first measurement), dropped when that is no more than
-    /// `requestTimeout`. Without it, a holder that
-    /// always answers in, say, 300 ms while the others answer in 2 (a far or loaded one) got
-    /// every request twice, answered each twice (spending its rate for this node, §5.5), and made
-    /// this node take its late answers for a path MTU black hole (§9). At most
-    /// `pathTimeoutLimit`; past it the oldest goes.
-    private var pathTimeouts: [Endpoint: (timeout: UInt64, at: UInt64)] = [:]
-    static let pathTimeoutLimit = 1024
+    /// answer sooner), with a round-trip estimate of their own (RFC 6298, per destination as the
+    /// RFC keeps one per connection). One enters when it answers a request of one datagram only
+    /// after it was sent again, nothing of the answer having come before (and not a path MTU black
+    /// hole, §9): its next requests get twice that request's timeout (§5.5's back-off; a request's
+    /// own attempts keep its first one's), kept by Karn's rule (§3) until an answer to a request
+    /// sent once gives a sample; then SRTT + 4 RTTVAR of its own samples (3R after the first,
+    /// §2.2). Its samples stay out of the shared estimate (a slow few would raise every request's
+    /// timeout, and the lookups' soft one). It leaves when its timeout is no more than the shared
+    /// one, and when a request to it went unanswered after every attempt (a gone node keeps
+    /// nobody waiting longer). Without it, a holder that always answers in, say, 300 ms while the
+    /// others answer in 2 (a far or loaded one) got every request twice, answered each twice
+    /// (spending its rate for this node, §5.5), and made this node take its late answers for a
+    /// black hole. At most `slowPathLimit`; past it the one set longest ago goes.
+    private struct SlowPath {
+        var estimate = RTTEstimator()
+        /// The doubled timeout, until a sample (ms).
+        var backedOff: UInt64?
+        var at: UInt64
+
+        var timeout: UInt64 {
+            if let backedOff { return backedOff }
+            guard let srtt = estimate.smoothed else { return 0 }
+            return UInt64(min(Double(Transactions.maximumTimeout), srtt + 4 * estimate.variation))
+        }
+    }
+    private var slowPaths: [Endpoint: SlowPath] = [:]
+    static let slowPathLimit = 1024
 
     /// The timeout of a request to `endpoint`, in ms.
     func requestTimeout(for endpoint: Endpoint) -> UInt64 {
-        max(requestTimeout, pathTimeouts[endpoint]?.timeout ?? 0)
+        max(requestTimeout, slowPaths[endpoint]?.timeout ?? 0)
     }
 
     /// Destinations with a timeout of their own (statistics, tests).
-    var slowPathCount: Int { pathTimeouts.count }
+    var slowPathCount: Int { slowPaths.count }
 
-    private mutating func setPathTimeout(_ endpoint: Endpoint, _ timeout: UInt64?, now: UInt64) {
-        guard let timeout, timeout > requestTimeout else {
-            pathTimeouts[endpoint] = nil
-            return
-        }
-        if pathTimeouts[endpoint] == nil, pathTimeouts.count >= Self.pathTimeoutLimit,
-           let oldest = pathTimeouts.min(by: { a, b in
+    /// Sets `endpoint`'s own timeout to `timeout` ms (doubled, no sample yet), making room.
+    private mutating func backOff(_ endpoint: Endpoint, to timeout: UInt64, now: UInt64) {
+        if slowPaths[endpoint] == nil, slowPaths.count >= Self.slowPathLimit,
+           let oldest = slowPaths.min(by: { a, b in
                a.value.at != b.value.at ? a.value.at < b.value.at : a.key.wire.lexicographicallyPrecedes(b.key.wire)
            }) {
-            pathTimeouts[oldest.key] = nil
+            slowPaths[oldest.key] = nil
         }
-        pathTimeouts[endpoint] = (min(Self.maximumTimeout, timeout), now)
+        var path = slowPaths[endpoint] ?? SlowPath(at: now)
+        path.backedOff = min(Self.maximumTimeout, timeout)
+        path.at = now
+        slowPaths[endpoint] = path
     }
+
+    /// A request to `endpoint` got no answer after every attempt: it keeps no timeout of its own.
+    mutating func gaveUp(on endpoint: Endpoint) { slowPaths[endpoint] = nil }
 
     /// How long a lookup waits for a request's answer before it asks the next candidate too, in ms
     /// (docs/PROTOCOL.md §5.4; the "short timeout" of libtorrent's and OpenDHT's lookups): SRTT +
@@ -271,8 +287,9 @@ struct Transactions {
         let needed = DHTDatagram.overhead + max(length, requestLength)
         // An answer in datagrams larger than the smaller attempt asked for answers an attempt
         // before it (a holder slower than the timeout, not a black hole): the larger size worked.
+        let blackHole = request.steppedDown && largestDatagram <= request.size && needed > request.size
         if request.steppedDown, largestDatagram <= request.size {
-            if needed > request.size {
+            if blackHole {
                 if pathSizes.smallerWorked(source, size: request.size, now: now) { statistics.pathSizeReductions += 1 }
                 if lastConfirmedBy != source {
                     lastConfirmedBy = source
@@ -287,15 +304,21 @@ struct Transactions {
         // Karn's rule (RFC 6298 §3): an answer to a request sent more than once may answer any of
         // its attempts (they share the transaction), so it gives no sample.
         if request.attempt == 0 {
-            let sample = now - min(now, request.sentAt)
-            rtt.add(sample: Double(sample))
-            if pathTimeouts[source] != nil { setPathTimeout(source, 3 * sample, now: now) }
-        } else if request.steppedDown || request.unansweredAtSize > 0, requestLength + DHTDatagram.overhead <= request.size {
+            let sample = Double(now - min(now, request.sentAt))
+            if var path = slowPaths[source] {
+                path.estimate.add(sample: sample)
+                path.backedOff = nil
+                slowPaths[source] = path.timeout > requestTimeout ? path : nil
+            } else {
+                rtt.add(sample: sample)
+            }
+        } else if request.steppedDown || request.unansweredAtSize > 0, !blackHole,
+                  requestLength + DHTDatagram.overhead <= request.size {
             // A request of one datagram answered only after it was sent again, nothing of the
             // answer having come before: slower than its timeout (or a datagram was lost). Its
             // next requests wait twice as long (RFC 6298 §5.5). (A request of many pieces, a part
             // of a value, is sent again for one lost piece of 13: that says nothing of the time.)
-            setPathTimeout(source, 2 * max(requestTimeout, request.deadline - min(request.deadline, request.sentAt)), now: now)
+            backOff(source, to: 2 * max(requestTimeout, request.deadline - min(request.deadline, request.sentAt)), now: now)
         }
         if !recentlyFailed.isEmpty { recentlyFailed[sender] = nil }
         return request
@@ -304,7 +327,6 @@ struct Transactions {
     /// A lookup's request passed its soft deadline (§5.4): it keeps only its hard one.
     mutating func passedSoftDeadline(_ transaction: UInt64) { pending[transaction]?.softDeadline = nil }
 
-    /// A request that timed out and is not sent again.
     /// A request that timed out; it may be sent again (`retry`).
     mutating func remove(_ transaction: UInt64) { pending[transaction] = nil }
 
@@ -319,8 +341,9 @@ struct Transactions {
         var again = request
         again.attempt += 1
         again.sentAt = now
-        // The attempt's timeout, not the destination's doubled one (that is for its next requests):
-        // at 10% loss, doubling along a value part's five attempts made it wait up to 7.75 s.
+        // The timeout the first attempt had, not doubled along the attempts (a back-off is for the
+        // destination's next requests): at 10% loss, doubling along a value part's five attempts
+        // made it wait up to 7.75 s.
         again.deadline = now + max(requestTimeout, request.deadline - min(request.deadline, request.sentAt))
         again.softDeadline = nil
         again.unansweredAtSize = answering ? 0 : request.unansweredAtSize + 1

@@ -582,10 +582,18 @@ public final class DHTService: @unchecked Sendable {
         return monitor.locked { () -> UInt64? in
             guard running else { return nil }
             nextOperation += 1
-            queuedOperations.append(ValueOperation(id: nextOperation, deadline: deadline, start: start, finish: finish))
-            alarm?.armNow()
-            return nextOperation
+            return queueForLoop(ValueOperation(id: nextOperation, deadline: deadline, start: start, finish: finish))
+                ? nextOperation : nil
         }
+    }
+
+    /// With the monitor held: queues `operation` for the loop thread (`advanceOperations` takes it)
+    /// and wakes it. False once stopped (nothing queued).
+    private func queueForLoop(_ operation: ValueOperation) -> Bool {
+        guard running else { return false }
+        queuedOperations.append(operation)
+        alarm?.armNow()
+        return true
     }
 
     /// Starts the operations waiting for a contact when the node has one, and ends those past
@@ -697,13 +705,7 @@ public final class DHTService: @unchecked Sendable {
                 if case .refused(let cause) = error { throw cause }
                 return nil  // stopped
             }
-            let queued = monitor.locked { () -> Bool in
-                guard running else { return false }
-                queuedOperations.append(operation)
-                alarm?.armNow()
-                return true
-            }
-            return queued ? (operation.id, sequence) : nil
+            return monitor.locked { queueForLoop(operation) } ? (operation.id, sequence) : nil
         }
         sealers.run { [self] in
             let left = { Int(deadline) - Int(monotonicMilliseconds()) }
@@ -728,8 +730,7 @@ public final class DHTService: @unchecked Sendable {
             monitor.locked {
                 guard running, sealing.removeValue(forKey: operation.id) != nil else { return }
                 operation.failed = outcome
-                queuedOperations.append(operation)
-                alarm?.armNow()
+                _ = queueForLoop(operation)
             }
         }
         return (operation.id, sequence)
@@ -963,13 +964,16 @@ public final class DHTService: @unchecked Sendable {
 
     /// Every item the nodes closest to `key` (this one included) hold for it, each once, in the order
     /// they came (§8.4). Each holder is paged on its own: its next MAIL_FETCH page is asked as soon
-    /// as its answer comes, up to `mailPagesPerHolder` pages, so a holder that answers late delays
-    /// only its own pages. `deliver` (on the calling thread) gets the items not given before: once
-    /// half of the remote holders (at least one) gave all they hold or failed, all so far; then
-    /// those of each later answer, as it comes; a holder slower than the rest is still paged to its
-    /// end. A request with no answer after its retries (or `timeout` ms) ends that holder. Returns
-    /// every item when each holder ended; nil when the lookup failed or the service stopped.
-    public func fetchMail(key: NodeID, timeout: Int = 5000, deliver: ([[UInt8]]) -> Void = { _ in }) -> [[UInt8]]? {
+    /// as its answer comes, so a holder that answers late delays only its own pages. A holder ends
+    /// when it gave all it holds (or `mailPagesPerHolder` pages), answered with nothing or a
+    /// refusal, or left a request unanswered after its retries (or `timeout` ms). `deliver` (on the
+    /// calling thread) gets the items not given before: once half of the holders that gave items
+    /// ended, all so far (holders that answer at once with nothing, e.g. nodes that joined near the
+    /// key since, do not count toward that half); then those of each later answer, as it comes; a
+    /// holder slower than the rest is still paged to its end. `deliver` returning false stops the
+    /// fetch (nil is returned). Returns every item when each holder ended; nil when the lookup
+    /// failed or the service stopped.
+    public func fetchMail(key: NodeID, timeout: Int = 5000, deliver: ([[UInt8]]) -> Bool = { _ in true }) -> [[UInt8]]? {
         guard let holders = closest(to: key) else { return nil }
         var seen = Set<[UInt8]>()
         var out: [[UInt8]] = []
@@ -1017,22 +1021,25 @@ public final class DHTService: @unchecked Sendable {
         }
         for contact in holders where contacts[contact.endpoint] == nil { contacts[contact.endpoint] = contact }
         guard ask(Array(contacts.keys)) else { return nil }
-        let quorum = max(1, (contacts.count + 1) / 2)
+        // Holders that may give items (not yet answered with nothing), and those of them that ended.
+        var giving = contacts.count
         var ended = 0
-        var consumed = 0
         while !waiting.isEmpty {
             let soonest = waiting.values.min() ?? 0
-            let fresh = monitor.wait(milliseconds: Int(soonest - min(soonest, monotonicMilliseconds()))) {
-                () -> [(Endpoint, MailAnswer?)]? in
-                guard running, let answers = mailAnswers[operation] else { return [] }
-                return answers.count > consumed ? Array(answers[consumed...]) : nil
-            } ?? []
-            guard mayWait else { return nil }
-            consumed += fresh.count
+            // The answers that came (taken out), nil while none; .some(nil) once stopped.
+            let came = monitor.wait(milliseconds: Int(soonest - min(soonest, monotonicMilliseconds()))) {
+                () -> [(Endpoint, MailAnswer?)]?? in
+                guard running else { return .some(nil) }
+                guard let answers = mailAnswers[operation], !answers.isEmpty else { return nil }
+                mailAnswers[operation] = []
+                return .some(answers)
+            }
+            if case .some(.none) = came { return nil }
             var next: [Endpoint] = []
-            for (endpoint, answer) in fresh where waiting.removeValue(forKey: endpoint) != nil {
+            for (endpoint, answer) in (came ?? nil) ?? [] where waiting.removeValue(forKey: endpoint) != nil {
                 guard case .items(let total, let items)? = answer, !items.isEmpty else {
-                    ended += 1
+                    // Nothing (or a refusal, or no answer): a holder that gave no item does not count.
+                    if offsets[endpoint] == nil { giving -= 1 } else { ended += 1 }
                     continue
                 }
                 take(items)
@@ -1043,21 +1050,22 @@ public final class DHTService: @unchecked Sendable {
             let now = monotonicMilliseconds()
             for (endpoint, limit) in waiting where limit <= now {
                 waiting[endpoint] = nil
-                ended += 1
+                if offsets[endpoint] == nil { giving -= 1 } else { ended += 1 }
             }
             if !next.isEmpty, !ask(next) { return nil }
-            if ended >= quorum || waiting.isEmpty, !undelivered.isEmpty {
-                deliver(undelivered)
+            if 2 * ended >= giving || waiting.isEmpty, !undelivered.isEmpty {
+                let more = deliver(undelivered)
                 undelivered.removeAll()
+                if !more { return nil }
             }
         }
-        if !undelivered.isEmpty { deliver(undelivered) }
+        if !undelivered.isEmpty, !deliver(undelivered) { return nil }
         return out
     }
 
     /// The most MAIL_FETCH pages `fetchMail` asks one holder for (a holder whose `total` never ends
     /// is not paged for ever; what is left comes at the next fetch, after deletions): a page is up to
-    /// 32 items in 24,000 bytes (§8.3).
+    /// 32 items in 24,000 bytes, 14,443 on a path of 500-byte datagrams (§8.3).
     static let mailPagesPerHolder = 64
 
     /// The first page of items each holder of `key` has (the key record comes first), each once.

@@ -206,7 +206,10 @@ final class OfflineInbox: @unchecked Sendable {
     /// the holders at once, then each later page's) are opened, checked and queued as they come.
     private func fetch() {
         var senders: [IdentityName: PeerEntry?] = [:]
-        _ = dht.fetchMail(key: key) { items in accept(items, senders: &senders) }
+        _ = dht.fetchMail(key: key) { items in
+            accept(items, senders: &senders)
+            return monitor.locked { running }
+        }
     }
 
     /// Opens and checks `items` (inbox items of any kind; messages are kept) and queues the new

@@ -124,7 +124,7 @@ import Testing
         // The reader pages each holder that stored it to the end.
         let before = network.blackHoled
         var pages: [Endpoint: [MailAnswer?]] = [:]
-        for (holder, _) in storing {
+        for holder in storing.keys.sorted(by: { $0.wire.lexicographicallyPrecedes($1.wire) }) {  // the same order every run
             var skip = 0
             for _ in 0..<8 {
                 let answers = try mail(from: small, { $0.endpoint == holder ? [.fetch(key: key, skip: skip)] : [] }, operation: 2)
