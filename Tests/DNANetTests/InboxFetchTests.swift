@@ -75,6 +75,8 @@ import Testing
         let lateTime = try #require(late.milliseconds)
         #expect(lateTime < cleanTime + 1_500,
                 "49 items came after \(lateTime) ms with the slow holder, after \(cleanTime) ms without")
+        print("InboxFetchTests: 49 items after \(cleanTime) ms without the slow holder, \(lateTime) ms with it; all 50 after "
+              + "the slow holder's last page; it answered \(after.requestsAnswered - before.requestsAnswered) requests")
         #expect(late.items.count == 50 && late.items.contains(onlySlow), "\(late.items.count) items")
         #expect(late.delivered.count == 50 && Set(late.delivered).count == 50 && late.delivered.last == onlySlow,
                 "\(late.delivered.count) delivered, the one only the slow holder keeps last: \(late.delivered.last == onlySlow)")
