@@ -9,6 +9,11 @@ import Testing
     let slow = Endpoint(host: "10.0.1.1", port: 4000)!
     let sender = NodeID(bytes: [UInt8](repeating: 7, count: 20))!
 
+    /// A request layer with no sample yet, its randomness and statistics.
+    static func fresh(seed: UInt64) -> (Transactions, SplitMixRandom, DHTStatistics) {
+        (Transactions(salt: [UInt8](repeating: 1, count: 16), failureMemory: 300_000), SplitMixRandom(seed: seed), DHTStatistics())
+    }
+
     /// A request to `endpoint`; returns its transaction and deadline.
     func ask(_ rpc: inout Transactions, _ endpoint: Endpoint, body: DHTMessage.Body = .ping, now: UInt64,
              random: inout SplitMixRandom, statistics: inout DHTStatistics) throws -> (UInt64, Transactions.Pending) {
@@ -33,9 +38,7 @@ import Testing
     /// which its samples do not raise. Once it answers fast, its own timeout falls with its
     /// estimate and goes when no longer above the shared one.
     @Test func aDestinationSlowerThanTheSharedTimeoutGetsItsOwn() throws {
-        var rpc = Transactions(salt: [UInt8](repeating: 1, count: 16), failureMemory: 300_000)
-        var random = SplitMixRandom(seed: 3)
-        var statistics = DHTStatistics()
+        var (rpc, random, statistics) = Self.fresh(seed: 3)
         var now: UInt64 = 10_000
         for _ in 0..<8 {
             let (transaction, _) = try ask(&rpc, fast, now: now, random: &random, statistics: &statistics)
@@ -79,9 +82,7 @@ import Testing
     /// pings' waits do not grow (bootstrapping to a dead address still ends in time). Destinations
     /// with their own timeout are at most `slowPathLimit`; past it the oldest goes.
     @Test func goneDestinationsKeepTheSharedTimeoutAndTheTableIsBounded() throws {
-        var rpc = Transactions(salt: [UInt8](repeating: 1, count: 16), failureMemory: 300_000)
-        var random = SplitMixRandom(seed: 4)
-        var statistics = DHTStatistics()
+        var (rpc, random, statistics) = Self.fresh(seed: 4)
         var now: UInt64 = 10_000
         for _ in 0..<4 {
             let (transaction, request) = try ask(&rpc, slow, now: now, random: &random, statistics: &statistics)
@@ -121,9 +122,7 @@ import Testing
     /// the path keeps 1,200. The same answer in 900-byte datagrams confirms the smaller size.
     @Test func aLateAnswerToTheLargerAttemptIsNotABlackHole() throws {
         for (largest, reduced) in [(1200, false), (900, true)] {
-            var rpc = Transactions(salt: [UInt8](repeating: 1, count: 16), failureMemory: 300_000)
-            var random = SplitMixRandom(seed: 5)
-            var statistics = DHTStatistics()
+                var (rpc, random, statistics) = Self.fresh(seed: 5)
             var now: UInt64 = 10_000
             let fetch = DHTMessage.Body.mailFetch(token: 1, key: sender, skip: 0)
             // Two exchanges at the smaller size right after one at the larger got nothing: the path
