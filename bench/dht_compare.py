@@ -18,6 +18,7 @@ import time
 
 N = int(os.environ.get("DHT_BENCH_NODES", "50"))
 LOOKUPS = int(os.environ.get("DHT_BENCH_LOOKUPS", "200"))
+LISTENS = int(os.environ.get("DHT_BENCH_LISTENS", "50"))
 
 
 def summary(name, latencies, requests, found):
@@ -53,9 +54,10 @@ def ours(rng):
         latencies.append(time.perf_counter() - start)
         requests.append(node.stats["sent"] - before)
     values = value_gets(nodes, rng)
+    pushes = listen_latency(nodes, rng)
     for node in nodes:
         node.close()
-    return latencies, requests, found, values
+    return latencies, requests, found, (values, pushes)
 
 
 def value_gets(nodes, rng):
@@ -71,6 +73,71 @@ def value_gets(nodes, rng):
         latencies.append(time.perf_counter() - start)
         found += len(got) == 1 and got[0].data == bytes(1024)
     return latencies, found
+
+
+def listen_latency(nodes, rng):
+    """Listen (PROTOCOL.md §10.5): one node listens at a key; another puts a new 1 KiB value there,
+    LISTENS times one after another; the time from the put's start to the listener's callback with
+    that value (the put's lookup, the holders storing it, their VALUE_NOTIFY, the listener's fetch
+    and check of the signature)."""
+    import dnatransport as dna
+    listener_node, writer = rng.sample(nodes, 2)
+    arrived, lock, wanted = {}, threading.Lock(), threading.Event()
+
+    def pushed(kind, value):
+        with lock:
+            if kind == "changed" and value.data not in arrived:
+                arrived[value.data] = time.perf_counter()
+                wanted.set()
+
+    listener = listener_node.listen("listen-bench", pushed)
+    time.sleep(0.5)  # subscribed on the holders
+    latencies = []
+    try:
+        for i in range(LISTENS):
+            data = i.to_bytes(4, "big") + bytes(1020)
+            wanted.clear()
+            start = time.perf_counter()
+            writer.put("benchlistener", "listen-bench", data, lifetime=3600)
+            deadline = start + 10
+            while data not in arrived and time.perf_counter() < deadline:
+                wanted.wait(0.1)
+                wanted.clear()
+            latencies.append(arrived[data] - start if data in arrived else None)
+    finally:
+        listener.cancel()
+    return latencies
+
+
+def opendht_listen_latency(nodes, rng, dht):
+    """The same for OpenDHT: listen on one node, put a new 1 KiB value from another."""
+    listener_node, writer = rng.sample(nodes, 2)
+    key = dht.InfoHash.get("listen-bench")
+    arrived, lock, wanted = {}, threading.Lock(), threading.Event()
+
+    def pushed(value, expired):
+        with lock:
+            data = bytes(value.data)
+            if not expired and data not in arrived:
+                arrived[data] = time.perf_counter()
+                wanted.set()
+        return True
+
+    token = listener_node.listen(key, pushed)
+    time.sleep(0.5)
+    latencies = []
+    for i in range(LISTENS):
+        data = i.to_bytes(4, "big") + bytes(1020)
+        wanted.clear()
+        start = time.perf_counter()
+        writer.put(key, dht.Value(data), lambda ok, n: None)
+        deadline = start + 10
+        while data not in arrived and time.perf_counter() < deadline:
+            wanted.wait(0.1)
+            wanted.clear()
+        latencies.append(arrived[data] - start if data in arrived else None)
+    listener_node.cancelListen(token)
+    return latencies
 
 
 def opendht(rng):
@@ -102,9 +169,10 @@ def opendht(rng):
         requests.append(sum(node.getNodeMessageStats()))
         found += any(bytes(v.data) == f"192.0.2.1:{1000 + i}".encode() for v in values)
     values = opendht_value_gets(nodes, rng, dht)
+    pushes = opendht_listen_latency(nodes, rng, dht)
     for runner in nodes:
         runner.join()
-    return latencies, requests, found, values
+    return latencies, requests, found, (values, pushes)
 
 
 def opendht_value_gets(nodes, rng, dht):
@@ -130,10 +198,10 @@ def main():
     print(f"DHT lookups on loopback, {N} nodes each, {LOOKUPS} lookups one at a time, the same run")
     print(f"{'network':12} {'found':>11} {'p50 ms':>9} {'p99 ms':>9} {'req p50':>9} {'req mean':>9}")
     rng = random.Random(1)
-    *lookups, my_values = ours(rng)
+    *lookups, (my_values, my_pushes) = ours(rng)
     mine = summary("dnatransport", *lookups)
     try:
-        *lookups, their_values = opendht(random.Random(1))
+        *lookups, (their_values, their_pushes) = opendht(random.Random(1))
         theirs = summary("OpenDHT", *lookups)
     except ImportError:
         print("OpenDHT: python3-opendht is not installed (apt-get install python3-opendht)")
@@ -149,6 +217,20 @@ def main():
         gets.append(p50)
         print(f"{name:12} {found:>5}/{len(latencies):<5} {p50:9.1f} {p99:9.1f}")
     print(f"ratio (dnatransport / OpenDHT): get p50 latency {gets[0] / gets[1]:.2f}")
+    print(f"\nListen: a new 1 KiB value put at a key another node listens to, {LISTENS} times one after another;")
+    print("from the put's start to the listener's callback with it (ours: signed, pushed, fetched and verified)")
+    print(f"{'network':12} {'arrived':>11} {'p50 ms':>9} {'p99 ms':>9}")
+    pushes = []
+    for name, latencies in (("dnatransport", my_pushes), ("OpenDHT", their_pushes)):
+        lat = sorted(t for t in latencies if t is not None)
+        if not lat:
+            print(f"{name:12} {0:>5}/{len(latencies):<5}")
+            pushes.append(float("nan"))
+            continue
+        p50, p99 = lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+        pushes.append(p50)
+        print(f"{name:12} {len(lat):>5}/{len(latencies):<5} {p50:9.1f} {p99:9.1f}")
+    print(f"ratio (dnatransport / OpenDHT): listen p50 latency {pushes[0] / pushes[1]:.2f}; goal (issue 18): ours within 1 s")
     return 0
 
 

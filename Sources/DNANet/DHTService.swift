@@ -909,19 +909,29 @@ public final class DHTService: @unchecked Sendable {
     }
 
     /// The answers of one round of mail requests: this node's own (when it keeps inboxes and is one
-    /// of the holders, i.e. among `key`'s k closest) and each remote holder's (nil: no answer).
+    /// of the holders, i.e. among `key`'s k closest) and each remote holder's (nil: no answer, or
+    /// none yet when the round ended early: those are also in `pending`).
     public struct MailRound: Sendable {
         public var local: MailAnswer?
         public var remote: [Endpoint: MailAnswer?]
+        /// The holders whose answer had not come when the round ended early (`mailRound`'s
+        /// `untilHalfStored`); their requests stay under way. Empty otherwise.
+        public var pending: Set<Endpoint> = []
 
         /// Every answer, own first.
         public var all: [MailAnswer?] { (local.map { [$0] } ?? []) + Array(remote.values) }
+
+        /// How many answers (own included) say the item is stored (or was held already).
+        public var stored: Int { all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count }
     }
 
     /// Sends each request (and `localRequest` to this node's own inboxes) and waits up to `timeout`
-    /// ms for every answer. Nil when the service stopped.
+    /// ms for every answer, or, with `untilHalfStored`, until half of the holders asked (this node
+    /// included when it is one) answered that they stored the item (or held it): the requests not
+    /// answered by then stay under way (their holders store the item all the same) and are listed
+    /// in `pending`. Nil when the service stopped.
     public func mailRound(_ requests: [(Contact, MailRequest)], local localRequest: MailRequest?, key: NodeID,
-                          holders: [Contact], timeout: Int = 5000) -> MailRound? {
+                          holders: [Contact], timeout: Int = 5000, untilHalfStored: Bool = false) -> MailRound? {
         guard mayWait else { return nil }
         let operation = monitor.locked { () -> UInt64 in
             defer { nextMailOperation += 1 }
@@ -934,30 +944,47 @@ public final class DHTService: @unchecked Sendable {
             guard let localRequest else { return .some(nil) }
             return .some(node.localMail(localRequest, key: key, closest: holders, now: now))
         }) else { return nil }
+        func isStored(_ answer: MailAnswer??) -> Bool { answer == .status(.stored) || answer == .status(.duplicate) }
+        let storedHere = isStored(local) ? 1 : 0
+        let asked = requests.count + ((local ?? nil) == nil ? 0 : 1)
+        let enoughStored = untilHalfStored ? (asked + 1) / 2 : nil
         let answers = requests.isEmpty ? [] : monitor.wait(milliseconds: timeout) { () -> [(Endpoint, MailAnswer?)]? in
-            guard let got = mailAnswers[operation], got.count >= requests.count else { return running ? nil : mailAnswers[operation] ?? [] }
-            return got
+            guard let got = mailAnswers[operation] else { return running ? nil : [] }
+            if got.count >= requests.count || !running { return got }
+            if let enoughStored, storedHere + got.filter({ isStored($0.1) }).count >= enoughStored { return got }
+            return nil
         } ?? monitor.locked { mailAnswers[operation] ?? [] }
         var remote: [Endpoint: MailAnswer?] = [:]
         for (contact, _) in requests { remote[contact.endpoint] = .some(nil) }
         for (endpoint, answer) in answers { remote[endpoint] = .some(answer) }
-        return MailRound(local: local ?? nil, remote: remote)
+        var pending: Set<Endpoint> = []
+        if let enoughStored, storedHere + answers.filter({ isStored($0.1) }).count >= enoughStored {
+            pending = Set(requests.map(\.0.endpoint)).subtracting(answers.map(\.0))
+        }
+        return MailRound(local: local ?? nil, remote: remote, pending: pending)
     }
 
-    /// Stores an inbox item on the nodes closest to `key`; returns how many stored it (or held it).
+    /// Stores an inbox item on the nodes closest to `key`; returns how many stored it (or held it),
+    /// as `putMail(_:key:)` counts.
     public func putMail(_ item: [UInt8], key: NodeID) -> Int? {
         putMail([item], key: key)?.first
     }
 
-    /// Stores several inbox items for one `key`, in order, after one lookup; a holder that did not
-    /// answer is not asked again. Returns how many stored (or held) each.
+    /// Stores several inbox items for one `key`, in order, after one lookup. Each item goes to every
+    /// holder; the next one goes once every holder answered, or once half of them (this node
+    /// included when it is one) stored it: a holder that answers late still gets and stores each
+    /// item (its requests stay under way) but does not delay the sender by its delay for each
+    /// (PROTOCOL.md §8.3). A holder that left a request unanswered after its retries is not asked
+    /// again. Returns for each item how many had stored (or held) it when the next one went: at
+    /// least half of the holders, or all that answered.
     public func putMail(_ items: [[UInt8]], key: NodeID) -> [Int]? {
         guard var holders = closest(to: key) else { return nil }
         var counts: [Int] = []
         for item in items {
-            guard let round = mailRound(holders.map { ($0, .put(item)) }, local: .put(item), key: key, holders: holders) else { return nil }
-            counts.append(round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count)
-            holders = holders.filter { (round.remote[$0.endpoint] ?? nil) != nil }
+            guard let round = mailRound(holders.map { ($0, .put(item)) }, local: .put(item), key: key, holders: holders,
+                                        untilHalfStored: true) else { return nil }
+            counts.append(round.stored)
+            holders = holders.filter { round.pending.contains($0.endpoint) || (round.remote[$0.endpoint] ?? nil) != nil }
         }
         return counts
     }
@@ -970,10 +997,16 @@ public final class DHTService: @unchecked Sendable {
     /// calling thread) gets the items not given before: once half of the holders that gave items
     /// ended, all so far (holders that answer at once with nothing, e.g. nodes that joined near the
     /// key since, do not count toward that half); then those of each later answer, as it comes; a
-    /// holder slower than the rest is still paged to its end. `deliver` returning false stops the
-    /// fetch (nil is returned). Returns every item when each holder ended; nil when the lookup
-    /// failed or the service stopped.
-    public func fetchMail(key: NodeID, timeout: Int = 5000, deliver: ([[UInt8]]) -> Bool = { _ in true }) -> [[UInt8]]? {
+    /// holder slower than the rest is still paged to its end, or until `budget` ms after the start:
+    /// then the holders not ended are left (what they hold beyond comes at a later fetch, after
+    /// the deletions of what was taken), so that a holder answering each page just within its
+    /// timeout, with a list that never ends, holds the caller (the inbox thread, its next fetch and
+    /// its deletions) that long, not `mailPagesPerHolder` timeouts. `deliver` returning false stops
+    /// the fetch (nil is returned). Returns every item when each holder ended or the budget ran
+    /// out; nil when the lookup failed or the service stopped.
+    public func fetchMail(key: NodeID, timeout: Int = 5000, budget: Int = DHTService.mailFetchBudget,
+                          deliver: ([[UInt8]]) -> Bool = { _ in true }) -> [[UInt8]]? {
+        let started = monotonicMilliseconds()
         guard let holders = closest(to: key) else { return nil }
         var seen = Set<[UInt8]>()
         var out: [[UInt8]] = []
@@ -1024,8 +1057,9 @@ public final class DHTService: @unchecked Sendable {
         // Holders that may give items (not yet answered with nothing), and those of them that ended.
         var giving = contacts.count
         var ended = 0
+        let end = started + UInt64(max(0, budget))
         while !waiting.isEmpty {
-            let soonest = waiting.values.min() ?? 0
+            let soonest = min(waiting.values.min() ?? 0, end)
             // The answers that came (taken out), nil while none; .some(nil) once stopped.
             let came = monitor.wait(milliseconds: Int(soonest - min(soonest, monotonicMilliseconds()))) {
                 () -> [(Endpoint, MailAnswer?)]?? in
@@ -1048,10 +1082,11 @@ public final class DHTService: @unchecked Sendable {
                 if offset < total, (pages[endpoint] ?? 0) < Self.mailPagesPerHolder { next.append(endpoint) } else { ended += 1 }
             }
             let now = monotonicMilliseconds()
-            for (endpoint, limit) in waiting where limit <= now {
+            for (endpoint, limit) in waiting where limit <= now || now >= end {
                 waiting[endpoint] = nil
                 if offsets[endpoint] == nil { giving -= 1 } else { ended += 1 }
             }
+            if now >= end { next.removeAll() }
             if !next.isEmpty, !ask(next) { return nil }
             if 2 * ended >= giving || waiting.isEmpty, !undelivered.isEmpty {
                 let more = deliver(undelivered)
@@ -1067,6 +1102,9 @@ public final class DHTService: @unchecked Sendable {
     /// is not paged for ever; what is left comes at the next fetch, after deletions): a page is up to
     /// 32 items in 24,000 bytes, 14,443 on a path of 500-byte datagrams (§8.3).
     static let mailPagesPerHolder = 64
+
+    /// How long `fetchMail` pages holders at most (ms): half the inbox's poll interval (§8.4).
+    public static let mailFetchBudget = 30_000
 
     /// The first page of items each holder of `key` has (the key record comes first), each once.
     public func firstMailPage(key: NodeID) -> [[UInt8]]? {
