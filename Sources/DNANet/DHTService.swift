@@ -974,8 +974,8 @@ public final class DHTService: @unchecked Sendable {
     /// holder; the next one goes once every holder answered, or once half of them (this node
     /// included when it is one) stored it: a holder that answers late still gets and stores each
     /// item (its requests stay under way) but does not delay the sender by its delay for each
-    /// (PROTOCOL.md §8.3). A holder that left a request unanswered after its retries is not asked
-    /// again. Returns for each item how many had stored (or held) it when the next one went: at
+    /// (PROTOCOL.md §8.3). A holder seen to leave a request unanswered after its retries (while
+    /// the round still waited) is not asked again. Returns for each item how many had stored (or held) it when the next one went: at
     /// least half of the holders, or all that answered.
     public func putMail(_ items: [[UInt8]], key: NodeID) -> [Int]? {
         guard var holders = closest(to: key) else { return nil }
