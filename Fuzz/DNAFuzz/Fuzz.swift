@@ -288,7 +288,13 @@ func fuzzRecord(_ data: [UInt8]) {
     let opener = try! RecordOpener(trafficSecret: Fixture.trafficSecret, direction: .initiatorToResponder)
     for (control, bytes) in records(data) {
         if control & 1 == 1 {
-            _ = try? opener.open(bytes)
+            // A datagram of records sharing it (PROTOCOL.md §3): its ranges cover it, in order, none empty.
+            let ranges = bytes.withUnsafeBytes { FrameHeader.frames(in: $0) }
+            check(ranges.first?.lowerBound ?? 0 == 0 && ranges.last?.upperBound ?? 0 == bytes.count
+                  && zip(ranges, ranges.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound } && ranges.allSatisfy { !$0.isEmpty },
+                  "frames(in:) does not cover the datagram: \(ranges)")
+            for range in ranges { _ = try? opener.open(Array(bytes[range])) }
+            if ranges.count > 1 { _ = try? opener.open(bytes) }  // and whole, as a single frame with trailing bytes
             continue
         }
         let types: [MessageType] = [.data, .ack, .ping, .pong, .presence, .close, .dht, .handshake]

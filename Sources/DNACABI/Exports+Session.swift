@@ -56,6 +56,14 @@ public func dna_max_datagram() -> Int { Pieces.maximumDatagramSize }
 @_cdecl("dna_session_overhead")
 public func dna_session_overhead() -> Int { RecordSealer.overhead }
 
+/// The handshake of the session API: the application sends and opens one record per datagram, so it
+/// neither offers nor accepts records sharing a datagram (docs/PROTOCOL.md §3, §4.2).
+private let oneRecordPerDatagram: HandshakeConfiguration = {
+    var configuration = HandshakeConfiguration()
+    configuration.sharesDatagrams = false
+    return configuration
+}()
+
 @_cdecl("dna_handshake_initiate")
 public func dna_handshake_initiate(_ identity: OpaquePointer?, _ peerIdentity: UnsafePointer<CChar>?,
                                    _ peerPublicKey: UnsafePointer<UInt8>?, _ peerPublicKeyLength: Int,
@@ -66,7 +74,8 @@ public func dna_handshake_initiate(_ identity: OpaquePointer?, _ peerIdentity: U
         let name = try CArg.identity(peerIdentity)
         let key = Array(try CArg.bytes(peerPublicKey, peerPublicKeyLength, "peer_public_key"))
         guard Identity.isValidPublicKey(key) else { throw InvalidArgument("peer_public_key is not an ML-DSA-65 public key") }
-        let initiator = try HandshakeInitiator(identity: local, responderName: name, responderPublicKey: key, now: now)
+        let initiator = try HandshakeInitiator(identity: local, responderName: name, responderPublicKey: key, now: now,
+                                               configuration: oneRecordPerDatagram)
         handle = Handle<CHandshake>.make(CHandshake(.initiator(initiator)))
     }
     return handle
@@ -77,7 +86,7 @@ public func dna_handshake_respond(_ identity: OpaquePointer?) -> OpaquePointer? 
     var handle: OpaquePointer?
     _ = cCall("dna_handshake_respond") {
         let local = try Handle<Identity>.borrow(identity, "identity")
-        handle = Handle<CHandshake>.make(CHandshake(.responder(HandshakeResponder<String>(identity: local))))
+        handle = Handle<CHandshake>.make(CHandshake(.responder(HandshakeResponder<String>(identity: local, configuration: oneRecordPerDatagram))))
     }
     return handle
 }

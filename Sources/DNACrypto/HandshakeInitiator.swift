@@ -14,6 +14,9 @@ public final class SecureSession {
     public let role: HandshakeRole
     /// The cipher suite the responder chose (docs/PROTOCOL.md §4.2): the records' AEAD.
     public let suite: CipherSuite
+    /// Both sides take records that share a datagram (docs/PROTOCOL.md §3, §4.2): a sender may lay
+    /// several records end to end in one datagram.
+    public let sharesDatagrams: Bool
     /// Initiator: the responder name it was given (bound to the key by the peer's signed DHT entry).
     /// Responder: the name the initiator signed. A name is only a claim until the application checks
     /// it against the peer's DHT entry or a pinned key: see docs/PROTOCOL.md §4.4.
@@ -25,11 +28,12 @@ public final class SecureSession {
     /// Opens the peer's frames.
     public let opener: RecordOpener
 
-    init(sessionID: UInt32, role: HandshakeRole, suite: CipherSuite, peerName: IdentityName, peerPublicKey: [UInt8],
-         secrets: (initiatorToResponder: [UInt8], responderToInitiator: [UInt8])) throws(HandshakeError) {
+    init(sessionID: UInt32, role: HandshakeRole, suite: CipherSuite, sharesDatagrams: Bool = false, peerName: IdentityName,
+         peerPublicKey: [UInt8], secrets: (initiatorToResponder: [UInt8], responderToInitiator: [UInt8])) throws(HandshakeError) {
         self.sessionID = sessionID
         self.role = role
         self.suite = suite
+        self.sharesDatagrams = sharesDatagrams
         self.peerName = peerName
         self.peerPublicKey = peerPublicKey
         var (i2r, r2i) = secrets
@@ -103,7 +107,8 @@ public final class HandshakeInitiator {
         let kem = try KEM.keyPair()
         let offer = configuration.suites.filter(\.isAvailable)
         guard !offer.isEmpty else { throw .unsupportedSuite(0) }
-        let initiation = Initiation(offering: offer, responderKeyHash: Sodium.sha256(responderPublicKey),
+        let initiation = Initiation(offering: offer, sharedDatagrams: configuration.sharesDatagrams,
+                                    responderKeyHash: Sodium.sha256(responderPublicKey),
                                     random: Sodium.randomBytes(HandshakeProtocol.randomSize),
                                     x25519: x25519Public, kemPublicKey: Array(kem.publicKey.rawRepresentation))
         let bytes = initiation.bytes
@@ -241,6 +246,9 @@ public final class HandshakeInitiator {
         guard configuration.suites.contains(response.suite), response.suite.isAvailable else {
             throw .unsupportedSuite(response.suite.rawValue)  // not offered (a modified response fails here)
         }
+        guard !response.sharedDatagrams || configuration.sharesDatagrams else {
+            throw .unsupportedSuite(response.suite.rawValue | HandshakeProtocol.sharedDatagrams)  // not offered either
+        }
         var signed = transcript
         signed.absorb(response.signedPart)
         guard Identity.isValidSignature(response.signature, of: HandshakeProtocol.responderLabel + signed.hash,
@@ -267,7 +275,8 @@ public final class HandshakeInitiator {
         Sodium.wipe(&key)
         transcript.absorb(plaintext)
         Sodium.wipe(&plaintext)
-        session = try SecureSession(sessionID: sessionID, role: .initiator, suite: response.suite, peerName: responderName,
+        session = try SecureSession(sessionID: sessionID, role: .initiator, suite: response.suite,
+                                    sharesDatagrams: response.sharedDatagrams, peerName: responderName,
                                     peerPublicKey: responderPublicKey,
                                     secrets: schedule.trafficSecrets(transcriptHash: transcript.hash))
         outgoing = OutgoingMessage(sealed, session: sessionID, kind: .confirmation, datagramSize: datagramSize, now: now,

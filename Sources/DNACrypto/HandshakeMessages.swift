@@ -47,6 +47,9 @@ public enum HandshakeProtocol {
     static let kemCiphertextSize = 1088
     static let randomSize = 32
     static let hashSize = 32
+    /// Bit 15 of message 1's offer and of message 2's chosen suite: records may share a datagram
+    /// (docs/PROTOCOL.md §3). Suite numbers stay below 16.
+    static let sharedDatagrams: UInt16 = 0x8000
 
     static let responderLabel = Array("DNA handshake v1 responder signature".utf8) + [0]
     static let initiatorLabel = Array("DNA handshake v1 initiator signature".utf8) + [0]
@@ -100,7 +103,8 @@ func bigEndianBytes(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(valu
 /// Message 1, initiator to responder, in the clear:
 /// version (2) | suites offered (2) | SHA-256 of the responder's public key (32) | initiator random (32) |
 /// X25519 ephemeral public key (32) | ML-KEM-768 ephemeral encapsulation key (1184). The offer has bit
-/// (n − 1) set for each suite n the initiator offers; bits of suites unknown here are ignored.
+/// (n − 1) set for each suite n the initiator offers, and bit 15 (`HandshakeProtocol.sharedDatagrams`)
+/// when it can take records that share a datagram (§3); bits of suites unknown here are ignored.
 struct Initiation: Equatable {
     static let size = 4 + 32 + 32 + 32 + 1184
 
@@ -115,8 +119,9 @@ struct Initiation: Equatable {
             + responderKeyHash + random + x25519 + kemPublicKey
     }
 
-    init(offering suites: [CipherSuite], responderKeyHash: [UInt8], random: [UInt8], x25519: [UInt8], kemPublicKey: [UInt8]) {
-        offeredSuites = CipherSuite.offer(suites)
+    init(offering suites: [CipherSuite], sharedDatagrams: Bool = false, responderKeyHash: [UInt8], random: [UInt8], x25519: [UInt8],
+         kemPublicKey: [UInt8]) {
+        offeredSuites = CipherSuite.offer(suites) | (sharedDatagrams ? HandshakeProtocol.sharedDatagrams : 0)
         self.responderKeyHash = responderKeyHash
         self.random = random
         self.x25519 = x25519
@@ -135,6 +140,9 @@ struct Initiation: Equatable {
         try reader.finish()
     }
 
+    /// Whether the initiator can take records that share a datagram (bit 15 of its offer).
+    var offersSharedDatagrams: Bool { offeredSuites & HandshakeProtocol.sharedDatagrams != 0 }
+
     /// The responder's choice: the first of `accepted` (its order of preference) that this initiation offers.
     /// - Throws: `.unsupportedSuite(offer)` when there is none.
     func choose(from accepted: [CipherSuite]) throws(HandshakeError) -> CipherSuite {
@@ -146,7 +154,8 @@ struct Initiation: Equatable {
 }
 
 /// Message 2, responder to initiator, in the clear:
-/// version (2) | suite chosen (2) | responder random (32) | X25519 ephemeral public key (32) |
+/// version (2) | suite chosen (2; bit 15 set when both sides' records may share a datagram, §3) |
+/// responder random (32) | X25519 ephemeral public key (32) |
 /// ML-KEM-768 ciphertext to the initiator's key (1088) | ML-DSA-65 signature (3309) over
 /// label | SHA-256(initiation | response without the signature).
 struct Response: Equatable {
@@ -154,6 +163,8 @@ struct Response: Equatable {
     static let size = signedSize + Identity.signatureSize
 
     var suite: CipherSuite
+    /// Records may share a datagram (the initiator offered it and the responder accepts).
+    var sharedDatagrams: Bool
     var random: [UInt8]
     var x25519: [UInt8]
     var kemCiphertext: [UInt8]
@@ -161,14 +172,15 @@ struct Response: Equatable {
 
     /// The part the signature covers (the transcript includes it).
     var signedPart: [UInt8] {
-        bigEndianBytes(HandshakeProtocol.version) + bigEndianBytes(suite.rawValue)
+        bigEndianBytes(HandshakeProtocol.version) + bigEndianBytes(suite.rawValue | (sharedDatagrams ? HandshakeProtocol.sharedDatagrams : 0))
             + random + x25519 + kemCiphertext
     }
 
     var bytes: [UInt8] { signedPart + signature }
 
-    init(suite: CipherSuite, random: [UInt8], x25519: [UInt8], kemCiphertext: [UInt8], signature: [UInt8]) {
+    init(suite: CipherSuite, sharedDatagrams: Bool = false, random: [UInt8], x25519: [UInt8], kemCiphertext: [UInt8], signature: [UInt8]) {
         self.suite = suite
+        self.sharedDatagrams = sharedDatagrams
         self.random = random
         self.x25519 = x25519
         self.kemCiphertext = kemCiphertext
@@ -180,8 +192,11 @@ struct Response: Equatable {
         let version = try reader.uint16("version")
         guard version == HandshakeProtocol.version else { throw .unsupportedVersion(version) }
         let chosen = try reader.uint16("suite")
-        guard let suite = CipherSuite(rawValue: chosen) else { throw .unsupportedSuite(chosen) }
+        guard let suite = CipherSuite(rawValue: chosen & ~HandshakeProtocol.sharedDatagrams) else {
+            throw .unsupportedSuite(chosen & ~HandshakeProtocol.sharedDatagrams)
+        }
         self.suite = suite
+        sharedDatagrams = chosen & HandshakeProtocol.sharedDatagrams != 0
         random = try reader.take(HandshakeProtocol.randomSize, "responder random")
         x25519 = try reader.take(HandshakeProtocol.x25519Size, "responder X25519 key")
         kemCiphertext = try reader.take(HandshakeProtocol.kemCiphertextSize, "ML-KEM ciphertext")

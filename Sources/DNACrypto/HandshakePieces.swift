@@ -22,6 +22,9 @@ public struct HandshakeConfiguration: Sendable {
     /// Suites this CPU lacks are left out. Default: AES-256-GCM where the CPU has AES instructions,
     /// then ChaCha20-Poly1305.
     public var suites: [CipherSuite] = CipherSuite.preferred
+    /// Whether this side offers (initiator) or accepts (responder) records sharing a datagram
+    /// (docs/PROTOCOL.md §3, §4.2): the session's `sharesDatagrams` is true when both do.
+    public var sharesDatagrams = true
 
     public init() {}
 }

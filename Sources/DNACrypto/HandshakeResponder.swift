@@ -35,6 +35,7 @@ public final class HandshakeResponder<Address: Hashable> {
         var transcript: Transcript
         let schedule: KeySchedule
         let suite: CipherSuite
+        let sharedDatagrams: Bool
         var confirmation: Reassembly?
         let initiationCount: Int
     }
@@ -210,7 +211,8 @@ public final class HandshakeResponder<Address: Hashable> {
         var (kemSecret, ciphertext) = try KEM.encapsulate(to: initiation.kemPublicKey)
         var transcript = Transcript()
         transcript.absorb(message)
-        var unsigned = Response(suite: suite, random: Sodium.randomBytes(HandshakeProtocol.randomSize), x25519: x25519Public,
+        let shared = initiation.offersSharedDatagrams && configuration.sharesDatagrams
+        var unsigned = Response(suite: suite, sharedDatagrams: shared, random: Sodium.randomBytes(HandshakeProtocol.randomSize), x25519: x25519Public,
                                 kemCiphertext: ciphertext, signature: [])
         var signed = transcript
         signed.absorb(unsigned.signedPart)
@@ -225,7 +227,7 @@ public final class HandshakeResponder<Address: Hashable> {
         let outgoing = OutgoingMessage(response, session: key.session, kind: .response, datagramSize: datagramSize, now: now,
                                        configuration: configuration)
         outbox += outgoing.frames.map { (key.address, $0) }
-        return Answered(outgoing: outgoing, transcript: transcript, schedule: schedule, suite: suite, confirmation: nil,
+        return Answered(outgoing: outgoing, transcript: transcript, schedule: schedule, suite: suite, sharedDatagrams: shared, confirmation: nil,
                         initiationCount: count)
     }
 
@@ -281,7 +283,8 @@ public final class HandshakeResponder<Address: Hashable> {
         guard Identity.isValidSignature(confirmation.signature, of: HandshakeProtocol.initiatorLabel + signed.hash,
                                         publicKey: confirmation.publicKey) else { throw .badSignature }
         transcript.absorb(plaintext)
-        return try SecureSession(sessionID: key.session, role: .responder, suite: answered.suite, peerName: confirmation.name,
+        return try SecureSession(sessionID: key.session, role: .responder, suite: answered.suite,
+                                 sharesDatagrams: answered.sharedDatagrams, peerName: confirmation.name,
                                  peerPublicKey: confirmation.publicKey,
                                  secrets: answered.schedule.trafficSecrets(transcriptHash: transcript.hash))
     }

@@ -57,6 +57,12 @@ public struct DatagramBatch: Sendable {
 
     /// Counts the last `length` bytes of `bytes` (appended by the caller) as one datagram.
     public mutating func close(length: Int) { lengths.append(length) }
+    public var lastLength: Int? { lengths.last }
+    /// Counts the last `length` bytes of `bytes` (appended by the caller) into the last datagram
+    /// (records sharing it); the first datagram when there is none yet.
+    public mutating func extendLast(by length: Int) {
+        if lengths.isEmpty { lengths.append(length) } else { lengths[lengths.count - 1] += length }
+    }
 
     public mutating func append(_ datagram: [UInt8]) {
         bytes += datagram

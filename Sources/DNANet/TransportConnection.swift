@@ -22,11 +22,15 @@ public final class TransportConnection: @unchecked Sendable {
     private var path: DatagramPath
     private var sealer: RecordSealer
     private var opener: RecordOpener
+    /// The peer takes records that share a datagram (the session's `sharesDatagrams`, PROTOCOL.md §3):
+    /// a record that fits after the one before it goes in the same datagram.
+    private var sharesDatagrams: Bool
     private let connection: ReliableConnection
     private var alarm: LoopAlarm?
     private var backlog: [(UInt32, [UInt8])] = []
     /// What `service` sends, sealed (kept for its capacity).
     private var outgoingBatch = DatagramBatch()
+    private var sentDatagrams = 0
     private var backlogBytes = 0
     /// `abandon` handed the undelivered messages over (loop thread): `disconnect` returns none again.
     private var handedOver = false
@@ -82,7 +86,9 @@ public final class TransportConnection: @unchecked Sendable {
     /// Takes `path` (closed by `close`). The sealer and opener are the session's two directions.
     /// `unopened` answers datagrams that are not records (the responder's handshake, still
     /// acknowledging pieces of message 3); `onChange` hears of arrivals and of the end.
-    public init(path: DatagramPath, sealer: RecordSealer, opener: RecordOpener,
+    /// `sharesDatagrams`: the peer takes several records in one datagram (the session's, §3);
+    /// such datagrams are taken from any peer.
+    public init(path: DatagramPath, sealer: RecordSealer, opener: RecordOpener, sharesDatagrams: Bool = false,
                 configuration: ReliableConfiguration = ReliableConfiguration(),
                 unopened: (([UInt8]) -> [[UInt8]])? = nil, resumable: Bool = false,
                 onChange: (() -> Void)? = nil) {
@@ -93,6 +99,7 @@ public final class TransportConnection: @unchecked Sendable {
         self.onChange = onChange
         self.sealer = sealer
         self.opener = opener
+        self.sharesDatagrams = sharesDatagrams
         self.configuration = configuration
         connection = ReliableConnection(configuration: configuration, now: monotonicMilliseconds())
         let started = loop.sync { () -> Bool in
@@ -105,11 +112,12 @@ public final class TransportConnection: @unchecked Sendable {
     }
 
     /// A connection over a connected datagram socket (taken, closed by `close`), run on `loop`.
-    public convenience init(fd: Int32, loop: GLibLoop, sealer: RecordSealer, opener: RecordOpener,
+    public convenience init(fd: Int32, loop: GLibLoop, sealer: RecordSealer, opener: RecordOpener, sharesDatagrams: Bool = false,
                             configuration: ReliableConfiguration = ReliableConfiguration(),
                             unopened: (([UInt8]) -> [[UInt8]])? = nil, resumable: Bool = false,
                             onChange: (() -> Void)? = nil) {
-        self.init(path: SocketPath(fd: fd, loop: loop), sealer: sealer, opener: opener, configuration: configuration,
+        self.init(path: SocketPath(fd: fd, loop: loop), sealer: sealer, opener: opener, sharesDatagrams: sharesDatagrams,
+                  configuration: configuration,
                   unopened: unopened, resumable: resumable, onChange: onChange)
     }
 
@@ -269,6 +277,7 @@ public final class TransportConnection: @unchecked Sendable {
     /// handshake found it carries (docs/PROTOCOL.md §9).
     @discardableResult
     public func replacePath(_ newPath: DatagramPath, sealer newSealer: RecordSealer, opener newOpener: RecordOpener,
+                            sharesDatagrams newSharesDatagrams: Bool = false,
                             unopened newUnopened: (([UInt8]) -> [[UInt8]])?, datagramSize: Int? = nil) -> Bool {
         let done = perform { connection, now -> Bool in
             guard self.monitor.locked({ !self.dead && !self.peerClosed && self.running }) else { return false }
@@ -277,6 +286,7 @@ public final class TransportConnection: @unchecked Sendable {
             self.pathGone = false
             self.sealer = newSealer
             self.opener = newOpener
+            self.sharesDatagrams = newSharesDatagrams
             self.unopened = newUnopened
             self.attach(newPath)
             if let datagramSize { connection.setDatagramSize(datagramSize, now: now) }
@@ -329,6 +339,9 @@ public final class TransportConnection: @unchecked Sendable {
     }
 
     public var statistics: ReliableConnection.Statistics? { perform { connection, _ in connection.statistics } }
+
+    /// Datagrams handed to the path since the start (records sharing one count once, §3).
+    public var datagramsSent: Int? { perform { _, _ in self.sentDatagrams } }
 
     /// A clean end: waits up to `linger` ms for every queued message to be acknowledged, then tells
     /// the peer (CLOSE) and closes. Returns the messages the peer's transport did not acknowledge,
@@ -405,9 +418,22 @@ public final class TransportConnection: @unchecked Sendable {
                     })
     }
 
-    /// A datagram from the path: opened and handed to the reliable core. What it answers goes out
-    /// when the loop gets to the connection's alarm, after every datagram that came at once.
-    private func datagram(_ bytes: UnsafeRawBufferPointer) {
+    /// A datagram from the path: each record in it (PROTOCOL.md §3: records laid end to end, each
+    /// as long as its header says), in order, opened and handed to the reliable core. What it
+    /// answers goes out when the loop gets to the connection's alarm, after every datagram that came
+    /// at once. A datagram that is not such a run, or is larger than any a sender shares
+    /// (`Pieces.maximumDatagramSize`: a forger's 64 KiB datagram is not 1,300 records to open), is
+    /// handled whole: refused, or, alone, a handshake piece for `unopened` (pieces never share a
+    /// datagram, so one datagram gets at most one answer).
+    private func datagram(_ whole: UnsafeRawBufferPointer) {
+        let ranges = whole.count <= Pieces.maximumDatagramSize ? FrameHeader.frames(in: whole) : []
+        guard ranges.count > 1 else { return record(whole, alone: true) }
+        for range in ranges { record(UnsafeRawBufferPointer(rebasing: whole[range]), alone: false) }
+    }
+
+    /// One record: opened and handed to the reliable core. One that does not open goes to
+    /// `unopened` when it came `alone` in its datagram; otherwise it is refused.
+    private func record(_ bytes: UnsafeRawBufferPointer, alone: Bool) {
         let opened = Result(catching: { () throws(RecordError) in try opener.open(bytes) })
         guard case .success(let (header, plaintext)) = opened else {
             if case .failure(.exhausted) = opened {
@@ -423,7 +449,7 @@ public final class TransportConnection: @unchecked Sendable {
                 onChange?()
                 return
             }
-            if let unopened {
+            if alone, let unopened {
                 for answer in unopened(Array(bytes)) { _ = path.send(answer) }
             } else {
                 monitor.locked { refusedCount += 1 }
@@ -483,12 +509,24 @@ public final class TransportConnection: @unchecked Sendable {
         // Sealed into one buffer and handed to the path at once (a direct path gives the kernel runs
         // of equal-sized datagrams in one call, UDP GSO; bench/iroh_compare.py).
         outgoingBatch.removeAll()
+        var lastShareable = false
+        // Shared datagrams stay within the size every path carries (§9: 500 bytes), so that the
+        // path size's evidence holds: a small packet or a PONG that passes in one passed small, and
+        // small messages do not go out in datagrams a narrowing path drops.
+        let shareLimit = min(Pieces.minimumDatagramSize, connection.datagramSize)
         for frame in connection.takeFrames() {
             let sealed = frame.payload.withUnsafeBytes { plaintext in
                 try? sealer.seal(type: frame.type, word0: frame.word0, word1: frame.word1, plaintext: plaintext,
                                  appendingTo: &outgoingBatch.bytes)
             }
             guard let sealed else { continue }
+            // Records share a datagram while they fit `shareLimit` (§3, §9); a CLOSE goes alone.
+            if sharesDatagrams, frame.type != .close, let last = outgoingBatch.lastLength, lastShareable,
+               last + sealed <= shareLimit {
+                outgoingBatch.extendLast(by: sealed)
+                continue
+            }
+            lastShareable = frame.type != .close
             outgoingBatch.close(length: sealed)
             // Nothing acknowledges a CLOSE: three copies make its loss unlikely.
             if frame.type == .close {
@@ -497,7 +535,10 @@ public final class TransportConnection: @unchecked Sendable {
                 outgoingBatch.append(copy)
             }
         }
-        if !outgoingBatch.isEmpty, !pathGone, !path.send(outgoingBatch) { pathGone = true }
+        if !outgoingBatch.isEmpty, !pathGone {
+            sentDatagrams += outgoingBatch.count
+            if !path.send(outgoingBatch) { pathGone = true }
+        }
         // The path is gone now rather than after three missed pings.
         if pathGone { connection.pathFailed(now: monotonicMilliseconds()) }
         let events = connection.takeEvents()

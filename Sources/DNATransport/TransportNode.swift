@@ -545,7 +545,7 @@ public final class TransportNode: @unchecked Sendable {
             return false
         }
         guard peer.connection.replacePath(path.link, sealer: path.session.sealer, opener: path.session.opener,
-                                          unopened: Self.unopened(path.responder), datagramSize: path.session.datagramSize) else {
+                                          sharesDatagrams: path.session.sharesDatagrams, unopened: Self.unopened(path.responder), datagramSize: path.session.datagramSize) else {
             path.agent.close()
             return false
         }
@@ -956,7 +956,8 @@ public final class TransportNode: @unchecked Sendable {
         reliable.datagramSize = path.session.datagramSize  // what the handshake found the path carries (§9)
         reliable.handshakeRTT = path.handshakeMilliseconds
         let connection = TransportConnection(
-            path: path.link, sealer: path.session.sealer, opener: path.session.opener, configuration: reliable,
+            path: path.link, sealer: path.session.sealer, opener: path.session.opener,
+            sharesDatagrams: path.session.sharesDatagrams, configuration: reliable,
             unopened: Self.unopened(path.responder), resumable: true,
             onChange: { [weak self] in
                 let id = box.id

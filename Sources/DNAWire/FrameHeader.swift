@@ -47,4 +47,28 @@ public struct FrameHeader: Equatable, Sendable {
         self.checksum = checksum
         self.reserved = reserved
     }
+
+    /// The frames of a datagram that holds several laid end to end (docs/PROTOCOL.md §3: records
+    /// sharing a datagram), as byte ranges in order, together covering the datagram: each frame as
+    /// long as its header says (32 + payload length). The rest, from a point that does not start
+    /// with the magic or whose length runs past the end, is one range; so is a datagram whose first
+    /// frame is not whole, or is an empty frame followed by more bytes (no sealed record is). A
+    /// datagram of one frame is one range. Nothing is checked beyond magic and length: each range
+    /// is then decoded (or opened) on its own.
+    public static func frames(in datagram: UnsafeRawBufferPointer) -> [Range<Int>] {
+        var ranges: [Range<Int>] = []
+        var offset = 0
+        while offset < datagram.count {
+            var end = datagram.count
+            if datagram.count - offset >= size,
+               datagram.loadUnaligned(fromByteOffset: offset, as: UInt32.self).bigEndian == magic {
+                let length = Int(datagram.loadUnaligned(fromByteOffset: offset + 12, as: UInt32.self).bigEndian)
+                if length <= datagram.count - offset - size { end = offset + size + length }
+            }
+            if offset == 0, end < datagram.count, end == size { return [0..<datagram.count] }
+            ranges.append(offset..<end)
+            offset = end
+        }
+        return ranges
+    }
 }

@@ -134,7 +134,8 @@ import Testing
         let steps = try Self.steps()
         var initiation = try #require(steps.messages[.initiation])
         let offer = UInt16(initiation[2]) << 8 | UInt16(initiation[3])
-        #expect(offer == CipherSuite.offer(CipherSuite.preferred))
+        #expect(offer == CipherSuite.offer(CipherSuite.preferred) | 0x8000)  // records may share datagrams (§3)
+        let original = initiation
         initiation[3] = 0x01 == initiation[3] ? 0x03 : 0x01  // 0x0003 -> 0x0001, or an added suite on a CPU without AES
         let responder = HandshakeResponder<String>(identity: Self.bob)
         for piece in HandshakeDatagram.pieces(of: initiation, session: steps.session, kind: .initiation) {
@@ -145,6 +146,19 @@ import Testing
             for (_, datagram) in responder.takeDatagrams() { try initiator.receive(datagram, now: 0) }
         }
         #expect(initiator.session == nil)
+        // The same for bit 15 stripped from the offer: the response comes without it, and the
+        // initiator's check of the signature fails.
+        var stripped = original
+        stripped[2] &= 0x7F
+        let stripResponder = HandshakeResponder<String>(identity: Self.bob)
+        for piece in HandshakeDatagram.pieces(of: stripped, session: steps.session, kind: .initiation) {
+            try stripResponder.receive(piece, from: "a", now: 0)
+        }
+        let initiator3 = steps.initiator.snapshot()
+        #expect(throws: HandshakeError.badSignature) {
+            for (_, datagram) in stripResponder.takeDatagrams() { try initiator3.receive(datagram, now: 0) }
+        }
+        #expect(initiator3.session == nil)
 
         var response = try #require(steps.messages[.response])
         let chosen = response[3]

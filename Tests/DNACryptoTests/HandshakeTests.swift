@@ -106,10 +106,13 @@ struct HandshakeLink {
         #expect(throws: RecordError.authenticationFailed) { try client.opener.open(reflected) }
     }
 
-    static func link(offering offered: [CipherSuite], accepting accepted: [CipherSuite]) throws -> HandshakeLink {
+    static func link(offering offered: [CipherSuite], accepting accepted: [CipherSuite],
+                     sharing: (initiator: Bool, responder: Bool) = (true, true)) throws -> HandshakeLink {
         var offer = HandshakeConfiguration(), accept = HandshakeConfiguration()
         offer.suites = offered
         accept.suites = accepted
+        offer.sharesDatagrams = sharing.initiator
+        accept.sharesDatagrams = sharing.responder
         return HandshakeLink(
             initiator: try HandshakeInitiator(identity: alice, responderName: bob.name, responderPublicKey: bob.publicKey,
                                               now: 0, configuration: offer),
@@ -139,9 +142,10 @@ struct HandshakeLink {
             #expect(client.suite == chosen && server.suite == chosen, "\(offered) to \(accepted)")
             #expect(client.sealer.suite == chosen && client.opener.suite == chosen && server.sealer.suite == chosen)
             let messages = try Self.messages(link)
-            let offer = CipherSuite.offer(offered.filter(\.isAvailable))
+            let offer = CipherSuite.offer(offered.filter(\.isAvailable)) | 0x8000  // and records may share datagrams
             #expect(messages[.initiation]?[2..<4] == [UInt8(offer >> 8), UInt8(offer & 0xFF)])
-            #expect(messages[.response]?[2..<4] == [0, UInt8(chosen.rawValue)])
+            #expect(messages[.response]?[2..<4] == [0x80, UInt8(chosen.rawValue)])
+            #expect(client.sharesDatagrams && server.sharesDatagrams)
             let message = (0..<3000).map { UInt8(truncatingIfNeeded: $0) }
             #expect(try server.opener.open(try client.sealer.seal(type: .data, plaintext: message)).plaintext == message)
             #expect(try client.opener.open(try server.sealer.seal(type: .data, plaintext: message)).plaintext == message)
@@ -155,7 +159,7 @@ struct HandshakeLink {
         if CipherSuite.aes256GCM.isAvailable {
             var link = try Self.link(offering: [.aes256GCM], accepting: [.chacha20Poly1305])
             link.run()
-            #expect(link.responderErrors.first == .unsupportedSuite(0x0002))
+            #expect(link.responderErrors.first == .unsupportedSuite(0x8002))  // the offer, bit 15 included (§4.2)
             #expect(link.responder.pendingCount == 0 && link.responderSessions.isEmpty)
             #expect(link.initiator.failure == .timeout && link.initiator.session == nil)
         } else {
@@ -172,6 +176,44 @@ struct HandshakeLink {
         #expect(throws: HandshakeError.unsupportedSuite(0xFFFC)) {
             try Initiation(parsing: initiation.bytes).choose(from: [.aes256GCM, .chacha20Poly1305])
         }
+    }
+
+    /// Records sharing a datagram (docs/PROTOCOL.md §3, §4.2): bit 15 of the offer says the
+    /// initiator takes them, bit 15 of the chosen suite that the responder does too; the session
+    /// shares datagrams only when both did. An initiator of before (no bit) gets a response without
+    /// it; a responder of before ignores the bit (unknown suites are ignored) and answers without it.
+    /// A response that sets it when the initiator did not offer it is refused.
+    @Test func recordsShareDatagramsOnlyWhenBothSidesTakeThem() throws {
+        for (initiator, responder) in [(true, true), (true, false), (false, true), (false, false)] {
+            var link = try Self.link(offering: [.chacha20Poly1305], accepting: [.chacha20Poly1305], sharing: (initiator, responder))
+            link.run()
+            let client = try #require(link.initiator.session)
+            let server = try #require(link.responderSessions.first)
+            let messages = try Self.messages(link)
+            #expect(messages[.initiation]?[2..<4] == [initiator ? 0x80 : 0, 1], "offer \(initiator) \(responder)")
+            #expect(messages[.response]?[2..<4] == [initiator && responder ? 0x80 : 0, 1], "chosen \(initiator) \(responder)")
+            #expect(client.sharesDatagrams == (initiator && responder) && server.sharesDatagrams == (initiator && responder))
+        }
+        var response = Response(suite: .chacha20Poly1305, sharedDatagrams: true, random: [UInt8](repeating: 1, count: 32),
+                                x25519: [UInt8](repeating: 2, count: 32), kemCiphertext: [UInt8](repeating: 3, count: 1088),
+                                signature: [UInt8](repeating: 4, count: Identity.signatureSize))
+        #expect(try Response(parsing: response.bytes) == response)
+        #expect(response.bytes[2..<4] == [0x80, 1])
+        response.sharedDatagrams = false
+        #expect(try Response(parsing: response.bytes).sharedDatagrams == false)
+        // An initiator that did not offer it refuses a response that claims it (before the signature):
+        // bit 15 set in the first piece of message 2 (its byte 2, after the frame and piece headers).
+        var link = try Self.link(offering: [.chacha20Poly1305], accepting: [.chacha20Poly1305], sharing: (false, true))
+        link.run(limit: 2_000) { direction, datagram in
+            guard direction == .toInitiator, case .piece(_, .response, 0, _, _, _)? = try? HandshakeDatagram(parsing: datagram) else {
+                return datagram
+            }
+            var payload = Array(datagram[FrameHeader.size...])
+            payload[12 + 2] |= 0x80
+            return try? FrameEncoder.encode(type: .handshake, sequence: 0, payload: payload)
+        }
+        #expect(link.initiatorErrors.contains(.unsupportedSuite(0x8001)), "\(link.initiatorErrors)")
+        #expect(link.initiator.session == nil)
     }
 
     @Test func noDatagramExceeds1200BytesAndMessagesHaveTheDocumentedSizes() throws {

@@ -8,7 +8,8 @@ import Testing
 /// Two TransportConnections over a datagram socket pair, with sealed frames (§3) and the reliable
 /// layer (§7) on their I/O threads.
 @Suite(.serialized) struct TransportConnectionTests {
-    static func pair(configuration: ReliableConfiguration = ReliableConfiguration()) throws -> (TransportConnection, TransportConnection) {
+    static func pair(configuration: ReliableConfiguration = ReliableConfiguration(),
+                     sharing: (a: Bool, b: Bool) = (false, false)) throws -> (TransportConnection, TransportConnection) {
         var fds: [Int32] = [-1, -1]
         #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0)
         var size: Int32 = 4 << 20
@@ -20,10 +21,10 @@ import Testing
         let forward = (0..<32).map { UInt8($0) }, backward = (0..<32).map { UInt8(100 + $0) }
         let a = TransportConnection(fd: fds[0], loop: loop, sealer: try RecordSealer(trafficSecret: forward, direction: .initiatorToResponder),
                                         opener: try RecordOpener(trafficSecret: backward, direction: .responderToInitiator),
-                                        configuration: configuration)
+                                        sharesDatagrams: sharing.a, configuration: configuration)
         let b = TransportConnection(fd: fds[1], loop: loop, sealer: try RecordSealer(trafficSecret: backward, direction: .responderToInitiator),
                                         opener: try RecordOpener(trafficSecret: forward, direction: .initiatorToResponder),
-                                        configuration: configuration)
+                                        sharesDatagrams: sharing.b, configuration: configuration)
         return (a, b)
     }
 
@@ -92,6 +93,82 @@ import Testing
             b.close()
         }
         #expect(leftOver == 0, "\(leftOver) of 300 disconnects left the message just sent unacknowledged")
+    }
+
+    /// Records sharing datagrams (PROTOCOL.md §3): 200 echoes of 64 B. With sharing, each reply's
+    /// DATA and the ACK of the message it answers go in one datagram (before: two); without, every
+    /// record is a datagram of its own. A side that does not send shared datagrams takes them.
+    @Test func anEchosReplyAndItsAcknowledgementShareADatagram() throws {
+        // The ACK waits for the reply (up to 50 ms, not 1 ms): a reply slower than the delay on a
+        // loaded machine would send it alone.
+        var configuration = ReliableConfiguration()
+        configuration.acknowledgementDelay = 50
+        for sharing in [(a: true, b: true), (a: false, b: false), (a: true, b: false)] {
+            let (a, b) = try Self.pair(configuration: configuration, sharing: sharing)
+            defer {
+                a.close()
+                b.close()
+            }
+            for index in 0..<200 {
+                let message = [UInt8](repeating: UInt8(truncatingIfNeeded: index), count: 64)
+                try a.send(message)
+                let got = try b.receive(timeout: 10_000)
+                #expect(got.bytes == message)
+                try b.send(got.bytes)
+                #expect(try a.receive(timeout: 10_000).bytes == message)
+            }
+            for (side, shares) in [(b, sharing.b), (a, sharing.a)] {
+                let statistics = try #require(side.statistics)
+                let records = statistics.packetsSent + statistics.acknowledgementsSent
+                let datagrams = try #require(side.datagramsSent)
+                print("TransportConnectionTests: 200 echoes, sharing \(sharing): \(datagrams) datagrams for \(records) records")
+                if shares {
+                    #expect(datagrams * 4 <= records * 3, "\(datagrams) datagrams for \(records) records, sharing \(sharing)")
+                } else {
+                    #expect(datagrams >= records, "\(datagrams) datagrams for \(records) records, sharing \(sharing)")
+                }
+            }
+        }
+    }
+
+    /// A datagram of several records is taken record by record, each checked on its own: two PINGs
+    /// in one get two PONGs; a PING followed by bytes that are not a record gets its PONG and one
+    /// refusal; a forged record before a genuine PING is refused and the PING answered. A datagram
+    /// of records larger than any a sender shares (1,232 bytes of 22 PINGs) is one refused unit.
+    @Test func aDatagramOfSeveralRecordsIsTakenRecordByRecord() throws {
+        var fds: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0, &fds) == 0)
+        let secret = (0..<32).map { UInt8($0) }
+        let b = TransportConnection(fd: fds[1], loop: try GLibLoop(),
+                                    sealer: try RecordSealer(trafficSecret: secret, direction: .responderToInitiator),
+                                    opener: try RecordOpener(trafficSecret: secret, direction: .initiatorToResponder))
+        defer { b.close() }
+        let sealer = try RecordSealer(trafficSecret: secret, direction: .initiatorToResponder)
+        let opener = try RecordOpener(trafficSecret: secret, direction: .responderToInitiator)
+        func ping(_ nonce: UInt8) throws -> [UInt8] { try sealer.seal(type: .ping, plaintext: [0, 0, 0, 0, 0, 0, 0, nonce]) }
+        var forged = try ping(9)
+        forged[forged.count - 1] ^= 1
+        let crc = CRC32.checksum(forged[32...])
+        forged.replaceSubrange(16..<20, with: [UInt8(crc >> 24), UInt8((crc >> 16) & 0xFF), UInt8((crc >> 8) & 0xFF), UInt8(crc & 0xFF)])
+        let oversized = try (10..<32).flatMap { try ping(UInt8($0)) }
+        #expect(oversized.count == 1_232)
+        for var datagram in [oversized, try ping(1) + (try ping(2)), try ping(3) + Array("not a record".utf8), forged + (try ping(4))] {
+            _ = send(fds[0], &datagram, datagram.count, 0)
+        }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        _ = setsockopt(fds[0], SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var pongs: [UInt8] = []
+        var answer = [UInt8](repeating: 0, count: 2048)
+        while pongs.count < 4 {
+            let length = recv(fds[0], &answer, answer.count, 0)
+            guard length > 0 else { break }
+            if let (header, plaintext) = try? opener.open(Array(answer[..<length])), header.type == .pong, let last = plaintext.last {
+                pongs.append(last)
+            }
+        }
+        #expect(pongs == [1, 2, 3, 4])
+        #expect(b.refused == 3)
+        Glibc.close(fds[0])
     }
 
     @Test func forgedDatagramsAreRefusedAndTheConnectionGoesOn() throws {

@@ -112,4 +112,26 @@ import Testing
         #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
         #expect(CRC32.checksum([UInt8]()) == 0)
     }
+
+    /// Frames laid end to end in one datagram (PROTOCOL.md §3): each as long as its header says;
+    /// what follows the last whole frame is one range, and so is anything that is not such a run.
+    @Test func framesSharingADatagramAreSplitByTheirLengths() throws {
+        let one = try FrameEncoder.encode(type: .ping, sequence: 1, payload: [1, 2, 3])
+        let two = try FrameEncoder.encode(type: .data, sequence: 2, payload: [UInt8](repeating: 7, count: 100))
+        let empty = try FrameEncoder.encode(type: .ack, sequence: 3, payload: [])
+        func split(_ datagram: [UInt8]) -> [Range<Int>] { datagram.withUnsafeBytes { FrameHeader.frames(in: $0) } }
+        #expect(split(one) == [0..<35])
+        #expect(split(one + two) == [0..<35, 35..<167])
+        #expect(split(one + two + one) == [0..<35, 35..<167, 167..<202])
+        #expect(split(one + Array("junk".utf8)) == [0..<35, 35..<39])
+        let junk = Array("more than 32 bytes, without the magic".utf8)
+        #expect(split(junk) == [0..<junk.count])
+        var long = one + two
+        long[35 + 12 + 3] = 200  // the second frame's length runs past the end
+        #expect(split(long) == [0..<35, 35..<167])
+        #expect(split(Array(one.prefix(20))) == [0..<20])
+        #expect(split(empty) == [0..<32])
+        #expect(split(empty + one) == [0..<67])  // an empty first frame and more: one unit (no record is empty)
+        #expect(split([]) == [])
+    }
 }

@@ -35,14 +35,17 @@ enum ConnectionBench {
         return fds
     }
 
-    static func connections() throws -> (TransportConnection, TransportConnection) {
+    /// `sharing`: records share datagrams (PROTOCOL.md §3), as on a session of two current peers.
+    static func connections(sharing: Bool = true) throws -> (TransportConnection, TransportConnection) {
         let fds = socketPair()
         let forward = Sodium.randomBytesForBench(32), backward = Sodium.randomBytesForBench(32)
         // One loop per end, as two transport contexts have.
         let a = TransportConnection(fd: fds[0], loop: try GLibLoop(), sealer: try RecordSealer(trafficSecret: forward, direction: .initiatorToResponder),
-                                        opener: try RecordOpener(trafficSecret: backward, direction: .responderToInitiator))
+                                        opener: try RecordOpener(trafficSecret: backward, direction: .responderToInitiator),
+                                        sharesDatagrams: sharing)
         let b = TransportConnection(fd: fds[1], loop: try GLibLoop(), sealer: try RecordSealer(trafficSecret: backward, direction: .responderToInitiator),
-                                        opener: try RecordOpener(trafficSecret: forward, direction: .initiatorToResponder))
+                                        opener: try RecordOpener(trafficSecret: forward, direction: .initiatorToResponder),
+                                        sharesDatagrams: sharing)
         return (a, b)
     }
 
@@ -114,8 +117,8 @@ enum ConnectionBench {
         return times.sorted()
     }
 
-    static func connectionRTT(count: Int) throws -> [Double] {
-        let (a, b) = try connections()
+    static func connectionRTT(count: Int, sharing: Bool = true) throws -> [Double] {
+        let (a, b) = try connections(sharing: sharing)
         defer {
             a.close()
             b.close()
@@ -154,6 +157,16 @@ enum ConnectionBench {
             let p = { (v: [Double], q: Double) in v[min(v.count - 1, Int(Double(v.count) * q))] }
             print("")
             print("RTT at 64 B (us): raw p50 \(fmt(p(raw, 0.5), 1)) p99 \(fmt(p(raw, 0.99), 1)); connection p50 \(fmt(p(ours, 0.5), 1)) p99 \(fmt(p(ours, 0.99), 1)); p50 ratio \(fmt(p(ours, 0.5) / p(raw, 0.5)))")
+            // Records sharing datagrams (PROTOCOL.md §3) against one record per datagram, in turn.
+            var shared: [Double] = [], alone: [Double] = []
+            for _ in 0..<3 {
+                shared.append(p(try connectionRTT(count: 2000, sharing: true), 0.5))
+                alone.append(p(try connectionRTT(count: 2000, sharing: false), 0.5))
+            }
+            shared.sort()
+            alone.sort()
+            print("RTT p50 at 64 B (us), 3 rounds in turn: records sharing datagrams \(shared.map { fmt($0, 1) }.joined(separator: ", ")); "
+                  + "one record per datagram \(alone.map { fmt($0, 1) }.joined(separator: ", ")); median ratio \(fmt(shared[1] / alone[1]))")
             print("(1 MiB raw: 60,000-byte datagrams, 18 per MiB.) goals (issue 6, against raw UDP): >= 0.5x at 1 KiB, p50 RTT <= 1.5x")
         } catch {
             print("connection bench failed: \(error)")

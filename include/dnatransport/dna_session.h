@@ -8,6 +8,8 @@
  * peer to dna_handshake_receive; send every datagram dna_handshake_next_datagram gives (none is
  * larger than DNA_MAX_DATAGRAM); call dna_handshake_handle_timeout at dna_handshake_next_deadline.
  * Times are milliseconds of any monotonic clock the caller chooses (e.g. CLOCK_MONOTONIC).
+ * A session carries one sealed frame per datagram: its handshake neither offers nor accepts the
+ * records sharing a datagram that the transport's connections use between current peers (§3, §4.2).
  *
  * Threads: any function from any thread; a handle may be used by several threads at once (each
  * call holds the handle's lock).
