@@ -799,7 +799,7 @@ public final class TransportNode: @unchecked Sendable {
             log("connection \(id) to \(peer.name) closing: \(statistics.packetsSent) packets sent, "
                 + "\(statistics.retransmissions) retransmitted, \(statistics.timeouts) RTOs, \(statistics.probes) probes; "
                 + "\(statistics.packetsReceived) received, \(statistics.duplicates) duplicates, \(statistics.messagesDelivered) messages delivered, "
-                + "\(statistics.acknowledgementsSent) ACKs sent")
+                + "\(statistics.acknowledgementsSent) ACKs sent, in \(peer.connection.datagramsSent ?? 0) datagrams")
         }
         let left = peer.connection.disconnect(linger: linger ?? configuration.sendTimeout)
         peer.agent.close()
