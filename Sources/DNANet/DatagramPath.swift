@@ -57,6 +57,7 @@ public struct DatagramBatch: Sendable {
 
     /// Counts the last `length` bytes of `bytes` (appended by the caller) as one datagram.
     public mutating func close(length: Int) { lengths.append(length) }
+    /// The length of the last datagram so far (nil: none yet).
     public var lastLength: Int? { lengths.last }
     /// Counts the last `length` bytes of `bytes` (appended by the caller) into the last datagram
     /// (records sharing it); the first datagram when there is none yet.

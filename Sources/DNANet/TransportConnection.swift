@@ -426,6 +426,11 @@ public final class TransportConnection: @unchecked Sendable {
     /// handled whole: refused, or, alone, a handshake piece for `unopened` (pieces never share a
     /// datagram, so one datagram gets at most one answer).
     private func datagram(_ whole: UnsafeRawBufferPointer) {
+        // One record filling the datagram (the usual case): no split.
+        if whole.count >= FrameHeader.size,
+           Int(whole.loadUnaligned(fromByteOffset: 12, as: UInt32.self).bigEndian) == whole.count - FrameHeader.size {
+            return record(whole, alone: true)
+        }
         let ranges = whole.count <= Pieces.maximumDatagramSize ? FrameHeader.frames(in: whole) : []
         guard ranges.count > 1 else { return record(whole, alone: true) }
         for range in ranges { record(UnsafeRawBufferPointer(rebasing: whole[range]), alone: false) }
