@@ -922,7 +922,10 @@ public final class DHTService: @unchecked Sendable {
         public var all: [MailAnswer?] { (local.map { [$0] } ?? []) + Array(remote.values) }
 
         /// How many answers (own included) say the item is stored (or was held already).
-        public var stored: Int { all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count }
+        public var stored: Int { all.filter(Self.isStored).count }
+
+        /// An answer saying the item is stored, or was held already.
+        static func isStored(_ answer: MailAnswer?) -> Bool { answer == .status(.stored) || answer == .status(.duplicate) }
     }
 
     /// Sends each request (and `localRequest` to this node's own inboxes) and waits up to `timeout`
@@ -944,8 +947,8 @@ public final class DHTService: @unchecked Sendable {
             guard let localRequest else { return .some(nil) }
             return .some(node.localMail(localRequest, key: key, closest: holders, now: now))
         }) else { return nil }
-        func isStored(_ answer: MailAnswer??) -> Bool { answer == .status(.stored) || answer == .status(.duplicate) }
-        let storedHere = isStored(local) ? 1 : 0
+        let isStored = MailRound.isStored
+        let storedHere = isStored(local ?? nil) ? 1 : 0
         let asked = requests.count + ((local ?? nil) == nil ? 0 : 1)
         let enoughStored = untilHalfStored ? (asked + 1) / 2 : nil
         let answers = requests.isEmpty ? [] : monitor.wait(milliseconds: timeout) { () -> [(Endpoint, MailAnswer?)]? in
@@ -1227,7 +1230,7 @@ public final class DHTService: @unchecked Sendable {
         guard left > 0, let round = mailRound(holders.map { ($0, .put(record.bytes)) }, local: .put(record.bytes), key: key,
                                               holders: holders, timeout: min(5000, left))
         else { return nil }
-        return (round.all.filter { $0 == .status(.stored) || $0 == .status(.duplicate) }.count, round.all.filter { $0 == .status(.taken) }.count)
+        return (round.stored, round.all.filter { $0 == .status(.taken) }.count)
     }
 
     /// Sends the owner's signed deletion to the nodes closest to `key`; returns how many took it.
